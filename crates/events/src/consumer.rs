@@ -1,0 +1,344 @@
+//! Idempotent durable consumers: JetStream -> handler -> Postgres, exactly once
+//! in effect.
+//!
+//! For each message: begin a transaction, insert `(consumer, event id)` into
+//! `processed_events` (`ON CONFLICT DO NOTHING`); if the row already existed the
+//! event was applied before, so commit and ack; otherwise run the handler inside
+//! the same transaction, commit, then ack. A handler error rolls everything back
+//! and naks with a delay growing with the delivery count, so a poison event
+//! retries slowly instead of spinning (and never blocks others: JetStream keeps
+//! delivering the rest). Two replicas racing on the same event serialize on the
+//! primary key: the second waits for the first's commit, then sees the row.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, message::AckKind};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use sqlx::{PgConnection, PgPool};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::backoff::{exponential, Backoff};
+use crate::bus::STREAM_NAME;
+use crate::envelope::{CloudEvent, TRACEPARENT_HEADER};
+
+/// Which events a consumer wants, under which durable name.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// Durable consumer name, also the `consumer` key in `processed_events`;
+    /// e.g. `billing-projections`. Letters, digits, `-` and `_` only.
+    pub durable: String,
+    /// e.g. `isp.core.>` or `isp.>` (NATS 2.9: one filter per consumer).
+    pub filter_subject: String,
+}
+
+impl ConsumerSpec {
+    pub fn new(durable: impl Into<String>, filter_subject: impl Into<String>) -> Self {
+        Self { durable: durable.into(), filter_subject: filter_subject.into() }
+    }
+}
+
+/// How long JetStream waits for an ack before redelivering.
+pub const ACK_WAIT: Duration = Duration::from_secs(30);
+/// Messages requested per pull.
+const PULL_BATCH: usize = 32;
+/// How long a pull request waits for messages. Short, so a pull lost in a NATS
+/// restart is replaced quickly (the client waits this plus 5 s before giving up
+/// on a request the server forgot).
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
+/// Nak delay for a failing handler: 1 s, 2 s, 4 s, ... capped.
+const NAK_BASE: Duration = Duration::from_secs(1);
+const NAK_MAX: Duration = Duration::from_secs(60);
+
+/// What a consumer does with one event, inside the transaction that also records
+/// the event as processed. Return `Ok(())` for event types it does not care about.
+/// Everything it changes must go through `tx`.
+pub trait EventHandler: Send + Sync + 'static {
+    fn handle<'a>(&'a self, tx: &'a mut PgConnection, event: &'a CloudEvent) -> BoxFuture<'a, anyhow::Result<()>>;
+}
+
+impl<H: EventHandler + ?Sized> EventHandler for Arc<H> {
+    fn handle<'a>(&'a self, tx: &'a mut PgConnection, event: &'a CloudEvent) -> BoxFuture<'a, anyhow::Result<()>> {
+        (**self).handle(tx, event)
+    }
+}
+
+impl<H: EventHandler + ?Sized> EventHandler for Box<H> {
+    fn handle<'a>(&'a self, tx: &'a mut PgConnection, event: &'a CloudEvent) -> BoxFuture<'a, anyhow::Result<()>> {
+        (**self).handle(tx, event)
+    }
+}
+
+/// A handler made from a closure; build it with [`handler_fn`].
+pub struct FnHandler<F>(F);
+
+/// Wraps a closure as an [`EventHandler`]. Passing the closure straight to this
+/// function is what lets the compiler infer its higher-ranked signature:
+///
+/// ```ignore
+/// handler_fn(|tx, ev| Box::pin(async move {
+///     if let Some(p) = ev.payload::<PlanUpdated>()? {
+///         sqlx::query("...").bind(p.id).execute(&mut *tx).await?;
+///     }
+///     Ok(())
+/// }))
+/// ```
+pub fn handler_fn<F>(f: F) -> FnHandler<F>
+where
+    F: for<'a> Fn(&'a mut PgConnection, &'a CloudEvent) -> BoxFuture<'a, anyhow::Result<()>> + Send + Sync + 'static,
+{
+    FnHandler(f)
+}
+
+impl<F> EventHandler for FnHandler<F>
+where
+    F: for<'a> Fn(&'a mut PgConnection, &'a CloudEvent) -> BoxFuture<'a, anyhow::Result<()>> + Send + Sync + 'static,
+{
+    fn handle<'a>(&'a self, tx: &'a mut PgConnection, event: &'a CloudEvent) -> BoxFuture<'a, anyhow::Result<()>> {
+        (self.0)(tx, event)
+    }
+}
+
+/// Runs a durable pull consumer until `shutdown` (the message in hand is finished
+/// first). Keeps retrying while NATS or Postgres is unavailable; declares the
+/// stream if needed. On a schema with no `processed_events` row for
+/// `spec.durable` it recreates the durable consumer from the start of the stream
+/// (once per start), so a fresh service replays history into its projections.
+pub fn spawn_consumer<H: EventHandler>(
+    pool: PgPool,
+    js: jetstream::Context,
+    spec: ConsumerSpec,
+    handler: H,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    let span = tracing::info_span!("consumer", durable = %spec.durable);
+    tokio::spawn(run(pool, js, spec, handler, shutdown).instrument(span))
+}
+
+async fn run<H: EventHandler>(
+    pool: PgPool,
+    js: jetstream::Context,
+    spec: ConsumerSpec,
+    handler: H,
+    shutdown: CancellationToken,
+) {
+    // Capped low: pulling is cheap, and a consumer should resume within seconds of
+    // NATS coming back.
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+    // Only the first successful setup may reset the consumer: two replicas that
+    // both start on an empty schema would otherwise keep deleting each other's.
+    let mut may_reset = true;
+
+    'setup: while !shutdown.is_cancelled() && !pool.is_closed() {
+        let setup = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = prepare(&pool, &js, &spec, may_reset) => r,
+        };
+        let consumer = match setup {
+            Ok(c) => {
+                may_reset = false;
+                c
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "consumer setup failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                continue;
+            }
+        };
+
+        loop {
+            let pulled = tokio::select! {
+                _ = shutdown.cancelled() => break 'setup,
+                r = consumer.batch().max_messages(PULL_BATCH).expires(PULL_EXPIRES).messages() => r,
+            };
+            let mut batch = match pulled {
+                Ok(b) => b,
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?delay, "pull request failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break 'setup,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    continue 'setup;
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => break 'setup,
+                    n = batch.next() => n,
+                };
+                match next {
+                    None => break, // batch done or expired: pull again
+                    Some(Ok(msg)) => {
+                        backoff.reset();
+                        process(&pool, &spec.durable, &handler, msg).await;
+                    }
+                    Some(Err(e)) => {
+                        // e.g. the consumer was deleted or NATS restarted: set up again.
+                        let delay = backoff.next_delay();
+                        tracing::warn!(error = %e, retry_in = ?delay, "pull failed");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break 'setup,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        continue 'setup;
+                    }
+                }
+            }
+        }
+    }
+    tracing::debug!("consumer stopped");
+}
+
+fn desired_config(spec: &ConsumerSpec) -> pull::Config {
+    pull::Config {
+        durable_name: Some(spec.durable.clone()),
+        description: Some(format!("isp-events consumer {} on {}", spec.durable, spec.filter_subject)),
+        filter_subject: spec.filter_subject.clone(),
+        deliver_policy: jetstream::consumer::DeliverPolicy::All,
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: ACK_WAIT,
+        // max_deliver left at the server default: unlimited.
+        ..Default::default()
+    }
+}
+
+/// Gets the durable consumer, creating it (from the start of the stream) if it
+/// is missing or its filter changed, or resetting it on a fresh schema.
+async fn prepare(
+    pool: &PgPool,
+    js: &jetstream::Context,
+    spec: &ConsumerSpec,
+    may_reset: bool,
+) -> anyhow::Result<jetstream::consumer::PullConsumer> {
+    crate::bus::ensure_stream(js).await?;
+
+    let fresh = may_reset && {
+        let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM processed_events WHERE consumer = $1)")
+            .bind(&spec.durable)
+            .fetch_one(pool)
+            .await?;
+        !any
+    };
+
+    let existing = match js
+        .get_consumer_from_stream::<pull::Config, _, _>(&spec.durable, STREAM_NAME)
+        .await
+    {
+        Ok(c) => Some(c),
+        Err(e) if is_not_found(&e) => None,
+        Err(e) => return Err(anyhow::anyhow!("looking up consumer {}: {e}", spec.durable)),
+    };
+
+    if let Some(consumer) = existing {
+        let cfg = &consumer.cached_info().config;
+        let compatible = cfg.filter_subject == spec.filter_subject
+            && cfg.ack_policy == jetstream::consumer::AckPolicy::Explicit;
+        if compatible && !fresh {
+            return Ok(consumer);
+        }
+        tracing::info!(
+            fresh,
+            compatible,
+            "recreating durable consumer to replay the stream from the start"
+        );
+        match js.delete_consumer_from_stream(&spec.durable, STREAM_NAME).await {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(anyhow::anyhow!("deleting consumer {}: {e}", spec.durable)),
+        }
+    }
+
+    js.create_consumer_on_stream(desired_config(spec), STREAM_NAME)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating consumer {}: {e}", spec.durable))
+}
+
+fn is_not_found(e: &async_nats::jetstream::stream::ConsumerError) -> bool {
+    matches!(
+        e.kind(),
+        async_nats::jetstream::stream::ConsumerErrorKind::JetStream(err)
+            if err.error_code() == async_nats::jetstream::ErrorCode::CONSUMER_NOT_FOUND
+    )
+}
+
+async fn process<H: EventHandler>(pool: &PgPool, consumer: &str, handler: &H, msg: jetstream::Message) {
+    let mut event = match CloudEvent::from_json(&msg.payload) {
+        Ok(ev) => ev,
+        Err(e) => {
+            // Redelivering it would not make it parse: drop it for good.
+            tracing::error!(subject = %msg.subject, error = %e, "not a CloudEvent; terminating delivery");
+            if let Err(e) = msg.ack_with(AckKind::Term).await {
+                tracing::warn!(error = %e, "term failed");
+            }
+            return;
+        }
+    };
+    event.traceparent = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(TRACEPARENT_HEADER))
+        .map(|v| v.as_str().to_string())
+        .filter(|t| crate::trace::is_valid_traceparent(t));
+    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+
+    let span = tracing::info_span!("event", id = %event.id, r#type = %event.r#type, delivered);
+    let traceparent = event.traceparent.clone();
+    // A panicking handler is a failed attempt like any other, not a dead consumer.
+    let attempt = AssertUnwindSafe(crate::trace::with_traceparent(traceparent, apply(pool, consumer, handler, &event)))
+        .catch_unwind()
+        .instrument(span.clone());
+    let outcome = match attempt.await {
+        Ok(result) => result,
+        Err(_) => Err(anyhow::anyhow!("event handler panicked")),
+    };
+
+    let _enter = span.enter();
+    match outcome {
+        Ok(applied) => {
+            if !applied {
+                tracing::debug!("already processed; acking");
+            }
+            if let Err(e) = msg.ack().await {
+                // The effect is committed; a redelivery will be a no-op.
+                tracing::warn!(error = %e, "ack failed");
+            }
+        }
+        Err(e) => {
+            let delay = exponential(NAK_BASE, u32::try_from(delivered).unwrap_or(u32::MAX), NAK_MAX);
+            tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "event handler failed; will redeliver");
+            if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
+                tracing::warn!(error = %e, "nak failed (redelivered after ack wait)");
+            }
+        }
+    }
+}
+
+/// Ok(true): applied now; Ok(false): was already applied.
+async fn apply<H: EventHandler>(pool: &PgPool, consumer: &str, handler: &H, event: &CloudEvent) -> anyhow::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(consumer)
+    .bind(event.id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    handler.handle(&mut tx, event).await?;
+    tx.commit().await?;
+    Ok(true)
+}

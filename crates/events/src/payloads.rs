@@ -1,0 +1,579 @@
+//! The `data` of every event type: one contract for all services.
+//!
+//! JSON is camelCase. Money is [`Decimal`] serialized as a string (`"1500.00"`),
+//! calendar dates are [`NaiveDate`] (`"2026-01-31"`), instants are RFC 3339 UTC,
+//! references to other entities are their [`Uuid`]. Select fields travel as the
+//! spec's option labels (`"Pending Installation"`, `"Static-Public"`, ...).
+//!
+//! Entities that other services project carry a full snapshot, and the same
+//! snapshot struct is wrapped per event type (`PlanCreated(PlanSnapshot)`,
+//! `PlanUpdated(PlanSnapshot)`, ...; the wrapper is transparent on the wire and
+//! derefs to the snapshot). A projection can then upsert from any of them and
+//! compare `updatedAt` to ignore stale ones.
+//!
+//! Optional fields deserialize as `None` when absent, so adding one later does
+//! not break older consumers or older events in the stream.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A typed event payload. `TYPE` is the CloudEvents `type`, `SERVICE` the
+/// producing service; the NATS subject is `isp.<SERVICE>.<TYPE>`.
+pub trait EventPayload: Serialize + DeserializeOwned {
+    const TYPE: &'static str;
+    const SERVICE: &'static str;
+
+    /// The id of the entity this event is about (the CloudEvents `subject`).
+    fn subject_id(&self) -> String;
+
+    /// `isp.<SERVICE>.<TYPE>`, e.g. `isp.billing.subscriber.created`.
+    fn nats_subject() -> String {
+        nats_subject(Self::SERVICE, Self::TYPE)
+    }
+}
+
+/// `isp.<service>.<type>`.
+pub fn nats_subject(service: &str, event_type: &str) -> String {
+    format!("isp.{service}.{event_type}")
+}
+
+/// Declares transparent per-type wrappers around one snapshot struct.
+macro_rules! snapshot_events {
+    ($snapshot:ty, $service:literal, |$s:ident| $subject:expr;
+     $($(#[$meta:meta])* $name:ident = $ty:literal;)+) => {
+        $(
+            $(#[$meta])*
+            #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+            #[serde(transparent)]
+            pub struct $name(pub $snapshot);
+
+            impl EventPayload for $name {
+                const TYPE: &'static str = $ty;
+                const SERVICE: &'static str = $service;
+                fn subject_id(&self) -> String {
+                    let $s = &self.0;
+                    $subject.to_string()
+                }
+            }
+
+            impl std::ops::Deref for $name {
+                type Target = $snapshot;
+                fn deref(&self) -> &$snapshot {
+                    &self.0
+                }
+            }
+
+            impl From<$name> for $snapshot {
+                fn from(e: $name) -> $snapshot {
+                    e.0
+                }
+            }
+        )+
+    };
+}
+
+/// Implements [`EventPayload`] for a struct that is its own payload.
+macro_rules! plain_event {
+    ($name:ty, $service:literal, $ty:literal, |$s:ident| $subject:expr) => {
+        impl EventPayload for $name {
+            const TYPE: &'static str = $ty;
+            const SERVICE: &'static str = $service;
+            fn subject_id(&self) -> String {
+                let $s = self;
+                $subject.to_string()
+            }
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------
+// core
+// ---------------------------------------------------------------------------
+
+/// A service plan as Core holds it. Billing and NOC project it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanSnapshot {
+    pub id: Uuid,
+    pub name: String,
+    /// Mbps.
+    pub download_speed: u32,
+    /// Mbps.
+    pub upload_speed: u32,
+    /// KES per billing cycle.
+    pub price: Decimal,
+    /// `Monthly` | `Quarterly`.
+    pub billing_cycle: String,
+    pub plan_enabled: bool,
+    pub active_for_new_signups: bool,
+    /// `Dynamic` | `Static-Public`.
+    pub ip_assignment_type: String,
+    /// The NOC ipSubnet static IPs are drawn from (Static-Public plans).
+    #[serde(default)]
+    pub static_ip_pool: Option<Uuid>,
+    pub updated_at: DateTime<Utc>,
+}
+
+snapshot_events! { PlanSnapshot, "core", |p| p.id;
+    /// `plan.created`
+    PlanCreated = "plan.created";
+    /// `plan.updated`
+    PlanUpdated = "plan.updated";
+    /// `plan.deleted`: the last snapshot before deletion.
+    PlanDeleted = "plan.deleted";
+}
+
+/// A partner (house manager / caretaker). wa-parser projects it to recognise
+/// senders; CRM to show referrers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartnerSnapshot {
+    pub id: Uuid,
+    pub full_name: String,
+    /// Normalised E.164, e.g. `+254712345678`.
+    pub phone_number: String,
+    pub mpesa_number: String,
+    /// `Prospect` | `Active` | `Inactive`.
+    pub status: String,
+    /// KES per converted referral.
+    pub commission_rate: Decimal,
+    pub referral_count: i32,
+    pub updated_at: DateTime<Utc>,
+}
+
+snapshot_events! { PartnerSnapshot, "core", |p| p.id;
+    /// `partner.created`
+    PartnerCreated = "partner.created";
+    /// `partner.updated` (also after each referral count increment)
+    PartnerUpdated = "partner.updated";
+    /// `partner.deleted`: the last snapshot before deletion.
+    PartnerDeleted = "partner.deleted";
+}
+
+/// A staff member (no password, ever). NOC projects technicians for work orders.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StaffSnapshot {
+    pub id: Uuid,
+    pub full_name: String,
+    pub email: String,
+    /// `Admin` | `Sales Agent` | `Billing Manager` | `Network Engineer` | `Technician` | `Support Agent`.
+    pub role: String,
+    /// `Active` | `Inactive`.
+    pub status: String,
+    #[serde(default)]
+    pub phone_number: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+snapshot_events! { StaffSnapshot, "core", |s| s.id;
+    /// `staff.created`
+    StaffCreated = "staff.created";
+    /// `staff.updated`
+    StaffUpdated = "staff.updated";
+}
+
+// ---------------------------------------------------------------------------
+// crm
+// ---------------------------------------------------------------------------
+
+/// A lead, minimal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeadSnapshot {
+    pub id: Uuid,
+    /// `New` | `Contacted` | `Site Survey` | `Converted` | `Lost`.
+    pub status: String,
+    /// `Partner Referral` | `Website` | `Direct Call`.
+    pub lead_source: String,
+    /// The referring partner.
+    #[serde(default)]
+    pub referred_by: Option<Uuid>,
+    pub subscriber_name: String,
+    pub subscriber_phone: String,
+    /// The building unit.
+    #[serde(default)]
+    pub service_location: Option<Uuid>,
+    pub updated_at: DateTime<Utc>,
+}
+
+snapshot_events! { LeadSnapshot, "crm", |l| l.id;
+    /// `lead.created`
+    LeadCreated = "lead.created";
+}
+
+/// `lead.converted`: a lead became a subscriber. Core increments the referring
+/// partner's `referralCount` once per event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeadConverted {
+    pub lead_id: Uuid,
+    #[serde(default)]
+    pub referred_by: Option<Uuid>,
+    pub subscriber_id: Uuid,
+    pub converted_at: DateTime<Utc>,
+}
+plain_event!(LeadConverted, "crm", "lead.converted", |e| e.lead_id);
+
+/// A building. Support and NOC project it for filters and resource locations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildingSnapshot {
+    pub id: Uuid,
+    pub name: String,
+    pub address: String,
+    /// `Prospecting` | `Negotiating` | `Active` | `Lost`.
+    pub status: String,
+    /// The caretaker partner.
+    #[serde(default)]
+    pub partner: Option<Uuid>,
+    pub updated_at: DateTime<Utc>,
+}
+
+snapshot_events! { BuildingSnapshot, "crm", |b| b.id;
+    /// `building.created`
+    BuildingCreated = "building.created";
+    /// `building.updated`
+    BuildingUpdated = "building.updated";
+    /// `building.deleted`: the last snapshot before deletion.
+    BuildingDeleted = "building.deleted";
+}
+
+// ---------------------------------------------------------------------------
+// billing
+// ---------------------------------------------------------------------------
+
+/// A subscriber's business record as Billing holds it (no financial balance:
+/// Support and NOC project this and must not see finance data).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriberSnapshot {
+    pub id: Uuid,
+    pub account_number: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub mpesa_number: String,
+    #[serde(default)]
+    pub contact_phone: Option<String>,
+    #[serde(default)]
+    pub email: Option<String>,
+    /// `Pending Installation` | `Active` | `Suspended` | `Deactivated`.
+    pub status: String,
+    /// The plan id.
+    pub service_plan: Uuid,
+    /// `Monthly` | `Quarterly`.
+    pub billing_cycle: String,
+    #[serde(default)]
+    pub next_due_date: Option<NaiveDate>,
+    #[serde(default)]
+    pub address_notes: Option<String>,
+    /// The building unit.
+    #[serde(default)]
+    pub service_location: Option<Uuid>,
+    #[serde(default)]
+    pub building: Option<Uuid>,
+    /// The lead it was converted from.
+    #[serde(default)]
+    pub lead_id: Option<Uuid>,
+    pub updated_at: DateTime<Utc>,
+}
+
+snapshot_events! { SubscriberSnapshot, "billing", |s| s.id;
+    /// `subscriber.created` (status Pending Installation). NOC opens a New
+    /// Installation work order.
+    SubscriberCreated = "subscriber.created";
+    /// `subscriber.updated`: any change to the snapshot, status changes included.
+    SubscriberUpdated = "subscriber.updated";
+}
+
+/// A subscriber status transition. The event type says which.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriberStatusChange {
+    pub subscriber_id: Uuid,
+    pub account_number: String,
+    /// Why, for people: e.g. `Invoice INV-000123 overdue`, `Paid up`.
+    #[serde(default)]
+    pub reason: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+snapshot_events! { SubscriberStatusChange, "billing", |s| s.subscriber_id;
+    /// `subscriber.suspended`: NOC disables RADIUS and disconnects the session.
+    SubscriberSuspended = "subscriber.suspended";
+    /// `subscriber.reactivated`: paid up after a suspension; NOC re-enables RADIUS.
+    SubscriberReactivated = "subscriber.reactivated";
+    /// `subscriber.deactivated`: service ended; NOC disables RADIUS.
+    SubscriberDeactivated = "subscriber.deactivated";
+    /// `subscriber.activated`: installation complete, billing starts.
+    SubscriberActivated = "subscriber.activated";
+}
+
+/// An invoice, without line items.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InvoiceSnapshot {
+    pub id: Uuid,
+    pub invoice_number: String,
+    pub subscriber: Uuid,
+    pub amount_due: Decimal,
+    pub due_date: NaiveDate,
+    /// `Draft` | `Unpaid` | `Paid` | `Overdue` | `Cancelled`.
+    pub status: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+snapshot_events! { InvoiceSnapshot, "billing", |i| i.id;
+    /// `invoice.created`
+    InvoiceCreated = "invoice.created";
+    /// `invoice.overdue`
+    InvoiceOverdue = "invoice.overdue";
+    /// `invoice.updated`: any other change (paid, cancelled).
+    InvoiceUpdated = "invoice.updated";
+}
+
+/// `payment.received`: a payment was recorded against an invoice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentReceived {
+    pub id: Uuid,
+    /// e.g. the M-Pesa receipt number.
+    pub payment_reference: String,
+    pub invoice: Uuid,
+    pub subscriber: Uuid,
+    pub amount_paid: Decimal,
+    /// `Mpesa` | `Bank Transfer` | `Cash`.
+    pub payment_method: String,
+    pub payment_date: NaiveDate,
+    /// The subscriber's balance after this payment.
+    pub account_balance: Decimal,
+}
+plain_event!(PaymentReceived, "billing", "payment.received", |e| e.id);
+
+// ---------------------------------------------------------------------------
+// noc
+// ---------------------------------------------------------------------------
+
+/// `subscriber.provisioned`: the subscriber is on the network (RADIUS written).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriberProvisioned {
+    pub subscriber_id: Uuid,
+    /// `PPPoE` | `IPoE/DHCP` | `Static IP` | `Hotspot`.
+    pub connection_type: String,
+    #[serde(default)]
+    pub assigned_ip: Option<String>,
+    pub radius_username: String,
+    pub at: DateTime<Utc>,
+}
+plain_event!(SubscriberProvisioned, "noc", "subscriber.provisioned", |e| e.subscriber_id);
+
+/// `subscriber.network_updated`: technical fields changed (Support projects the
+/// router for bulk-compose filters).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriberNetworkUpdated {
+    pub subscriber_id: Uuid,
+    pub connection_type: String,
+    #[serde(default)]
+    pub assigned_ip: Option<String>,
+    /// The router resource.
+    #[serde(default)]
+    pub router: Option<Uuid>,
+}
+plain_event!(SubscriberNetworkUpdated, "noc", "subscriber.network_updated", |e| e.subscriber_id);
+
+/// An inventory resource (routers, antennas, ...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceSnapshot {
+    pub id: Uuid,
+    pub resource_name: String,
+    /// `Router` | `Antenna` | `Switch` | `Cable`.
+    pub resource_type: String,
+    /// `In Stock` | `Deployed` | `Faulty` | `Retired`.
+    pub status: String,
+    /// The building.
+    #[serde(default)]
+    pub location: Option<Uuid>,
+    pub updated_at: DateTime<Utc>,
+}
+
+snapshot_events! { ResourceSnapshot, "noc", |r| r.id;
+    /// `resource.created`
+    ResourceCreated = "resource.created";
+    /// `resource.updated`
+    ResourceUpdated = "resource.updated";
+    /// `resource.deleted`: the last snapshot before deletion.
+    ResourceDeleted = "resource.deleted";
+}
+
+/// A Zabbix problem or recovery, as received by the NOC webhook.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ZabbixEvent {
+    /// Zabbix's event id (of this problem, or of this recovery event).
+    pub event_id: String,
+    pub name: String,
+    /// `Not classified` | `Information` | `Warning` | `Average` | `High` | `Disaster`.
+    pub severity: String,
+    pub host: String,
+    #[serde(default)]
+    pub host_ip: Option<String>,
+    #[serde(default)]
+    pub trigger_id: Option<String>,
+    pub at: DateTime<Utc>,
+    /// On a recovery: the problem's event id it resolves.
+    #[serde(default)]
+    pub recovery_of: Option<String>,
+}
+
+snapshot_events! { ZabbixEvent, "noc", |z| z.recovery_of.as_deref().unwrap_or(&z.event_id);
+    /// `network.problem`: Support opens one high-priority ticket per event id.
+    NetworkProblem = "network.problem";
+    /// `network.recovered`: Support resolves the ticket of `recoveryOf`. The
+    /// CloudEvents subject is the problem's event id for both.
+    NetworkRecovered = "network.recovered";
+}
+
+// ---------------------------------------------------------------------------
+// support
+// ---------------------------------------------------------------------------
+
+/// A support ticket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TicketSnapshot {
+    pub id: Uuid,
+    /// The human ticket number, e.g. `TCK-000042`.
+    pub ticket_id: String,
+    #[serde(default)]
+    pub subscriber: Option<Uuid>,
+    pub subject: String,
+    /// e.g. `Open` | `In Progress` | `Resolved` | `Closed`.
+    pub status: String,
+    /// e.g. `Low` | `Medium` | `High` | `Urgent`.
+    pub priority: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+snapshot_events! { TicketSnapshot, "support", |t| t.id;
+    /// `ticket.created`
+    TicketCreated = "ticket.created";
+    /// `ticket.updated`
+    TicketUpdated = "ticket.updated";
+}
+
+// ---------------------------------------------------------------------------
+// mpesa
+// ---------------------------------------------------------------------------
+
+/// `mpesa.payment.confirmed`: Daraja confirmed a payment (STK callback or C2B
+/// confirmation). Billing records one Payment per receipt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MpesaPaymentConfirmed {
+    /// M-Pesa receipt number, e.g. `NLJ7RT61SV`.
+    pub receipt: String,
+    pub amount: Decimal,
+    /// The payer's MSISDN.
+    pub phone: String,
+    /// The BillRefNumber (C2B) or AccountReference (STK): the account number.
+    pub account_reference: String,
+    /// The invoice an STK push was started for.
+    #[serde(default)]
+    pub invoice: Option<Uuid>,
+    pub transaction_time: DateTime<Utc>,
+    /// `stk` | `c2b`.
+    pub source: String,
+}
+plain_event!(MpesaPaymentConfirmed, "mpesa", "mpesa.payment.confirmed", |e| e.receipt);
+
+// ---------------------------------------------------------------------------
+// notify
+// ---------------------------------------------------------------------------
+
+/// `notification.status`: a delivery's outcome (Support updates its Messages log).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationStatus {
+    pub delivery_id: Uuid,
+    /// e.g. `Sent` | `Delivered` | `Failed`.
+    pub status: String,
+    /// e.g. `africastalking` | `twilio` | `smtp` | `log`.
+    pub provider: String,
+    pub at: DateTime<Utc>,
+}
+plain_event!(NotificationStatus, "notify", "notification.status", |e| e.delivery_id);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn all() -> Vec<(&'static str, &'static str)> {
+        macro_rules! list { ($($t:ty),+ $(,)?) => { vec![$((<$t>::SERVICE, <$t>::TYPE)),+] } }
+        list!(
+            PlanCreated, PlanUpdated, PlanDeleted, PartnerCreated, PartnerUpdated, PartnerDeleted,
+            StaffCreated, StaffUpdated, LeadCreated, LeadConverted, BuildingCreated, BuildingUpdated,
+            BuildingDeleted, SubscriberCreated, SubscriberUpdated, SubscriberSuspended,
+            SubscriberReactivated, SubscriberDeactivated, SubscriberActivated, InvoiceCreated,
+            InvoiceOverdue, InvoiceUpdated, PaymentReceived, SubscriberProvisioned,
+            SubscriberNetworkUpdated, ResourceCreated, ResourceUpdated, ResourceDeleted,
+            NetworkProblem, NetworkRecovered, TicketCreated, TicketUpdated, MpesaPaymentConfirmed,
+            NotificationStatus,
+        )
+    }
+
+    #[test]
+    fn event_types_are_unique_and_subjects_are_well_formed() {
+        let all = all();
+        let types: HashSet<_> = all.iter().map(|(_, t)| *t).collect();
+        assert_eq!(types.len(), all.len(), "an event type is declared twice");
+        for (service, ty) in all {
+            let subject = nats_subject(service, ty);
+            assert!(subject.starts_with("isp."));
+            assert!(!subject.contains(' ') && !subject.contains('*') && !subject.contains('>'));
+        }
+        assert_eq!(SubscriberCreated::nats_subject(), "isp.billing.subscriber.created");
+    }
+
+    #[test]
+    fn money_is_a_string_and_dates_are_plain() {
+        let p = PaymentReceived {
+            id: Uuid::nil(),
+            payment_reference: "NLJ7RT61SV".into(),
+            invoice: Uuid::nil(),
+            subscriber: Uuid::nil(),
+            amount_paid: Decimal::new(150000, 2),
+            payment_method: "Mpesa".into(),
+            payment_date: NaiveDate::from_ymd_opt(2026, 1, 31).unwrap(),
+            account_balance: Decimal::ZERO,
+        };
+        let v = serde_json::to_value(&p).unwrap();
+        assert_eq!(v["amountPaid"], "1500.00");
+        assert_eq!(v["paymentDate"], "2026-01-31");
+        assert_eq!(v["paymentReference"], "NLJ7RT61SV");
+        let back: PaymentReceived = serde_json::from_value(v).unwrap();
+        assert_eq!(back, p);
+    }
+
+    #[test]
+    fn recovery_shares_the_problems_subject() {
+        let z = ZabbixEvent {
+            event_id: "200".into(),
+            name: "Link down".into(),
+            severity: "High".into(),
+            host: "core-sw1".into(),
+            host_ip: None,
+            trigger_id: None,
+            at: Utc::now(),
+            recovery_of: Some("100".into()),
+        };
+        assert_eq!(NetworkRecovered(z.clone()).subject_id(), "100");
+        assert_eq!(NetworkProblem(ZabbixEvent { recovery_of: None, ..z }).subject_id(), "200");
+    }
+}

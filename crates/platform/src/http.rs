@@ -1,0 +1,152 @@
+//! HTTP plumbing shared by every service: health and readiness, Prometheus metrics,
+//! OpenAPI JSON and Swagger UI, JSON bodies that fail as 400s, middleware, serving.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use once_cell::sync::OnceCell;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::OpenApi;
+use utoipa_swagger_ui::{Config, SwaggerUi, Url};
+
+use crate::error::ApiError;
+use crate::ServiceContext;
+
+static PROMETHEUS: OnceCell<PrometheusHandle> = OnceCell::new();
+
+/// The process-wide recorder: one per process even when the launcher runs eight services.
+pub fn prometheus() -> &'static PrometheusHandle {
+    PROMETHEUS.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+            .expect("static buckets")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Tests build many apps in one process; only the first install wins, and
+        // later handles would render nothing, so keep the first.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// A JSON body whose errors are 400s naming the bad field (never axum's 415/422).
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("Could not read the body: {e}")))?;
+        let body: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
+        let de = &mut serde_json::Deserializer::from_slice(body);
+        serde_path_to_error::deserialize(de).map(ApiJson).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = inner.to_string();
+            if path == "." || path.is_empty() {
+                ApiError::bad_request(msg)
+            } else {
+                ApiError::field(path, msg)
+            }
+        })
+    }
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn ready(State(ctx): State<Arc<ServiceContext>>) -> Response {
+    let db = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&ctx.pool))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    let nats = ctx
+        .nats
+        .as_ref()
+        .is_some_and(|c| c.connection_state() == async_nats::connection::State::Connected);
+    let status = if db && nats { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({"status": if status == StatusCode::OK {"ready"} else {"unavailable"}, "database": db, "nats": nats}))).into_response()
+}
+
+async fn metrics_handler() -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], prometheus().render()).into_response()
+}
+
+async fn track(State(service): State<&'static str>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let start = Instant::now();
+    let res = next.run(req).await;
+    let status = res.status().as_u16().to_string();
+    let labels = [("service", service.to_string()), ("method", method), ("route", route), ("status", status)];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels[..3]).record(start.elapsed().as_secs_f64());
+    res
+}
+
+fn panic_to_json(_: Box<dyn std::any::Any + Send + 'static>) -> Response<Body> {
+    ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+}
+
+/// Wraps a service's routes with the endpoints and middleware every service has:
+/// `/api/<svc>/health`, `/ready`, `/metrics`, `/openapi.json`, `/docs`.
+pub fn service_router(ctx: Arc<ServiceContext>, routes: Router, openapi: OpenApi) -> Router {
+    prometheus();
+    let prefix = ctx.api_prefix();
+    // Swagger UI's config borrows for 'static; these strings are made once per service at start.
+    let spec_url: &'static str = Box::leak(format!("{prefix}/openapi.json").into_boxed_str());
+    let spec = Arc::new(openapi);
+    let name = ctx.name;
+    Router::new()
+        .route(&format!("{prefix}/health"), get(health))
+        .route(&format!("{prefix}/ready"), get(ready).with_state(ctx.clone()))
+        .route(&format!("{prefix}/metrics"), get(metrics_handler))
+        .route(spec_url, get(move || { let spec = spec.clone(); async move { Json((*spec).clone()) } }))
+        .merge(SwaggerUi::new(format!("{prefix}/docs")).config(Config::new([Url::new(name, spec_url)])))
+        .merge(routes)
+        .layer(middleware::from_fn_with_state(name, track))
+        .layer(TraceLayer::new_for_http())
+        .layer(CatchPanicLayer::custom(panic_to_json))
+        .layer(RequestBodyLimitLayer::new(12 * 1024 * 1024))
+}
+
+/// One Swagger UI listing every service's document (the launcher's `/docs`).
+pub fn fleet_docs(services: &[&'static str]) -> Router {
+    let urls: Vec<Url> = services
+        .iter()
+        .map(|s| Url::new(*s, Box::leak(format!("/api/{s}/openapi.json").into_boxed_str())))
+        .collect();
+    Router::new().merge(SwaggerUi::new("/docs").config(Config::new(urls)))
+}
+
+/// JSON 404 for paths no service serves.
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("Route")
+}
+
+/// Serves until `shutdown` fires, then finishes in-flight requests.
+pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let router = router.fallback(not_found);
+    axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
+    Ok(())
+}

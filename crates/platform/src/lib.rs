@@ -1,0 +1,33 @@
+//! What every ISP service shares, written and tested once.
+//!
+//! - [`config`]: settings from environment variables, each with a working default.
+//! - [`telemetry`]: tracing (readable locally, JSON when `ISP_LOG_FORMAT=json`).
+//! - [`error`]: the one error type and its mapping onto DESIGN's error JSON.
+//! - [`db`]: one Postgres role and schema per service (least privilege), pools, migrations.
+//! - [`auth`]: EdDSA JWTs signed by core and verified everywhere; roles; service tokens.
+//! - [`query`]: Payload-style list queries (`limit`, `page`, `sort`, `where[field][op]`).
+//! - [`collection`]: Payload-style collections: CRUD routes generated from a field
+//!   table with per-role, per-field access, so eight services do not hand-write
+//!   twenty sets of the same handlers.
+//! - [`http`]: health, readiness, Prometheus metrics, OpenAPI + vendored Swagger UI,
+//!   middleware and graceful serving.
+//! - [`phone`], [`money`]: the two value types every service parses at the edge.
+
+pub mod auth;
+pub mod collection;
+pub mod config;
+pub mod context;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod money;
+pub mod openapi;
+pub mod phone;
+pub mod idempotency;
+pub mod query;
+pub mod runtime;
+pub mod client;
+pub mod telemetry;
+
+pub use context::ServiceContext;
+pub use error::{ApiError, ApiResult, FieldError};

@@ -1,0 +1,15 @@
+//! ISP Billing & Finance (DESIGN.md section 1). Not built yet beyond the platform's
+//! health, readiness, metrics, docs and event tables.
+
+use std::sync::Arc;
+
+use axum::Router;
+use isp_platform::runtime::ServiceInfo;
+use isp_platform::ServiceContext;
+
+pub const INFO: ServiceInfo =
+    ServiceInfo { name: "billing", schema: "billing", extra_schemas: &[], port: 8083, scopes: &[] };
+
+pub async fn start(ctx: Arc<ServiceContext>) -> anyhow::Result<Router> {
+    isp_platform::runtime::start_bare(ctx, "ISP Billing & Finance").await
+}

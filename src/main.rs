@@ -1,0 +1,90 @@
+//! `isp`: the launcher. `isp up` runs all eight services in one process behind one
+//! address (default http://127.0.0.1:8080) with one Swagger UI at `/docs`; each
+//! service's own binary (`isp-core`, `isp-crm`, ...) runs it alone for a
+//! distributed deployment. Both use the same code, schemas and NATS JetStream.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::response::Redirect;
+use axum::routing::get;
+use axum::Router;
+use isp_platform::runtime::{self, ServiceInfo, Shared};
+use isp_platform::ServiceContext;
+use tokio_util::sync::CancellationToken;
+
+type StartFn = fn(Arc<ServiceContext>) -> futures::future::LocalBoxFuture<'static, anyhow::Result<Router>>;
+
+/// The fleet, in start order (core first: it creates the first Admin).
+fn fleet() -> Vec<(ServiceInfo, StartFn)> {
+    vec![
+        (svc_core::INFO, |c| Box::pin(svc_core::start(c))),
+        (svc_crm::INFO, |c| Box::pin(svc_crm::start(c))),
+        (svc_billing::INFO, |c| Box::pin(svc_billing::start(c))),
+        (svc_noc::INFO, |c| Box::pin(svc_noc::start(c))),
+        (svc_support::INFO, |c| Box::pin(svc_support::start(c))),
+        (svc_mpesa::INFO, |c| Box::pin(svc_mpesa::start(c))),
+        (svc_notify::INFO, |c| Box::pin(svc_notify::start(c))),
+        (svc_wa_parser::INFO, |c| Box::pin(svc_wa_parser::start(c))),
+    ]
+}
+
+const USAGE: &str = "usage:
+  isp up                          run every service in this process (ISP_HTTP_ADDR, default 127.0.0.1:8080)
+  isp token <service> [scope...]  print a service token signed with the platform key
+  isp public-key                  print the public key other hosts verify tokens with (ISP_JWT_PUBLIC_KEY)";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("up") => up().await,
+        Some("token") => {
+            let service = args.get(1).context(USAGE)?;
+            let cfg = isp_platform::config::PlatformConfig::from_env()?;
+            let keys = isp_platform::auth::Keys::load_or_create(&cfg.data_dir)?;
+            let scopes: Vec<&str> = args[2..].iter().map(String::as_str).collect();
+            println!("{}", keys.service_token(service, &scopes)?);
+            Ok(())
+        }
+        Some("public-key") => {
+            let cfg = isp_platform::config::PlatformConfig::from_env()?;
+            println!("{}", isp_platform::auth::Keys::load_or_create(&cfg.data_dir)?.public_key_b64());
+            Ok(())
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Builds the whole platform's router on `shared` (the launcher and the
+/// cross-service tests both use this).
+pub async fn build_fleet(shared: &Shared) -> anyhow::Result<Router> {
+    let mut app = Router::new();
+    let mut names = vec![];
+    for (info, start) in fleet() {
+        let ctx = runtime::context(info, shared).await.with_context(|| format!("starting {}", info.name))?;
+        app = app.merge(start(ctx).await.with_context(|| format!("starting {}", info.name))?);
+        names.push(info.name);
+    }
+    Ok(app.merge(isp_platform::http::fleet_docs(&names)).route("/", get(|| async { Redirect::temporary("/docs") })))
+}
+
+async fn up() -> anyhow::Result<()> {
+    isp_platform::telemetry::init();
+    let shutdown = CancellationToken::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        isp_platform::telemetry::shutdown_signal().await;
+        tracing::info!("shutting down");
+        s.cancel();
+    });
+    let shared = Shared::from_env(shutdown.clone()).await?;
+    let app = build_fleet(&shared).await?;
+    let addr = isp_platform::config::env_or("ISP_HTTP_ADDR", "127.0.0.1:8080");
+    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+    tracing::info!("ISP platform listening on http://{addr} (API docs at http://{addr}/docs)");
+    isp_platform::http::serve(listener, app, shutdown).await
+}
