@@ -98,7 +98,7 @@ pg_as() {
 # /var/tmp/isp-<hash of ISP_DATA_DIR>/ instead, and $ISP_DATA_DIR/log/postgres.log is a
 # symlink to the real log. Same when the socket path would be too long for a unix socket.
 pg_paths() {
-    [ -n "${ISP_PG_ROOT:-}" ] && return 0
+    [ -n "${_isp_pg_paths_done:-}" ] && return 0
     mkdir -p "$ISP_DATA_DIR/log" "$ISP_DATA_DIR/run"
     chmod 0755 "$ISP_DATA_DIR" 2>/dev/null || true
     local root="$ISP_DATA_DIR"
@@ -113,6 +113,7 @@ pg_paths() {
         chmod 0755 "$root"
     fi
     ISP_PG_ROOT="$root"
+    _isp_pg_paths_done=1
     PGDATA_DIR="$root/pg"
     PG_SOCKET_DIR="$root/run/pg"
     PG_LOG="$root/log/postgres.log"
@@ -142,6 +143,12 @@ pg_up() {
     for i in $(seq 1 50); do
         pg_running || break
         if port_open "$ISP_PG_PORT"; then
+            # Left running by `ISP_KEEP_SERVERS=1 script/test`? Not for real data.
+            if [ $# -eq 0 ] && [ "$(pg_psql -d postgres -tAc 'SHOW fsync' 2>/dev/null)" = off ]; then
+                isp_log "PostgreSQL runs with fsync=off (test settings); restarting it with safe settings"
+                pg_down
+                break
+            fi
             pg_ensure_db
             return 0
         fi

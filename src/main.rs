@@ -3,31 +3,10 @@
 //! service's own binary (`isp-core`, `isp-crm`, ...) runs it alone for a
 //! distributed deployment. Both use the same code, schemas and NATS JetStream.
 
-use std::sync::Arc;
-
 use anyhow::Context;
-use axum::response::Redirect;
-use axum::routing::get;
-use axum::Router;
-use isp_platform::runtime::{self, ServiceInfo, Shared};
-use isp_platform::ServiceContext;
+use isp::build_fleet;
+use isp_platform::runtime::Shared;
 use tokio_util::sync::CancellationToken;
-
-type StartFn = fn(Arc<ServiceContext>) -> futures::future::LocalBoxFuture<'static, anyhow::Result<Router>>;
-
-/// The fleet, in start order (core first: it creates the first Admin).
-fn fleet() -> Vec<(ServiceInfo, StartFn)> {
-    vec![
-        (svc_core::INFO, |c| Box::pin(svc_core::start(c))),
-        (svc_crm::INFO, |c| Box::pin(svc_crm::start(c))),
-        (svc_billing::INFO, |c| Box::pin(svc_billing::start(c))),
-        (svc_noc::INFO, |c| Box::pin(svc_noc::start(c))),
-        (svc_support::INFO, |c| Box::pin(svc_support::start(c))),
-        (svc_mpesa::INFO, |c| Box::pin(svc_mpesa::start(c))),
-        (svc_notify::INFO, |c| Box::pin(svc_notify::start(c))),
-        (svc_wa_parser::INFO, |c| Box::pin(svc_wa_parser::start(c))),
-    ]
-}
 
 const USAGE: &str = "usage:
   isp up                          run every service in this process (ISP_HTTP_ADDR, default 127.0.0.1:8080)
@@ -49,7 +28,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Some("public-key") => {
             let cfg = isp_platform::config::PlatformConfig::from_env()?;
-            println!("{}", isp_platform::auth::Keys::load_or_create(&cfg.data_dir)?.public_key_b64());
+            println!(
+                "{}",
+                isp_platform::auth::Keys::load_or_create(&cfg.data_dir)?.public_key_b64()
+            );
             Ok(())
         }
         _ => {
@@ -57,19 +39,6 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     }
-}
-
-/// Builds the whole platform's router on `shared` (the launcher and the
-/// cross-service tests both use this).
-pub async fn build_fleet(shared: &Shared) -> anyhow::Result<Router> {
-    let mut app = Router::new();
-    let mut names = vec![];
-    for (info, start) in fleet() {
-        let ctx = runtime::context(info, shared).await.with_context(|| format!("starting {}", info.name))?;
-        app = app.merge(start(ctx).await.with_context(|| format!("starting {}", info.name))?);
-        names.push(info.name);
-    }
-    Ok(app.merge(isp_platform::http::fleet_docs(&names)).route("/", get(|| async { Redirect::temporary("/docs") })))
 }
 
 async fn up() -> anyhow::Result<()> {
@@ -84,7 +53,9 @@ async fn up() -> anyhow::Result<()> {
     let shared = Shared::from_env(shutdown.clone()).await?;
     let app = build_fleet(&shared).await?;
     let addr = isp_platform::config::env_or("ISP_HTTP_ADDR", "127.0.0.1:8080");
-    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
     tracing::info!("ISP platform listening on http://{addr} (API docs at http://{addr}/docs)");
     isp_platform::http::serve(listener, app, shutdown).await
 }

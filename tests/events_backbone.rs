@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use isp_events::async_nats::jetstream::context::Publish;
 use isp_events::payloads::LeadConverted;
 use isp_events::{
-    handler_fn, outbox, spawn_consumer, spawn_relay, Bus, CancellationToken, CloudEvent, ConsumerSpec,
-    EventHandler, EventPayload,
+    handler_fn, outbox, spawn_consumer, spawn_relay, Bus, CancellationToken, CloudEvent,
+    ConsumerSpec, EventHandler, EventPayload,
 };
 use isp_testkit::nats::TestNats;
 use isp_testkit::pg::TestDb;
@@ -50,16 +50,33 @@ impl Env {
         let pool = schema_pool(&db, "t").await;
         let nats = TestNats::start().await.expect("nats-server");
         let bus = Bus::connect(&nats.url).await.expect("nats client");
-        Env { nats, bus, pool, shutdown: CancellationToken::new(), tasks: Vec::new(), db }
+        Env {
+            nats,
+            bus,
+            pool,
+            shutdown: CancellationToken::new(),
+            tasks: Vec::new(),
+            db,
+        }
     }
 
     fn relay(&mut self) {
-        self.tasks.push(spawn_relay(self.pool.clone(), self.bus.js.clone(), self.shutdown.clone()));
+        self.tasks.push(spawn_relay(
+            self.pool.clone(),
+            self.bus.js.clone(),
+            self.shutdown.clone(),
+        ));
     }
 
     fn consumer(&mut self, pool: &PgPool, durable: &str, handler: impl EventHandler) {
         let spec = ConsumerSpec::new(durable, "isp.crm.>");
-        self.tasks.push(spawn_consumer(pool.clone(), self.bus.js.clone(), spec, handler, self.shutdown.clone()));
+        self.tasks.push(spawn_consumer(
+            pool.clone(),
+            self.bus.js.clone(),
+            spec,
+            handler,
+            self.shutdown.clone(),
+        ));
     }
 
     async fn stop(mut self) {
@@ -77,8 +94,15 @@ impl Env {
 /// A pool whose connections use `search_path = <schema>`, as a service's do, with
 /// the event tables migrated and a table the test handler writes its effects to.
 async fn schema_pool(db: &TestDb, schema: &str) -> PgPool {
-    let admin = PgPoolOptions::new().max_connections(1).connect(&db.admin_url).await.unwrap();
-    sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")).execute(&admin).await.unwrap();
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.admin_url)
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+        .execute(&admin)
+        .await
+        .unwrap();
     admin.close().await;
 
     let opts: PgConnectOptions = db.admin_url.parse().unwrap();
@@ -87,7 +111,9 @@ async fn schema_pool(db: &TestDb, schema: &str) -> PgPool {
         .connect_with(opts.options([("search_path", schema)]))
         .await
         .unwrap();
-    isp_events::migrate(&pool, &NO_SERVICE_MIGRATIONS).await.expect("event migrations");
+    isp_events::migrate(&pool, &NO_SERVICE_MIGRATIONS)
+        .await
+        .expect("event migrations");
     // Deliberately no unique key: a double-applied event shows up as two rows.
     sqlx::query("CREATE TABLE effects (event_id uuid NOT NULL, lead_id uuid NOT NULL, replica text NOT NULL)")
         .execute(&pool)
@@ -145,7 +171,13 @@ async fn count(pool: &PgPool, sql: &str) -> i64 {
 }
 
 async fn stream_messages(bus: &Bus) -> u64 {
-    bus.js.get_stream("ISP").await.unwrap().cached_info().state.messages
+    bus.js
+        .get_stream("ISP")
+        .await
+        .unwrap()
+        .cached_info()
+        .state
+        .messages
 }
 
 async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
@@ -158,7 +190,10 @@ where
         if check().await {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -177,24 +212,40 @@ async fn committed_event_is_published_and_applied_rolled_back_one_never_exists()
     outbox::enqueue(&mut tx, "crm", &rolled_back).await.unwrap();
     tx.rollback().await.unwrap();
 
-    eventually("the committed event to be applied", WAIT, || async { effects_for(&pool, committed).await == 1 }).await;
+    eventually("the committed event to be applied", WAIT, || async {
+        effects_for(&pool, committed).await == 1
+    })
+    .await;
 
     // A later event makes it past the relay and the consumer, so the rolled-back
     // one had every chance to go first.
     let later = enqueue_committed(&env.pool).await;
-    eventually("the later event to be applied", WAIT, || async { effects_for(&pool, later).await == 1 }).await;
+    eventually("the later event to be applied", WAIT, || async {
+        effects_for(&pool, later).await == 1
+    })
+    .await;
     eventually("both outbox rows to be marked published", WAIT, || async {
-        count(&pool, "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL").await == 2
+        count(
+            &pool,
+            "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL",
+        )
+        .await
+            == 2
     })
     .await;
 
     assert_eq!(effects_for(&pool, rolled_back.lead_id).await, 0);
     assert_eq!(count(&pool, "SELECT count(*) FROM outbox").await, 2);
-    assert_eq!(stream_messages(&env.bus).await, 2, "only committed events reach the stream");
-    let row: (String, serde_json::Value) = sqlx::query_as("SELECT subject, payload FROM outbox ORDER BY created_at LIMIT 1")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    assert_eq!(
+        stream_messages(&env.bus).await,
+        2,
+        "only committed events reach the stream"
+    );
+    let row: (String, serde_json::Value) =
+        sqlx::query_as("SELECT subject, payload FROM outbox ORDER BY created_at LIMIT 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(row.0, "isp.crm.lead.converted");
     assert_eq!(row.1["type"], "lead.converted");
     assert_eq!(row.1["source"], "/isp/crm");
@@ -210,7 +261,10 @@ async fn event_written_while_nats_is_down_is_delivered_after_restart() {
     env.consumer(&pool, "t-proj", recording_handler("a"));
 
     let before = enqueue_committed(&env.pool).await;
-    eventually("the first event to be applied", WAIT, || async { effects_for(&pool, before).await == 1 }).await;
+    eventually("the first event to be applied", WAIT, || async {
+        effects_for(&pool, before).await == 1
+    })
+    .await;
 
     env.nats.stop().await;
     // Writes keep working while NATS is down.
@@ -222,12 +276,25 @@ async fn event_written_while_nats_is_down_is_delivered_after_restart() {
     assert_eq!(effects_for(&pool, during).await, 0);
 
     env.nats.restart().await.expect("nats-server restarts");
-    eventually("the event written during the outage to be applied", Duration::from_secs(20), || async {
-        effects_for(&pool, during).await == 1
-    })
+    eventually(
+        "the event written during the outage to be applied",
+        Duration::from_secs(20),
+        || async { effects_for(&pool, during).await == 1 },
+    )
     .await;
-    assert_eq!(count(&pool, "SELECT count(*) FROM outbox WHERE published_at IS NULL").await, 0);
-    assert_eq!(effects_for(&pool, before).await, 1, "the restart replayed nothing twice");
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        effects_for(&pool, before).await,
+        1,
+        "the restart replayed nothing twice"
+    );
     env.stop().await;
 }
 
@@ -244,14 +311,31 @@ async fn an_event_delivered_twice_is_applied_once() {
     let event = CloudEvent::new("crm", &payload).unwrap();
     let body = event.to_json().unwrap();
     for msg_id in ["first", "second"] {
-        let publish = Publish::build().payload(body.clone().into()).message_id(msg_id);
-        let ack = env.bus.js.send_publish(LeadConverted::nats_subject(), publish).await.unwrap().await.unwrap();
+        let publish = Publish::build()
+            .payload(body.clone().into())
+            .message_id(msg_id);
+        let ack = env
+            .bus
+            .js
+            .send_publish(LeadConverted::nats_subject(), publish)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
         assert!(!ack.duplicate);
     }
     // And once more with the event id as Nats-Msg-Id, twice: JetStream drops the second.
     for _ in 0..2 {
-        let publish = Publish::build().payload(body.clone().into()).message_id(event.id.to_string());
-        env.bus.js.send_publish(LeadConverted::nats_subject(), publish).await.unwrap().await.unwrap();
+        let publish = Publish::build()
+            .payload(body.clone().into())
+            .message_id(event.id.to_string());
+        env.bus
+            .js
+            .send_publish(LeadConverted::nats_subject(), publish)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
     }
     assert_eq!(stream_messages(&env.bus).await, 3);
 
@@ -259,14 +343,19 @@ async fn an_event_delivered_twice_is_applied_once() {
     // has been handled.
     env.relay();
     let later = enqueue_committed(&env.pool).await;
-    eventually("the later event to be applied", WAIT, || async { effects_for(&pool, later).await == 1 }).await;
+    eventually("the later event to be applied", WAIT, || async {
+        effects_for(&pool, later).await == 1
+    })
+    .await;
 
     assert_eq!(effects_for(&pool, payload.lead_id).await, 1);
-    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE consumer = 't-proj' AND event_id = $1")
-        .bind(event.id)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM processed_events WHERE consumer = 't-proj' AND event_id = $1",
+    )
+    .bind(event.id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(recorded, 1);
     env.stop().await;
 }
@@ -282,11 +371,13 @@ async fn a_failing_handler_rolls_back_and_the_event_is_retried() {
         let flag = flag.clone();
         Box::pin(async move {
             if let Some(lead) = ev.payload::<LeadConverted>()? {
-                sqlx::query("INSERT INTO effects (event_id, lead_id, replica) VALUES ($1, $2, 'a')")
-                    .bind(ev.id)
-                    .bind(lead.lead_id)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "INSERT INTO effects (event_id, lead_id, replica) VALUES ($1, $2, 'a')",
+                )
+                .bind(ev.id)
+                .bind(lead.lead_id)
+                .execute(&mut *tx)
+                .await?;
                 // The first attempt fails after writing: that write must not survive.
                 if !flag.swap(true, Ordering::SeqCst) {
                     anyhow::bail!("transient failure");
@@ -298,11 +389,17 @@ async fn a_failing_handler_rolls_back_and_the_event_is_retried() {
     env.consumer(&pool, "t-proj", handler);
 
     let lead = enqueue_committed(&env.pool).await;
-    eventually("the retried event to be applied", WAIT, || async { effects_for(&pool, lead).await == 1 }).await;
+    eventually("the retried event to be applied", WAIT, || async {
+        effects_for(&pool, lead).await == 1
+    })
+    .await;
     assert!(failed_once.load(Ordering::SeqCst));
     // Let any stray redelivery through before counting again.
     let later = enqueue_committed(&env.pool).await;
-    eventually("a later event to be applied", WAIT, || async { effects_for(&pool, later).await == 1 }).await;
+    eventually("a later event to be applied", WAIT, || async {
+        effects_for(&pool, later).await == 1
+    })
+    .await;
     assert_eq!(effects_for(&pool, lead).await, 1);
     env.stop().await;
 }
@@ -320,7 +417,9 @@ async fn two_consumer_replicas_apply_each_of_200_events_exactly_once() {
     for chunk in 0..20 {
         let mut tx = env.pool.begin().await.unwrap();
         for _ in 0..10 {
-            outbox::enqueue(&mut tx, "crm", &lead_converted()).await.unwrap();
+            outbox::enqueue(&mut tx, "crm", &lead_converted())
+                .await
+                .unwrap();
         }
         tx.commit().await.unwrap();
         if chunk % 5 == 0 {
@@ -329,17 +428,32 @@ async fn two_consumer_replicas_apply_each_of_200_events_exactly_once() {
     }
 
     let pool = env.pool.clone();
-    eventually("200 events to be applied", Duration::from_secs(30), || async {
-        count(&pool, "SELECT count(*) FROM effects").await >= 200
-    })
+    eventually(
+        "200 events to be applied",
+        Duration::from_secs(30),
+        || async { count(&pool, "SELECT count(*) FROM effects").await >= 200 },
+    )
     .await;
     // And nothing more arrives: a final marker goes through both replicas' queue.
     let marker = enqueue_committed(&env.pool).await;
-    eventually("the marker event to be applied", WAIT, || async { effects_for(&pool, marker).await == 1 }).await;
+    eventually("the marker event to be applied", WAIT, || async {
+        effects_for(&pool, marker).await == 1
+    })
+    .await;
 
     assert_eq!(count(&pool, "SELECT count(*) FROM effects").await, 201);
-    assert_eq!(count(&pool, "SELECT count(DISTINCT event_id) FROM effects").await, 201);
-    assert_eq!(count(&pool, "SELECT count(*) FROM processed_events WHERE consumer = 't-proj'").await, 201);
+    assert_eq!(
+        count(&pool, "SELECT count(DISTINCT event_id) FROM effects").await,
+        201
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM processed_events WHERE consumer = 't-proj'"
+        )
+        .await,
+        201
+    );
     let by_a = count(&pool, "SELECT count(*) FROM effects WHERE replica = 'a'").await;
     eprintln!("replica a applied {by_a}, replica b applied {}", 201 - by_a);
     env.stop().await;
@@ -367,7 +481,12 @@ async fn a_consumer_on_a_fresh_schema_replays_events_published_before_it_existed
     }
     let pool = env.pool.clone();
     eventually("5 events to be published", WAIT, || async {
-        count(&pool, "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL").await == 5
+        count(
+            &pool,
+            "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL",
+        )
+        .await
+            == 5
     })
     .await;
 
@@ -397,7 +516,11 @@ async fn a_consumer_on_a_fresh_schema_replays_events_published_before_it_existed
     .await;
     for lead in &leads {
         assert_eq!(effects_for(&fresh, *lead).await, 1);
-        assert_eq!(effects_for(&pool, *lead).await, 1, "the old schema saw each once");
+        assert_eq!(
+            effects_for(&pool, *lead).await,
+            1,
+            "the old schema saw each once"
+        );
     }
     env.stop().await;
     fresh.close().await;
@@ -414,7 +537,11 @@ async fn a_service_started_while_nats_is_down_catches_up_when_it_comes_up() {
         .expect("connect returns while NATS is down")
         .unwrap();
     let pool = env.pool.clone();
-    env.tasks.push(spawn_relay(pool.clone(), bus.js.clone(), env.shutdown.clone()));
+    env.tasks.push(spawn_relay(
+        pool.clone(),
+        bus.js.clone(),
+        env.shutdown.clone(),
+    ));
     env.tasks.push(spawn_consumer(
         pool.clone(),
         bus.js.clone(),
@@ -425,9 +552,11 @@ async fn a_service_started_while_nats_is_down_catches_up_when_it_comes_up() {
     let lead = enqueue_committed(&pool).await;
 
     env.nats.restart().await.expect("nats-server starts");
-    eventually("the event to be applied once NATS is up", Duration::from_secs(20), || async {
-        effects_for(&pool, lead).await == 1
-    })
+    eventually(
+        "the event to be applied once NATS is up",
+        Duration::from_secs(20),
+        || async { effects_for(&pool, lead).await == 1 },
+    )
     .await;
     env.stop().await;
 }
@@ -445,19 +574,33 @@ async fn event_and_service_migrations_share_the_schemas_migrations_table() {
 
     let dir = std::env::temp_dir().join(format!("isp-test-migrations-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("20260101000000_widgets.sql"), "CREATE TABLE widgets (id int PRIMARY KEY);").unwrap();
+    std::fs::write(
+        dir.join("20260101000000_widgets.sql"),
+        "CREATE TABLE widgets (id int PRIMARY KEY);",
+    )
+    .unwrap();
     let service = Migrator::new(dir.as_path()).await.unwrap();
 
-    isp_events::migrate(&pool, &service).await.expect("first run");
-    isp_events::migrate(&pool, &service).await.expect("second run is a no-op");
-    // An older build of the service (without its newest migration) still starts.
-    isp_events::migrate(&pool, &NO_SERVICE_MIGRATIONS).await.expect("older release");
-
-    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM svc._sqlx_migrations ORDER BY version")
-        .fetch_all(&pool)
+    isp_events::migrate(&pool, &service)
         .await
-        .unwrap();
-    assert_eq!(versions, vec![1, 20260101000000]);
+        .expect("first run");
+    isp_events::migrate(&pool, &service)
+        .await
+        .expect("second run is a no-op");
+    // An older build of the service (without its newest migration) still starts.
+    isp_events::migrate(&pool, &NO_SERVICE_MIGRATIONS)
+        .await
+        .expect("older release");
+
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM svc._sqlx_migrations ORDER BY version")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let mut expected: Vec<i64> = isp_events::MIGRATOR.iter().map(|m| m.version).collect();
+    expected.push(20260101000000);
+    assert_eq!(versions, expected);
+    assert_eq!(versions[0], 1, "the event tables come first");
     for table in ["svc.outbox", "svc.processed_events", "svc.widgets"] {
         let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
             .bind(table)

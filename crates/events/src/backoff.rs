@@ -12,7 +12,11 @@ pub(crate) struct Backoff {
 
 impl Backoff {
     pub(crate) fn new(base: Duration, max: Duration) -> Self {
-        Self { base, max, current: None }
+        Self {
+            base,
+            max,
+            current: None,
+        }
     }
 
     /// The delay to wait now; each call doubles the next one, up to `max`.

@@ -22,7 +22,8 @@ pub async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2))
         .reconnect_delay_callback(|attempts| {
-            Duration::from_millis(50u64.saturating_mul(1 << attempts.min(5) as u64)).min(Duration::from_secs(1))
+            Duration::from_millis(50u64.saturating_mul(1 << attempts.min(5) as u64))
+                .min(Duration::from_secs(1))
         })
         .connect(url)
         .await

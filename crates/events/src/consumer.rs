@@ -38,7 +38,10 @@ pub struct ConsumerSpec {
 
 impl ConsumerSpec {
     pub fn new(durable: impl Into<String>, filter_subject: impl Into<String>) -> Self {
-        Self { durable: durable.into(), filter_subject: filter_subject.into() }
+        Self {
+            durable: durable.into(),
+            filter_subject: filter_subject.into(),
+        }
     }
 }
 
@@ -58,17 +61,29 @@ const NAK_MAX: Duration = Duration::from_secs(60);
 /// the event as processed. Return `Ok(())` for event types it does not care about.
 /// Everything it changes must go through `tx`.
 pub trait EventHandler: Send + Sync + 'static {
-    fn handle<'a>(&'a self, tx: &'a mut PgConnection, event: &'a CloudEvent) -> BoxFuture<'a, anyhow::Result<()>>;
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        event: &'a CloudEvent,
+    ) -> BoxFuture<'a, anyhow::Result<()>>;
 }
 
 impl<H: EventHandler + ?Sized> EventHandler for Arc<H> {
-    fn handle<'a>(&'a self, tx: &'a mut PgConnection, event: &'a CloudEvent) -> BoxFuture<'a, anyhow::Result<()>> {
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        event: &'a CloudEvent,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
         (**self).handle(tx, event)
     }
 }
 
 impl<H: EventHandler + ?Sized> EventHandler for Box<H> {
-    fn handle<'a>(&'a self, tx: &'a mut PgConnection, event: &'a CloudEvent) -> BoxFuture<'a, anyhow::Result<()>> {
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        event: &'a CloudEvent,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
         (**self).handle(tx, event)
     }
 }
@@ -89,16 +104,26 @@ pub struct FnHandler<F>(F);
 /// ```
 pub fn handler_fn<F>(f: F) -> FnHandler<F>
 where
-    F: for<'a> Fn(&'a mut PgConnection, &'a CloudEvent) -> BoxFuture<'a, anyhow::Result<()>> + Send + Sync + 'static,
+    F: for<'a> Fn(&'a mut PgConnection, &'a CloudEvent) -> BoxFuture<'a, anyhow::Result<()>>
+        + Send
+        + Sync
+        + 'static,
 {
     FnHandler(f)
 }
 
 impl<F> EventHandler for FnHandler<F>
 where
-    F: for<'a> Fn(&'a mut PgConnection, &'a CloudEvent) -> BoxFuture<'a, anyhow::Result<()>> + Send + Sync + 'static,
+    F: for<'a> Fn(&'a mut PgConnection, &'a CloudEvent) -> BoxFuture<'a, anyhow::Result<()>>
+        + Send
+        + Sync
+        + 'static,
 {
-    fn handle<'a>(&'a self, tx: &'a mut PgConnection, event: &'a CloudEvent) -> BoxFuture<'a, anyhow::Result<()>> {
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        event: &'a CloudEvent,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
         (self.0)(tx, event)
     }
 }
@@ -202,7 +227,10 @@ async fn run<H: EventHandler>(
 fn desired_config(spec: &ConsumerSpec) -> pull::Config {
     pull::Config {
         durable_name: Some(spec.durable.clone()),
-        description: Some(format!("isp-events consumer {} on {}", spec.durable, spec.filter_subject)),
+        description: Some(format!(
+            "isp-events consumer {} on {}",
+            spec.durable, spec.filter_subject
+        )),
         filter_subject: spec.filter_subject.clone(),
         deliver_policy: jetstream::consumer::DeliverPolicy::All,
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
@@ -223,10 +251,12 @@ async fn prepare(
     crate::bus::ensure_stream(js).await?;
 
     let fresh = may_reset && {
-        let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM processed_events WHERE consumer = $1)")
-            .bind(&spec.durable)
-            .fetch_one(pool)
-            .await?;
+        let any: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM processed_events WHERE consumer = $1)",
+        )
+        .bind(&spec.durable)
+        .fetch_one(pool)
+        .await?;
         !any
     };
 
@@ -251,7 +281,10 @@ async fn prepare(
             compatible,
             "recreating durable consumer to replay the stream from the start"
         );
-        match js.delete_consumer_from_stream(&spec.durable, STREAM_NAME).await {
+        match js
+            .delete_consumer_from_stream(&spec.durable, STREAM_NAME)
+            .await
+        {
             Ok(_) => {}
             Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(anyhow::anyhow!("deleting consumer {}: {e}", spec.durable)),
@@ -271,7 +304,12 @@ fn is_not_found(e: &async_nats::jetstream::stream::ConsumerError) -> bool {
     )
 }
 
-async fn process<H: EventHandler>(pool: &PgPool, consumer: &str, handler: &H, msg: jetstream::Message) {
+async fn process<H: EventHandler>(
+    pool: &PgPool,
+    consumer: &str,
+    handler: &H,
+    msg: jetstream::Message,
+) {
     let mut event = match CloudEvent::from_json(&msg.payload) {
         Ok(ev) => ev,
         Err(e) => {
@@ -294,9 +332,12 @@ async fn process<H: EventHandler>(pool: &PgPool, consumer: &str, handler: &H, ms
     let span = tracing::info_span!("event", id = %event.id, r#type = %event.r#type, delivered);
     let traceparent = event.traceparent.clone();
     // A panicking handler is a failed attempt like any other, not a dead consumer.
-    let attempt = AssertUnwindSafe(crate::trace::with_traceparent(traceparent, apply(pool, consumer, handler, &event)))
-        .catch_unwind()
-        .instrument(span.clone());
+    let attempt = AssertUnwindSafe(crate::trace::with_traceparent(
+        traceparent,
+        apply(pool, consumer, handler, &event),
+    ))
+    .catch_unwind()
+    .instrument(span.clone());
     let outcome = match attempt.await {
         Ok(result) => result,
         Err(_) => Err(anyhow::anyhow!("event handler panicked")),
@@ -314,7 +355,11 @@ async fn process<H: EventHandler>(pool: &PgPool, consumer: &str, handler: &H, ms
             }
         }
         Err(e) => {
-            let delay = exponential(NAK_BASE, u32::try_from(delivered).unwrap_or(u32::MAX), NAK_MAX);
+            let delay = exponential(
+                NAK_BASE,
+                u32::try_from(delivered).unwrap_or(u32::MAX),
+                NAK_MAX,
+            );
             tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "event handler failed; will redeliver");
             if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
                 tracing::warn!(error = %e, "nak failed (redelivered after ack wait)");
@@ -324,7 +369,12 @@ async fn process<H: EventHandler>(pool: &PgPool, consumer: &str, handler: &H, ms
 }
 
 /// Ok(true): applied now; Ok(false): was already applied.
-async fn apply<H: EventHandler>(pool: &PgPool, consumer: &str, handler: &H, event: &CloudEvent) -> anyhow::Result<bool> {
+async fn apply<H: EventHandler>(
+    pool: &PgPool,
+    consumer: &str,
+    handler: &H,
+    event: &CloudEvent,
+) -> anyhow::Result<bool> {
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",

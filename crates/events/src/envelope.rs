@@ -151,7 +151,10 @@ mod tests {
         let back = CloudEvent::from_json(&ev.to_json().unwrap()).unwrap();
         assert_eq!(back.id, ev.id);
         assert_eq!(back.payload::<PlanUpdated>().unwrap().unwrap().0, p);
-        assert!(back.payload::<crate::payloads::PlanCreated>().unwrap().is_none());
+        assert!(back
+            .payload::<crate::payloads::PlanCreated>()
+            .unwrap()
+            .is_none());
         assert_eq!(back.source_service(), Some("core"));
     }
 

@@ -17,6 +17,11 @@
 //!   `processed_events`; the message is acked only after that commit.
 //! - [`bus`]: connecting to NATS (retrying forever, also on the first connect) and
 //!   declaring the `ISP` stream.
+//! - [`trace`]: the HTTP layer runs each request inside
+//!   [`trace::with_traceparent`]; `enqueue` stores that `traceparent` with the
+//!   event, the relay sends it as a NATS header, and the consumer runs its handler
+//!   inside the event's trace context, so events caused by events stay in the
+//!   same trace.
 //!
 //! # Guarantees
 //!
@@ -48,7 +53,8 @@
 //!
 //! # Migrations
 //!
-//! The tables live in `migrations/` ([`MIGRATOR`], version 1) and are created
+//! The tables live in `migrations/` ([`MIGRATOR`], versions `00000000000001`,
+//! `...02`, ..., below any service's) and are created
 //! unqualified, i.e. in the first schema of the connection's `search_path`.
 //! Services keep their own migrators (versions `2026...`) in the same
 //! `_sqlx_migrations` table of their schema. Each migrator alone would reject the
@@ -99,9 +105,9 @@ pub use outbox::{migrate, MIGRATOR};
 pub use payloads::EventPayload;
 pub use relay::{spawn_relay, RelayConfig};
 
+pub use async_nats;
 /// Re-exported so users need not depend on these crates (and get the same
 /// versions): handlers name `BoxFuture`, callers pass a `CancellationToken`, tests
 /// publish raw messages with `async_nats`.
 pub use futures::future::BoxFuture;
 pub use tokio_util::sync::CancellationToken;
-pub use async_nats;

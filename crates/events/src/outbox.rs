@@ -10,7 +10,8 @@ use uuid::Uuid;
 use crate::envelope::CloudEvent;
 use crate::payloads::EventPayload;
 
-/// The event tables (`outbox`, `processed_events`), migration version 1. Run it
+/// The shared tables (`outbox`, `processed_events`, ...), migration versions
+/// `00000000000001` and up, below every service's own. Run it
 /// through [`migrate`] together with the service's own migrator.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
@@ -29,7 +30,10 @@ pub async fn migrate(pool: &PgPool, service: &Migrator) -> anyhow::Result<()> {
     let mut migrations: Vec<_> = MIGRATOR.migrations.iter().cloned().collect();
     for m in service.migrations.iter() {
         anyhow::ensure!(
-            !MIGRATOR.migrations.iter().any(|ours| ours.version == m.version),
+            !MIGRATOR
+                .migrations
+                .iter()
+                .any(|ours| ours.version == m.version),
             "service migration version {} collides with isp-events' own",
             m.version
         );

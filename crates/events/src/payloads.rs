@@ -369,7 +369,12 @@ pub struct SubscriberProvisioned {
     pub radius_username: String,
     pub at: DateTime<Utc>,
 }
-plain_event!(SubscriberProvisioned, "noc", "subscriber.provisioned", |e| e.subscriber_id);
+plain_event!(
+    SubscriberProvisioned,
+    "noc",
+    "subscriber.provisioned",
+    |e| e.subscriber_id
+);
 
 /// `subscriber.network_updated`: technical fields changed (Support projects the
 /// router for bulk-compose filters).
@@ -384,7 +389,12 @@ pub struct SubscriberNetworkUpdated {
     #[serde(default)]
     pub router: Option<Uuid>,
 }
-plain_event!(SubscriberNetworkUpdated, "noc", "subscriber.network_updated", |e| e.subscriber_id);
+plain_event!(
+    SubscriberNetworkUpdated,
+    "noc",
+    "subscriber.network_updated",
+    |e| e.subscriber_id
+);
 
 /// An inventory resource (routers, antennas, ...).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -490,7 +500,12 @@ pub struct MpesaPaymentConfirmed {
     /// `stk` | `c2b`.
     pub source: String,
 }
-plain_event!(MpesaPaymentConfirmed, "mpesa", "mpesa.payment.confirmed", |e| e.receipt);
+plain_event!(
+    MpesaPaymentConfirmed,
+    "mpesa",
+    "mpesa.payment.confirmed",
+    |e| e.receipt
+);
 
 // ---------------------------------------------------------------------------
 // notify
@@ -507,7 +522,8 @@ pub struct NotificationStatus {
     pub provider: String,
     pub at: DateTime<Utc>,
 }
-plain_event!(NotificationStatus, "notify", "notification.status", |e| e.delivery_id);
+plain_event!(NotificationStatus, "notify", "notification.status", |e| e
+    .delivery_id);
 
 #[cfg(test)]
 mod tests {
@@ -517,13 +533,39 @@ mod tests {
     fn all() -> Vec<(&'static str, &'static str)> {
         macro_rules! list { ($($t:ty),+ $(,)?) => { vec![$((<$t>::SERVICE, <$t>::TYPE)),+] } }
         list!(
-            PlanCreated, PlanUpdated, PlanDeleted, PartnerCreated, PartnerUpdated, PartnerDeleted,
-            StaffCreated, StaffUpdated, LeadCreated, LeadConverted, BuildingCreated, BuildingUpdated,
-            BuildingDeleted, SubscriberCreated, SubscriberUpdated, SubscriberSuspended,
-            SubscriberReactivated, SubscriberDeactivated, SubscriberActivated, InvoiceCreated,
-            InvoiceOverdue, InvoiceUpdated, PaymentReceived, SubscriberProvisioned,
-            SubscriberNetworkUpdated, ResourceCreated, ResourceUpdated, ResourceDeleted,
-            NetworkProblem, NetworkRecovered, TicketCreated, TicketUpdated, MpesaPaymentConfirmed,
+            PlanCreated,
+            PlanUpdated,
+            PlanDeleted,
+            PartnerCreated,
+            PartnerUpdated,
+            PartnerDeleted,
+            StaffCreated,
+            StaffUpdated,
+            LeadCreated,
+            LeadConverted,
+            BuildingCreated,
+            BuildingUpdated,
+            BuildingDeleted,
+            SubscriberCreated,
+            SubscriberUpdated,
+            SubscriberSuspended,
+            SubscriberReactivated,
+            SubscriberDeactivated,
+            SubscriberActivated,
+            InvoiceCreated,
+            InvoiceOverdue,
+            InvoiceUpdated,
+            PaymentReceived,
+            SubscriberProvisioned,
+            SubscriberNetworkUpdated,
+            ResourceCreated,
+            ResourceUpdated,
+            ResourceDeleted,
+            NetworkProblem,
+            NetworkRecovered,
+            TicketCreated,
+            TicketUpdated,
+            MpesaPaymentConfirmed,
             NotificationStatus,
         )
     }
@@ -538,7 +580,10 @@ mod tests {
             assert!(subject.starts_with("isp."));
             assert!(!subject.contains(' ') && !subject.contains('*') && !subject.contains('>'));
         }
-        assert_eq!(SubscriberCreated::nats_subject(), "isp.billing.subscriber.created");
+        assert_eq!(
+            SubscriberCreated::nats_subject(),
+            "isp.billing.subscriber.created"
+        );
     }
 
     #[test]
@@ -574,6 +619,13 @@ mod tests {
             recovery_of: Some("100".into()),
         };
         assert_eq!(NetworkRecovered(z.clone()).subject_id(), "100");
-        assert_eq!(NetworkProblem(ZabbixEvent { recovery_of: None, ..z }).subject_id(), "200");
+        assert_eq!(
+            NetworkProblem(ZabbixEvent {
+                recovery_of: None,
+                ..z
+            })
+            .subject_id(),
+            "200"
+        );
     }
 }

@@ -56,7 +56,11 @@ impl Default for RelayConfig {
 /// `js` should come from [`crate::connect_nats`] (so it need not be connected
 /// yet); the relay declares the stream itself. Ends when `shutdown` is cancelled
 /// (an in-flight batch is finished first) or the pool is closed.
-pub fn spawn_relay(pool: PgPool, js: jetstream::Context, shutdown: CancellationToken) -> JoinHandle<()> {
+pub fn spawn_relay(
+    pool: PgPool,
+    js: jetstream::Context,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
     spawn_relay_with(pool, js, RelayConfig::default(), shutdown)
 }
 
@@ -98,7 +102,11 @@ async fn run(pool: PgPool, js: jetstream::Context, cfg: RelayConfig, shutdown: C
             drain_batch(&pool, &js, cfg.batch_size).await
         };
         match pass.await {
-            Ok(Pass { published, failed: None, locked }) => {
+            Ok(Pass {
+                published,
+                failed: None,
+                locked,
+            }) => {
                 backoff.reset();
                 if published > 0 {
                     tracing::debug!(published, "published outbox events");
@@ -107,7 +115,11 @@ async fn run(pool: PgPool, js: jetstream::Context, cfg: RelayConfig, shutdown: C
                     continue; // more waiting: no pause
                 }
             }
-            Ok(Pass { failed: Some(err), published, .. }) => {
+            Ok(Pass {
+                failed: Some(err),
+                published,
+                ..
+            }) => {
                 stream_ready = false;
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %err, published, retry_in = ?delay, "outbox relay: publishing failed");
@@ -197,7 +209,11 @@ async fn drain_batch(pool: &PgPool, js: &jetstream::Context, limit: i64) -> anyh
     .await?;
     if rows.is_empty() {
         tx.rollback().await?;
-        return Ok(Pass { locked: 0, published: 0, failed: None });
+        return Ok(Pass {
+            locked: 0,
+            published: 0,
+            failed: None,
+        });
     }
 
     // Send every publish first, then await the acks together: one round trip per
@@ -206,7 +222,11 @@ async fn drain_batch(pool: &PgPool, js: &jetstream::Context, limit: i64) -> anyh
     for row in &rows {
         let body = serde_json::to_vec(&row.payload.0)?;
         let mut publish = Publish::build().payload(body.into());
-        if let Some(tp) = row.traceparent.as_deref().filter(|t| crate::trace::is_valid_traceparent(t)) {
+        if let Some(tp) = row
+            .traceparent
+            .as_deref()
+            .filter(|t| crate::trace::is_valid_traceparent(t))
+        {
             let mut headers = HeaderMap::new();
             headers.insert(TRACEPARENT_HEADER, tp);
             publish = publish.headers(headers);
@@ -225,7 +245,12 @@ async fn drain_batch(pool: &PgPool, js: &jetstream::Context, limit: i64) -> anyh
     }
     let results = futures::future::join_all(acks.into_iter().map(|(id, ack)| async move {
         match ack {
-            Some(ack) => (id, ack.await.map(|_| ()).map_err(|e| anyhow::anyhow!("publish to JetStream: {e}"))),
+            Some(ack) => (
+                id,
+                ack.await
+                    .map(|_| ())
+                    .map_err(|e| anyhow::anyhow!("publish to JetStream: {e}")),
+            ),
             None => (id, Err(anyhow::anyhow!("publish to JetStream: not sent"))),
         }
     }))
@@ -251,14 +276,20 @@ async fn drain_batch(pool: &PgPool, js: &jetstream::Context, limit: i64) -> anyh
             .await?;
     }
     if let Some(err) = &first_error {
-        sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1)")
-            .bind(&failed_ids)
-            .bind(format!("{err:#}"))
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1)",
+        )
+        .bind(&failed_ids)
+        .bind(format!("{err:#}"))
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
-    Ok(Pass { locked: rows.len(), published: ok_ids.len(), failed: first_error })
+    Ok(Pass {
+        locked: rows.len(),
+        published: ok_ids.len(),
+        failed: first_error,
+    })
 }
 
 async fn prune(pool: &PgPool, retention: Duration) -> sqlx::Result<u64> {

@@ -42,8 +42,14 @@ impl Role {
         Role::Technician,
         Role::SupportAgent,
     ];
-    pub const OPTIONS: &'static [&'static str] =
-        &["Admin", "Sales Agent", "Billing Manager", "Network Engineer", "Technician", "Support Agent"];
+    pub const OPTIONS: &'static [&'static str] = &[
+        "Admin",
+        "Sales Agent",
+        "Billing Manager",
+        "Network Engineer",
+        "Technician",
+        "Support Agent",
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -115,8 +121,17 @@ pub struct Claims {
 /// Who is calling.
 #[derive(Debug, Clone)]
 pub enum Principal {
-    Staff { id: Uuid, email: String, role: Role, name: String, token_version: i32 },
-    Service { name: String, scopes: Vec<String> },
+    Staff {
+        id: Uuid,
+        email: String,
+        role: Role,
+        name: String,
+        token_version: i32,
+    },
+    Service {
+        name: String,
+        scopes: Vec<String>,
+    },
 }
 
 impl Principal {
@@ -146,7 +161,9 @@ impl Principal {
         if self.in_roles(roles) {
             Ok(())
         } else {
-            Err(ApiError::forbidden("You are not allowed to perform this action."))
+            Err(ApiError::forbidden(
+                "You are not allowed to perform this action.",
+            ))
         }
     }
     /// Allowed when a staff role matches or a service carries the scope.
@@ -154,7 +171,9 @@ impl Principal {
         if self.in_roles(roles) || self.has_scope(scope) {
             Ok(())
         } else {
-            Err(ApiError::forbidden("You are not allowed to perform this action."))
+            Err(ApiError::forbidden(
+                "You are not allowed to perform this action.",
+            ))
         }
     }
     pub fn label(&self) -> String {
@@ -175,13 +194,16 @@ pub struct Keys {
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keys").field("can_sign", &self.encoding.is_some()).finish()
+        f.debug_struct("Keys")
+            .field("can_sign", &self.encoding.is_some())
+            .finish()
     }
 }
 
 impl Keys {
     pub fn from_pkcs8(pkcs8: &[u8]) -> anyhow::Result<Self> {
-        let pair = Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|e| anyhow::anyhow!("bad Ed25519 key: {e}"))?;
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8)
+            .map_err(|e| anyhow::anyhow!("bad Ed25519 key: {e}"))?;
         let public_raw = pair.public_key().as_ref().to_vec();
         Ok(Self {
             encoding: Some(Arc::new(EncodingKey::from_ed_der(pkcs8))),
@@ -191,12 +213,17 @@ impl Keys {
     }
 
     pub fn verify_only(public_raw: &[u8]) -> Self {
-        Self { encoding: None, decoding: Arc::new(DecodingKey::from_ed_der(public_raw)), public_raw: public_raw.to_vec() }
+        Self {
+            encoding: None,
+            decoding: Arc::new(DecodingKey::from_ed_der(public_raw)),
+            public_raw: public_raw.to_vec(),
+        }
     }
 
     pub fn generate() -> anyhow::Result<(Self, Vec<u8>)> {
         let rng = ring::rand::SystemRandom::new();
-        let doc = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| anyhow::anyhow!("key generation failed"))?;
+        let doc = Ed25519KeyPair::generate_pkcs8(&rng)
+            .map_err(|_| anyhow::anyhow!("key generation failed"))?;
         let bytes = doc.as_ref().to_vec();
         Ok((Self::from_pkcs8(&bytes)?, bytes))
     }
@@ -232,8 +259,15 @@ impl Keys {
     }
 
     pub fn sign(&self, claims: &Claims) -> anyhow::Result<String> {
-        let key = self.encoding.as_ref().ok_or_else(|| anyhow::anyhow!("this process has no signing key"))?;
-        Ok(jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), claims, key)?)
+        let key = self
+            .encoding
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("this process has no signing key"))?;
+        Ok(jsonwebtoken::encode(
+            &Header::new(Algorithm::EdDSA),
+            claims,
+            key,
+        )?)
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
@@ -243,7 +277,9 @@ impl Keys {
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &v)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => ApiError::unauthorized("Your session has expired."),
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                    ApiError::unauthorized("Your session has expired.")
+                }
                 _ => ApiError::unauthorized("The token is not valid."),
             })
     }
@@ -268,7 +304,11 @@ impl Keys {
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(contents.as_bytes())?;
     Ok(())
 }
@@ -281,10 +321,16 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
 impl Principal {
     pub fn from_claims(c: Claims) -> Result<Principal, ApiError> {
         if let Some(name) = c.sub.strip_prefix("service:") {
-            return Ok(Principal::Service { name: name.to_string(), scopes: c.scopes });
+            return Ok(Principal::Service {
+                name: name.to_string(),
+                scopes: c.scopes,
+            });
         }
-        let id = Uuid::parse_str(&c.sub).map_err(|_| ApiError::unauthorized("The token is not valid."))?;
-        let role = c.role.ok_or_else(|| ApiError::unauthorized("The token is not valid."))?;
+        let id = Uuid::parse_str(&c.sub)
+            .map_err(|_| ApiError::unauthorized("The token is not valid."))?;
+        let role = c
+            .role
+            .ok_or_else(|| ApiError::unauthorized("The token is not valid."))?;
         Ok(Principal::Staff {
             id,
             email: c.email.unwrap_or_default(),
@@ -302,9 +348,14 @@ pub trait HasKeys {
 
 /// `Authorization: JWT <token>` (Payload's spelling) or `Bearer <token>`.
 pub fn bearer(parts: &Parts) -> Option<&str> {
-    let h = parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let h = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = h.split_once(' ')?;
-    (scheme.eq_ignore_ascii_case("jwt") || scheme.eq_ignore_ascii_case("bearer")).then(|| token.trim())
+    (scheme.eq_ignore_ascii_case("jwt") || scheme.eq_ignore_ascii_case("bearer"))
+        .then(|| token.trim())
 }
 
 impl<S> FromRequestParts<S> for Principal
@@ -314,14 +365,17 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).ok_or_else(|| ApiError::unauthorized("You are not logged in."))?;
+        let token =
+            bearer(parts).ok_or_else(|| ApiError::unauthorized("You are not logged in."))?;
         Principal::from_claims(state.keys().verify(token)?)
     }
 }
 
 /// Argon2id password hashing with the crate's recommended parameters.
 pub mod password {
-    use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+    use argon2::password_hash::{
+        rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+    };
     use argon2::Argon2;
 
     pub fn hash(password: &str) -> anyhow::Result<String> {
@@ -333,7 +387,11 @@ pub mod password {
     }
 
     pub fn verify(password: &str, hash: &str) -> bool {
-        PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        PasswordHash::new(hash).is_ok_and(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
     }
 
     /// Hashing costs ~20 ms of CPU; run it off the async workers.
@@ -341,7 +399,9 @@ pub mod password {
         tokio::task::spawn_blocking(move || hash(&password)).await?
     }
     pub async fn verify_async(password: String, hash: String) -> bool {
-        tokio::task::spawn_blocking(move || verify(&password, &hash)).await.unwrap_or(false)
+        tokio::task::spawn_blocking(move || verify(&password, &hash))
+            .await
+            .unwrap_or(false)
     }
 
     /// A random password for generated credentials (bootstrap admin).
@@ -349,7 +409,9 @@ pub mod password {
         use rand::Rng;
         const CHARS: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
         let mut rng = rand::thread_rng();
-        (0..len).map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char).collect()
+        (0..len)
+            .map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char)
+            .collect()
     }
 }
 
@@ -386,7 +448,10 @@ mod tests {
         assert!(s.contains(Role::Admin) && s.contains(Role::BillingManager));
         assert!(!s.contains(Role::Technician));
         assert_eq!(Role::parse("Network Engineer"), Some(Role::NetworkEngineer));
-        assert_eq!(serde_json::to_string(&Role::SupportAgent).unwrap(), "\"Support Agent\"");
+        assert_eq!(
+            serde_json::to_string(&Role::SupportAgent).unwrap(),
+            "\"Support Agent\""
+        );
     }
 
     #[test]

@@ -17,7 +17,9 @@ pub struct ServiceClient {
 
 impl std::fmt::Debug for ServiceClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServiceClient").field("base", &self.base).finish()
+        f.debug_struct("ServiceClient")
+            .field("base", &self.base)
+            .finish()
     }
 }
 
@@ -27,13 +29,22 @@ impl ServiceClient {
             .timeout(Duration::from_secs(15))
             .build()
             .expect("a default reqwest client builds");
-        Self { http, base: base.into().trim_end_matches('/').to_string(), token: token.into() }
+        Self {
+            http,
+            base: base.into().trim_end_matches('/').to_string(),
+            token: token.into(),
+        }
     }
 
     /// POSTs JSON; retries transport failures and 5xx/503 a few times with the same
     /// idempotency key. Client errors from the callee are passed through as ours, so
     /// a 400 naming a field reaches the user who caused it.
-    pub async fn post(&self, path: &str, body: &Value, idempotency_key: &str) -> Result<(StatusCode, Value), ApiError> {
+    pub async fn post(
+        &self,
+        path: &str,
+        body: &Value,
+        idempotency_key: &str,
+    ) -> Result<(StatusCode, Value), ApiError> {
         let url = format!("{}{}", self.base, path);
         let mut delay = Duration::from_millis(200);
         for attempt in 1..=4 {
@@ -58,7 +69,9 @@ impl ServiceClient {
                     }
                     return Err(passthrough(status, &json));
                 }
-                Err(e) if attempt < 4 => tracing::warn!(%url, error = %e, attempt, "retrying service call"),
+                Err(e) if attempt < 4 => {
+                    tracing::warn!(%url, error = %e, attempt, "retrying service call")
+                }
                 Err(e) => return Err(ApiError::Unavailable(format!("{path} is unavailable: {e}"))),
             }
             tokio::time::sleep(delay).await;
@@ -82,7 +95,12 @@ fn passthrough(status: StatusCode, body: &Value) -> ApiError {
         .unwrap_or_default();
     match status.as_u16() {
         400 => ApiError::BadRequest(errors),
-        404 => ApiError::NotFound(errors.first().map(|e| e.message.trim_end_matches(" not found").to_string()).unwrap_or_else(|| "Record".into())),
+        404 => ApiError::NotFound(
+            errors
+                .first()
+                .map(|e| e.message.trim_end_matches(" not found").to_string())
+                .unwrap_or_else(|| "Record".into()),
+        ),
         409 => ApiError::Conflict(errors),
         403 | 401 => ApiError::Internal(anyhow::anyhow!("service call refused ({status}): {body}")),
         _ => ApiError::Unavailable(format!("upstream answered {status}")),

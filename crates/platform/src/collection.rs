@@ -36,11 +36,16 @@ use crate::ServiceContext;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Kind {
     /// Text, Text Area and Rich Text (Markdown) all store text; `max` bounds length.
-    Text { max: usize },
+    Text {
+        max: usize,
+    },
     Email,
     /// Normalized to E.164.
     Phone,
-    Int { min: i64, max: i64 },
+    Int {
+        min: i64,
+        max: i64,
+    },
     /// KES, numeric(14,2), exact.
     Money,
     Bool,
@@ -86,7 +91,17 @@ pub struct Field {
 
 impl Field {
     pub fn new(name: &'static str, column: &'static str, kind: Kind) -> Self {
-        Field { name, column, kind, required: false, read: None, write: None, system: false, hidden: false, immutable: false }
+        Field {
+            name,
+            column,
+            kind,
+            required: false,
+            read: None,
+            write: None,
+            system: false,
+            hidden: false,
+            immutable: false,
+        }
     }
     pub fn required(mut self) -> Self {
         self.required = true;
@@ -151,7 +166,10 @@ impl Change<'_> {
         self.str(field).and_then(|s| Uuid::parse_str(s).ok())
     }
     pub fn changed(&self, field: &str) -> bool {
-        match (self.data.get(field), self.existing.and_then(|e| e.get(field))) {
+        match (
+            self.data.get(field),
+            self.existing.and_then(|e| e.get(field)),
+        ) {
             (Some(new), Some(old)) => new != old,
             (Some(new), None) => !new.is_null(),
             (None, _) => false,
@@ -166,7 +184,11 @@ pub trait Hooks: Send + Sync + 'static {
     }
     /// Validate across fields, normalize, derive system fields. Runs inside the
     /// transaction, after per-field validation.
-    async fn before_change(&self, _tx: &mut PgConnection, _change: &mut Change<'_>) -> ApiResult<()> {
+    async fn before_change(
+        &self,
+        _tx: &mut PgConnection,
+        _change: &mut Change<'_>,
+    ) -> ApiResult<()> {
         Ok(())
     }
     /// Runs inside the transaction with the stored document: write outbox events here.
@@ -180,10 +202,20 @@ pub trait Hooks: Send + Sync + 'static {
     ) -> ApiResult<()> {
         Ok(())
     }
-    async fn before_delete(&self, _tx: &mut PgConnection, _principal: &Principal, _doc: &Value) -> ApiResult<()> {
+    async fn before_delete(
+        &self,
+        _tx: &mut PgConnection,
+        _principal: &Principal,
+        _doc: &Value,
+    ) -> ApiResult<()> {
         Ok(())
     }
-    async fn after_delete(&self, _tx: &mut PgConnection, _ctx: &ServiceContext, _doc: &Value) -> ApiResult<()> {
+    async fn after_delete(
+        &self,
+        _tx: &mut PgConnection,
+        _ctx: &ServiceContext,
+        _doc: &Value,
+    ) -> ApiResult<()> {
         Ok(())
     }
     /// Last look at a document before it is sent (after field access is applied).
@@ -230,7 +262,13 @@ impl Operation {
 }
 
 impl Collection {
-    pub fn new(service: &str, slug: &'static str, table: &'static str, label: &'static str, fields: Vec<Field>) -> Self {
+    pub fn new(
+        service: &str,
+        slug: &'static str,
+        table: &'static str,
+        label: &'static str,
+        fields: Vec<Field>,
+    ) -> Self {
         let mut c = Collection {
             slug,
             table,
@@ -277,7 +315,11 @@ impl Collection {
         if self.allowed(p, op) {
             Ok(())
         } else {
-            Err(ApiError::forbidden(format!("You are not allowed to {} {}.", op.as_str(), self.slug)))
+            Err(ApiError::forbidden(format!(
+                "You are not allowed to {} {}.",
+                op.as_str(),
+                self.slug
+            )))
         }
     }
 
@@ -297,9 +339,10 @@ impl Collection {
         }
         match p {
             Principal::Service { .. } => true,
-            Principal::Staff { role, .. } => {
-                f.write.unwrap_or(if create { self.create } else { self.update }).contains(*role)
-            }
+            Principal::Staff { role, .. } => f
+                .write
+                .unwrap_or(if create { self.create } else { self.update })
+                .contains(*role),
         }
     }
 
@@ -310,7 +353,11 @@ impl Collection {
             "'createdAt', to_char(t.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')".to_string(),
             "'updatedAt', to_char(t.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')".to_string(),
         ];
-        for f in self.fields.iter().filter(|f| !f.hidden && f.kind != Kind::Password) {
+        for f in self
+            .fields
+            .iter()
+            .filter(|f| !f.hidden && f.kind != Kind::Password)
+        {
             let expr = match f.kind {
                 Kind::Money => format!("to_char(t.{0}, 'FM999999999990.00')", f.column),
                 Kind::Timestamp => format!(
@@ -322,16 +369,35 @@ impl Collection {
             pairs.push(format!("'{}', {}", f.name, expr));
         }
         // jsonb_build_object takes at most 100 arguments: concatenate chunks.
-        let objects: Vec<String> =
-            pairs.chunks(40).map(|c| format!("jsonb_build_object({})", c.join(", "))).collect();
-        format!("SELECT ({})::text AS doc FROM {} t", objects.join(" || "), self.table)
+        let objects: Vec<String> = pairs
+            .chunks(40)
+            .map(|c| format!("jsonb_build_object({})", c.join(", ")))
+            .collect();
+        format!(
+            "SELECT ({})::text AS doc FROM {} t",
+            objects.join(" || "),
+            self.table
+        )
     }
 
     /// Fetches one document by id (no access checks), optionally locking the row.
-    pub async fn fetch(&self, conn: &mut PgConnection, id: Uuid, lock: bool) -> ApiResult<Option<Value>> {
-        let sql = format!("{} WHERE t.id = $1{}", self.select_sql, if lock { " FOR UPDATE" } else { "" });
-        let row: Option<String> = sqlx::query_scalar(&sql).bind(id).fetch_optional(&mut *conn).await?;
-        row.map(|s| serde_json::from_str(&s).map_err(|e| ApiError::Internal(e.into()))).transpose()
+    pub async fn fetch(
+        &self,
+        conn: &mut PgConnection,
+        id: Uuid,
+        lock: bool,
+    ) -> ApiResult<Option<Value>> {
+        let sql = format!(
+            "{} WHERE t.id = $1{}",
+            self.select_sql,
+            if lock { " FOR UPDATE" } else { "" }
+        );
+        let row: Option<String> = sqlx::query_scalar(&sql)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        row.map(|s| serde_json::from_str(&s).map_err(|e| ApiError::Internal(e.into())))
+            .transpose()
     }
 
     /// The document as `principal` may see it.
@@ -352,7 +418,12 @@ impl Collection {
         Value::Object(out)
     }
 
-    fn column_for(&self, principal: &Principal, name: &str, path: &str) -> ApiResult<(&'static str, Kind)> {
+    fn column_for(
+        &self,
+        principal: &Principal,
+        name: &str,
+        path: &str,
+    ) -> ApiResult<(&'static str, Kind)> {
         match name {
             "id" => return Ok(("id", Kind::Relation)),
             "createdAt" => return Ok(("created_at", Kind::Timestamp)),
@@ -375,7 +446,12 @@ impl Collection {
         }
     }
 
-    fn push_filter(&self, qb: &mut QueryBuilder<'_, Postgres>, principal: &Principal, f: &Filter) -> ApiResult<()> {
+    fn push_filter(
+        &self,
+        qb: &mut QueryBuilder<'_, Postgres>,
+        principal: &Principal,
+        f: &Filter,
+    ) -> ApiResult<()> {
         let path = format!("where.{}", f.field);
         let (col, kind) = self.column_for(principal, &f.field, &path)?;
         let c = format!("t.{col}");
@@ -390,10 +466,17 @@ impl Collection {
                 qb.push(format!(" AND {c} IS {}NULL", if yes { "NOT " } else { "" }));
             }
             Op::Like => {
-                if !matches!(kind, Kind::Text { .. } | Kind::Email | Kind::Phone | Kind::Select(_)) {
+                if !matches!(
+                    kind,
+                    Kind::Text { .. } | Kind::Email | Kind::Phone | Kind::Select(_)
+                ) {
                     return Err(ApiError::field(&path, "like works on text fields only."));
                 }
-                let escaped = f.value.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+                let escaped = f
+                    .value
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_");
                 qb.push(format!(" AND {c} ILIKE "));
                 qb.push_bind(format!("%{escaped}%"));
             }
@@ -419,7 +502,10 @@ impl Collection {
                 if kind == Kind::Relations {
                     let neg = if f.op == Op::NotEquals { "NOT " } else { "" };
                     if !matches!(f.op, Op::Equals | Op::NotEquals) {
-                        return Err(ApiError::field(&path, "Only equals, not_equals, in, not_in and exists apply here."));
+                        return Err(ApiError::field(
+                            &path,
+                            "Only equals, not_equals, in, not_in and exists apply here.",
+                        ));
                     }
                     qb.push(format!(" AND {neg}("));
                     v.push(qb);
@@ -435,8 +521,13 @@ impl Collection {
                     Op::LessThanEqual => "<=",
                     _ => unreachable!("handled above"),
                 };
-                if matches!(kind, Kind::Bool | Kind::Json | Kind::Point) && !matches!(f.op, Op::Equals | Op::NotEquals) {
-                    return Err(ApiError::field(&path, "This field can only be compared for equality."));
+                if matches!(kind, Kind::Bool | Kind::Json | Kind::Point)
+                    && !matches!(f.op, Op::Equals | Op::NotEquals)
+                {
+                    return Err(ApiError::field(
+                        &path,
+                        "This field can only be compared for equality.",
+                    ));
                 }
                 qb.push(format!(" AND {c} {op} "));
                 v.push(qb);
@@ -445,7 +536,12 @@ impl Collection {
         Ok(())
     }
 
-    fn push_where(&self, qb: &mut QueryBuilder<'_, Postgres>, principal: &Principal, q: &ListQuery) -> ApiResult<()> {
+    fn push_where(
+        &self,
+        qb: &mut QueryBuilder<'_, Postgres>,
+        principal: &Principal,
+        q: &ListQuery,
+    ) -> ApiResult<()> {
         qb.push(" WHERE TRUE");
         self.push_scope(qb, principal);
         for f in &q.filters {
@@ -466,7 +562,12 @@ impl Collection {
     }
 
     /// Lists documents as `principal` may see them.
-    pub async fn list(&self, conn: &mut PgConnection, principal: &Principal, q: &ListQuery) -> ApiResult<Page<Value>> {
+    pub async fn list(
+        &self,
+        conn: &mut PgConnection,
+        principal: &Principal,
+        q: &ListQuery,
+    ) -> ApiResult<Page<Value>> {
         let mut count = QueryBuilder::new(format!("SELECT count(*) FROM {} t", self.table));
         self.push_where(&mut count, principal, q)?;
         let total: i64 = count.build_query_scalar().fetch_one(&mut *conn).await?;
@@ -474,10 +575,17 @@ impl Collection {
         let mut qb = QueryBuilder::new(self.select_sql.clone());
         self.push_where(&mut qb, principal, q)?;
         qb.push(" ORDER BY ");
-        let sort = if q.sort.is_empty() { vec![("createdAt".to_string(), true)] } else { q.sort.clone() };
+        let sort = if q.sort.is_empty() {
+            vec![("createdAt".to_string(), true)]
+        } else {
+            q.sort.clone()
+        };
         for (name, desc) in &sort {
             let (col, _) = self.column_for(principal, name, "sort")?;
-            qb.push(format!("t.{col} {} NULLS LAST, ", if *desc { "DESC" } else { "ASC" }));
+            qb.push(format!(
+                "t.{col} {} NULLS LAST, ",
+                if *desc { "DESC" } else { "ASC" }
+            ));
         }
         qb.push("t.id ASC LIMIT ");
         qb.push_bind(q.limit);
@@ -493,7 +601,13 @@ impl Collection {
     }
 
     /// One document, if it exists and lies in the principal's scope.
-    pub async fn find_scoped(&self, conn: &mut PgConnection, principal: &Principal, id: Uuid, lock: bool) -> ApiResult<Value> {
+    pub async fn find_scoped(
+        &self,
+        conn: &mut PgConnection,
+        principal: &Principal,
+        id: Uuid,
+        lock: bool,
+    ) -> ApiResult<Value> {
         let mut qb = QueryBuilder::new(self.select_sql.clone());
         qb.push(" WHERE t.id = ");
         qb.push_bind(id);
@@ -509,7 +623,12 @@ impl Collection {
     }
 
     /// Validates a create/update body into canonical JSON, checking field write access.
-    pub fn validate_input(&self, principal: &Principal, body: &Value, create: bool) -> ApiResult<Map<String, Value>> {
+    pub fn validate_input(
+        &self,
+        principal: &Principal,
+        body: &Value,
+        create: bool,
+    ) -> ApiResult<Map<String, Value>> {
         let Value::Object(input) = body else {
             return Err(ApiError::bad_request("The body must be a JSON object."));
         };
@@ -575,18 +694,20 @@ impl Collection {
     pub fn map_db_error(&self, e: sqlx::Error) -> ApiError {
         if let sqlx::Error::Database(db) = &e {
             if let Some(c) = db.constraint() {
-                let path = field_from_table_constraint(self.table, c)
-                    .and_then(|col| {
-                        self.fields
-                            .iter()
-                            .find(|f| crate::error::snake_to_camel(f.column) == col)
-                            .map(|f| f.name.to_string())
-                    });
+                let path = field_from_table_constraint(self.table, c).and_then(|col| {
+                    self.fields
+                        .iter()
+                        .find(|f| crate::error::snake_to_camel(f.column) == col)
+                        .map(|f| f.name.to_string())
+                });
                 match db.code().as_deref() {
                     Some("23505") => {
                         return ApiError::Conflict(vec![FieldError {
                             message: match &path {
-                                Some(p) => format!("A {} with this {p} already exists.", self.label.to_lowercase()),
+                                Some(p) => format!(
+                                    "A {} with this {p} already exists.",
+                                    self.label.to_lowercase()
+                                ),
                                 None => "A record with these values already exists.".into(),
                             },
                             path,
@@ -599,7 +720,10 @@ impl Collection {
                         }])
                     }
                     Some("23514") => {
-                        return ApiError::BadRequest(vec![FieldError { message: "The value is not allowed.".into(), path }])
+                        return ApiError::BadRequest(vec![FieldError {
+                            message: "The value is not allowed.".into(),
+                            path,
+                        }])
                     }
                     _ => {}
                 }
@@ -617,7 +741,13 @@ impl Collection {
         mut data: Map<String, Value>,
     ) -> ApiResult<Value> {
         {
-            let mut change = Change { ctx, principal, create: true, data: &mut data, existing: None };
+            let mut change = Change {
+                ctx,
+                principal,
+                create: true,
+                data: &mut data,
+                existing: None,
+            };
             self.hooks.before_change(tx, &mut change).await?;
         }
         self.check_required(&data, None)?;
@@ -625,7 +755,9 @@ impl Collection {
         let mut qb = QueryBuilder::new(format!("INSERT INTO {} (id", self.table));
         let mut values = vec![];
         for (k, v) in &data {
-            let f = self.field(k).ok_or_else(|| ApiError::Internal(anyhow::anyhow!("hook set unknown field {k}")))?;
+            let f = self
+                .field(k)
+                .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("hook set unknown field {k}")))?;
             qb.push(format!(", {}", f.column));
             values.push(SqlValue::from_canonical(f.kind, v).map_err(|m| ApiError::field(k, m))?);
         }
@@ -636,9 +768,17 @@ impl Collection {
             v.push(&mut qb);
         }
         qb.push(")");
-        qb.build().execute(&mut *tx).await.map_err(|e| self.map_db_error(e))?;
-        let doc = self.fetch(tx, id, false).await?.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("row vanished")))?;
-        self.hooks.after_change(tx, ctx, principal, &doc, None).await?;
+        qb.build()
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.map_db_error(e))?;
+        let doc = self
+            .fetch(tx, id, false)
+            .await?
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("row vanished")))?;
+        self.hooks
+            .after_change(tx, ctx, principal, &doc, None)
+            .await?;
         Ok(doc)
     }
 
@@ -651,23 +791,44 @@ impl Collection {
         existing: &Value,
         mut data: Map<String, Value>,
     ) -> ApiResult<Value> {
-        let id = existing["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()).ok_or_else(|| ApiError::Internal(anyhow::anyhow!("document without id")))?;
+        let id = existing["id"]
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("document without id")))?;
         {
-            let mut change = Change { ctx, principal, create: false, data: &mut data, existing: Some(existing) };
+            let mut change = Change {
+                ctx,
+                principal,
+                create: false,
+                data: &mut data,
+                existing: Some(existing),
+            };
             self.hooks.before_change(tx, &mut change).await?;
         }
         self.check_required(&data, Some(existing))?;
         let mut qb = QueryBuilder::new(format!("UPDATE {} SET updated_at = now()", self.table));
         for (k, v) in &data {
-            let f = self.field(k).ok_or_else(|| ApiError::Internal(anyhow::anyhow!("hook set unknown field {k}")))?;
+            let f = self
+                .field(k)
+                .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("hook set unknown field {k}")))?;
             qb.push(format!(", {} = ", f.column));
-            SqlValue::from_canonical(f.kind, v).map_err(|m| ApiError::field(k, m))?.push(&mut qb);
+            SqlValue::from_canonical(f.kind, v)
+                .map_err(|m| ApiError::field(k, m))?
+                .push(&mut qb);
         }
         qb.push(" WHERE id = ");
         qb.push_bind(id);
-        qb.build().execute(&mut *tx).await.map_err(|e| self.map_db_error(e))?;
-        let doc = self.fetch(tx, id, false).await?.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("row vanished")))?;
-        self.hooks.after_change(tx, ctx, principal, &doc, Some(existing)).await?;
+        qb.build()
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.map_db_error(e))?;
+        let doc = self
+            .fetch(tx, id, false)
+            .await?
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("row vanished")))?;
+        self.hooks
+            .after_change(tx, ctx, principal, &doc, Some(existing))
+            .await?;
         Ok(doc)
     }
 }
@@ -675,7 +836,11 @@ impl Collection {
 /// Parses JSON input for one field into its canonical JSON form.
 pub fn canonical(f: &Field, v: &Value) -> Result<Value, String> {
     if v.is_null() {
-        return if f.required { Err(format!("{} is required.", f.name)) } else { Ok(Value::Null) };
+        return if f.required {
+            Err(format!("{} is required.", f.name))
+        } else {
+            Ok(Value::Null)
+        };
     }
     match f.kind {
         Kind::Text { max } => {
@@ -702,7 +867,10 @@ pub fn canonical(f: &Field, v: &Value) -> Result<Value, String> {
         Kind::Int { min, max } => {
             let n = match v {
                 Value::Number(n) => n.as_i64().ok_or("Must be a whole number.")?,
-                Value::String(s) => s.trim().parse::<i64>().map_err(|_| "Must be a whole number.")?,
+                Value::String(s) => s
+                    .trim()
+                    .parse::<i64>()
+                    .map_err(|_| "Must be a whole number.")?,
                 _ => return Err("Must be a whole number.".into()),
             };
             if n < min || n > max {
@@ -711,7 +879,10 @@ pub fn canonical(f: &Field, v: &Value) -> Result<Value, String> {
             Ok(json!(n))
         }
         Kind::Money => crate::money::parse_json(v).map(|d| json!(crate::money::format(d))),
-        Kind::Bool => v.as_bool().map(Value::Bool).ok_or_else(|| "Must be true or false.".into()),
+        Kind::Bool => v
+            .as_bool()
+            .map(Value::Bool)
+            .ok_or_else(|| "Must be true or false.".into()),
         Kind::Date => {
             let s = v.as_str().ok_or("Must be a date (YYYY-MM-DD).")?;
             // Payload clients send full timestamps for date fields; take the date part.
@@ -723,7 +894,11 @@ pub fn canonical(f: &Field, v: &Value) -> Result<Value, String> {
         Kind::Timestamp => {
             let s = v.as_str().ok_or("Must be an RFC 3339 timestamp.")?;
             DateTime::parse_from_rfc3339(s)
-                .map(|d| json!(d.with_timezone(&Utc).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
+                .map(|d| {
+                    json!(d
+                        .with_timezone(&Utc)
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                })
                 .map_err(|_| "Must be an RFC 3339 timestamp.".into())
         }
         Kind::Select(options) => {
@@ -736,14 +911,19 @@ pub fn canonical(f: &Field, v: &Value) -> Result<Value, String> {
         }
         Kind::Relation => {
             let s = v.as_str().ok_or("Must be an id.")?;
-            Uuid::parse_str(s).map(|u| json!(u.to_string())).map_err(|_| "Must be a valid id.".into())
+            Uuid::parse_str(s)
+                .map(|u| json!(u.to_string()))
+                .map_err(|_| "Must be a valid id.".into())
         }
         Kind::Relations => {
             let arr = v.as_array().ok_or("Must be a list of ids.")?;
             let mut seen = BTreeSet::new();
             let mut out = vec![];
             for x in arr {
-                let u = x.as_str().and_then(|s| Uuid::parse_str(s).ok()).ok_or("Must be a list of valid ids.")?;
+                let u = x
+                    .as_str()
+                    .and_then(|s| Uuid::parse_str(s).ok())
+                    .ok_or("Must be a list of valid ids.")?;
                 if seen.insert(u) {
                     out.push(json!(u.to_string()));
                 }
@@ -751,8 +931,14 @@ pub fn canonical(f: &Field, v: &Value) -> Result<Value, String> {
             Ok(Value::Array(out))
         }
         Kind::Point => {
-            let arr = v.as_array().filter(|a| a.len() == 2).ok_or("Must be [longitude, latitude].")?;
-            let (lng, lat) = (arr[0].as_f64().ok_or("Longitude must be a number.")?, arr[1].as_f64().ok_or("Latitude must be a number.")?);
+            let arr = v
+                .as_array()
+                .filter(|a| a.len() == 2)
+                .ok_or("Must be [longitude, latitude].")?;
+            let (lng, lat) = (
+                arr[0].as_f64().ok_or("Longitude must be a number.")?,
+                arr[1].as_f64().ok_or("Latitude must be a number.")?,
+            );
             if !(-180.0..=180.0).contains(&lng) {
                 return Err("Longitude must be between -180 and 180.".into());
             }
@@ -776,21 +962,29 @@ pub fn canonical(f: &Field, v: &Value) -> Result<Value, String> {
 }
 
 fn valid_email(s: &str) -> bool {
-    let Some((local, domain)) = s.split_once('@') else { return false };
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
     !local.is_empty()
         && local.len() <= 64
         && domain.len() <= 253
         && domain.contains('.')
         && !domain.starts_with('.')
         && !domain.ends_with('.')
-        && !s.chars().any(|c| c.is_whitespace() || c == ',' || c == ';' || c == '<' || c == '>')
+        && !s
+            .chars()
+            .any(|c| c.is_whitespace() || c == ',' || c == ';' || c == '<' || c == '>')
         && !domain.contains('@')
 }
 
 fn parse_filter_value(kind: Kind, s: &str) -> Result<SqlValue, String> {
     Ok(match kind {
-        Kind::Text { .. } | Kind::Email | Kind::Select(_) | Kind::Password => SqlValue::Text(Some(s.to_string())),
-        Kind::Phone => SqlValue::Text(Some(crate::phone::normalize(s).unwrap_or_else(|_| s.to_string()))),
+        Kind::Text { .. } | Kind::Email | Kind::Select(_) | Kind::Password => {
+            SqlValue::Text(Some(s.to_string()))
+        }
+        Kind::Phone => SqlValue::Text(Some(
+            crate::phone::normalize(s).unwrap_or_else(|_| s.to_string()),
+        )),
         Kind::Int { .. } => SqlValue::Int(Some(s.parse().map_err(|_| "Must be a whole number.")?)),
         Kind::Money => SqlValue::Money(Some(s.parse().map_err(|_| "Must be a decimal amount.")?)),
         Kind::Bool => SqlValue::Bool(Some(match s {
@@ -799,7 +993,8 @@ fn parse_filter_value(kind: Kind, s: &str) -> Result<SqlValue, String> {
             _ => return Err("Must be true or false.".into()),
         })),
         Kind::Date => SqlValue::Date(Some(
-            NaiveDate::parse_from_str(s.get(..10).unwrap_or(s), "%Y-%m-%d").map_err(|_| "Must be a date (YYYY-MM-DD).")?,
+            NaiveDate::parse_from_str(s.get(..10).unwrap_or(s), "%Y-%m-%d")
+                .map_err(|_| "Must be a date (YYYY-MM-DD).")?,
         )),
         Kind::Timestamp => SqlValue::Ts(Some(match DateTime::parse_from_rfc3339(s) {
             Ok(t) => t.with_timezone(&Utc),
@@ -809,8 +1004,12 @@ fn parse_filter_value(kind: Kind, s: &str) -> Result<SqlValue, String> {
                 .expect("midnight exists")
                 .and_utc(),
         })),
-        Kind::Relation | Kind::Relations => SqlValue::Uuid(Some(Uuid::parse_str(s).map_err(|_| "Must be a valid id.")?)),
-        Kind::Json | Kind::Point => SqlValue::Json(Some(serde_json::from_str(s).map_err(|_| "Must be JSON.")?)),
+        Kind::Relation | Kind::Relations => {
+            SqlValue::Uuid(Some(Uuid::parse_str(s).map_err(|_| "Must be a valid id.")?))
+        }
+        Kind::Json | Kind::Point => {
+            SqlValue::Json(Some(serde_json::from_str(s).map_err(|_| "Must be JSON.")?))
+        }
     })
 }
 
@@ -858,7 +1057,18 @@ impl SqlValue {
     fn array(kind: Kind, values: Vec<SqlValue>) -> SqlValue {
         macro_rules! collect {
             ($variant:ident, $out:ident) => {
-                SqlValue::$out(values.into_iter().filter_map(|v| if let SqlValue::$variant(Some(x)) = v { Some(x) } else { None }).collect())
+                SqlValue::$out(
+                    values
+                        .into_iter()
+                        .filter_map(|v| {
+                            if let SqlValue::$variant(Some(x)) = v {
+                                Some(x)
+                            } else {
+                                None
+                            }
+                        })
+                        .collect(),
+                )
             };
         }
         match kind {
@@ -867,9 +1077,18 @@ impl SqlValue {
             Kind::Date => collect!(Date, Dates),
             Kind::Timestamp => collect!(Ts, Tss),
             Kind::Bool => collect!(Bool, Bools),
-            Kind::Relation | Kind::Relations => {
-                SqlValue::Uuids(Some(values.into_iter().filter_map(|v| if let SqlValue::Uuid(Some(x)) = v { Some(x) } else { None }).collect()))
-            }
+            Kind::Relation | Kind::Relations => SqlValue::Uuids(Some(
+                values
+                    .into_iter()
+                    .filter_map(|v| {
+                        if let SqlValue::Uuid(Some(x)) = v {
+                            Some(x)
+                        } else {
+                            None
+                        }
+                    })
+                    .collect(),
+            )),
             _ => collect!(Text, Texts),
         }
     }
@@ -879,22 +1098,52 @@ impl SqlValue {
         let null = v.is_null();
         Ok(match kind {
             Kind::Text { .. } | Kind::Email | Kind::Phone | Kind::Select(_) | Kind::Password => {
-                SqlValue::Text(if null { None } else { Some(v.as_str().ok_or("Must be text.")?.to_string()) })
+                SqlValue::Text(if null {
+                    None
+                } else {
+                    Some(v.as_str().ok_or("Must be text.")?.to_string())
+                })
             }
-            Kind::Int { .. } => SqlValue::Int(if null { None } else { Some(v.as_i64().ok_or("Must be a whole number.")?) }),
-            Kind::Money => SqlValue::Money(if null { None } else { Some(crate::money::parse_json(v)?) }),
-            Kind::Bool => SqlValue::Bool(if null { None } else { Some(v.as_bool().ok_or("Must be true or false.")?) }),
+            Kind::Int { .. } => SqlValue::Int(if null {
+                None
+            } else {
+                Some(v.as_i64().ok_or("Must be a whole number.")?)
+            }),
+            Kind::Money => SqlValue::Money(if null {
+                None
+            } else {
+                Some(crate::money::parse_json(v)?)
+            }),
+            Kind::Bool => SqlValue::Bool(if null {
+                None
+            } else {
+                Some(v.as_bool().ok_or("Must be true or false.")?)
+            }),
             Kind::Date => SqlValue::Date(if null {
                 None
             } else {
-                Some(NaiveDate::parse_from_str(v.as_str().ok_or("Must be a date.")?, "%Y-%m-%d").map_err(|_| "Must be a date.")?)
+                Some(
+                    NaiveDate::parse_from_str(v.as_str().ok_or("Must be a date.")?, "%Y-%m-%d")
+                        .map_err(|_| "Must be a date.")?,
+                )
             }),
             Kind::Timestamp => SqlValue::Ts(if null {
                 None
             } else {
-                Some(DateTime::parse_from_rfc3339(v.as_str().ok_or("Must be a timestamp.")?).map_err(|_| "Must be a timestamp.")?.with_timezone(&Utc))
+                Some(
+                    DateTime::parse_from_rfc3339(v.as_str().ok_or("Must be a timestamp.")?)
+                        .map_err(|_| "Must be a timestamp.")?
+                        .with_timezone(&Utc),
+                )
             }),
-            Kind::Relation => SqlValue::Uuid(if null { None } else { Some(Uuid::parse_str(v.as_str().ok_or("Must be an id.")?).map_err(|_| "Must be an id.")?) }),
+            Kind::Relation => SqlValue::Uuid(if null {
+                None
+            } else {
+                Some(
+                    Uuid::parse_str(v.as_str().ok_or("Must be an id.")?)
+                        .map_err(|_| "Must be an id.")?,
+                )
+            }),
             Kind::Relations => SqlValue::Uuids(if null {
                 None
             } else {
@@ -902,7 +1151,11 @@ impl SqlValue {
                     v.as_array()
                         .ok_or("Must be a list of ids.")?
                         .iter()
-                        .map(|x| x.as_str().and_then(|s| Uuid::parse_str(s).ok()).ok_or("Must be a list of ids."))
+                        .map(|x| {
+                            x.as_str()
+                                .and_then(|s| Uuid::parse_str(s).ok())
+                                .ok_or("Must be a list of ids.")
+                        })
                         .collect::<Result<_, _>>()?,
                 )
             }),
@@ -932,7 +1185,12 @@ pub fn routes(coll: Arc<Collection>, ctx: Ctx) -> Router {
     let base = format!("/api/{}/{}", ctx.name, coll.slug);
     Router::new()
         .route(&base, get(list_handler).post(create_handler))
-        .route(&format!("{base}/{{id}}"), get(get_handler).patch(update_handler).delete(delete_handler))
+        .route(
+            &format!("{base}/{{id}}"),
+            get(get_handler)
+                .patch(update_handler)
+                .delete(delete_handler),
+        )
         .with_state(Routed { ctx, coll })
 }
 
@@ -945,17 +1203,26 @@ pub fn parse_body(body: &Bytes) -> ApiResult<Value> {
     if body.is_empty() {
         return Ok(Value::Object(Map::new()));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("The body is not valid JSON: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("The body is not valid JSON: {e}")))
 }
 
-async fn list_handler(State(s): State<Routed>, p: Principal, RawQuery(raw): RawQuery) -> ApiResult<Json<Page<Value>>> {
+async fn list_handler(
+    State(s): State<Routed>,
+    p: Principal,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<Page<Value>>> {
     s.coll.check(&p, Operation::Read)?;
     let q = ListQuery::parse(raw.as_deref())?;
     let mut conn = s.ctx.pool.acquire().await?;
     Ok(Json(s.coll.list(&mut conn, &p, &q).await?))
 }
 
-async fn get_handler(State(s): State<Routed>, p: Principal, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_handler(
+    State(s): State<Routed>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     s.coll.check(&p, Operation::Read)?;
     let id = parse_id(&id)?;
     let mut conn = s.ctx.pool.acquire().await?;
@@ -963,7 +1230,11 @@ async fn get_handler(State(s): State<Routed>, p: Principal, Path(id): Path<Strin
     Ok(Json(s.coll.present(&p, &doc)))
 }
 
-async fn create_handler(State(s): State<Routed>, p: Principal, body: Bytes) -> ApiResult<(StatusCode, Json<Value>)> {
+async fn create_handler(
+    State(s): State<Routed>,
+    p: Principal,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     s.coll.check(&p, Operation::Create)?;
     let data = s.coll.validate_input(&p, &parse_body(&body)?, true)?;
     let mut tx = s.ctx.pool.begin().await?;
@@ -971,22 +1242,38 @@ async fn create_handler(State(s): State<Routed>, p: Principal, body: Bytes) -> A
     tx.commit().await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "doc": s.coll.present(&p, &doc), "message": format!("{} successfully created.", s.coll.label) })),
+        Json(
+            json!({ "doc": s.coll.present(&p, &doc), "message": format!("{} successfully created.", s.coll.label) }),
+        ),
     ))
 }
 
-async fn update_handler(State(s): State<Routed>, p: Principal, Path(id): Path<String>, body: Bytes) -> ApiResult<Json<Value>> {
+async fn update_handler(
+    State(s): State<Routed>,
+    p: Principal,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
     s.coll.check(&p, Operation::Update)?;
     let id = parse_id(&id)?;
     let data = s.coll.validate_input(&p, &parse_body(&body)?, false)?;
     let mut tx = s.ctx.pool.begin().await?;
     let existing = s.coll.find_scoped(&mut tx, &p, id, true).await?;
-    let doc = s.coll.update_in(&mut tx, &s.ctx, &p, &existing, data).await?;
+    let doc = s
+        .coll
+        .update_in(&mut tx, &s.ctx, &p, &existing, data)
+        .await?;
     tx.commit().await?;
-    Ok(Json(json!({ "doc": s.coll.present(&p, &doc), "message": format!("{} successfully updated.", s.coll.label) })))
+    Ok(Json(
+        json!({ "doc": s.coll.present(&p, &doc), "message": format!("{} successfully updated.", s.coll.label) }),
+    ))
 }
 
-async fn delete_handler(State(s): State<Routed>, p: Principal, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn delete_handler(
+    State(s): State<Routed>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     s.coll.check(&p, Operation::Delete)?;
     let id = parse_id(&id)?;
     let mut tx = s.ctx.pool.begin().await?;
@@ -998,13 +1285,21 @@ async fn delete_handler(State(s): State<Routed>, p: Principal, Path(id): Path<St
         .await
         .map_err(|e| match &e {
             sqlx::Error::Database(db) if db.code().as_deref() == Some("23503") => {
-                ApiError::conflict(format!("This {} is still referenced by other records.", s.coll.label.to_lowercase()))
+                ApiError::conflict(format!(
+                    "This {} is still referenced by other records.",
+                    s.coll.label.to_lowercase()
+                ))
             }
             _ => s.coll.map_db_error(e),
         })?;
-    s.coll.hooks.after_delete(&mut tx, &s.ctx, &existing).await?;
+    s.coll
+        .hooks
+        .after_delete(&mut tx, &s.ctx, &existing)
+        .await?;
     tx.commit().await?;
-    Ok(Json(json!({ "doc": s.coll.present(&p, &existing), "message": format!("{} successfully deleted.", s.coll.label) })))
+    Ok(Json(
+        json!({ "doc": s.coll.present(&p, &existing), "message": format!("{} successfully deleted.", s.coll.label) }),
+    ))
 }
 
 #[cfg(test)]
@@ -1019,13 +1314,19 @@ mod tests {
         let sel = Field::new("status", "status", Kind::Select(&["Active", "Inactive"]));
         assert!(canonical(&sel, &json!("active")).is_err());
         let email = Field::new("email", "email", Kind::Email);
-        assert_eq!(canonical(&email, &json!(" A@B.co ")).unwrap(), json!("a@b.co"));
+        assert_eq!(
+            canonical(&email, &json!(" A@B.co ")).unwrap(),
+            json!("a@b.co")
+        );
         assert!(canonical(&email, &json!("nope")).is_err());
         let pt = Field::new("location", "location", Kind::Point);
         assert!(canonical(&pt, &json!([39.66, -4.05])).is_ok());
         assert!(canonical(&pt, &json!([200, 0])).is_err());
         let date = Field::new("d", "d", Kind::Date);
-        assert_eq!(canonical(&date, &json!("2026-02-28T00:00:00.000Z")).unwrap(), json!("2026-02-28"));
+        assert_eq!(
+            canonical(&date, &json!("2026-02-28T00:00:00.000Z")).unwrap(),
+            json!("2026-02-28")
+        );
         assert!(canonical(&date, &json!("2026-02-30")).is_err());
         let int = Field::new("n", "n", Kind::Int { min: 1, max: 10 });
         assert!(canonical(&int, &json!(11)).is_err());

@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub fn env_or(key: &str, default: &str) -> String {
-    std::env::var(key).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_string())
+    std::env::var(key)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string())
 }
 
 pub fn env_opt(key: &str) -> Option<String> {
@@ -18,7 +21,9 @@ where
 {
     match env_opt(key) {
         None => Ok(default),
-        Some(v) => v.parse().map_err(|e| anyhow::anyhow!("{key}={v:?} is not valid: {e}")),
+        Some(v) => v
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{key}={v:?} is not valid: {e}")),
     }
 }
 
@@ -49,7 +54,10 @@ impl std::fmt::Debug for PlatformConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PlatformConfig")
             .field("data_dir", &self.data_dir)
-            .field("database_admin_url", &self.database_admin_url.as_ref().map(|_| "<redacted>"))
+            .field(
+                "database_admin_url",
+                &self.database_admin_url.as_ref().map(|_| "<redacted>"),
+            )
             .field("database_host", &self.database_host)
             .field("database_port", &self.database_port)
             .field("database_name", &self.database_name)

@@ -24,7 +24,9 @@ impl ServiceContext {
     }
     /// Local calendar date in the ISP's time zone.
     pub fn today(&self) -> chrono::NaiveDate {
-        chrono::Utc::now().with_timezone(&self.config.timezone).date_naive()
+        chrono::Utc::now()
+            .with_timezone(&self.config.timezone)
+            .date_naive()
     }
 }
 

@@ -23,7 +23,10 @@ pub struct ServiceDb {
 
 impl std::fmt::Debug for ServiceDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServiceDb").field("role", &self.role).field("schemas", &self.schemas).finish()
+        f.debug_struct("ServiceDb")
+            .field("role", &self.role)
+            .field("schemas", &self.schemas)
+            .finish()
     }
 }
 
@@ -34,7 +37,11 @@ impl ServiceDb {
         let role = format!("isp_{schema}");
         let password = env_opt(&format!("ISP_{}_DATABASE_PASSWORD", schema.to_uppercase()))
             .unwrap_or_else(|| role.clone());
-        Self { role, schemas: vec![schema.to_string()], password }
+        Self {
+            role,
+            schemas: vec![schema.to_string()],
+            password,
+        }
     }
 
     pub fn with_schema(mut self, schema: &str) -> Self {
@@ -54,7 +61,11 @@ pub struct ReaderRole {
 /// Creates (idempotently) each service's role and schemas in the database behind
 /// `admin_url`. Safe to run concurrently from several processes: the work is
 /// serialized by an advisory lock, because CREATE ROLE has no IF NOT EXISTS.
-pub async fn provision(admin_url: &str, services: &[ServiceDb], readers: &[ReaderRole]) -> anyhow::Result<()> {
+pub async fn provision(
+    admin_url: &str,
+    services: &[ServiceDb],
+    readers: &[ReaderRole],
+) -> anyhow::Result<()> {
     let mut conn = sqlx::PgConnection::connect(admin_url).await?;
     conn.execute("SELECT pg_advisory_lock(7340001)").await?;
     let result = provision_locked(&mut conn, services, readers).await;
@@ -71,31 +82,48 @@ async fn provision_locked(
         ensure_role(conn, &s.role, &s.password).await?;
         for schema in &s.schemas {
             check_ident(schema)?;
-            conn.execute(format!("CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {}", s.role).as_str())
-                .await?;
+            conn.execute(
+                format!(
+                    "CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {}",
+                    s.role
+                )
+                .as_str(),
+            )
+            .await?;
             // A schema created earlier by someone else still ends up the service's.
-            conn.execute(format!("ALTER SCHEMA {schema} OWNER TO {}", s.role).as_str()).await?;
+            conn.execute(format!("ALTER SCHEMA {schema} OWNER TO {}", s.role).as_str())
+                .await?;
         }
-        conn.execute(format!("ALTER ROLE {} SET search_path = {}", s.role, s.schemas[0]).as_str()).await?;
+        conn.execute(format!("ALTER ROLE {} SET search_path = {}", s.role, s.schemas[0]).as_str())
+            .await?;
     }
     for r in readers {
         ensure_role(conn, &r.role, &r.password).await?;
         check_ident(&r.schema)?;
-        conn.execute(format!("CREATE SCHEMA IF NOT EXISTS {}", r.schema).as_str()).await?;
-        conn.execute(format!("GRANT USAGE ON SCHEMA {} TO {}", r.schema, r.role).as_str()).await?;
-        conn.execute(format!("ALTER ROLE {} SET search_path = {}", r.role, r.schema).as_str()).await?;
+        conn.execute(format!("CREATE SCHEMA IF NOT EXISTS {}", r.schema).as_str())
+            .await?;
+        conn.execute(format!("GRANT USAGE ON SCHEMA {} TO {}", r.schema, r.role).as_str())
+            .await?;
+        conn.execute(format!("ALTER ROLE {} SET search_path = {}", r.role, r.schema).as_str())
+            .await?;
     }
     // Nobody but the owner may create objects in `public` (PG 15's default, made explicit).
-    conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC").await?;
+    conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        .await?;
     Ok(())
 }
 
-async fn ensure_role(conn: &mut sqlx::PgConnection, role: &str, password: &str) -> anyhow::Result<()> {
+async fn ensure_role(
+    conn: &mut sqlx::PgConnection,
+    role: &str,
+    password: &str,
+) -> anyhow::Result<()> {
     check_ident(role)?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
-        .bind(role)
-        .fetch_one(&mut *conn)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(role)
+            .fetch_one(&mut *conn)
+            .await?;
     let verb = if exists { "ALTER" } else { "CREATE" };
     // Passwords cannot be bound parameters in DDL; quote them as literals.
     let sql = format!(
@@ -107,7 +135,11 @@ async fn ensure_role(conn: &mut sqlx::PgConnection, role: &str, password: &str) 
 }
 
 fn check_ident(s: &str) -> anyhow::Result<()> {
-    if s.is_empty() || !s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+    if s.is_empty()
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
         anyhow::bail!("{s:?} is not a plain lower-case identifier");
     }
     Ok(())

@@ -17,10 +17,16 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { message: message.into(), path: Some(path.into()) }
+        Self {
+            message: message.into(),
+            path: Some(path.into()),
+        }
     }
     pub fn general(message: impl Into<String>) -> Self {
-        Self { message: message.into(), path: None }
+        Self {
+            message: message.into(),
+            path: None,
+        }
     }
 }
 
@@ -117,7 +123,13 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(e) = &self {
             tracing::error!(error = ?e, "internal error");
         }
-        (self.status(), Json(ErrorBody { errors: self.errors() })).into_response()
+        (
+            self.status(),
+            Json(ErrorBody {
+                errors: self.errors(),
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -199,8 +211,14 @@ mod tests {
 
     #[test]
     fn constraint_names_map_to_fields() {
-        assert_eq!(field_from_constraint("partners_phone_number_key").as_deref(), Some("phoneNumber"));
-        assert_eq!(field_from_constraint("staff_email_key").as_deref(), Some("email"));
+        assert_eq!(
+            field_from_constraint("partners_phone_number_key").as_deref(),
+            Some("phoneNumber")
+        );
+        assert_eq!(
+            field_from_constraint("staff_email_key").as_deref(),
+            Some("email")
+        );
         assert_eq!(
             field_from_table_constraint("ip_addresses", "ip_addresses_subnet_id_fkey").as_deref(),
             Some("subnetId")

@@ -32,7 +32,9 @@ static PROMETHEUS: OnceCell<PrometheusHandle> = OnceCell::new();
 pub fn prometheus() -> &'static PrometheusHandle {
     PROMETHEUS.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
-            .set_buckets(&[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+            .set_buckets(&[
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ])
             .expect("static buckets")
             .build_recorder();
         let handle = recorder.handle();
@@ -55,16 +57,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             .map_err(|e| ApiError::bad_request(format!("Could not read the body: {e}")))?;
         let body: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
         let de = &mut serde_json::Deserializer::from_slice(body);
-        serde_path_to_error::deserialize(de).map(ApiJson).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let msg = inner.to_string();
-            if path == "." || path.is_empty() {
-                ApiError::bad_request(msg)
-            } else {
-                ApiError::field(path, msg)
-            }
-        })
+        serde_path_to_error::deserialize(de)
+            .map(ApiJson)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let msg = inner.to_string();
+                if path == "." || path.is_empty() {
+                    ApiError::bad_request(msg)
+                } else {
+                    ApiError::field(path, msg)
+                }
+            })
     }
 }
 
@@ -73,19 +77,30 @@ async fn health() -> Json<serde_json::Value> {
 }
 
 async fn ready(State(ctx): State<Arc<ServiceContext>>) -> Response {
-    let db = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&ctx.pool))
-        .await
-        .is_ok_and(|r| r.is_ok());
+    let db = tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(&ctx.pool),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
     let nats = ctx
         .nats
         .as_ref()
         .is_some_and(|c| c.connection_state() == async_nats::connection::State::Connected);
-    let status = if db && nats { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if db && nats {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(json!({"status": if status == StatusCode::OK {"ready"} else {"unavailable"}, "database": db, "nats": nats}))).into_response()
 }
 
 async fn metrics_handler() -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], prometheus().render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        prometheus().render(),
+    )
+        .into_response()
 }
 
 async fn track(State(service): State<&'static str>, req: Request, next: Next) -> Response {
@@ -98,9 +113,15 @@ async fn track(State(service): State<&'static str>, req: Request, next: Next) ->
     let start = Instant::now();
     let res = next.run(req).await;
     let status = res.status().as_u16().to_string();
-    let labels = [("service", service.to_string()), ("method", method), ("route", route), ("status", status)];
+    let labels = [
+        ("service", service.to_string()),
+        ("method", method),
+        ("route", route),
+        ("status", status),
+    ];
     metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels[..3]).record(start.elapsed().as_secs_f64());
+    metrics::histogram!("http_request_duration_seconds", &labels[..3])
+        .record(start.elapsed().as_secs_f64());
     res
 }
 
@@ -119,10 +140,22 @@ pub fn service_router(ctx: Arc<ServiceContext>, routes: Router, openapi: OpenApi
     let name = ctx.name;
     Router::new()
         .route(&format!("{prefix}/health"), get(health))
-        .route(&format!("{prefix}/ready"), get(ready).with_state(ctx.clone()))
+        .route(
+            &format!("{prefix}/ready"),
+            get(ready).with_state(ctx.clone()),
+        )
         .route(&format!("{prefix}/metrics"), get(metrics_handler))
-        .route(spec_url, get(move || { let spec = spec.clone(); async move { Json((*spec).clone()) } }))
-        .merge(SwaggerUi::new(format!("{prefix}/docs")).config(Config::new([Url::new(name, spec_url)])))
+        .route(
+            spec_url,
+            get(move || {
+                let spec = spec.clone();
+                async move { Json((*spec).clone()) }
+            }),
+        )
+        .merge(
+            SwaggerUi::new(format!("{prefix}/docs"))
+                .config(Config::new([Url::new(name, spec_url)])),
+        )
         .merge(routes)
         .layer(middleware::from_fn_with_state(name, track))
         .layer(TraceLayer::new_for_http())
@@ -134,7 +167,12 @@ pub fn service_router(ctx: Arc<ServiceContext>, routes: Router, openapi: OpenApi
 pub fn fleet_docs(services: &[&'static str]) -> Router {
     let urls: Vec<Url> = services
         .iter()
-        .map(|s| Url::new(*s, Box::leak(format!("/api/{s}/openapi.json").into_boxed_str())))
+        .map(|s| {
+            Url::new(
+                *s,
+                Box::leak(format!("/api/{s}/openapi.json").into_boxed_str()),
+            )
+        })
         .collect();
     Router::new().merge(SwaggerUi::new("/docs").config(Config::new(urls)))
 }
@@ -145,8 +183,14 @@ pub async fn not_found() -> ApiError {
 }
 
 /// Serves until `shutdown` fires, then finishes in-flight requests.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let router = router.fallback(not_found);
-    axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await?;
     Ok(())
 }

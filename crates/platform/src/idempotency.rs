@@ -16,9 +16,15 @@ pub fn key_from(headers: &HeaderMap) -> ApiResult<Option<String>> {
     match headers.get(HEADER) {
         None => Ok(None),
         Some(v) => {
-            let s = v.to_str().map_err(|_| ApiError::field("Idempotency-Key", "Must be visible ASCII."))?.trim();
+            let s = v
+                .to_str()
+                .map_err(|_| ApiError::field("Idempotency-Key", "Must be visible ASCII."))?
+                .trim();
             if s.is_empty() || s.len() > 200 {
-                return Err(ApiError::field("Idempotency-Key", "Must be 1 to 200 characters."));
+                return Err(ApiError::field(
+                    "Idempotency-Key",
+                    "Must be 1 to 200 characters.",
+                ));
             }
             Ok(Some(s.to_string()))
         }
@@ -57,7 +63,10 @@ pub async fn begin(
             "Idempotency-Key",
             "This key was already used with a different request.",
         )),
-        Some((_, status, body)) => Ok(Some((StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK), body))),
+        Some((_, status, body)) => Ok(Some((
+            StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK),
+            body,
+        ))),
     }
 }
 

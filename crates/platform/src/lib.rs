@@ -14,19 +14,19 @@
 //! - [`phone`], [`money`]: the two value types every service parses at the edge.
 
 pub mod auth;
+pub mod client;
 pub mod collection;
 pub mod config;
 pub mod context;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod idempotency;
 pub mod money;
 pub mod openapi;
 pub mod phone;
-pub mod idempotency;
 pub mod query;
 pub mod runtime;
-pub mod client;
 pub mod telemetry;
 
 pub use context::ServiceContext;

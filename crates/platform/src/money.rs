@@ -7,13 +7,16 @@ use std::str::FromStr;
 
 pub fn parse_json(v: &serde_json::Value) -> Result<Decimal, String> {
     let d = match v {
-        serde_json::Value::String(s) => Decimal::from_str(s.trim()).map_err(|_| "Must be a decimal amount.".to_string())?,
+        serde_json::Value::String(s) => {
+            Decimal::from_str(s.trim()).map_err(|_| "Must be a decimal amount.".to_string())?
+        }
         serde_json::Value::Number(n) => {
             if let Some(i) = n.as_i64() {
                 Decimal::from(i)
             } else {
                 // serde_json prints the shortest text that round-trips, so 1999.99 stays 1999.99.
-                Decimal::from_str(&n.to_string()).map_err(|_| "Must be a decimal amount.".to_string())?
+                Decimal::from_str(&n.to_string())
+                    .map_err(|_| "Must be a decimal amount.".to_string())?
             }
         }
         _ => return Err("Must be a decimal amount.".into()),

@@ -2,13 +2,15 @@
 //! from the code that serves it), merged with each service's `#[utoipa::path]`
 //! custom operations.
 
-use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItemBuilder};
+use utoipa::openapi::path::{
+    HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItemBuilder,
+};
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::schema::{ArrayBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{
-    ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, PathsBuilder, Ref, RefOr,
-    ResponseBuilder, Schema,
+    ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, PathsBuilder, Ref,
+    RefOr, ResponseBuilder, Schema,
 };
 
 use crate::collection::{Collection, Kind};
@@ -18,18 +20,39 @@ fn kind_schema(kind: Kind) -> RefOr<Schema> {
     let s = ObjectBuilder::new();
     let s = match kind {
         Kind::Text { max } => s.schema_type(Type::String).max_length(Some(max)),
-        Kind::Email => s.schema_type(Type::String).format(Some(SchemaFormat::KnownFormat(KnownFormat::Email))),
-        Kind::Phone => s.schema_type(Type::String).description(Some("E.164; Kenyan local forms are accepted")),
-        Kind::Int { min, max } => s.schema_type(Type::Integer).minimum(Some(min as f64)).maximum(Some(max as f64)),
-        Kind::Money => s.schema_type(Type::String).description(Some("KES, exact decimal with two places, e.g. \"1500.00\"")),
+        Kind::Email => s
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Email))),
+        Kind::Phone => s
+            .schema_type(Type::String)
+            .description(Some("E.164; Kenyan local forms are accepted")),
+        Kind::Int { min, max } => s
+            .schema_type(Type::Integer)
+            .minimum(Some(min as f64))
+            .maximum(Some(max as f64)),
+        Kind::Money => s
+            .schema_type(Type::String)
+            .description(Some("KES, exact decimal with two places, e.g. \"1500.00\"")),
         Kind::Bool => s.schema_type(Type::Boolean),
-        Kind::Date => s.schema_type(Type::String).format(Some(SchemaFormat::KnownFormat(KnownFormat::Date))),
-        Kind::Timestamp => s.schema_type(Type::String).format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
-        Kind::Select(opts) => s.schema_type(Type::String).enum_values(Some(opts.iter().copied())),
-        Kind::Relation => s.schema_type(Type::String).format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid))),
+        Kind::Date => s
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Date))),
+        Kind::Timestamp => s
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
+        Kind::Select(opts) => s
+            .schema_type(Type::String)
+            .enum_values(Some(opts.iter().copied())),
+        Kind::Relation => s
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid))),
         Kind::Relations => {
             return ArrayBuilder::new()
-                .items(ObjectBuilder::new().schema_type(Type::String).format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid))))
+                .items(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid))),
+                )
                 .into()
         }
         Kind::Point => {
@@ -41,7 +64,10 @@ fn kind_schema(kind: Kind) -> RefOr<Schema> {
                 .into()
         }
         Kind::Json => s,
-        Kind::Password => s.schema_type(Type::String).format(Some(SchemaFormat::KnownFormat(KnownFormat::Password))).min_length(Some(8)),
+        Kind::Password => s
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Password)))
+            .min_length(Some(8)),
     };
     s.into()
 }
@@ -64,7 +90,12 @@ pub fn collections_doc(service: &str, title: &str, collections: &[&Collection]) 
     let mut components = ComponentsBuilder::new()
         .security_scheme(
             "jwt",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
         )
         .schema(
             "Errors",
@@ -79,8 +110,25 @@ pub fn collections_doc(service: &str, title: &str, collections: &[&Collection]) 
             ),
         );
     let errors = || {
-        [("400", "Invalid input; one entry per bad field"), ("401", "Not logged in"), ("403", "Role may not"), ("404", "Not found"), ("409", "Unique or state conflict")]
-            .map(|(code, d)| (code, ResponseBuilder::new().description(d).content("application/json", json_content(Ref::from_schema_name("Errors"))).build()))
+        [
+            ("400", "Invalid input; one entry per bad field"),
+            ("401", "Not logged in"),
+            ("403", "Role may not"),
+            ("404", "Not found"),
+            ("409", "Unique or state conflict"),
+        ]
+        .map(|(code, d)| {
+            (
+                code,
+                ResponseBuilder::new()
+                    .description(d)
+                    .content(
+                        "application/json",
+                        json_content(Ref::from_schema_name("Errors")),
+                    )
+                    .build(),
+            )
+        })
     };
     for c in collections {
         let name = name_of(c);
@@ -100,18 +148,35 @@ pub fn collections_doc(service: &str, title: &str, collections: &[&Collection]) 
                 }
             }
         }
-        components = components.schema(name.clone(), doc).schema(format!("{name}Input"), input);
+        components = components
+            .schema(name.clone(), doc)
+            .schema(format!("{name}Input"), input);
         let tag = c.slug.to_string();
         let base = format!("/api/{service}/{}", c.slug);
         let page = ObjectBuilder::new()
-            .property("docs", ArrayBuilder::new().items(Ref::from_schema_name(&name)))
+            .property(
+                "docs",
+                ArrayBuilder::new().items(Ref::from_schema_name(&name)),
+            )
             .property("totalDocs", ObjectBuilder::new().schema_type(Type::Integer))
             .property("limit", ObjectBuilder::new().schema_type(Type::Integer))
             .property("page", ObjectBuilder::new().schema_type(Type::Integer))
-            .property("totalPages", ObjectBuilder::new().schema_type(Type::Integer))
-            .property("pagingCounter", ObjectBuilder::new().schema_type(Type::Integer))
-            .property("hasPrevPage", ObjectBuilder::new().schema_type(Type::Boolean))
-            .property("hasNextPage", ObjectBuilder::new().schema_type(Type::Boolean))
+            .property(
+                "totalPages",
+                ObjectBuilder::new().schema_type(Type::Integer),
+            )
+            .property(
+                "pagingCounter",
+                ObjectBuilder::new().schema_type(Type::Integer),
+            )
+            .property(
+                "hasPrevPage",
+                ObjectBuilder::new().schema_type(Type::Boolean),
+            )
+            .property(
+                "hasNextPage",
+                ObjectBuilder::new().schema_type(Type::Boolean),
+            )
             .property("prevPage", ObjectBuilder::new().schema_type(Type::Integer))
             .property("nextPage", ObjectBuilder::new().schema_type(Type::Integer));
         let one = || {
@@ -133,16 +198,76 @@ pub fn collections_doc(service: &str, title: &str, collections: &[&Collection]) 
             .tag(tag.clone())
             .summary(Some(format!("Create a {}", c.label.to_lowercase())))
             .security(sec())
-            .request_body(Some(RequestBodyBuilder::new().content("application/json", json_content(Ref::from_schema_name(format!("{name}Input")))).required(Some(utoipa::openapi::Required::True)).build()))
-            .response("201", ResponseBuilder::new().description("Created").content("application/json", json_content(one())).build());
-        let id_param = || ParameterBuilder::new().name("id").parameter_in(ParameterIn::Path).required(utoipa::openapi::Required::True).schema(Some(kind_schema(Kind::Relation)));
-        let mut get = OperationBuilder::new().tag(tag.clone()).summary(Some(format!("Get a {}", c.label.to_lowercase()))).security(sec()).parameter(id_param())
-            .response("200", ResponseBuilder::new().description("The document").content("application/json", json_content(Ref::from_schema_name(&name))).build());
-        let mut patch = OperationBuilder::new().tag(tag.clone()).summary(Some(format!("Update part of a {}", c.label.to_lowercase()))).security(sec()).parameter(id_param())
-            .request_body(Some(RequestBodyBuilder::new().content("application/json", json_content(Ref::from_schema_name(format!("{name}Input")))).build()))
-            .response("200", ResponseBuilder::new().description("Updated").content("application/json", json_content(one())).build());
-        let mut delete = OperationBuilder::new().tag(tag.clone()).summary(Some(format!("Delete a {}", c.label.to_lowercase()))).security(sec()).parameter(id_param())
-            .response("200", ResponseBuilder::new().description("Deleted").content("application/json", json_content(one())).build());
+            .request_body(Some(
+                RequestBodyBuilder::new()
+                    .content(
+                        "application/json",
+                        json_content(Ref::from_schema_name(format!("{name}Input"))),
+                    )
+                    .required(Some(utoipa::openapi::Required::True))
+                    .build(),
+            ))
+            .response(
+                "201",
+                ResponseBuilder::new()
+                    .description("Created")
+                    .content("application/json", json_content(one()))
+                    .build(),
+            );
+        let id_param = || {
+            ParameterBuilder::new()
+                .name("id")
+                .parameter_in(ParameterIn::Path)
+                .required(utoipa::openapi::Required::True)
+                .schema(Some(kind_schema(Kind::Relation)))
+        };
+        let mut get = OperationBuilder::new()
+            .tag(tag.clone())
+            .summary(Some(format!("Get a {}", c.label.to_lowercase())))
+            .security(sec())
+            .parameter(id_param())
+            .response(
+                "200",
+                ResponseBuilder::new()
+                    .description("The document")
+                    .content(
+                        "application/json",
+                        json_content(Ref::from_schema_name(&name)),
+                    )
+                    .build(),
+            );
+        let mut patch = OperationBuilder::new()
+            .tag(tag.clone())
+            .summary(Some(format!("Update part of a {}", c.label.to_lowercase())))
+            .security(sec())
+            .parameter(id_param())
+            .request_body(Some(
+                RequestBodyBuilder::new()
+                    .content(
+                        "application/json",
+                        json_content(Ref::from_schema_name(format!("{name}Input"))),
+                    )
+                    .build(),
+            ))
+            .response(
+                "200",
+                ResponseBuilder::new()
+                    .description("Updated")
+                    .content("application/json", json_content(one()))
+                    .build(),
+            );
+        let mut delete = OperationBuilder::new()
+            .tag(tag.clone())
+            .summary(Some(format!("Delete a {}", c.label.to_lowercase())))
+            .security(sec())
+            .parameter(id_param())
+            .response(
+                "200",
+                ResponseBuilder::new()
+                    .description("Deleted")
+                    .content("application/json", json_content(one()))
+                    .build(),
+            );
         for (code, r) in errors() {
             list = list.response(code, r.clone());
             create = create.response(code, r.clone());
@@ -151,7 +276,13 @@ pub fn collections_doc(service: &str, title: &str, collections: &[&Collection]) 
             delete = delete.response(code, r);
         }
         paths = paths
-            .path(&base, PathItemBuilder::new().operation(HttpMethod::Get, list.build()).operation(HttpMethod::Post, create.build()).build())
+            .path(
+                &base,
+                PathItemBuilder::new()
+                    .operation(HttpMethod::Get, list.build())
+                    .operation(HttpMethod::Post, create.build())
+                    .build(),
+            )
             .path(
                 format!("{base}/{{id}}"),
                 PathItemBuilder::new()
@@ -162,7 +293,12 @@ pub fn collections_doc(service: &str, title: &str, collections: &[&Collection]) 
             );
     }
     OpenApiBuilder::new()
-        .info(InfoBuilder::new().title(title).version(env!("CARGO_PKG_VERSION")).build())
+        .info(
+            InfoBuilder::new()
+                .title(title)
+                .version(env!("CARGO_PKG_VERSION"))
+                .build(),
+        )
         .paths(paths.build())
         .components(Some(components.build()))
         .build()

@@ -11,12 +11,18 @@ pub fn normalize(input: &str) -> Result<String, String> {
     if trimmed.is_empty() {
         return Err("A phone number is required.".into());
     }
-    if !trimmed.chars().all(|c| c.is_ascii_digit() || " +-().".contains(c)) {
-        return Err("A phone number may contain only digits, spaces, dashes and a leading +.".into());
+    if !trimmed
+        .chars()
+        .all(|c| c.is_ascii_digit() || " +-().".contains(c))
+    {
+        return Err(
+            "A phone number may contain only digits, spaces, dashes and a leading +.".into(),
+        );
     }
     let digits: String = trimmed.chars().filter(|c| c.is_ascii_digit()).collect();
     // "2547..." without the plus is how M-Pesa writes numbers.
-    let candidate = if !trimmed.starts_with('+') && digits.starts_with("254") && digits.len() == 12 {
+    let candidate = if !trimmed.starts_with('+') && digits.starts_with("254") && digits.len() == 12
+    {
         format!("+{digits}")
     } else {
         trimmed.to_string()
@@ -40,7 +46,13 @@ mod tests {
 
     #[test]
     fn kenyan_forms_agree() {
-        for s in ["0712345678", "+254712345678", "254712345678", "0712 345 678", "+254 712-345-678"] {
+        for s in [
+            "0712345678",
+            "+254712345678",
+            "254712345678",
+            "0712 345 678",
+            "+254 712-345-678",
+        ] {
             assert_eq!(normalize(s).unwrap(), "+254712345678", "{s}");
         }
         assert_eq!(normalize("0110123456").unwrap(), "+254110123456");

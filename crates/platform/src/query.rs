@@ -63,7 +63,13 @@ pub struct ListQuery {
 
 impl Default for ListQuery {
     fn default() -> Self {
-        Self { limit: DEFAULT_LIMIT, page: 1, sort: vec![], filters: vec![], or_groups: vec![] }
+        Self {
+            limit: DEFAULT_LIMIT,
+            page: 1,
+            sort: vec![],
+            filters: vec![],
+            or_groups: vec![],
+        }
     }
 }
 
@@ -79,11 +85,17 @@ impl ListQuery {
                     Ok(n) if (1..=MAX_LIMIT).contains(&n) => q.limit = n,
                     // Payload treats limit=0 as "no limit"; we cap instead of streaming everything.
                     Ok(0) => q.limit = MAX_LIMIT,
-                    _ => errors.push(FieldError::new("limit", format!("limit must be 1 to {MAX_LIMIT}."))),
+                    _ => errors.push(FieldError::new(
+                        "limit",
+                        format!("limit must be 1 to {MAX_LIMIT}."),
+                    )),
                 },
                 "page" => match v.parse::<i64>() {
                     Ok(n) if n >= 1 && n <= 1_000_000 => q.page = n,
-                    _ => errors.push(FieldError::new("page", "page must be a whole number from 1.")),
+                    _ => errors.push(FieldError::new(
+                        "page",
+                        "page must be a whole number from 1.",
+                    )),
                 },
                 "sort" => {
                     for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -98,15 +110,26 @@ impl ListQuery {
                     let parts = bracket_parts(&k["where".len()..]);
                     match parts.as_slice() {
                         [field, op] => match Op::parse(op) {
-                            Some(op) => q.filters.push(Filter { field: field.clone(), op, value: v }),
-                            None => errors.push(FieldError::new(format!("where.{field}"), format!("Unknown operator {op:?}."))),
+                            Some(op) => q.filters.push(Filter {
+                                field: field.clone(),
+                                op,
+                                value: v,
+                            }),
+                            None => errors.push(FieldError::new(
+                                format!("where.{field}"),
+                                format!("Unknown operator {op:?}."),
+                            )),
                         },
                         [group, idx, field, op] if group == "or" || group == "and" => {
                             let (Ok(i), Some(op)) = (idx.parse::<u32>(), Op::parse(op)) else {
                                 errors.push(FieldError::new(k.clone(), "Malformed where clause."));
                                 continue;
                             };
-                            let f = Filter { field: field.clone(), op, value: v };
+                            let f = Filter {
+                                field: field.clone(),
+                                op,
+                                value: v,
+                            };
                             if group == "or" {
                                 or.entry(i).or_default().push(f);
                             } else {
@@ -168,7 +191,11 @@ pub struct Page<T> {
 
 impl<T> Page<T> {
     pub fn new(docs: Vec<T>, total: i64, q: &ListQuery) -> Self {
-        let total_pages = if total == 0 { 1 } else { (total + q.limit - 1) / q.limit };
+        let total_pages = if total == 0 {
+            1
+        } else {
+            (total + q.limit - 1) / q.limit
+        };
         Page {
             docs,
             total_docs: total,
@@ -196,8 +223,18 @@ mod tests {
         .unwrap();
         assert_eq!(q.limit, 5);
         assert_eq!(q.offset(), 5);
-        assert_eq!(q.sort, vec![("createdAt".into(), true), ("name".into(), false)]);
-        assert_eq!(q.filters, vec![Filter { field: "status".into(), op: Op::Equals, value: "Active".into() }]);
+        assert_eq!(
+            q.sort,
+            vec![("createdAt".into(), true), ("name".into(), false)]
+        );
+        assert_eq!(
+            q.filters,
+            vec![Filter {
+                field: "status".into(),
+                op: Op::Equals,
+                value: "Active".into()
+            }]
+        );
         assert_eq!(q.or_groups.len(), 2);
     }
 
@@ -211,9 +248,16 @@ mod tests {
 
     #[test]
     fn pagination_fields() {
-        let q = ListQuery { limit: 10, page: 2, ..Default::default() };
+        let q = ListQuery {
+            limit: 10,
+            page: 2,
+            ..Default::default()
+        };
         let p = Page::new(vec![1], 25, &q);
-        assert_eq!((p.total_pages, p.paging_counter, p.prev_page, p.next_page), (3, 11, Some(1), Some(3)));
+        assert_eq!(
+            (p.total_pages, p.paging_counter, p.prev_page, p.next_page),
+            (3, 11, Some(1), Some(3))
+        );
         let empty = Page::<i32>::new(vec![], 0, &ListQuery::default());
         assert_eq!((empty.total_pages, empty.has_next_page), (1, false));
     }

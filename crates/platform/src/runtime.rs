@@ -61,7 +61,12 @@ impl Shared {
         let config = PlatformConfig::from_env()?;
         let keys = Keys::load_or_create(&config.data_dir)?;
         let nats = isp_events::connect_nats(&config.nats_url).await?;
-        Ok(Self { config, keys, nats, shutdown })
+        Ok(Self {
+            config,
+            keys,
+            nats,
+            shutdown,
+        })
     }
 }
 
@@ -69,7 +74,11 @@ impl Shared {
 pub async fn context(info: ServiceInfo, shared: &Shared) -> anyhow::Result<Arc<ServiceContext>> {
     let db = info.db();
     if let Some(admin) = &shared.config.database_admin_url {
-        let readers = if info.extra_schemas.contains(&"radius") { vec![radius_reader()] } else { vec![] };
+        let readers = if info.extra_schemas.contains(&"radius") {
+            vec![radius_reader()]
+        } else {
+            vec![]
+        };
         db::provision(admin, std::slice::from_ref(&db), &readers).await?;
     }
     let pool = db::connect(&shared.config, &db).await?;
@@ -91,7 +100,10 @@ impl ServiceContext {
 
     /// Runs this service's migrations (with the shared event tables) and starts its
     /// outbox relay.
-    pub async fn migrate_and_relay(&self, migrator: &sqlx::migrate::Migrator) -> anyhow::Result<()> {
+    pub async fn migrate_and_relay(
+        &self,
+        migrator: &sqlx::migrate::Migrator,
+    ) -> anyhow::Result<()> {
         isp_events::migrate(&self.pool, migrator).await?;
         if let Some(bus) = self.bus() {
             isp_events::spawn_relay(self.pool.clone(), bus.js.clone(), self.shutdown.clone());
@@ -114,11 +126,17 @@ impl ServiceContext {
 
     /// A client for calling another service with this service's token.
     pub fn client(&self, scopes: &[&str]) -> anyhow::Result<crate::client::ServiceClient> {
-        let token = match crate::config::env_opt(&format!("ISP_{}_SERVICE_TOKEN", self.schema.to_uppercase())) {
+        let token = match crate::config::env_opt(&format!(
+            "ISP_{}_SERVICE_TOKEN",
+            self.schema.to_uppercase()
+        )) {
             Some(t) => t,
             None => self.keys.service_token(self.name, scopes)?,
         };
-        Ok(crate::client::ServiceClient::new(self.config.internal_url.clone(), token))
+        Ok(crate::client::ServiceClient::new(
+            self.config.internal_url.clone(),
+            token,
+        ))
     }
 }
 
@@ -159,3 +177,8 @@ pub async fn start_bare(ctx: Arc<ServiceContext>, title: &str) -> anyhow::Result
     let doc = crate::openapi::collections_doc(ctx.name, title, &[]);
     Ok(crate::http::service_router(ctx, Router::new(), doc))
 }
+
+/// A service's `start`, boxed so a fleet of different services can be listed.
+/// Not `Send`: services start one after another on the caller's task.
+pub type StartFn =
+    fn(Arc<ServiceContext>) -> futures::future::LocalBoxFuture<'static, anyhow::Result<Router>>;

@@ -9,7 +9,11 @@ pub fn init() {
     let json = crate::config::env_or("ISP_LOG_FORMAT", "pretty") == "json";
     let builder = fmt().with_env_filter(filter).with_target(true);
     // try_init: tests and the launcher may call this more than once.
-    let _ = if json { builder.json().flatten_event(true).try_init() } else { builder.compact().try_init() };
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.compact().try_init()
+    };
 }
 
 /// Resolves on Ctrl-C or SIGTERM, for graceful shutdown.
@@ -19,7 +23,8 @@ pub async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

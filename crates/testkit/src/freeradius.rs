@@ -62,7 +62,10 @@ pub struct RadiusReply {
 impl RadiusReply {
     /// The first value of attribute `name`, if present.
     pub fn attr(&self, name: &str) -> Option<&str> {
-        self.attributes.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.attributes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -90,11 +93,17 @@ const START_ATTEMPTS: usize = 5;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn freeradius_bin() -> String {
-    std::env::var("ISP_TEST_FREERADIUS_BIN").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "freeradius".into())
+    std::env::var("ISP_TEST_FREERADIUS_BIN")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "freeradius".into())
 }
 
 fn radclient_bin() -> String {
-    std::env::var("ISP_TEST_RADCLIENT_BIN").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "radclient".into())
+    std::env::var("ISP_TEST_RADCLIENT_BIN")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "radclient".into())
 }
 
 /// `deploy/freeradius/configure.sh` of this repository (found from the crate's
@@ -137,13 +146,16 @@ impl TestFreeRadius {
     }
 
     /// Outer error: give up. Inner error: a port was taken, worth another try.
-    async fn try_start(params: &FreeRadiusParams) -> anyhow::Result<anyhow::Result<TestFreeRadius>> {
+    async fn try_start(
+        params: &FreeRadiusParams,
+    ) -> anyhow::Result<anyhow::Result<TestFreeRadius>> {
         let auth_port = free_udp_port()?;
         let mut acct_port = free_udp_port()?;
         while acct_port == auth_port {
             acct_port = free_udp_port()?;
         }
-        let dir = std::env::temp_dir().join(format!("isp-freeradius-{}", uuid::Uuid::new_v4().simple()));
+        let dir =
+            std::env::temp_dir().join(format!("isp-freeradius-{}", uuid::Uuid::new_v4().simple()));
         let raddb = dir.join("raddb");
         std::fs::create_dir_all(&raddb).with_context(|| format!("creating {}", raddb.display()))?;
         // From here on the guard removes `dir` if we fail.
@@ -192,37 +204,61 @@ impl TestFreeRadius {
             .stderr(Stdio::from(log_file))
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("spawning {} (is the freeradius package installed?)", freeradius_bin()))?;
+            .with_context(|| {
+                format!(
+                    "spawning {} (is the freeradius package installed?)",
+                    freeradius_bin()
+                )
+            })?;
 
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(status) = child.try_wait()? {
                 let text = tail(&log, 25);
                 if text.contains("Address already in use") {
-                    return Ok(Err(anyhow::anyhow!("FreeRADIUS could not bind its ports:\n{text}")));
+                    return Ok(Err(anyhow::anyhow!(
+                        "FreeRADIUS could not bind its ports:\n{text}"
+                    )));
                 }
-                bail!("FreeRADIUS exited ({status}) before answering; log {}:\n{text}", log.display());
+                bail!(
+                    "FreeRADIUS exited ({status}) before answering; log {}:\n{text}",
+                    log.display()
+                );
             }
-            if std::fs::read_to_string(&log).unwrap_or_default().contains("Ready to process requests")
+            if std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("Ready to process requests")
                 && status_server(auth_port, &params.secret).await
             {
                 break;
             }
             if Instant::now() > deadline {
                 let _ = child.start_kill();
-                bail!("FreeRADIUS did not answer within {START_TIMEOUT:?}; log {}:\n{}", log.display(), tail(&log, 25));
+                bail!(
+                    "FreeRADIUS did not answer within {START_TIMEOUT:?}; log {}:\n{}",
+                    log.display(),
+                    tail(&log, 25)
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let mut guard = guard;
         guard.0 = None;
         tracing::info!(auth_port, acct_port, dir = %dir.display(), "test FreeRADIUS ready");
-        Ok(Ok(TestFreeRadius { auth_port, acct_port, secret: params.secret.clone(), dir, log, child }))
+        Ok(Ok(TestFreeRadius {
+            auth_port,
+            acct_port,
+            secret: params.secret.clone(),
+            dir,
+            log,
+            child,
+        }))
     }
 
     /// Access-Request with User-Name and User-Password (PAP), as a NAS sends it.
     pub async fn auth(&self, user: &str, password: &str) -> anyhow::Result<RadiusReply> {
-        self.auth_with(&[("User-Name", user), ("User-Password", password)]).await
+        self.auth_with(&[("User-Name", user), ("User-Password", password)])
+            .await
     }
 
     /// Access-Request with arbitrary attributes, e.g. adding Calling-Station-Id.
@@ -300,7 +336,12 @@ async fn status_server(port: u16, secret: &str) -> bool {
     matches!(child.wait().await, Ok(s) if s.success())
 }
 
-async fn radclient(port: u16, command: &str, secret: &str, attributes: &[(&str, &str)]) -> anyhow::Result<RadiusReply> {
+async fn radclient(
+    port: u16,
+    command: &str,
+    secret: &str,
+    attributes: &[(&str, &str)],
+) -> anyhow::Result<RadiusReply> {
     let mut child = Command::new(radclient_bin())
         .args(["-x", "-r", "2", "-t", "3"])
         .arg(format!("127.0.0.1:{port}"))
@@ -311,7 +352,12 @@ async fn radclient(port: u16, command: &str, secret: &str, attributes: &[(&str, 
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("spawning {} (is freeradius-utils installed?)", radclient_bin()))?;
+        .with_context(|| {
+            format!(
+                "spawning {} (is freeradius-utils installed?)",
+                radclient_bin()
+            )
+        })?;
     let mut input = String::new();
     for (name, value) in attributes {
         input.push_str(&format!("{name} = {}\n", quote(value)));
@@ -337,13 +383,19 @@ async fn radclient(port: u16, command: &str, secret: &str, attributes: &[(&str, 
 fn parse_radclient_output(stdout: &str) -> anyhow::Result<RadiusReply> {
     let mut lines = stdout.lines().skip_while(|l| !l.starts_with("Received "));
     let header = lines.next().context("no 'Received' line")?;
-    let code = header.split_whitespace().nth(1).context("no reply code")?.to_string();
+    let code = header
+        .split_whitespace()
+        .nth(1)
+        .context("no reply code")?
+        .to_string();
     let mut attributes = Vec::new();
     for line in lines {
         if !line.starts_with(|c: char| c.is_whitespace()) {
             break;
         }
-        let Some((name, value)) = line.trim().split_once(" = ") else { continue };
+        let Some((name, value)) = line.trim().split_once(" = ") else {
+            continue;
+        };
         let value = value.trim();
         let value = value
             .strip_prefix('"')
@@ -352,7 +404,11 @@ fn parse_radclient_output(stdout: &str) -> anyhow::Result<RadiusReply> {
             .unwrap_or_else(|| value.to_string());
         attributes.push((name.trim().to_string(), value));
     }
-    Ok(RadiusReply { accepted: code == "Access-Accept", attributes, code })
+    Ok(RadiusReply {
+        accepted: code == "Access-Accept",
+        attributes,
+        code,
+    })
 }
 
 #[cfg(test)]

@@ -27,8 +27,10 @@ impl TestNats {
     /// connections.
     pub async fn start() -> anyhow::Result<TestNats> {
         let bin = std::env::var("ISP_TEST_NATS_BIN").unwrap_or_else(|_| "nats-server".to_string());
-        let dir = std::env::temp_dir().join(format!("isp-test-nats-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(dir.join("store")).with_context(|| format!("creating {}", dir.display()))?;
+        let dir =
+            std::env::temp_dir().join(format!("isp-test-nats-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(dir.join("store"))
+            .with_context(|| format!("creating {}", dir.display()))?;
         let mut last_err = None;
         // A port found free can be taken by someone else before the server binds
         // it; try a few.
@@ -107,7 +109,10 @@ impl TestNats {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| {
-                format!("starting {} (install nats-server with script/setup or set ISP_TEST_NATS_BIN)", self.bin)
+                format!(
+                    "starting {} (install nats-server with script/setup or set ISP_TEST_NATS_BIN)",
+                    self.bin
+                )
             })?;
 
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -119,13 +124,19 @@ impl TestNats {
                     tail(&self.dir.join("nats.log"))
                 );
             }
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
                 self.child = Some(child);
                 return Ok(());
             }
             if Instant::now() > deadline {
                 let _ = child.kill().await;
-                anyhow::bail!("nats-server did not accept connections on port {} within 10 s", self.port);
+                anyhow::bail!(
+                    "nats-server did not accept connections on port {} within 10 s",
+                    self.port
+                );
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }

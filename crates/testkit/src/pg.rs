@@ -30,7 +30,8 @@ pub struct TestDb {
 impl TestDb {
     /// Creates a fresh, empty database.
     pub async fn create() -> anyhow::Result<TestDb> {
-        let server_url = std::env::var("ISP_TEST_PG_ADMIN_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_string());
+        let server_url = std::env::var("ISP_TEST_PG_ADMIN_URL")
+            .unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_string());
         let mut conn = tokio::time::timeout(Duration::from_secs(10), PgConnection::connect(&server_url))
             .await
             .map_err(|_| anyhow::anyhow!("timed out"))
@@ -66,7 +67,11 @@ impl TestDb {
     pub fn url_for(&self, user: &str, password: &str) -> String {
         let mut url = reqwest::Url::parse(&self.admin_url).expect("admin_url is a valid URL");
         let _ = url.set_username(user);
-        let _ = url.set_password(if password.is_empty() { None } else { Some(password) });
+        let _ = url.set_password(if password.is_empty() {
+            None
+        } else {
+            Some(password)
+        });
         url.to_string()
     }
 
@@ -80,7 +85,9 @@ impl TestDb {
     pub async fn schema_pool(&self, schema: &str, max_connections: u32) -> anyhow::Result<PgPool> {
         let quoted = format!("\"{}\"", schema.replace('"', "\"\""));
         let mut conn = PgConnection::connect_with(&self.connect_options()).await?;
-        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {quoted}")).execute(&mut conn).await?;
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {quoted}"))
+            .execute(&mut conn)
+            .await?;
         let _ = conn.close().await;
         let opts = self.connect_options().options([("search_path", schema)]);
         Ok(PgPoolOptions::new()
@@ -102,15 +109,25 @@ impl Drop for TestDb {
         let server_url = self.server_url.clone();
         let name = self.name.clone();
         let dropper = std::thread::spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(_) => return,
             };
             rt.block_on(async move {
-                let connect = tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(&server_url));
+                let connect = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    PgConnection::connect(&server_url),
+                );
                 if let Ok(Ok(mut conn)) = connect.await {
                     let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-                    let _ = tokio::time::timeout(Duration::from_secs(10), sqlx::query(&sql).execute(&mut conn)).await;
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        sqlx::query(&sql).execute(&mut conn),
+                    )
+                    .await;
                     let _ = conn.close().await;
                 }
             });

@@ -60,11 +60,18 @@ pub fn routes(ctx: Arc<ServiceContext>, staff: Arc<Collection>, settings: Settin
         .route("/api/core/staff/refresh-token", post(refresh))
         .route("/api/core/staff/unlock", post(unlock))
         .route("/api/core/jwks", get(public_key))
-        .with_state(AuthState { ctx, staff, settings })
+        .with_state(AuthState {
+            ctx,
+            staff,
+            settings,
+        })
 }
 
 #[derive(OpenApi)]
-#[openapi(paths(login, me, logout, refresh, unlock, public_key), components(schemas(LoginInput, UnlockInput)))]
+#[openapi(
+    paths(login, me, logout, refresh, unlock, public_key),
+    components(schemas(LoginInput, UnlockInput))
+)]
 struct AuthDoc;
 
 pub fn openapi() -> utoipa::openapi::OpenApi {
@@ -96,14 +103,32 @@ struct StaffAuthRow {
     token_version: i32,
 }
 
-async fn load(conn: &mut sqlx::PgConnection, by_email: Option<&str>, by_id: Option<Uuid>, lock: bool) -> ApiResult<Option<StaffAuthRow>> {
+async fn load(
+    conn: &mut sqlx::PgConnection,
+    by_email: Option<&str>,
+    by_id: Option<Uuid>,
+    lock: bool,
+) -> ApiResult<Option<StaffAuthRow>> {
     let sql = format!(
         "SELECT id, full_name, email, password_hash, role, status, login_attempts, lock_until, token_version
          FROM staff WHERE lower(email) = lower($1) OR id = $2{}",
         if lock { " FOR UPDATE" } else { "" }
     );
-    let row: Option<(Uuid, String, String, String, String, String, i32, Option<chrono::DateTime<Utc>>, i32)> =
-        sqlx::query_as(&sql).bind(by_email.unwrap_or("")).bind(by_id.unwrap_or_default()).fetch_optional(&mut *conn).await?;
+    let row: Option<(
+        Uuid,
+        String,
+        String,
+        String,
+        String,
+        String,
+        i32,
+        Option<chrono::DateTime<Utc>>,
+        i32,
+    )> = sqlx::query_as(&sql)
+        .bind(by_email.unwrap_or(""))
+        .bind(by_id.unwrap_or_default())
+        .fetch_optional(&mut *conn)
+        .await?;
     Ok(row.map(|r| StaffAuthRow {
         id: r.0,
         full_name: r.1,
@@ -136,7 +161,11 @@ fn issue(keys: &Keys, s: &StaffAuthRow, ttl: i64) -> ApiResult<(String, i64)> {
 }
 
 async fn user_doc(st: &AuthState, conn: &mut sqlx::PgConnection, id: Uuid) -> ApiResult<Value> {
-    let doc = st.staff.fetch(conn, id, false).await?.ok_or_else(|| ApiError::not_found("Staff member"))?;
+    let doc = st
+        .staff
+        .fetch(conn, id, false)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Staff member"))?;
     let mut doc = doc;
     if let Value::Object(m) = &mut doc {
         m.remove("lockUntil");
@@ -146,7 +175,10 @@ async fn user_doc(st: &AuthState, conn: &mut sqlx::PgConnection, id: Uuid) -> Ap
 
 #[utoipa::path(post, path = "/api/core/staff/login", tag = "staff", request_body = LoginInput,
     responses((status = 200, description = "{message, user, token, exp}"), (status = 401, description = "Wrong credentials, locked or inactive")))]
-async fn login(State(st): State<AuthState>, ApiJson(input): ApiJson<LoginInput>) -> ApiResult<Json<Value>> {
+async fn login(
+    State(st): State<AuthState>,
+    ApiJson(input): ApiJson<LoginInput>,
+) -> ApiResult<Json<Value>> {
     if input.email.trim().is_empty() {
         return Err(ApiError::field("email", "email is required."));
     }
@@ -179,31 +211,47 @@ async fn login(State(st): State<AuthState>, ApiJson(input): ApiJson<LoginInput>)
                 st.settings.max_attempts
             )));
         }
-        sqlx::query("UPDATE staff SET login_attempts = $2 WHERE id = $1").bind(row.id).bind(attempts).execute(&mut *tx).await?;
+        sqlx::query("UPDATE staff SET login_attempts = $2 WHERE id = $1")
+            .bind(row.id)
+            .bind(attempts)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         return Err(ApiError::unauthorized(BAD_CREDENTIALS));
     }
     if row.status != "Active" {
         return Err(ApiError::unauthorized("This account is inactive."));
     }
-    sqlx::query("UPDATE staff SET login_attempts = 0, lock_until = NULL WHERE id = $1").bind(row.id).execute(&mut *tx).await?;
+    sqlx::query("UPDATE staff SET login_attempts = 0, lock_until = NULL WHERE id = $1")
+        .bind(row.id)
+        .execute(&mut *tx)
+        .await?;
     let user = user_doc(&st, &mut tx, row.id).await?;
     tx.commit().await?;
     let (token, exp) = issue(&st.ctx.keys, &row, st.settings.token_ttl)?;
-    Ok(Json(json!({"message": "Authentication Passed", "user": user, "token": token, "exp": exp})))
+    Ok(Json(
+        json!({"message": "Authentication Passed", "user": user, "token": token, "exp": exp}),
+    ))
 }
 
 /// The staff row behind a still-valid token (current version, active).
 async fn current(st: &AuthState, parts_token: Option<&str>) -> ApiResult<(StaffAuthRow, Claims)> {
     let token = parts_token.ok_or_else(|| ApiError::unauthorized("You are not logged in."))?;
     let claims = st.ctx.keys.verify(token)?;
-    let Principal::Staff { id, token_version, .. } = Principal::from_claims(claims.clone())? else {
+    let Principal::Staff {
+        id, token_version, ..
+    } = Principal::from_claims(claims.clone())?
+    else {
         return Err(ApiError::unauthorized("Not a staff token."));
     };
     let mut conn = st.ctx.pool.acquire().await?;
-    let row = load(&mut conn, None, Some(id), false).await?.ok_or_else(|| ApiError::unauthorized("The account no longer exists."))?;
+    let row = load(&mut conn, None, Some(id), false)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("The account no longer exists."))?;
     if row.token_version != token_version {
-        return Err(ApiError::unauthorized("This session has ended. Please log in again."));
+        return Err(ApiError::unauthorized(
+            "This session has ended. Please log in again.",
+        ));
     }
     if row.status != "Active" {
         return Err(ApiError::unauthorized("This account is inactive."));
@@ -212,37 +260,61 @@ async fn current(st: &AuthState, parts_token: Option<&str>) -> ApiResult<(StaffA
 }
 
 #[utoipa::path(get, path = "/api/core/staff/me", tag = "staff", responses((status = 200, description = "{user, exp}"), (status = 401)))]
-async fn me(State(st): State<AuthState>, req: axum::http::request::Parts) -> ApiResult<Json<Value>> {
+async fn me(
+    State(st): State<AuthState>,
+    req: axum::http::request::Parts,
+) -> ApiResult<Json<Value>> {
     let (row, claims) = current(&st, bearer(&req)).await?;
     let mut conn = st.ctx.pool.acquire().await?;
     let user = user_doc(&st, &mut conn, row.id).await?;
-    Ok(Json(json!({"user": user, "exp": claims.exp, "collection": "staff"})))
+    Ok(Json(
+        json!({"user": user, "exp": claims.exp, "collection": "staff"}),
+    ))
 }
 
 #[utoipa::path(post, path = "/api/core/staff/logout", tag = "staff", responses((status = 200), (status = 401)))]
-async fn logout(State(st): State<AuthState>, req: axum::http::request::Parts) -> ApiResult<Json<Value>> {
+async fn logout(
+    State(st): State<AuthState>,
+    req: axum::http::request::Parts,
+) -> ApiResult<Json<Value>> {
     let (row, _) = current(&st, bearer(&req)).await?;
-    sqlx::query("UPDATE staff SET token_version = token_version + 1 WHERE id = $1").bind(row.id).execute(&st.ctx.pool).await?;
-    Ok(Json(json!({"message": "You have been logged out successfully."})))
+    sqlx::query("UPDATE staff SET token_version = token_version + 1 WHERE id = $1")
+        .bind(row.id)
+        .execute(&st.ctx.pool)
+        .await?;
+    Ok(Json(
+        json!({"message": "You have been logged out successfully."}),
+    ))
 }
 
 #[utoipa::path(post, path = "/api/core/staff/refresh-token", tag = "staff", responses((status = 200, description = "{message, refreshedToken, exp, user}"), (status = 401)))]
-async fn refresh(State(st): State<AuthState>, req: axum::http::request::Parts) -> ApiResult<Json<Value>> {
+async fn refresh(
+    State(st): State<AuthState>,
+    req: axum::http::request::Parts,
+) -> ApiResult<Json<Value>> {
     let (row, _) = current(&st, bearer(&req)).await?;
     let (token, exp) = issue(&st.ctx.keys, &row, st.settings.token_ttl)?;
     let mut conn = st.ctx.pool.acquire().await?;
     let user = user_doc(&st, &mut conn, row.id).await?;
-    Ok(Json(json!({"message": "Token refresh successful", "refreshedToken": token, "exp": exp, "user": user})))
+    Ok(Json(
+        json!({"message": "Token refresh successful", "refreshedToken": token, "exp": exp, "user": user}),
+    ))
 }
 
 #[utoipa::path(post, path = "/api/core/staff/unlock", tag = "staff", request_body = UnlockInput, responses((status = 200), (status = 403), (status = 404)))]
-async fn unlock(State(st): State<AuthState>, p: Principal, ApiJson(input): ApiJson<UnlockInput>) -> ApiResult<Json<Value>> {
+async fn unlock(
+    State(st): State<AuthState>,
+    p: Principal,
+    ApiJson(input): ApiJson<UnlockInput>,
+) -> ApiResult<Json<Value>> {
     p.require_roles(Roles::of(&[Role::Admin]))?;
-    let n = sqlx::query("UPDATE staff SET login_attempts = 0, lock_until = NULL WHERE lower(email) = lower($1)")
-        .bind(input.email.trim())
-        .execute(&st.ctx.pool)
-        .await?
-        .rows_affected();
+    let n = sqlx::query(
+        "UPDATE staff SET login_attempts = 0, lock_until = NULL WHERE lower(email) = lower($1)",
+    )
+    .bind(input.email.trim())
+    .execute(&st.ctx.pool)
+    .await?
+    .rows_affected();
     if n == 0 {
         return Err(ApiError::not_found("Staff member"));
     }

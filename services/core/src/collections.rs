@@ -20,7 +20,8 @@ pub const IP_ASSIGNMENT: &[&str] = &["Dynamic", "Static-Public"];
 pub const PARTNER_STATUS: &[&str] = &["Prospect", "Active", "Inactive"];
 
 fn snapshot<T: serde::de::DeserializeOwned>(doc: &Value) -> ApiResult<T> {
-    serde_json::from_value(doc.clone()).map_err(|e| ApiError::Internal(anyhow::anyhow!("snapshot: {e}")))
+    serde_json::from_value(doc.clone())
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("snapshot: {e}")))
 }
 
 fn internal(e: anyhow::Error) -> ApiError {
@@ -53,17 +54,21 @@ pub fn staff() -> Collection {
 struct StaffHooks;
 
 async fn other_active_admins(tx: &mut PgConnection, except: Uuid) -> ApiResult<i64> {
-    Ok(sqlx::query_scalar("SELECT count(*) FROM staff WHERE role = 'Admin' AND status = 'Active' AND id <> $1")
-        .bind(except)
-        .fetch_one(&mut *tx)
-        .await?)
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM staff WHERE role = 'Admin' AND status = 'Active' AND id <> $1",
+    )
+    .bind(except)
+    .fetch_one(&mut *tx)
+    .await?)
 }
 
 #[async_trait]
 impl Hooks for StaffHooks {
     async fn before_change(&self, tx: &mut PgConnection, c: &mut Change<'_>) -> ApiResult<()> {
         if let Some(Value::String(pw)) = c.data.get("password").cloned() {
-            let hash = isp_platform::auth::password::hash_async(pw).await.map_err(internal)?;
+            let hash = isp_platform::auth::password::hash_async(pw)
+                .await
+                .map_err(internal)?;
             c.data.insert("password".into(), json!(hash));
             if let Some(existing) = c.existing {
                 // A new password ends every session the member had.
@@ -77,9 +82,13 @@ impl Hooks for StaffHooks {
             if was_active_admin && !stays {
                 // Sorting rows under FOR UPDATE is not needed: one admin change at a
                 // time is enough for this rare path, so take a transaction lock.
-                sqlx::query("SELECT pg_advisory_xact_lock(7340101)").execute(&mut *tx).await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(7340101)")
+                    .execute(&mut *tx)
+                    .await?;
                 if other_active_admins(tx, id).await? == 0 {
-                    return Err(ApiError::conflict("The last active Admin cannot be demoted or deactivated."));
+                    return Err(ApiError::conflict(
+                        "The last active Admin cannot be demoted or deactivated.",
+                    ));
                 }
             }
         }
@@ -99,40 +108,69 @@ impl Hooks for StaffHooks {
             if prev["role"] != doc["role"] || prev["status"] != doc["status"] {
                 bump_token_version(tx, doc).await?;
             }
-            enqueue(tx, ctx.name, &StaffUpdated(snapshot(doc)?)).await.map_err(internal)?;
+            enqueue(tx, ctx.name, &StaffUpdated(snapshot(doc)?))
+                .await
+                .map_err(internal)?;
         } else {
-            enqueue(tx, ctx.name, &StaffCreated(snapshot(doc)?)).await.map_err(internal)?;
+            enqueue(tx, ctx.name, &StaffCreated(snapshot(doc)?))
+                .await
+                .map_err(internal)?;
         }
         Ok(())
     }
 
-    async fn before_delete(&self, tx: &mut PgConnection, p: &Principal, doc: &Value) -> ApiResult<()> {
-        let id = doc["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()).unwrap_or_default();
+    async fn before_delete(
+        &self,
+        tx: &mut PgConnection,
+        p: &Principal,
+        doc: &Value,
+    ) -> ApiResult<()> {
+        let id = doc["id"]
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .unwrap_or_default();
         if p.staff_id() == Some(id) {
             return Err(ApiError::conflict("You cannot delete your own account."));
         }
         if doc["role"] == "Admin" && doc["status"] == "Active" {
-            sqlx::query("SELECT pg_advisory_xact_lock(7340101)").execute(&mut *tx).await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(7340101)")
+                .execute(&mut *tx)
+                .await?;
             if other_active_admins(tx, id).await? == 0 {
-                return Err(ApiError::conflict("The last active Admin cannot be deleted."));
+                return Err(ApiError::conflict(
+                    "The last active Admin cannot be deleted.",
+                ));
             }
         }
         Ok(())
     }
 
-    async fn after_delete(&self, tx: &mut PgConnection, ctx: &ServiceContext, doc: &Value) -> ApiResult<()> {
+    async fn after_delete(
+        &self,
+        tx: &mut PgConnection,
+        ctx: &ServiceContext,
+        doc: &Value,
+    ) -> ApiResult<()> {
         // Other services see the member as Inactive from now on.
         let mut snap: StaffSnapshot = snapshot(doc)?;
         snap.status = "Inactive".into();
         snap.updated_at = chrono::Utc::now();
-        enqueue(tx, ctx.name, &StaffUpdated(snap)).await.map_err(internal)?;
+        enqueue(tx, ctx.name, &StaffUpdated(snap))
+            .await
+            .map_err(internal)?;
         Ok(())
     }
 }
 
 pub(crate) async fn bump_token_version(tx: &mut PgConnection, doc: &Value) -> ApiResult<()> {
-    let id = doc["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()).unwrap_or_default();
-    sqlx::query("UPDATE staff SET token_version = token_version + 1 WHERE id = $1").bind(id).execute(&mut *tx).await?;
+    let id = doc["id"]
+        .as_str()
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .unwrap_or_default();
+    sqlx::query("UPDATE staff SET token_version = token_version + 1 WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }
 
@@ -147,14 +185,40 @@ pub fn plans() -> Collection {
         "Plan",
         vec![
             Field::new("name", "name", Kind::TEXT).required(),
-            Field::new("downloadSpeed", "download_speed", Kind::Int { min: 1, max: 100_000 }).required(),
-            Field::new("uploadSpeed", "upload_speed", Kind::Int { min: 1, max: 100_000 }).required(),
+            Field::new(
+                "downloadSpeed",
+                "download_speed",
+                Kind::Int {
+                    min: 1,
+                    max: 100_000,
+                },
+            )
+            .required(),
+            Field::new(
+                "uploadSpeed",
+                "upload_speed",
+                Kind::Int {
+                    min: 1,
+                    max: 100_000,
+                },
+            )
+            .required(),
             Field::new("price", "price", Kind::Money).required(),
-            Field::new("billingCycle", "billing_cycle", Kind::Select(BILLING_CYCLES)).required(),
+            Field::new(
+                "billingCycle",
+                "billing_cycle",
+                Kind::Select(BILLING_CYCLES),
+            )
+            .required(),
             Field::new("notes", "notes", Kind::TEXT_AREA),
             Field::new("planEnabled", "plan_enabled", Kind::Bool),
             Field::new("activeForNewSignups", "active_for_new_signups", Kind::Bool),
-            Field::new("ipAssignmentType", "ip_assignment_type", Kind::Select(IP_ASSIGNMENT)).required(),
+            Field::new(
+                "ipAssignmentType",
+                "ip_assignment_type",
+                Kind::Select(IP_ASSIGNMENT),
+            )
+            .required(),
             Field::new("staticIpPool", "static_ip_pool", Kind::Relation),
         ],
     )
@@ -172,19 +236,31 @@ impl Hooks for PlanHooks {
             c.data.insert("ipAssignmentType".into(), json!("Dynamic"));
         }
         if let Some(price) = c.data.get("price").and_then(Value::as_str) {
-            if price.parse::<Decimal>().map_or(true, |d| d <= Decimal::ZERO) {
-                errors.push(FieldError::new("price", "The price must be more than 0 KES."));
+            if price
+                .parse::<Decimal>()
+                .map_or(true, |d| d <= Decimal::ZERO)
+            {
+                errors.push(FieldError::new(
+                    "price",
+                    "The price must be more than 0 KES.",
+                ));
             }
         }
         match c.str("ipAssignmentType") {
             Some("Static-Public") => {
                 if c.value("staticIpPool").is_none() {
-                    errors.push(FieldError::new("staticIpPool", "A Static-Public plan needs a static IP pool."));
+                    errors.push(FieldError::new(
+                        "staticIpPool",
+                        "A Static-Public plan needs a static IP pool.",
+                    ));
                 }
             }
             _ => {
                 if c.data.get("staticIpPool").is_some_and(|v| !v.is_null()) {
-                    errors.push(FieldError::new("staticIpPool", "Only Static-Public plans have a static IP pool."));
+                    errors.push(FieldError::new(
+                        "staticIpPool",
+                        "Only Static-Public plans have a static IP pool.",
+                    ));
                 } else if c.existing.is_some_and(|e| !e["staticIpPool"].is_null()) {
                     // Switching a plan to Dynamic releases its pool.
                     c.data.insert("staticIpPool".into(), Value::Null);
@@ -198,18 +274,36 @@ impl Hooks for PlanHooks {
         }
     }
 
-    async fn after_change(&self, tx: &mut PgConnection, ctx: &ServiceContext, _p: &Principal, doc: &Value, prev: Option<&Value>) -> ApiResult<()> {
+    async fn after_change(
+        &self,
+        tx: &mut PgConnection,
+        ctx: &ServiceContext,
+        _p: &Principal,
+        doc: &Value,
+        prev: Option<&Value>,
+    ) -> ApiResult<()> {
         let snap: PlanSnapshot = snapshot(doc)?;
         if prev.is_some() {
-            enqueue(tx, ctx.name, &PlanUpdated(snap)).await.map_err(internal)?;
+            enqueue(tx, ctx.name, &PlanUpdated(snap))
+                .await
+                .map_err(internal)?;
         } else {
-            enqueue(tx, ctx.name, &PlanCreated(snap)).await.map_err(internal)?;
+            enqueue(tx, ctx.name, &PlanCreated(snap))
+                .await
+                .map_err(internal)?;
         }
         Ok(())
     }
 
-    async fn after_delete(&self, tx: &mut PgConnection, ctx: &ServiceContext, doc: &Value) -> ApiResult<()> {
-        enqueue(tx, ctx.name, &PlanDeleted(snapshot(doc)?)).await.map_err(internal)?;
+    async fn after_delete(
+        &self,
+        tx: &mut PgConnection,
+        ctx: &ServiceContext,
+        doc: &Value,
+    ) -> ApiResult<()> {
+        enqueue(tx, ctx.name, &PlanDeleted(snapshot(doc)?))
+            .await
+            .map_err(internal)?;
         Ok(())
     }
 }
@@ -231,7 +325,15 @@ pub fn partners() -> Collection {
             Field::new("status", "status", Kind::Select(PARTNER_STATUS)).required(),
             Field::new("buildings", "buildings", Kind::Relations),
             Field::new("commissionRate", "commission_rate", Kind::Money),
-            Field::new("referralCount", "referral_count", Kind::Int { min: 0, max: i32::MAX as i64 }).system(),
+            Field::new(
+                "referralCount",
+                "referral_count",
+                Kind::Int {
+                    min: 0,
+                    max: i32::MAX as i64,
+                },
+            )
+            .system(),
             Field::new("perks", "perks", Kind::Bool),
         ],
     )
@@ -252,37 +354,70 @@ impl Hooks for PartnerHooks {
         }
         if let Some(rate) = c.data.get("commissionRate").and_then(Value::as_str) {
             if rate.parse::<Decimal>().map_or(true, |d| d < Decimal::ZERO) {
-                return Err(ApiError::field("commissionRate", "The commission cannot be negative."));
+                return Err(ApiError::field(
+                    "commissionRate",
+                    "The commission cannot be negative.",
+                ));
             }
         }
         if let Some(Value::Array(ids)) = c.data.get("buildings") {
-            let ids: Vec<Uuid> = ids.iter().filter_map(|v| v.as_str().and_then(|s| Uuid::parse_str(s).ok())).collect();
+            let ids: Vec<Uuid> = ids
+                .iter()
+                .filter_map(|v| v.as_str().and_then(|s| Uuid::parse_str(s).ok()))
+                .collect();
             if !ids.is_empty() {
-                let known: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM crm_buildings WHERE id = ANY($1) AND NOT deleted")
-                    .bind(&ids)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                let unknown: Vec<String> = ids.iter().filter(|i| !known.contains(i)).map(Uuid::to_string).collect();
+                let known: Vec<Uuid> = sqlx::query_scalar(
+                    "SELECT id FROM crm_buildings WHERE id = ANY($1) AND NOT deleted",
+                )
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?;
+                let unknown: Vec<String> = ids
+                    .iter()
+                    .filter(|i| !known.contains(i))
+                    .map(Uuid::to_string)
+                    .collect();
                 if !unknown.is_empty() {
-                    return Err(ApiError::field("buildings", format!("Unknown building(s): {}.", unknown.join(", "))));
+                    return Err(ApiError::field(
+                        "buildings",
+                        format!("Unknown building(s): {}.", unknown.join(", ")),
+                    ));
                 }
             }
         }
         Ok(())
     }
 
-    async fn after_change(&self, tx: &mut PgConnection, ctx: &ServiceContext, _p: &Principal, doc: &Value, prev: Option<&Value>) -> ApiResult<()> {
+    async fn after_change(
+        &self,
+        tx: &mut PgConnection,
+        ctx: &ServiceContext,
+        _p: &Principal,
+        doc: &Value,
+        prev: Option<&Value>,
+    ) -> ApiResult<()> {
         let snap: PartnerSnapshot = snapshot(doc)?;
         if prev.is_some() {
-            enqueue(tx, ctx.name, &PartnerUpdated(snap)).await.map_err(internal)?;
+            enqueue(tx, ctx.name, &PartnerUpdated(snap))
+                .await
+                .map_err(internal)?;
         } else {
-            enqueue(tx, ctx.name, &PartnerCreated(snap)).await.map_err(internal)?;
+            enqueue(tx, ctx.name, &PartnerCreated(snap))
+                .await
+                .map_err(internal)?;
         }
         Ok(())
     }
 
-    async fn after_delete(&self, tx: &mut PgConnection, ctx: &ServiceContext, doc: &Value) -> ApiResult<()> {
-        enqueue(tx, ctx.name, &PartnerDeleted(snapshot(doc)?)).await.map_err(internal)?;
+    async fn after_delete(
+        &self,
+        tx: &mut PgConnection,
+        ctx: &ServiceContext,
+        doc: &Value,
+    ) -> ApiResult<()> {
+        enqueue(tx, ctx.name, &PartnerDeleted(snapshot(doc)?))
+            .await
+            .map_err(internal)?;
         Ok(())
     }
 }

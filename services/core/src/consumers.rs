@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use isp_events::payloads::{BuildingCreated, BuildingDeleted, BuildingSnapshot, BuildingUpdated, LeadConverted, PartnerUpdated};
+use isp_events::payloads::{
+    BuildingCreated, BuildingDeleted, BuildingSnapshot, BuildingUpdated, LeadConverted,
+    PartnerUpdated,
+};
 use isp_events::{BoxFuture, CloudEvent, EventHandler};
 use isp_platform::collection::Collection;
 use sqlx::PgConnection;
@@ -12,7 +15,11 @@ pub struct CrmEvents {
 }
 
 impl EventHandler for CrmEvents {
-    fn handle<'a>(&'a self, tx: &'a mut PgConnection, ev: &'a CloudEvent) -> BoxFuture<'a, anyhow::Result<()>> {
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        ev: &'a CloudEvent,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             if let Some(c) = ev.payload::<LeadConverted>()? {
                 return self.count_referral(tx, &c).await;
@@ -34,11 +41,14 @@ impl EventHandler for CrmEvents {
 impl CrmEvents {
     /// One increment per converted lead, however often the event arrives.
     async fn count_referral(&self, tx: &mut PgConnection, c: &LeadConverted) -> anyhow::Result<()> {
-        let Some(partner) = c.referred_by else { return Ok(()) };
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM partners WHERE id = $1)")
-            .bind(partner)
-            .fetch_one(&mut *tx)
-            .await?;
+        let Some(partner) = c.referred_by else {
+            return Ok(());
+        };
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM partners WHERE id = $1)")
+                .bind(partner)
+                .fetch_one(&mut *tx)
+                .await?;
         if !exists {
             tracing::warn!(%partner, lead = %c.lead_id, "lead.converted names an unknown partner; not counted");
             return Ok(());
@@ -65,12 +75,17 @@ impl CrmEvents {
             .await
             .map_err(|e| anyhow::anyhow!("{e:?}"))?
             .ok_or_else(|| anyhow::anyhow!("partner vanished"))?;
-        isp_events::outbox::enqueue(tx, "core", &PartnerUpdated(serde_json::from_value(doc)?)).await?;
+        isp_events::outbox::enqueue(tx, "core", &PartnerUpdated(serde_json::from_value(doc)?))
+            .await?;
         Ok(())
     }
 }
 
-async fn upsert_building(tx: &mut PgConnection, b: &BuildingSnapshot, deleted: bool) -> anyhow::Result<()> {
+async fn upsert_building(
+    tx: &mut PgConnection,
+    b: &BuildingSnapshot,
+    deleted: bool,
+) -> anyhow::Result<()> {
     sqlx::query(
         "INSERT INTO crm_buildings (id, name, deleted, updated_at) VALUES ($1, $2, $3, $4)
          ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, deleted = EXCLUDED.deleted, updated_at = EXCLUDED.updated_at

@@ -17,7 +17,13 @@ mod consumers;
 
 pub use collections::{partners, plans, staff};
 
-pub const INFO: ServiceInfo = ServiceInfo { name: "core", schema: "core", extra_schemas: &[], port: 8081, scopes: &[] };
+pub const INFO: ServiceInfo = ServiceInfo {
+    name: "core",
+    schema: "core",
+    extra_schemas: &[],
+    port: 8081,
+    scopes: &[],
+};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/core");
 
@@ -30,7 +36,11 @@ pub struct Collections {
 
 impl Collections {
     pub fn new() -> Self {
-        Self { staff: Arc::new(staff()), plans: Arc::new(plans()), partners: Arc::new(partners()) }
+        Self {
+            staff: Arc::new(staff()),
+            plans: Arc::new(plans()),
+            partners: Arc::new(partners()),
+        }
     }
 }
 
@@ -46,11 +56,21 @@ pub async fn start(ctx: Arc<ServiceContext>) -> anyhow::Result<Router> {
     ctx.migrate_and_relay(&MIGRATOR).await?;
     let colls = Arc::new(Collections::new());
     bootstrap::ensure_admin(&ctx, &colls.staff).await?;
-    ctx.consume("core-crm", "isp.crm.>", consumers::CrmEvents { partners: colls.partners.clone() });
+    ctx.consume(
+        "core-crm",
+        "isp.crm.>",
+        consumers::CrmEvents {
+            partners: colls.partners.clone(),
+        },
+    );
 
     let auth_settings = auth::Settings::from_env()?;
     let routes = Router::new()
-        .merge(auth::routes(ctx.clone(), colls.staff.clone(), auth_settings))
+        .merge(auth::routes(
+            ctx.clone(),
+            colls.staff.clone(),
+            auth_settings,
+        ))
         .merge(collection::routes(colls.staff.clone(), ctx.clone()))
         .merge(collection::routes(colls.plans.clone(), ctx.clone()))
         .merge(collection::routes(colls.partners.clone(), ctx.clone()));

@@ -7,8 +7,13 @@ use axum::Router;
 use isp_platform::runtime::ServiceInfo;
 use isp_platform::ServiceContext;
 
-pub const INFO: ServiceInfo =
-    ServiceInfo { name: "noc", schema: "noc", extra_schemas: &["radius"], port: 8084, scopes: &[] };
+pub const INFO: ServiceInfo = ServiceInfo {
+    name: "noc",
+    schema: "noc",
+    extra_schemas: &["radius"],
+    port: 8084,
+    scopes: &[],
+};
 
 pub async fn start(ctx: Arc<ServiceContext>) -> anyhow::Result<Router> {
     isp_platform::runtime::start_bare(ctx, "ISP Operations & NOC").await

@@ -1,0 +1,700 @@
+//! Core over real HTTP, Postgres and NATS.
+
+use isp_events::payloads::LeadConverted;
+use isp_events::{CloudEvent, EventPayload};
+use isp_platform::runtime::StartFn;
+use isp_testkit::{eventually, TestApp, ADMIN_EMAIL, ADMIN_PASSWORD};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+fn core() -> (isp_platform::runtime::ServiceInfo, StartFn) {
+    (svc_core::INFO, |c| Box::pin(svc_core::start(c)))
+}
+
+async fn app() -> TestApp {
+    TestApp::spawn(&[core()]).await
+}
+
+fn plan_body() -> Value {
+    json!({"name": "Home Basic 10Mbps", "downloadSpeed": 10, "uploadSpeed": 5, "price": 2500, "billingCycle": "Monthly"})
+}
+
+fn partner_body(phone: &str) -> Value {
+    json!({"fullName": "Jane Caretaker", "phoneNumber": phone, "mpesaNumber": "0722000111", "status": "Active"})
+}
+
+#[tokio::test]
+async fn bootstrap_admin_logs_in_and_sees_itself_without_password() {
+    let app = app().await;
+    let r = app.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["user"]["role"], "Admin");
+    assert!(r.body["user"].get("password").is_none());
+    assert!(r.body["exp"].as_i64().unwrap() > 0);
+    let token = r.body["token"].as_str().unwrap();
+    let me = app.get("/api/core/staff/me", token).await;
+    assert_eq!(me.status, StatusCode::OK);
+    assert_eq!(me.body["user"]["email"], ADMIN_EMAIL);
+    // Bearer works as well as JWT.
+    let res = app
+        .http
+        .get(format!("{}/api/core/staff/me", app.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn wrong_password_and_unknown_email_are_401_and_repeated_failures_lock_the_account() {
+    let app = app().await;
+    assert_eq!(
+        app.login("nobody@test.local", "whatever-123").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let (_, _) = app.staff_token("Support Agent").await;
+    let admin = app.admin_token().await;
+    let list = app
+        .get(
+            "/api/core/staff?where[role][equals]=Support%20Agent",
+            &admin,
+        )
+        .await;
+    let email = list.body["docs"][0]["email"].as_str().unwrap().to_string();
+    for _ in 0..4 {
+        assert_eq!(
+            app.login(&email, "wrong-password").await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let fifth = app.login(&email, "wrong-password").await;
+    assert_eq!(fifth.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        fifth.body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("locked"),
+        "{:?}",
+        fifth.body
+    );
+    // Even the right password is refused while locked.
+    let locked = app.login(&email, "password-123").await;
+    assert_eq!(locked.status, StatusCode::UNAUTHORIZED);
+    assert!(locked.body["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("locked"));
+    // An Admin unlocks it.
+    let u = app
+        .post("/api/core/staff/unlock", &admin, json!({"email": email}))
+        .await;
+    assert_eq!(u.status, StatusCode::OK, "{:?}", u.body);
+    assert_eq!(
+        app.login(&email, "password-123").await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn inactive_staff_cannot_log_in_and_their_tokens_stop_working() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (token, id) = app.staff_token("Technician").await;
+    assert_eq!(
+        app.get("/api/core/staff/me", &token).await.status,
+        StatusCode::OK
+    );
+    let r = app
+        .patch(
+            &format!("/api/core/staff/{id}"),
+            &admin,
+            json!({"status": "Inactive"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(
+        app.get("/api/core/staff/me", &token).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let email = r.body["doc"]["email"].as_str().unwrap();
+    let l = app.login(email, "password-123").await;
+    assert_eq!(l.status, StatusCode::UNAUTHORIZED);
+    assert!(l.body["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("inactive"));
+}
+
+#[tokio::test]
+async fn logout_ends_the_session_and_refresh_issues_a_new_token() {
+    let app = app().await;
+    let token = app.admin_token().await;
+    let r = app
+        .post("/api/core/staff/refresh-token", &token, json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let fresh = r.body["refreshedToken"].as_str().unwrap().to_string();
+    assert_eq!(
+        app.post("/api/core/staff/logout", &fresh, json!({}))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.get("/api/core/staff/me", &fresh).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.get("/api/core/staff/me", "garbage").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let none = app
+        .request(reqwest::Method::GET, "/api/core/staff/me", None, None)
+        .await;
+    assert_eq!(none.status, StatusCode::UNAUTHORIZED);
+    assert!(none.body["errors"][0]["message"].is_string());
+}
+
+#[tokio::test]
+async fn staff_rules_unique_email_hidden_password_and_last_admin() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let body = json!({"fullName": "Sam Sales", "email": "Sam@Example.com", "password": "password-123", "role": "Sales Agent", "status": "Active"});
+    let r = app.post("/api/core/staff", &admin, body.clone()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.body["doc"]["email"], "sam@example.com");
+    assert!(r.body["doc"].get("password").is_none());
+    let mut dup = body.clone();
+    dup["email"] = json!("SAM@example.COM");
+    let d = app.post("/api/core/staff", &admin, dup).await;
+    assert_eq!(d.status, StatusCode::CONFLICT);
+    assert_eq!(d.error_path(), Some("email"));
+
+    let bad = app.post("/api/core/staff", &admin, json!({"fullName": "", "email": "nope", "password": "short", "role": "Boss", "status": "Active"})).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let mut paths = bad.error_paths();
+    paths.sort();
+    assert_eq!(paths, vec!["email", "fullName", "password", "role"]);
+    let missing = app
+        .post("/api/core/staff", &admin, json!({"fullName": "X"}))
+        .await;
+    assert_eq!(missing.status, StatusCode::BAD_REQUEST);
+    assert!(missing.error_paths().contains(&"email".to_string()));
+    let wrong_type = app
+        .post("/api/core/staff", &admin, json!({"fullName": 5}))
+        .await;
+    assert_eq!(wrong_type.status, StatusCode::BAD_REQUEST);
+    assert_eq!(wrong_type.error_path(), Some("fullName"));
+    let not_json = app
+        .http
+        .post(format!("{}/api/core/staff", app.base))
+        .bearer_auth(&admin)
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_json.status(), StatusCode::BAD_REQUEST);
+
+    // The only Admin cannot be demoted or deactivated, nor delete themselves.
+    let me = app.get("/api/core/staff/me", &admin).await;
+    let my_id = me.body["user"]["id"].as_str().unwrap();
+    let r = app
+        .patch(
+            &format!("/api/core/staff/{my_id}"),
+            &admin,
+            json!({"role": "Technician"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let r = app
+        .delete(&format!("/api/core/staff/{my_id}"), &admin)
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    // Nothing was half-written.
+    assert_eq!(
+        app.get("/api/core/staff/me", &admin).await.body["user"]["role"],
+        "Admin"
+    );
+}
+
+#[tokio::test]
+async fn plans_follow_the_spec_rules() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let r = app.post("/api/core/plans", &admin, plan_body()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let doc = &r.body["doc"];
+    assert_eq!(doc["price"], "2500.00");
+    assert_eq!(doc["planEnabled"], true);
+    assert_eq!(doc["activeForNewSignups"], true);
+    assert_eq!(doc["ipAssignmentType"], "Dynamic");
+    assert!(doc["staticIpPool"].is_null());
+
+    let mut s = plan_body();
+    s["name"] = json!("Static 20");
+    s["ipAssignmentType"] = json!("Static-Public");
+    let r = app.post("/api/core/plans", &admin, s.clone()).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.error_path(), Some("staticIpPool"));
+    s["staticIpPool"] = json!(uuid::Uuid::new_v4().to_string());
+    let r = app.post("/api/core/plans", &admin, s).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    // Switching it to Dynamic drops the pool.
+    let id = r.body["doc"]["id"].as_str().unwrap();
+    let r = app
+        .patch(
+            &format!("/api/core/plans/{id}"),
+            &admin,
+            json!({"ipAssignmentType": "Dynamic"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert!(r.body["doc"]["staticIpPool"].is_null());
+
+    for (field, value) in [
+        ("price", json!(0)),
+        ("price", json!(-5)),
+        ("price", json!("12.345")),
+        ("price", json!("abc")),
+        ("downloadSpeed", json!(0)),
+        ("uploadSpeed", json!("fast")),
+        ("billingCycle", json!("Weekly")),
+        ("ipAssignmentType", json!("Static")),
+        ("staticIpPool", json!("not-a-uuid")),
+        ("planEnabled", json!("yes")),
+    ] {
+        let mut b = plan_body();
+        b["name"] = json!(format!("Plan {field} {value}"));
+        b[field] = value.clone();
+        let r = app.post("/api/core/plans", &admin, b).await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "{field}={value}: {:?}",
+            r.body
+        );
+        assert_eq!(r.error_path(), Some(field), "{field}={value}");
+    }
+    let dup = app.post("/api/core/plans", &admin, plan_body()).await;
+    assert_eq!(dup.status, StatusCode::CONFLICT);
+    assert_eq!(dup.error_path(), Some("name"));
+    let count = app.get("/api/core/plans", &admin).await.body["totalDocs"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(count, 2, "bad input must not leave records behind");
+}
+
+#[tokio::test]
+async fn partners_normalize_phone_numbers_and_keep_them_unique() {
+    let app = app().await;
+    let (sales, _) = app.staff_token("Sales Agent").await;
+    let r = app
+        .post("/api/core/partners", &sales, partner_body("0712 345 678"))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let doc = &r.body["doc"];
+    assert_eq!(doc["phoneNumber"], "+254712345678");
+    assert_eq!(doc["mpesaNumber"], "+254722000111");
+    assert_eq!(doc["commissionRate"], "1500.00");
+    assert_eq!(doc["referralCount"], 0);
+    assert_eq!(doc["perks"], false);
+    for same in ["+254712345678", "254712345678", "0712-345-678"] {
+        let d = app
+            .post("/api/core/partners", &sales, partner_body(same))
+            .await;
+        assert_eq!(d.status, StatusCode::CONFLICT, "{same}");
+        assert_eq!(d.error_path(), Some("phoneNumber"));
+    }
+    let bad = app
+        .post("/api/core/partners", &sales, partner_body("12345"))
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.error_path(), Some("phoneNumber"));
+    let mut b = partner_body("0733000000");
+    b["status"] = json!("Dormant");
+    assert_eq!(
+        app.post("/api/core/partners", &sales, b).await.error_path(),
+        Some("status")
+    );
+    let mut b = partner_body("0733000000");
+    b["buildings"] = json!([uuid::Uuid::new_v4().to_string()]);
+    let r = app.post("/api/core/partners", &sales, b).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.error_path(), Some("buildings"));
+    // referralCount is the system's.
+    let id = doc["id"].as_str().unwrap();
+    let r = app
+        .patch(
+            &format!("/api/core/partners/{id}"),
+            &sales,
+            json!({"referralCount": 10}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.error_path(), Some("referralCount"));
+    let mut b = partner_body("0733000000");
+    b["referralCount"] = json!(3);
+    assert_eq!(
+        app.post("/api/core/partners", &sales, b).await.status,
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn role_by_operation_matrix_for_core_collections() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let plan = app.post("/api/core/plans", &admin, plan_body()).await.body["doc"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let partner = app
+        .post("/api/core/partners", &admin, partner_body("0799000001"))
+        .await
+        .body["doc"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let roles = [
+        "Sales Agent",
+        "Billing Manager",
+        "Network Engineer",
+        "Technician",
+        "Support Agent",
+    ];
+    for role in roles {
+        let (t, _) = app.staff_token(role).await;
+        let sales = role == "Sales Agent";
+        // staff: Admin only.
+        assert_eq!(
+            app.get("/api/core/staff", &t).await.status,
+            StatusCode::FORBIDDEN,
+            "{role} list staff"
+        );
+        let s = app.post("/api/core/staff", &t, json!({"fullName": "X", "email": "x@y.co", "password": "password-123", "role": "Admin", "status": "Active"})).await;
+        assert_eq!(s.status, StatusCode::FORBIDDEN, "{role} create staff");
+        // plans: everyone reads, Admin writes.
+        assert_eq!(
+            app.get("/api/core/plans", &t).await.status,
+            StatusCode::OK,
+            "{role} list plans"
+        );
+        assert_eq!(
+            app.get(&format!("/api/core/plans/{plan}"), &t).await.status,
+            StatusCode::OK,
+            "{role} get plan"
+        );
+        let mut p = plan_body();
+        p["name"] = json!(format!("by {role}"));
+        assert_eq!(
+            app.post("/api/core/plans", &t, p).await.status,
+            StatusCode::FORBIDDEN,
+            "{role} create plan"
+        );
+        assert_eq!(
+            app.patch(
+                &format!("/api/core/plans/{plan}"),
+                &t,
+                json!({"notes": "x"})
+            )
+            .await
+            .status,
+            StatusCode::FORBIDDEN,
+            "{role} update plan"
+        );
+        assert_eq!(
+            app.delete(&format!("/api/core/plans/{plan}"), &t)
+                .await
+                .status,
+            StatusCode::FORBIDDEN,
+            "{role} delete plan"
+        );
+        // partners: Sales Agent and Admin only.
+        let expect = if sales {
+            StatusCode::OK
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        assert_eq!(
+            app.get("/api/core/partners", &t).await.status,
+            expect,
+            "{role} list partners"
+        );
+        assert_eq!(
+            app.patch(
+                &format!("/api/core/partners/{partner}"),
+                &t,
+                json!({"perks": true})
+            )
+            .await
+            .status,
+            expect,
+            "{role} update partner"
+        );
+        let c = app
+            .post(
+                "/api/core/partners",
+                &t,
+                partner_body(&format!(
+                    "07980000{:02}",
+                    roles.iter().position(|r| *r == role).unwrap()
+                )),
+            )
+            .await;
+        assert_eq!(
+            c.status,
+            if sales {
+                StatusCode::CREATED
+            } else {
+                StatusCode::FORBIDDEN
+            },
+            "{role} create partner"
+        );
+    }
+    let (sales, _) = app.staff_token("Sales Agent").await;
+    assert_eq!(
+        app.delete(&format!("/api/core/partners/{partner}"), &sales)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.delete(&format!("/api/core/plans/{plan}"), &admin)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.get(&format!("/api/core/plans/{plan}"), &admin)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn list_queries_filter_sort_and_page_on_whitelisted_fields() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    for (i, (speed, price)) in [(5, 1000), (10, 2500), (20, 4000), (50, 7000)]
+        .iter()
+        .enumerate()
+    {
+        let b = json!({"name": format!("Fibre {i}"), "downloadSpeed": speed, "uploadSpeed": speed, "price": price, "billingCycle": if i % 2 == 0 {"Monthly"} else {"Quarterly"}});
+        assert_eq!(
+            app.post("/api/core/plans", &admin, b).await.status,
+            StatusCode::CREATED
+        );
+    }
+    let r = app
+        .get(
+            "/api/core/plans?where[price][greater_than_equal]=2500&sort=-downloadSpeed&limit=2",
+            &admin,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["totalDocs"], 3);
+    assert_eq!(r.body["totalPages"], 2);
+    assert_eq!(r.body["hasNextPage"], true);
+    assert_eq!(r.body["docs"][0]["downloadSpeed"], 50);
+    let p2 = app.get("/api/core/plans?where[price][greater_than_equal]=2500&sort=-downloadSpeed&limit=2&page=2", &admin).await;
+    assert_eq!(p2.body["docs"][0]["downloadSpeed"], 10);
+    assert_eq!(p2.body["prevPage"], 1);
+    let q = app
+        .get(
+            "/api/core/plans?where[billingCycle][in]=Quarterly&where[name][like]=fibre",
+            &admin,
+        )
+        .await;
+    assert_eq!(q.body["totalDocs"], 2);
+    let q = app
+        .get(
+            "/api/core/plans?where[notes][exists]=false&where[downloadSpeed][not_in]=5,10",
+            &admin,
+        )
+        .await;
+    assert_eq!(q.body["totalDocs"], 2);
+    let q = app.get("/api/core/plans?where[or][0][downloadSpeed][equals]=5&where[or][1][downloadSpeed][equals]=50", &admin).await;
+    assert_eq!(q.body["totalDocs"], 2);
+    for bad in [
+        "where[passwordHash][equals]=x",
+        "where[price][regex]=1",
+        "sort=nope",
+        "limit=101",
+        "where[price][greater_than]=abc",
+    ] {
+        let r = app.get(&format!("/api/core/plans?{bad}"), &admin).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    // An injection attempt is only ever a bound value.
+    let r = app
+        .get(
+            "/api/core/plans?where[name][equals]=x'%20OR%20'1'='1",
+            &admin,
+        )
+        .await;
+    assert_eq!(r.body["totalDocs"], 0);
+    // Password hashes cannot be filtered on, even by an Admin.
+    let r = app
+        .get("/api/core/staff?where[password][exists]=true", &admin)
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn lead_converted_increments_referral_count_exactly_once_per_lead() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let partner = app
+        .post("/api/core/partners", &admin, partner_body("0711111111"))
+        .await
+        .body["doc"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let js = async_nats::jetstream::new(app.shared.nats.clone());
+    isp_events::ensure_stream(&js).await.unwrap();
+    let lead = uuid::Uuid::new_v4();
+    let payload = LeadConverted {
+        lead_id: lead,
+        referred_by: Some(partner.parse().unwrap()),
+        subscriber_id: uuid::Uuid::new_v4(),
+        converted_at: chrono::Utc::now(),
+    };
+    // The same conversion published as two distinct events (as a retried CRM might).
+    for _ in 0..2 {
+        let ev = CloudEvent::new("crm", &payload).unwrap();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", ev.id.to_string().as_str());
+        js.publish_with_headers(
+            LeadConverted::nats_subject(),
+            headers,
+            ev.to_json().unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let count = eventually(10, || async {
+        let r = app
+            .get(&format!("/api/core/partners/{partner}"), &admin)
+            .await;
+        (r.body["referralCount"] == 1).then_some(1)
+    })
+    .await;
+    assert_eq!(count, Some(1));
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        app.get(&format!("/api/core/partners/{partner}"), &admin)
+            .await
+            .body["referralCount"],
+        1
+    );
+}
+
+#[tokio::test]
+async fn plan_changes_are_published_as_cloudevents() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let js = async_nats::jetstream::new(app.shared.nats.clone());
+    let id = app.post("/api/core/plans", &admin, plan_body()).await.body["doc"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let found = eventually(10, || async {
+        let stream = js.get_stream("ISP").await.ok()?;
+        let msg = stream
+            .get_last_raw_message_by_subject("isp.core.plan.created")
+            .await
+            .ok()?;
+        let ev: Value = serde_json::from_slice(&msg.payload).ok()?;
+        (ev["subject"] == json!(id)).then_some(ev)
+    })
+    .await
+    .expect("plan.created on the ISP stream");
+    assert_eq!(found["specversion"], "1.0");
+    assert_eq!(found["type"], "plan.created");
+    assert_eq!(found["source"], "/isp/core");
+    assert_eq!(found["data"]["price"], "2500.00");
+}
+
+#[tokio::test]
+async fn each_service_role_is_confined_to_its_own_schema() {
+    let crm: (isp_platform::runtime::ServiceInfo, StartFn) =
+        (svc_crm::INFO, |c| Box::pin(svc_crm::start(c)));
+    let app = TestApp::spawn(&[core(), crm]).await;
+    let crm_pool = app.ctx("crm").pool.clone();
+    let err = sqlx::query("SELECT count(*) FROM core.staff")
+        .execute(&crm_pool)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("permission denied"), "{err}");
+    let err = sqlx::query("CREATE TABLE core.evil (id int)")
+        .execute(&crm_pool)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("permission denied"), "{err}");
+    let err = sqlx::query("CREATE TABLE public.evil (id int)")
+        .execute(&crm_pool)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("permission denied"), "{err}");
+    // Core's role reads its own tables; its search_path is its schema.
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM staff")
+        .fetch_one(&app.ctx("core").pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let schema: String = sqlx::query_scalar("SELECT current_schema()")
+        .fetch_one(&crm_pool)
+        .await
+        .unwrap();
+    assert_eq!(schema, "crm");
+}
+
+#[tokio::test]
+async fn health_ready_metrics_and_openapi_are_served() {
+    let app = app().await;
+    let h = app
+        .request(reqwest::Method::GET, "/api/core/health", None, None)
+        .await;
+    assert_eq!(h.status, StatusCode::OK);
+    let ready = eventually(10, || async {
+        let r = app
+            .request(reqwest::Method::GET, "/api/core/ready", None, None)
+            .await;
+        (r.status == StatusCode::OK).then_some(r)
+    })
+    .await;
+    assert!(ready.is_some());
+    let spec = app
+        .request(reqwest::Method::GET, "/api/core/openapi.json", None, None)
+        .await;
+    assert_eq!(spec.status, StatusCode::OK);
+    assert!(spec.body["paths"]["/api/core/plans"]["post"].is_object());
+    assert!(spec.body["paths"]["/api/core/staff/login"]["post"].is_object());
+    assert!(spec.body["components"]["schemas"]["Plan"]["properties"]["price"].is_object());
+    let m = app
+        .http
+        .get(format!("{}/api/core/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(m.contains("http_requests_total"), "{m}");
+    let docs = app
+        .http
+        .get(format!("{}/api/core/docs/", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(docs.status(), StatusCode::OK);
+    let nf = app
+        .request(reqwest::Method::GET, "/api/core/nothing-here", None, None)
+        .await;
+    assert_eq!(nf.status, StatusCode::NOT_FOUND);
+}
