@@ -249,9 +249,18 @@ impl Keys {
         if let Some(dir) = file.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        write_private(&file, &b64.encode(pkcs8))?;
-        tracing::info!(path = %file.display(), "generated a new JWT signing key");
-        Ok(keys)
+        match write_private(&file, &b64.encode(pkcs8)) {
+            Ok(()) => {
+                tracing::info!(path = %file.display(), "generated a new JWT signing key");
+                Ok(keys)
+            }
+            // Another process sharing the data folder created it first: use theirs.
+            Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::AlreadyExists) => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                Self::from_pkcs8(&b64.decode(std::fs::read_to_string(&file)?.trim())?)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     pub fn public_key_b64(&self) -> String {
