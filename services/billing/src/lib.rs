@@ -1,11 +1,34 @@
-//! ISP Billing & Finance (DESIGN.md section 1). Not built yet beyond the platform's
-//! health, readiness, metrics, docs and event tables.
+//! ISP Billing & Finance (SPEC 3.3, DESIGN section 1).
+//!
+//! - [`collections`]: subscribers, invoices, payments, expenses and the daily-run
+//!   log, with their field-level access and the hooks that keep the ledger right.
+//! - `subscribers`: `POST /api/billing/subscribers` (CRM's lead conversion and
+//!   walk-ins; creates the first invoice in the same transaction, honours
+//!   `Idempotency-Key`) and the subscriber read/update routes.
+//! - [`ledger`]: the money rules shared by the API and the M-Pesa consumer:
+//!   applying a payment, reactivating a paid-up subscriber, status events.
+//! - [`daily`]: the daily run (set-based SQL: invoices, overdue, suspensions) and
+//!   its scheduler.
+//! - [`storage`]: where expense receipts live (a trait; local folder by default).
+//! - `consumers`: Core's `plan.*` (the local plans projection), NOC's
+//!   provisioning events, M-Pesa's confirmed payments.
+//!
+//! The billing rules are written down in `docs/billing.md`.
 
 use std::sync::Arc;
 
 use axum::Router;
+use isp_platform::collection;
 use isp_platform::runtime::ServiceInfo;
 use isp_platform::ServiceContext;
+
+pub mod collections;
+mod consumers;
+pub mod daily;
+mod expenses;
+pub mod ledger;
+pub mod storage;
+mod subscribers;
 
 pub const INFO: ServiceInfo = ServiceInfo {
     name: "billing",
@@ -15,6 +38,73 @@ pub const INFO: ServiceInfo = ServiceInfo {
     scopes: &[],
 };
 
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/billing");
+
+/// Billing's collections, built once.
+pub struct Collections {
+    pub subscribers: Arc<collection::Collection>,
+    pub invoices: Arc<collection::Collection>,
+    pub payments: Arc<collection::Collection>,
+    pub expenses: Arc<collection::Collection>,
+    pub daily_runs: Arc<collection::Collection>,
+}
+
+impl Collections {
+    pub fn new(storage: Arc<dyn storage::Storage>) -> Self {
+        Self {
+            subscribers: Arc::new(collections::subscribers()),
+            invoices: Arc::new(collections::invoices()),
+            payments: Arc::new(collections::payments()),
+            expenses: Arc::new(collections::expenses(storage)),
+            daily_runs: Arc::new(collections::daily_runs()),
+        }
+    }
+}
+
+/// Migrates, starts the relay, the consumers and the daily-run scheduler, and
+/// returns the service's router.
 pub async fn start(ctx: Arc<ServiceContext>) -> anyhow::Result<Router> {
-    isp_platform::runtime::start_bare(ctx, "ISP Billing & Finance").await
+    ctx.migrate_and_relay(&MIGRATOR).await?;
+    let store = storage::from_env(&ctx.config.data_dir)?;
+    let colls = Arc::new(Collections::new(store.clone()));
+
+    ctx.consume("billing-core", "isp.core.>", consumers::CoreEvents);
+    ctx.consume(
+        "billing-noc",
+        "isp.noc.>",
+        consumers::NocEvents { ctx: ctx.clone() },
+    );
+    ctx.consume(
+        "billing-mpesa",
+        "isp.mpesa.>",
+        consumers::MpesaEvents {
+            ctx: ctx.clone(),
+            payments: colls.payments.clone(),
+        },
+    );
+    daily::spawn_scheduler(ctx.clone(), daily::Schedule::from_env()?);
+
+    let routes = Router::new()
+        .merge(subscribers::routes(ctx.clone(), colls.subscribers.clone()))
+        .merge(collection::routes(colls.invoices.clone(), ctx.clone()))
+        .merge(collection::routes(colls.payments.clone(), ctx.clone()))
+        .merge(collection::routes(colls.expenses.clone(), ctx.clone()))
+        .merge(collection::routes(colls.daily_runs.clone(), ctx.clone()))
+        .merge(expenses::routes(ctx.clone(), colls.expenses.clone(), store))
+        .merge(daily::routes(ctx.clone(), colls.daily_runs.clone()));
+    let mut doc = isp_platform::openapi::collections_doc(
+        "billing",
+        "ISP Billing & Finance: subscribers, invoices, payments, expenses, daily run",
+        &[
+            &colls.subscribers,
+            &colls.invoices,
+            &colls.payments,
+            &colls.expenses,
+            &colls.daily_runs,
+        ],
+    );
+    doc.merge(subscribers::openapi());
+    doc.merge(expenses::openapi());
+    doc.merge(daily::openapi());
+    Ok(isp_platform::http::service_router(ctx, routes, doc))
 }

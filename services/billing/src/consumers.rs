@@ -1,0 +1,253 @@
+//! Events Billing consumes: Core's plans (the local projection subscribers are
+//! checked against), NOC's provisioning (activation, technical fields) and
+//! M-Pesa's confirmed payments.
+
+use std::sync::Arc;
+
+use chrono::Datelike;
+use isp_events::payloads::*;
+use isp_events::{BoxFuture, CloudEvent, EventHandler};
+use isp_platform::auth::Principal;
+use isp_platform::collection::Collection;
+use isp_platform::ApiError;
+use serde_json::{json, Map};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::ledger;
+use crate::subscribers::first_period_start;
+
+pub struct CoreEvents;
+
+impl EventHandler for CoreEvents {
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        ev: &'a CloudEvent,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            if let Some(p) = ev.payload::<PlanCreated>()? {
+                return upsert_plan(tx, &p, false).await;
+            }
+            if let Some(p) = ev.payload::<PlanUpdated>()? {
+                return upsert_plan(tx, &p, false).await;
+            }
+            if let Some(p) = ev.payload::<PlanDeleted>()? {
+                return upsert_plan(tx, &p, true).await;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Newer snapshots win; a stale redelivery changes nothing.
+async fn upsert_plan(tx: &mut PgConnection, p: &PlanSnapshot, deleted: bool) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO plans (id, name, price, billing_cycle, plan_enabled, active_for_new_signups, deleted, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, price = EXCLUDED.price,
+             billing_cycle = EXCLUDED.billing_cycle, plan_enabled = EXCLUDED.plan_enabled,
+             active_for_new_signups = EXCLUDED.active_for_new_signups, deleted = EXCLUDED.deleted,
+             updated_at = EXCLUDED.updated_at
+         WHERE plans.updated_at <= EXCLUDED.updated_at",
+    )
+    .bind(p.id)
+    .bind(&p.name)
+    .bind(p.price)
+    .bind(&p.billing_cycle)
+    .bind(p.plan_enabled)
+    .bind(p.active_for_new_signups)
+    .bind(deleted)
+    .bind(p.updated_at)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+pub struct NocEvents {
+    pub ctx: Arc<isp_platform::ServiceContext>,
+}
+
+impl EventHandler for NocEvents {
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        ev: &'a CloudEvent,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            if let Some(p) = ev.payload::<SubscriberProvisioned>()? {
+                return self.provisioned(tx, &p).await;
+            }
+            if let Some(n) = ev.payload::<SubscriberNetworkUpdated>()? {
+                let found = sqlx::query(
+                    "UPDATE subscribers SET connection_type = $2, assigned_ip = $3, updated_at = now() WHERE id = $1",
+                )
+                .bind(n.subscriber_id)
+                .bind(&n.connection_type)
+                .bind(&n.assigned_ip)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if found == 0 {
+                    tracing::warn!(subscriber = %n.subscriber_id, "network_updated for an unknown subscriber");
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+impl NocEvents {
+    /// Mirrors the technical fields; a Pending Installation subscriber becomes
+    /// Active and its first paid period starts on the activation day (or after the
+    /// trial), so `nextDueDate` is one cycle later.
+    async fn provisioned(
+        &self,
+        tx: &mut PgConnection,
+        p: &SubscriberProvisioned,
+    ) -> anyhow::Result<()> {
+        let row: Option<(String, Option<chrono::NaiveDate>)> = sqlx::query_as(
+            "SELECT status, trial_end_date FROM subscribers WHERE id = $1 FOR UPDATE",
+        )
+        .bind(p.subscriber_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((status, trial_end)) = row else {
+            tracing::warn!(subscriber = %p.subscriber_id, "provisioned event for an unknown subscriber");
+            return Ok(());
+        };
+        sqlx::query(
+            "UPDATE subscribers SET connection_type = $2, assigned_ip = $3, updated_at = now() WHERE id = $1",
+        )
+        .bind(p.subscriber_id)
+        .bind(&p.connection_type)
+        .bind(&p.assigned_ip)
+        .execute(&mut *tx)
+        .await?;
+        if status == "Pending Installation" {
+            let activated = p.at.with_timezone(&self.ctx.config.timezone).date_naive();
+            let start = first_period_start(activated, trial_end);
+            sqlx::query(
+                "UPDATE subscribers SET status = 'Active', billing_anchor_day = $2,
+                        next_due_date = add_cycle($3, billing_cycle, $2) WHERE id = $1",
+            )
+            .bind(p.subscriber_id)
+            .bind(start.day() as i32)
+            .bind(start)
+            .execute(&mut *tx)
+            .await?;
+            ledger::publish_subscriber_change(
+                tx,
+                &self.ctx,
+                p.subscriber_id,
+                "Pending Installation",
+                "Active",
+                Some("Installation complete".into()),
+            )
+            .await?;
+        } else {
+            let snap = ledger::subscriber_snapshot(tx, p.subscriber_id).await?;
+            isp_events::outbox::enqueue(tx, self.ctx.name, &SubscriberUpdated(snap)).await?;
+        }
+        Ok(())
+    }
+}
+
+pub struct MpesaEvents {
+    pub ctx: Arc<isp_platform::ServiceContext>,
+    pub payments: Arc<Collection>,
+}
+
+impl EventHandler for MpesaEvents {
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        ev: &'a CloudEvent,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            if let Some(m) = ev.payload::<MpesaPaymentConfirmed>()? {
+                return self.confirmed(tx, &m).await;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl MpesaEvents {
+    /// One Payment per receipt. The invoice is the one the STK push was for, else
+    /// the subscriber's oldest open invoice, else their latest (the money becomes
+    /// credit). A receipt naming no known subscriber is logged and skipped.
+    async fn confirmed(
+        &self,
+        tx: &mut PgConnection,
+        m: &MpesaPaymentConfirmed,
+    ) -> anyhow::Result<()> {
+        let seen: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM payments WHERE payment_method = 'Mpesa' AND payment_reference = $1)",
+        )
+        .bind(&m.receipt)
+        .fetch_one(&mut *tx)
+        .await?;
+        if seen {
+            return Ok(());
+        }
+        let invoice: Option<Uuid> = match m.invoice {
+            Some(i) => sqlx::query_scalar(
+                "SELECT id FROM invoices WHERE id = $1 AND status NOT IN ('Draft', 'Cancelled')",
+            )
+            .bind(i)
+            .fetch_optional(&mut *tx)
+            .await?,
+            None => None,
+        };
+        let invoice = match invoice {
+            Some(i) => Some(i),
+            None => {
+                sqlx::query_scalar(
+                    "SELECT i.id FROM invoices i JOIN subscribers s ON s.id = i.subscriber_id
+                     WHERE s.account_number = $1 AND i.status NOT IN ('Draft', 'Cancelled')
+                     ORDER BY (i.status IN ('Unpaid', 'Overdue')) DESC,
+                              CASE WHEN i.status IN ('Unpaid', 'Overdue') THEN i.due_date END ASC,
+                              i.created_at DESC
+                     LIMIT 1",
+                )
+                .bind(m.account_reference.trim())
+                .fetch_optional(&mut *tx)
+                .await?
+            }
+        };
+        let Some(invoice) = invoice else {
+            tracing::warn!(receipt = %m.receipt, account = %m.account_reference, "M-Pesa payment for no known subscriber or invoice; not recorded");
+            return Ok(());
+        };
+        let date = m
+            .transaction_time
+            .with_timezone(&self.ctx.config.timezone)
+            .date_naive();
+        let mut data = Map::new();
+        data.insert("paymentReference".into(), json!(m.receipt));
+        data.insert("invoice".into(), json!(invoice.to_string()));
+        data.insert(
+            "amountPaid".into(),
+            json!(isp_platform::money::format(m.amount)),
+        );
+        data.insert("paymentMethod".into(), json!("Mpesa"));
+        data.insert("paymentDate".into(), json!(date.to_string()));
+        let principal = Principal::Service {
+            name: "mpesa".into(),
+            scopes: vec![],
+        };
+        match self
+            .payments
+            .create_in(tx, &self.ctx, &principal, data)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(ApiError::BadRequest(e)) | Err(ApiError::Conflict(e)) => {
+                tracing::warn!(receipt = %m.receipt, errors = ?e, "M-Pesa payment not recorded");
+                Ok(())
+            }
+            Err(e) => Err(anyhow::anyhow!("recording M-Pesa payment: {e:?}")),
+        }
+    }
+}

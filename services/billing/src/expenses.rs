@@ -1,0 +1,234 @@
+//! Expense receipts: `POST /api/billing/expenses/{id}/receipt` (multipart, field
+//! `file`; PDF, JPEG or PNG recognised by their first bytes, at most
+//! `ISP_BILLING_RECEIPT_MAX_BYTES`, default 5 MiB) and `GET` of the same path to
+//! download it. Admin and Billing Manager only, like expenses themselves.
+
+use std::sync::Arc;
+
+use axum::extract::{Multipart, Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use bytes::{Bytes, BytesMut};
+use isp_platform::auth::{HasKeys, Keys, Principal};
+use isp_platform::collection::{parse_id, Collection};
+use isp_platform::{ApiError, ApiResult, ServiceContext};
+use serde_json::{json, Value};
+use utoipa::OpenApi;
+use uuid::Uuid;
+
+use crate::collections::FIN;
+use crate::storage::Storage;
+
+#[derive(Clone)]
+struct St {
+    ctx: Arc<ServiceContext>,
+    coll: Arc<Collection>,
+    storage: Arc<dyn Storage>,
+    max_bytes: usize,
+}
+
+impl HasKeys for St {
+    fn keys(&self) -> &Keys {
+        &self.ctx.keys
+    }
+}
+
+pub fn routes(
+    ctx: Arc<ServiceContext>,
+    coll: Arc<Collection>,
+    storage: Arc<dyn Storage>,
+) -> Router {
+    let max_bytes =
+        isp_platform::config::env_parse("ISP_BILLING_RECEIPT_MAX_BYTES", 5 * 1024 * 1024)
+            .unwrap_or(5 * 1024 * 1024);
+    Router::new()
+        .route(
+            "/api/billing/expenses/{id}/receipt",
+            post(upload).get(download),
+        )
+        .with_state(St {
+            ctx,
+            coll,
+            storage,
+            max_bytes,
+        })
+}
+
+#[derive(OpenApi)]
+#[openapi(paths(upload, download))]
+struct Doc;
+
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    Doc::openapi()
+}
+
+/// The file type from its first bytes (never trusting the client's label).
+pub fn sniff(data: &[u8]) -> Option<(&'static str, &'static str)> {
+    if data.starts_with(b"%PDF-") {
+        Some(("application/pdf", "pdf"))
+    } else if data.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Some(("image/jpeg", "jpg"))
+    } else if data.starts_with(&[0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A]) {
+        Some(("image/png", "png"))
+    } else {
+        None
+    }
+}
+
+fn clean_filename(name: &str, ext: &str) -> String {
+    let base: String = name
+        .rsplit(['/', '\\'])
+        .next()
+        .unwrap_or("")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ' '))
+        .take(100)
+        .collect();
+    let base = base.trim();
+    if base.is_empty() {
+        format!("receipt.{ext}")
+    } else {
+        base.to_string()
+    }
+}
+
+/// Attaches (or replaces) an expense's receipt. 200 `{doc, message}`.
+#[utoipa::path(post, path = "/api/billing/expenses/{id}/receipt", tag = "expenses",
+    params(("id" = Uuid, Path)),
+    request_body(content_type = "multipart/form-data", description = "field `file`: PDF, JPEG or PNG"),
+    responses((status = 200, description = "{doc, message}"), (status = 400, description = "No file, or not PDF/JPEG/PNG"),
+              (status = 403), (status = 404), (status = 413, description = "Too large")))]
+async fn upload(
+    State(s): State<St>,
+    p: Principal,
+    Path(id): Path<String>,
+    mut form: Multipart,
+) -> ApiResult<Json<Value>> {
+    p.require(FIN, "billing.expenses.update")?;
+    let id = parse_id(&id)?;
+    let bad = |e: axum::extract::multipart::MultipartError| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge("The file is too large.".into())
+        } else {
+            ApiError::field("file", format!("Could not read the upload: {e}"))
+        }
+    };
+    let mut file: Option<(String, Bytes)> = None;
+    while let Some(mut field) = form.next_field().await.map_err(bad)? {
+        if field.name() != Some("file") {
+            continue;
+        }
+        let name = field.file_name().unwrap_or("").to_string();
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = field.chunk().await.map_err(bad)? {
+            if buf.len() + chunk.len() > s.max_bytes {
+                return Err(ApiError::TooLarge(format!(
+                    "A receipt may be at most {} bytes.",
+                    s.max_bytes
+                )));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        file = Some((name, buf.freeze()));
+        break;
+    }
+    let Some((name, data)) = file else {
+        return Err(ApiError::field(
+            "file",
+            "Attach the receipt as the field `file`.",
+        ));
+    };
+    if data.is_empty() {
+        return Err(ApiError::field("file", "The file is empty."));
+    }
+    let Some((content_type, ext)) = sniff(&data) else {
+        return Err(ApiError::field(
+            "file",
+            "A receipt must be a PDF, JPEG or PNG file.",
+        ));
+    };
+    let mut tx = s.ctx.pool.begin().await?;
+    let old: Option<Option<String>> =
+        sqlx::query_scalar("SELECT receipt_key FROM expenses WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(old) = old else {
+        return Err(ApiError::not_found("Expense"));
+    };
+    let key = format!("expenses/{id}/{}.{ext}", Uuid::new_v4().simple());
+    s.storage.put(&key, data.clone()).await?;
+    let meta = json!({"filename": clean_filename(&name, ext), "contentType": content_type, "size": data.len()});
+    sqlx::query(
+        "UPDATE expenses SET receipt = $2, receipt_key = $3, updated_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .bind(&meta)
+    .bind(&key)
+    .execute(&mut *tx)
+    .await?;
+    let doc = s
+        .coll
+        .fetch(&mut tx, id, false)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Expense"))?;
+    if let Err(e) = tx.commit().await {
+        let _ = s.storage.delete(&key).await;
+        return Err(e.into());
+    }
+    if let Some(old) = old {
+        if let Err(e) = s.storage.delete(&old).await {
+            tracing::warn!(error = ?e, key = old, "could not delete a replaced receipt");
+        }
+    }
+    Ok(Json(
+        json!({"doc": s.coll.present(&p, &doc), "message": "Receipt uploaded."}),
+    ))
+}
+
+/// Downloads an expense's receipt.
+#[utoipa::path(get, path = "/api/billing/expenses/{id}/receipt", tag = "expenses",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, description = "The file"), (status = 403), (status = 404, description = "No expense or no receipt")))]
+async fn download(
+    State(s): State<St>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    p.require(FIN, "billing.expenses.read")?;
+    let id = parse_id(&id)?;
+    let row: Option<(Option<Value>, Option<String>)> =
+        sqlx::query_as("SELECT receipt, receipt_key FROM expenses WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&s.ctx.pool)
+            .await?;
+    let Some((Some(meta), Some(key))) = row else {
+        return Err(ApiError::not_found("Receipt"));
+    };
+    let data = s
+        .storage
+        .get(&key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Receipt"))?;
+    let ct = meta["contentType"]
+        .as_str()
+        .unwrap_or("application/octet-stream")
+        .to_string();
+    let filename = meta["filename"]
+        .as_str()
+        .unwrap_or("receipt")
+        .replace('"', "");
+    Ok((
+        [
+            (header::CONTENT_TYPE, ct),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
+        ],
+        data,
+    )
+        .into_response())
+}
