@@ -1,0 +1,380 @@
+//! Events the NOC consumes: plans and staff from Core, buildings from CRM,
+//! subscribers and their status changes from Billing. Projections upsert on the
+//! snapshot's `updatedAt`, so a stale or replayed event never overwrites newer data.
+
+use isp_events::payloads::*;
+use isp_events::{BoxFuture, CloudEvent, EventHandler};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::provision;
+use crate::radius;
+use crate::secrets::{generate_password, SecretBox};
+
+pub struct CoreEvents;
+
+impl EventHandler for CoreEvents {
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        ev: &'a CloudEvent,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            if let Some(p) = ev.payload::<PlanCreated>()? {
+                return upsert_plan(tx, &p, false).await;
+            }
+            if let Some(p) = ev.payload::<PlanUpdated>()? {
+                return upsert_plan(tx, &p, false).await;
+            }
+            if let Some(p) = ev.payload::<PlanDeleted>()? {
+                return upsert_plan(tx, &p, true).await;
+            }
+            if let Some(s) = ev.payload::<StaffCreated>()? {
+                return upsert_staff(tx, &s).await;
+            }
+            if let Some(s) = ev.payload::<StaffUpdated>()? {
+                return upsert_staff(tx, &s).await;
+            }
+            Ok(())
+        })
+    }
+}
+
+async fn upsert_staff(tx: &mut PgConnection, s: &StaffSnapshot) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO staff (id, full_name, role, status, updated_at) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (id) DO UPDATE SET full_name = EXCLUDED.full_name, role = EXCLUDED.role,
+           status = EXCLUDED.status, updated_at = EXCLUDED.updated_at
+         WHERE staff.updated_at <= EXCLUDED.updated_at",
+    )
+    .bind(s.id)
+    .bind(&s.full_name)
+    .bind(&s.role)
+    .bind(&s.status)
+    .bind(s.updated_at)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// A plan whose speeds change gets its subscribers' rate limits rewritten, and a
+/// CoA-Request queued for each of their open sessions.
+async fn upsert_plan(tx: &mut PgConnection, p: &PlanSnapshot, deleted: bool) -> anyhow::Result<()> {
+    let before: Option<(i32, i32)> =
+        sqlx::query_as("SELECT upload_speed, download_speed FROM plans WHERE id = $1 FOR UPDATE")
+            .bind(p.id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let applied = sqlx::query(
+        "INSERT INTO plans (id, name, download_speed, upload_speed, ip_assignment_type, static_ip_pool, deleted, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, download_speed = EXCLUDED.download_speed,
+           upload_speed = EXCLUDED.upload_speed, ip_assignment_type = EXCLUDED.ip_assignment_type,
+           static_ip_pool = EXCLUDED.static_ip_pool, deleted = EXCLUDED.deleted, updated_at = EXCLUDED.updated_at
+         WHERE plans.updated_at <= EXCLUDED.updated_at",
+    )
+    .bind(p.id)
+    .bind(&p.name)
+    .bind(p.download_speed as i32)
+    .bind(p.upload_speed as i32)
+    .bind(&p.ip_assignment_type)
+    .bind(p.static_ip_pool)
+    .bind(deleted)
+    .bind(p.updated_at)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let (up, down) = (p.upload_speed as i32, p.download_speed as i32);
+    if applied == 0 || deleted || before.is_none_or(|b| b == (up, down)) {
+        return Ok(());
+    }
+    let rate = radius::rate_limit(up, down);
+    let subs: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT id, radius_username FROM subscribers
+         WHERE service_plan = $1 AND provisioned_at IS NOT NULL AND status <> 'Deactivated'",
+    )
+    .bind(p.id)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (id, user) in subs {
+        radius::set_rate_limit(tx, &user, &rate).await?;
+        radius::queue_for_open_sessions(tx, "CoA", id, &user, Some(&rate)).await?;
+    }
+    Ok(())
+}
+
+pub struct CrmEvents;
+
+impl EventHandler for CrmEvents {
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        ev: &'a CloudEvent,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let (b, deleted) = if let Some(b) = ev.payload::<BuildingCreated>()? {
+                (b.0, false)
+            } else if let Some(b) = ev.payload::<BuildingUpdated>()? {
+                (b.0, false)
+            } else if let Some(b) = ev.payload::<BuildingDeleted>()? {
+                (b.0, true)
+            } else {
+                return Ok(());
+            };
+            sqlx::query(
+                "INSERT INTO buildings (id, name, deleted, updated_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, deleted = EXCLUDED.deleted, updated_at = EXCLUDED.updated_at
+                 WHERE buildings.updated_at <= EXCLUDED.updated_at",
+            )
+            .bind(b.id)
+            .bind(&b.name)
+            .bind(deleted)
+            .bind(b.updated_at)
+            .execute(&mut *tx)
+            .await?;
+            Ok(())
+        })
+    }
+}
+
+pub struct BillingEvents {
+    pub secrets: SecretBox,
+}
+
+impl EventHandler for BillingEvents {
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        ev: &'a CloudEvent,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            if let Some(s) = ev.payload::<SubscriberCreated>()? {
+                return self.upsert(tx, &s, true).await;
+            }
+            if let Some(s) = ev.payload::<SubscriberUpdated>()? {
+                return self.upsert(tx, &s, false).await;
+            }
+            if let Some(s) = ev.payload::<SubscriberSuspended>()? {
+                return status_change(tx, &s, "Suspended").await;
+            }
+            if let Some(s) = ev.payload::<SubscriberReactivated>()? {
+                return status_change(tx, &s, "Active").await;
+            }
+            if let Some(s) = ev.payload::<SubscriberActivated>()? {
+                return status_change(tx, &s, "Active").await;
+            }
+            if let Some(s) = ev.payload::<SubscriberDeactivated>()? {
+                return status_change(tx, &s, "Deactivated").await;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// `ACC-000123` -> `ACC-000123`: the account number the customer already knows,
+/// restricted to characters every NAS accepts in a PPPoE/hotspot login.
+pub fn username_from_account(account: &str) -> String {
+    let u: String = account
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .collect();
+    if u.is_empty() {
+        "subscriber".into()
+    } else {
+        u
+    }
+}
+
+impl BillingEvents {
+    async fn upsert(
+        &self,
+        tx: &mut PgConnection,
+        s: &SubscriberSnapshot,
+        created: bool,
+    ) -> anyhow::Result<()> {
+        let existing: Option<(Uuid, chrono::DateTime<chrono::Utc>, String)> = sqlx::query_as(
+            "SELECT service_plan, billing_updated_at, radius_username FROM subscribers WHERE id = $1 FOR UPDATE",
+        )
+        .bind(s.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match existing {
+            None => {
+                let base = username_from_account(&s.account_number);
+                let mut username = base.clone();
+                let mut n = 1;
+                while sqlx::query_scalar::<_, bool>(
+                    "SELECT EXISTS (SELECT 1 FROM subscribers WHERE lower(radius_username) = lower($1))",
+                )
+                .bind(&username)
+                .fetch_one(&mut *tx)
+                .await?
+                {
+                    n += 1;
+                    username = format!("{base}-{n}");
+                }
+                let password = self.secrets.encrypt(&generate_password())?;
+                let static_plan = provision::plan(tx, s.service_plan)
+                    .await?
+                    .is_some_and(|p| p.ip_assignment_type == "Static-Public");
+                sqlx::query(
+                    "INSERT INTO subscribers (id, first_name, last_name, account_number, contact_phone, status,
+                       service_plan, address_notes, building, billing_updated_at, connection_type,
+                       radius_username, radius_password)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                )
+                .bind(s.id)
+                .bind(&s.first_name)
+                .bind(&s.last_name)
+                .bind(&s.account_number)
+                .bind(s.contact_phone.as_ref().unwrap_or(&s.mpesa_number))
+                .bind(&s.status)
+                .bind(s.service_plan)
+                .bind(&s.address_notes)
+                .bind(s.building)
+                .bind(s.updated_at)
+                .bind(if static_plan { "Static IP" } else { "PPPoE" })
+                .bind(&username)
+                .bind(&password)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Some((_, seen, _)) if seen > s.updated_at => return Ok(()),
+            Some((old_plan, _, username)) => {
+                sqlx::query(
+                    "UPDATE subscribers SET first_name = $2, last_name = $3, account_number = $4, contact_phone = $5,
+                       status = $6, service_plan = $7, address_notes = $8, building = $9, billing_updated_at = $10,
+                       updated_at = now()
+                     WHERE id = $1",
+                )
+                .bind(s.id)
+                .bind(&s.first_name)
+                .bind(&s.last_name)
+                .bind(&s.account_number)
+                .bind(s.contact_phone.as_ref().unwrap_or(&s.mpesa_number))
+                .bind(&s.status)
+                .bind(s.service_plan)
+                .bind(&s.address_notes)
+                .bind(s.building)
+                .bind(s.updated_at)
+                .execute(&mut *tx)
+                .await?;
+                if old_plan != s.service_plan {
+                    self.plan_changed(tx, s.id, &username, s.service_plan)
+                        .await?;
+                }
+            }
+        }
+        sqlx::query(
+            "UPDATE work_orders SET subscriber_name = $2, subscriber_phone = $3, address_notes = $4, updated_at = now()
+             WHERE subscriber = $1",
+        )
+        .bind(s.id)
+        .bind(format!("{} {}", s.first_name, s.last_name))
+        .bind(s.contact_phone.as_ref().unwrap_or(&s.mpesa_number))
+        .bind(&s.address_notes)
+        .execute(&mut *tx)
+        .await?;
+        if created {
+            // Exactly one automatic installation order per subscriber, however often
+            // subscriber.created arrives (the partial unique index decides).
+            sqlx::query(
+                "INSERT INTO work_orders (id, order_type, subscriber, status, subscriber_name, subscriber_phone, address_notes, automatic)
+                 VALUES ($1, 'New Installation', $2, 'Pending', $3, $4, $5, true)
+                 ON CONFLICT (subscriber) WHERE automatic DO NOTHING",
+            )
+            .bind(Uuid::now_v7())
+            .bind(s.id)
+            .bind(format!("{} {}", s.first_name, s.last_name))
+            .bind(s.contact_phone.as_ref().unwrap_or(&s.mpesa_number))
+            .bind(&s.address_notes)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// A subscriber moved to another plan: new rate limit, CoA to open sessions.
+    async fn plan_changed(
+        &self,
+        tx: &mut PgConnection,
+        id: Uuid,
+        user: &str,
+        plan: Uuid,
+    ) -> anyhow::Result<()> {
+        let provisioned: bool = sqlx::query_scalar(
+            "SELECT provisioned_at IS NOT NULL AND status <> 'Deactivated' FROM subscribers WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let Some(p) = provision::plan(tx, plan).await? else {
+            return Ok(());
+        };
+        if !provisioned {
+            return Ok(());
+        }
+        let rate = radius::rate_limit(p.upload_speed, p.download_speed);
+        radius::set_rate_limit(tx, user, &rate).await?;
+        radius::queue_for_open_sessions(tx, "CoA", id, user, Some(&rate)).await?;
+        Ok(())
+    }
+}
+
+async fn status_change(
+    tx: &mut PgConnection,
+    s: &SubscriberStatusChange,
+    status: &str,
+) -> anyhow::Result<()> {
+    let row: Option<(String, chrono::DateTime<chrono::Utc>, Option<Uuid>)> = sqlx::query_as(
+        "SELECT radius_username, billing_updated_at, assigned_ip FROM subscribers WHERE id = $1 FOR UPDATE",
+    )
+    .bind(s.subscriber_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((user, seen, ip)) = row else {
+        tracing::warn!(subscriber = %s.subscriber_id, status, "status change for a subscriber the NOC does not know");
+        return Ok(());
+    };
+    // The projected status follows the newest information; the RADIUS effect
+    // follows the event itself (status events arrive in the order Billing made them,
+    // and a snapshot written in the same transaction may carry a later updatedAt).
+    if seen <= s.at {
+        sqlx::query("UPDATE subscribers SET status = $2, billing_updated_at = $3, updated_at = now() WHERE id = $1")
+            .bind(s.subscriber_id)
+            .bind(status)
+            .bind(s.at)
+            .execute(&mut *tx)
+            .await?;
+    }
+    match status {
+        "Suspended" => {
+            radius::set_suspended(tx, &user, true).await?;
+            radius::queue_for_open_sessions(tx, "Disconnect", s.subscriber_id, &user, None).await?;
+        }
+        "Active" => radius::set_suspended(tx, &user, false).await?,
+        "Deactivated" => {
+            radius::remove_account(tx, &user).await?;
+            if let Some(ip) = ip {
+                provision::release_ip(tx, ip).await?;
+            }
+            sqlx::query("UPDATE subscribers SET provisioned_at = NULL WHERE id = $1")
+                .bind(s.subscriber_id)
+                .execute(&mut *tx)
+                .await?;
+            radius::queue_for_open_sessions(tx, "Disconnect", s.subscriber_id, &user, None).await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn usernames_come_from_account_numbers() {
+        assert_eq!(super::username_from_account(" ACC-000123 "), "ACC-000123");
+        assert_eq!(super::username_from_account("ACC 12/3"), "ACC123");
+    }
+}
