@@ -1,0 +1,585 @@
+//! `/api/crm/leads`: the collection's operations (written out here rather than
+//! generated, because creating a lead honours `Idempotency-Key`: wa-parser retries
+//! it), and `POST /api/crm/leads/{id}/convert`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use isp_events::outbox::enqueue;
+use isp_events::payloads::LeadConverted;
+use isp_platform::auth::{HasKeys, Keys, Principal};
+use isp_platform::collection::{
+    canonical, parse_body, parse_id, Collection, Field, Kind, Operation,
+};
+use isp_platform::query::{ListQuery, Page};
+use isp_platform::{idempotency, ApiError, ApiResult, FieldError, ServiceContext};
+use serde_json::{json, Map, Value};
+use utoipa::OpenApi;
+use uuid::Uuid;
+
+use crate::collections::{doc_id, internal, mark_unit_subscriber, SALES};
+
+/// Billing's endpoint and the scope CRM's service token carries for it.
+pub const BILLING_SUBSCRIBERS: &str = "/api/billing/subscribers";
+pub const BILLING_SCOPE: &str = "billing.subscribers.create";
+/// A service (none today) may convert leads with this scope.
+pub const CONVERT_SCOPE: &str = "crm.leads.convert";
+
+#[derive(Clone)]
+struct LeadsState {
+    ctx: Arc<ServiceContext>,
+    leads: Arc<Collection>,
+}
+
+impl HasKeys for LeadsState {
+    fn keys(&self) -> &Keys {
+        &self.ctx.keys
+    }
+}
+
+pub fn routes(ctx: Arc<ServiceContext>, leads: Arc<Collection>) -> Router {
+    Router::new()
+        .route("/api/crm/leads", get(list).post(create))
+        .route(
+            "/api/crm/leads/{id}",
+            get(get_one).patch(update).delete(delete),
+        )
+        .route("/api/crm/leads/{id}/convert", post(convert))
+        .with_state(LeadsState { ctx, leads })
+}
+
+fn check(c: &Collection, p: &Principal, op: Operation, verb: &str) -> ApiResult<()> {
+    if c.allowed(p, op) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "You are not allowed to {verb} leads."
+        )))
+    }
+}
+
+async fn list(
+    State(s): State<LeadsState>,
+    p: Principal,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<Page<Value>>> {
+    check(&s.leads, &p, Operation::Read, "read")?;
+    let q = ListQuery::parse(raw.as_deref())?;
+    let mut conn = s.ctx.pool.acquire().await?;
+    Ok(Json(s.leads.list(&mut conn, &p, &q).await?))
+}
+
+async fn get_one(
+    State(s): State<LeadsState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    check(&s.leads, &p, Operation::Read, "read")?;
+    let id = parse_id(&id)?;
+    let mut conn = s.ctx.pool.acquire().await?;
+    let doc = s.leads.find_scoped(&mut conn, &p, id, false).await?;
+    Ok(Json(s.leads.present(&p, &doc)))
+}
+
+/// Like the generic create, plus `Idempotency-Key`: the key, the request's hash and
+/// the answer are stored in the lead's transaction, so a retried request gets the
+/// first answer and creates nothing.
+async fn create(
+    State(s): State<LeadsState>,
+    p: Principal,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    check(&s.leads, &p, Operation::Create, "create")?;
+    let key = idempotency::key_from(&headers)?;
+    let input = parse_body(&body)?;
+    let data = s.leads.validate_input(&p, &input, true)?;
+    let hash = idempotency::request_hash(&input);
+    let mut tx = s.ctx.pool.begin().await?;
+    if let Some(k) = &key {
+        if let Some((status, answer)) = idempotency::begin(&mut tx, &p, k, &hash).await? {
+            return Ok((status, Json(answer)));
+        }
+    }
+    let doc = s.leads.create_in(&mut tx, &s.ctx, &p, data).await?;
+    let answer = json!({"doc": s.leads.present(&p, &doc), "message": "Lead successfully created."});
+    if let Some(k) = &key {
+        idempotency::store(&mut tx, &p, k, &hash, StatusCode::CREATED, &answer).await?;
+    }
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(answer)))
+}
+
+async fn update(
+    State(s): State<LeadsState>,
+    p: Principal,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    check(&s.leads, &p, Operation::Update, "update")?;
+    let id = parse_id(&id)?;
+    let data = s.leads.validate_input(&p, &parse_body(&body)?, false)?;
+    let mut tx = s.ctx.pool.begin().await?;
+    let existing = s.leads.find_scoped(&mut tx, &p, id, true).await?;
+    let doc = s
+        .leads
+        .update_in(&mut tx, &s.ctx, &p, &existing, data)
+        .await?;
+    tx.commit().await?;
+    Ok(Json(
+        json!({"doc": s.leads.present(&p, &doc), "message": "Lead successfully updated."}),
+    ))
+}
+
+async fn delete(
+    State(s): State<LeadsState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    check(&s.leads, &p, Operation::Delete, "delete")?;
+    let id = parse_id(&id)?;
+    let mut tx = s.ctx.pool.begin().await?;
+    let existing = s.leads.find_scoped(&mut tx, &p, id, true).await?;
+    s.leads.hooks.before_delete(&mut tx, &p, &existing).await?;
+    sqlx::query("DELETE FROM leads WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| s.leads.map_db_error(e))?;
+    s.leads
+        .hooks
+        .after_delete(&mut tx, &s.ctx, &existing)
+        .await?;
+    tx.commit().await?;
+    Ok(Json(
+        json!({"doc": s.leads.present(&p, &existing), "message": "Lead successfully deleted."}),
+    ))
+}
+
+// ---- conversion -----------------------------------------------------------------
+
+/// What the Sales Agent gives when converting; validated here (every bad field
+/// named at once) before anything is locked or sent to Billing.
+#[derive(Debug)]
+pub struct ConvertInput {
+    pub service_plan: Uuid,
+    pub billing_cycle: String,
+    pub mpesa_number: Option<String>,
+    pub contact_phone: Option<String>,
+    pub email: Option<String>,
+    pub trial_end_date: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub address_notes: Option<String>,
+    pub one_off_charges: Vec<Value>,
+}
+
+const BILLING_CYCLES: &[&str] = &["Monthly", "Quarterly"];
+
+impl ConvertInput {
+    pub fn parse(body: &Value) -> ApiResult<ConvertInput> {
+        let Value::Object(m) = body else {
+            return Err(ApiError::bad_request("The body must be a JSON object."));
+        };
+        let mut errors = vec![];
+        let fields = [
+            Field::new("servicePlan", "", Kind::Relation).required(),
+            Field::new("billingCycle", "", Kind::Select(BILLING_CYCLES)).required(),
+            Field::new("mpesaNumber", "", Kind::Phone),
+            Field::new("contactPhone", "", Kind::Phone),
+            Field::new("email", "", Kind::Email),
+            Field::new("trialEndDate", "", Kind::Date),
+            Field::new("firstName", "", Kind::TEXT),
+            Field::new("lastName", "", Kind::TEXT),
+            Field::new("addressNotes", "", Kind::TEXT_AREA),
+        ];
+        for k in m.keys() {
+            if k != "oneOffCharges" && !fields.iter().any(|f| f.name == k) {
+                errors.push(FieldError::new(k, format!("Unknown field {k:?}.")));
+            }
+        }
+        let mut vals = Map::new();
+        for f in &fields {
+            match canonical(f, m.get(f.name).unwrap_or(&Value::Null)) {
+                Ok(v) => {
+                    vals.insert(f.name.into(), v);
+                }
+                Err(msg) => errors.push(FieldError::new(f.name, msg)),
+            }
+        }
+        let mut charges = vec![];
+        match m.get("oneOffCharges") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(items)) => {
+                let item_fields = [
+                    Field::new("description", "", Kind::TEXT).required(),
+                    Field::new("quantity", "", Kind::Int { min: 1, max: 1000 }).required(),
+                    Field::new("price", "", Kind::Money).required(),
+                ];
+                for (i, item) in items.iter().enumerate() {
+                    let Value::Object(im) = item else {
+                        errors.push(FieldError::new(
+                            format!("oneOffCharges.{i}"),
+                            "Each charge is {description, quantity, price}.",
+                        ));
+                        continue;
+                    };
+                    for k in im.keys() {
+                        if !item_fields.iter().any(|f| f.name == k) {
+                            errors.push(FieldError::new(
+                                format!("oneOffCharges.{i}.{k}"),
+                                format!("Unknown field {k:?}."),
+                            ));
+                        }
+                    }
+                    let mut out = Map::new();
+                    for f in &item_fields {
+                        match canonical(f, im.get(f.name).unwrap_or(&Value::Null)) {
+                            Ok(v) => {
+                                if f.name == "price"
+                                    && v.as_str().is_some_and(|s| s.starts_with('-'))
+                                {
+                                    errors.push(FieldError::new(
+                                        format!("oneOffCharges.{i}.price"),
+                                        "A charge cannot be negative.",
+                                    ));
+                                }
+                                out.insert(f.name.into(), v);
+                            }
+                            Err(msg) => errors.push(FieldError::new(
+                                format!("oneOffCharges.{i}.{}", f.name),
+                                msg,
+                            )),
+                        }
+                    }
+                    charges.push(Value::Object(out));
+                }
+            }
+            Some(_) => errors.push(FieldError::new(
+                "oneOffCharges",
+                "Must be a list of {description, quantity, price}.",
+            )),
+        }
+        if !errors.is_empty() {
+            return Err(ApiError::BadRequest(errors));
+        }
+        let s = |k: &str| vals[k].as_str().map(str::to_owned);
+        Ok(ConvertInput {
+            service_plan: s("servicePlan")
+                .and_then(|u| Uuid::parse_str(&u).ok())
+                .ok_or_else(|| ApiError::field("servicePlan", "Must be a valid id."))?,
+            billing_cycle: s("billingCycle").unwrap_or_default(),
+            mpesa_number: s("mpesaNumber"),
+            contact_phone: s("contactPhone"),
+            email: s("email"),
+            trial_end_date: s("trialEndDate"),
+            first_name: s("firstName"),
+            last_name: s("lastName"),
+            address_notes: s("addressNotes"),
+            one_off_charges: charges,
+        })
+    }
+}
+
+/// "Jane Wanjiku Doe" -> ("Jane", "Wanjiku Doe"); explicit names win.
+pub fn split_name(
+    full: &str,
+    first: Option<String>,
+    last: Option<String>,
+) -> ApiResult<(String, String)> {
+    let mut words = full.split_whitespace();
+    let first_word = words.next().map(str::to_owned);
+    let rest = words.collect::<Vec<_>>().join(" ");
+    let first = first.or(first_word).ok_or_else(|| {
+        ApiError::field("firstName", "firstName is required (the lead has no name).")
+    })?;
+    let last = match last {
+        Some(l) => l,
+        None if !rest.is_empty() => rest,
+        None => {
+            return Err(ApiError::field(
+                "lastName",
+                "The lead's subscriberName is a single word; give lastName.",
+            ))
+        }
+    };
+    Ok((first, last))
+}
+
+/// What a Sales Agent may see of the subscriber Billing created: basic,
+/// non-financial information (SPEC 2).
+fn subscriber_summary(doc: &Value) -> Value {
+    let mut out = Map::new();
+    for k in [
+        "id",
+        "accountNumber",
+        "firstName",
+        "lastName",
+        "status",
+        "servicePlan",
+        "billingCycle",
+        "mpesaNumber",
+    ] {
+        out.insert(k.into(), doc.get(k).cloned().unwrap_or(Value::Null));
+    }
+    Value::Object(out)
+}
+
+fn invoice_summary(doc: &Value) -> Value {
+    if doc.is_null() {
+        return Value::Null;
+    }
+    let mut out = Map::new();
+    for k in [
+        "id",
+        "invoiceNumber",
+        "amountDue",
+        "dueDate",
+        "status",
+        "lineItems",
+    ] {
+        out.insert(k.into(), doc.get(k).cloned().unwrap_or(Value::Null));
+    }
+    Value::Object(out)
+}
+
+/// The answer to a convert: the lead, the subscriber's basic info, and the first
+/// invoice for Admin and services only (Sales Agents see no finance data).
+fn answer(
+    leads: &Collection,
+    p: &Principal,
+    lead: &Value,
+    conversion: &Value,
+    message: &str,
+) -> Value {
+    let mut out = json!({
+        "doc": leads.present(p, lead),
+        "subscriber": conversion["subscriber"],
+        "message": message,
+    });
+    if p.is_admin() || matches!(p, Principal::Service { .. }) {
+        out["invoice"] = conversion["invoice"].clone();
+    }
+    out
+}
+
+#[derive(OpenApi)]
+#[openapi(paths(convert))]
+struct ConvertDoc;
+
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ConvertDoc::openapi()
+}
+
+/// Converts a lead into a Billing subscriber (Pending Installation) with its first
+/// invoice (plan fee + one-off charges).
+///
+/// The lead row is locked (`SELECT ... FOR UPDATE`) for the whole conversion, the
+/// Billing call included, so two simultaneous converts of one lead serialize: the
+/// second waits, then finds the lead Converted and answers 200 with the same
+/// subscriber (idempotent, like a retried click; we prefer that to a 409 because
+/// the caller's wish — this lead converted — is fulfilled). Billing is called with
+/// `Idempotency-Key: lead-convert-<lead id>`, so even a conversion whose local
+/// commit failed after Billing committed gets the same subscriber and invoice on
+/// retry. Billing's refusals (plan disabled or closed to new signups: 409
+/// `servicePlan`; bad fields: 400) pass through unchanged and roll back the lead,
+/// unit and event, so nothing is half-written.
+#[utoipa::path(post, path = "/api/crm/leads/{id}/convert", tag = "leads",
+    params(("id" = String, Path, description = "Lead id")),
+    request_body(content = Object, description = "{servicePlan, billingCycle, mpesaNumber?, contactPhone?, email?, trialEndDate?, firstName?, lastName?, addressNotes?, oneOffCharges?: [{description, quantity, price}]}"),
+    responses(
+        (status = 201, description = "{doc: lead, subscriber, invoice (Admin only), message}"),
+        (status = 200, description = "Already converted: the same subscriber"),
+        (status = 400, description = "Invalid input"),
+        (status = 403, description = "Role may not"),
+        (status = 404, description = "No such lead"),
+        (status = 409, description = "Lead is Lost, or Billing refused (plan closed to new signups)"),
+        (status = 503, description = "Billing unavailable; nothing was changed")))]
+async fn convert(
+    State(s): State<LeadsState>,
+    p: Principal,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    p.require(SALES, CONVERT_SCOPE)?;
+    let id = parse_id(&id)?;
+    let input = ConvertInput::parse(&parse_body(&body)?)?;
+    let mut tx = s.ctx.pool.begin().await?;
+    let lead = s
+        .leads
+        .fetch(&mut tx, id, true)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Lead"))?;
+    match lead["status"].as_str().unwrap_or_default() {
+        "Converted" => {
+            let conversion: Option<Value> =
+                sqlx::query_scalar("SELECT conversion FROM leads WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            let conversion = conversion.unwrap_or_else(
+                || json!({"subscriber": {"id": lead["subscriber"]}, "invoice": null}),
+            );
+            tx.commit().await?;
+            return Ok((
+                StatusCode::OK,
+                Json(answer(
+                    &s.leads,
+                    &p,
+                    &lead,
+                    &conversion,
+                    "This lead was already converted.",
+                )),
+            ));
+        }
+        "Lost" => {
+            return Err(ApiError::conflict_field(
+                "status",
+                "The lead is Lost; reopen it (set its status to New, Contacted or Site Survey) before converting.",
+            ))
+        }
+        _ => {}
+    }
+    let unit = doc_id(&lead, "serviceLocation")
+        .ok_or_else(|| internal(anyhow::anyhow!("lead without serviceLocation")))?;
+    let (unit_number, building, building_name, address): (String, Uuid, String, String) =
+        sqlx::query_as(
+            "SELECT u.unit_number, b.id, b.name, b.address FROM building_units u
+             JOIN buildings b ON b.id = u.building WHERE u.id = $1",
+        )
+        .bind(unit)
+        .fetch_one(&mut *tx)
+        .await?;
+    let (first, last) = split_name(
+        lead["subscriberName"].as_str().unwrap_or_default(),
+        input.first_name.clone(),
+        input.last_name.clone(),
+    )?;
+    let phone = lead["subscriberPhone"].clone();
+    let mut req = json!({
+        "firstName": first,
+        "lastName": last,
+        "mpesaNumber": input.mpesa_number.clone().map(Value::from).unwrap_or(phone.clone()),
+        "contactPhone": input.contact_phone.clone().map(Value::from).unwrap_or(phone),
+        "servicePlan": input.service_plan,
+        "billingCycle": input.billing_cycle,
+        "addressNotes": input.address_notes.clone()
+            .unwrap_or_else(|| format!("{unit_number}, {building_name}, {address}")),
+        "serviceLocation": unit,
+        "building": building,
+        "lead": id,
+        "oneOffCharges": input.one_off_charges,
+    });
+    if let Some(e) = &input.email {
+        req["email"] = json!(e);
+    }
+    if let Some(d) = &input.trial_end_date {
+        req["trialEndDate"] = json!(d);
+    }
+
+    let client = s.ctx.client(&[BILLING_SCOPE]).map_err(internal)?;
+    let (_, res) = client
+        .post(BILLING_SUBSCRIBERS, &req, &format!("lead-convert-{id}"))
+        .await?;
+    let subscriber = doc_id(&res["doc"], "id").ok_or_else(|| {
+        internal(anyhow::anyhow!(
+            "Billing answered without a subscriber id: {res}"
+        ))
+    })?;
+    let conversion = json!({
+        "subscriber": subscriber_summary(&res["doc"]),
+        "invoice": invoice_summary(&res["invoice"]),
+    });
+    let converted_at = chrono::Utc::now();
+    sqlx::query(
+        "UPDATE leads SET status = 'Converted', subscriber = $2, converted_at = $3,
+             conversion = $4, updated_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .bind(subscriber)
+    .bind(converted_at)
+    .bind(&conversion)
+    .execute(&mut *tx)
+    .await?;
+    mark_unit_subscriber(&mut tx, unit).await?;
+    enqueue(
+        &mut tx,
+        s.ctx.name,
+        &LeadConverted {
+            lead_id: id,
+            referred_by: doc_id(&lead, "referredBy"),
+            subscriber_id: subscriber,
+            converted_at,
+        },
+    )
+    .await
+    .map_err(internal)?;
+    let doc = s
+        .leads
+        .fetch(&mut tx, id, false)
+        .await?
+        .ok_or_else(|| internal(anyhow::anyhow!("lead vanished")))?;
+    tx.commit().await?;
+    let account = conversion["subscriber"]["accountNumber"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    Ok((
+        StatusCode::CREATED,
+        Json(answer(
+            &s.leads,
+            &p,
+            &doc,
+            &conversion,
+            &format!("Lead converted: subscriber {account} is Pending Installation."),
+        )),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_split_into_first_word_and_rest() {
+        assert_eq!(
+            split_name("Jane Wanjiku Doe", None, None).unwrap(),
+            ("Jane".into(), "Wanjiku Doe".into())
+        );
+        assert_eq!(
+            split_name("Jane", None, Some("Doe".into())).unwrap(),
+            ("Jane".into(), "Doe".into())
+        );
+        assert!(split_name("Jane", None, None).is_err());
+    }
+
+    #[test]
+    fn convert_input_names_every_bad_field() {
+        let e = ConvertInput::parse(&json!({
+            "billingCycle": "Weekly", "mpesaNumber": "12", "email": "x",
+            "oneOffCharges": [{"description": "", "quantity": 0, "price": "-1"}, 5],
+            "bogus": 1
+        }))
+        .unwrap_err();
+        let mut paths: Vec<String> = e.errors().into_iter().filter_map(|f| f.path).collect();
+        paths.sort();
+        assert_eq!(
+            paths,
+            [
+                "billingCycle",
+                "bogus",
+                "email",
+                "mpesaNumber",
+                "oneOffCharges.0.description",
+                "oneOffCharges.0.price",
+                "oneOffCharges.0.quantity",
+                "oneOffCharges.1",
+                "servicePlan"
+            ]
+        );
+    }
+}
