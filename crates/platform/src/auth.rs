@@ -255,7 +255,10 @@ impl Keys {
                 Ok(keys)
             }
             // Another process sharing the data folder created it first: use theirs.
-            Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::AlreadyExists) => {
+            Err(e)
+                if e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::AlreadyExists) =>
+            {
                 std::thread::sleep(std::time::Duration::from_millis(50));
                 Self::from_pkcs8(&b64.decode(std::fs::read_to_string(&file)?.trim())?)
             }

@@ -61,16 +61,63 @@ pub struct ReaderRole {
 /// Creates (idempotently) each service's role and schemas in the database behind
 /// `admin_url`. Safe to run concurrently from several processes: the work is
 /// serialized by an advisory lock, because CREATE ROLE has no IF NOT EXISTS.
+///
+/// Roles are cluster-wide while advisory locks are per database, so processes
+/// provisioning different databases of one cluster (test runs, several platforms
+/// on one server) can still collide on the role catalog ("tuple concurrently
+/// updated", duplicate role): those attempts are retried.
 pub async fn provision(
     admin_url: &str,
     services: &[ServiceDb],
     readers: &[ReaderRole],
 ) -> anyhow::Result<()> {
-    let mut conn = sqlx::PgConnection::connect(admin_url).await?;
-    conn.execute("SELECT pg_advisory_lock(7340001)").await?;
-    let result = provision_locked(&mut conn, services, readers).await;
-    let _ = conn.execute("SELECT pg_advisory_unlock(7340001)").await;
-    result
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut conn = sqlx::PgConnection::connect(admin_url).await?;
+        conn.execute("SELECT pg_advisory_lock(7340001)").await?;
+        let result = provision_locked(&mut conn, services, readers).await;
+        let _ = conn.execute("SELECT pg_advisory_unlock(7340001)").await;
+        match result {
+            Err(e) if attempt < 8 && is_catalog_race(&e) => {
+                let jitter = rand::random::<u64>() % 200;
+                tokio::time::sleep(Duration::from_millis(50 + jitter)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn is_catalog_race(e: &anyhow::Error) -> bool {
+    match e.downcast_ref::<sqlx::Error>() {
+        Some(sqlx::Error::Database(db)) => {
+            matches!(
+                db.code().as_deref(),
+                Some("XX000") | Some("23505") | Some("42710") | Some("40001")
+            ) || db.message().contains("concurrently")
+        }
+        _ => false,
+    }
+}
+
+/// `ALTER ROLE .. SET search_path` only when it differs: catalog writes are what
+/// concurrent starts collide on.
+async fn set_search_path(
+    conn: &mut sqlx::PgConnection,
+    role: &str,
+    schema: &str,
+) -> anyhow::Result<()> {
+    let wanted = format!("search_path={schema}");
+    let current: Option<Vec<String>> =
+        sqlx::query_scalar("SELECT rolconfig FROM pg_roles WHERE rolname = $1")
+            .bind(role)
+            .fetch_one(&mut *conn)
+            .await?;
+    if !current.unwrap_or_default().iter().any(|c| *c == wanted) {
+        conn.execute(format!("ALTER ROLE {role} SET search_path = {schema}").as_str())
+            .await?;
+    }
+    Ok(())
 }
 
 async fn provision_locked(
@@ -94,8 +141,7 @@ async fn provision_locked(
             conn.execute(format!("ALTER SCHEMA {schema} OWNER TO {}", s.role).as_str())
                 .await?;
         }
-        conn.execute(format!("ALTER ROLE {} SET search_path = {}", s.role, s.schemas[0]).as_str())
-            .await?;
+        set_search_path(conn, &s.role, &s.schemas[0]).await?;
     }
     for r in readers {
         ensure_role(conn, &r.role, &r.password).await?;
@@ -104,8 +150,7 @@ async fn provision_locked(
             .await?;
         conn.execute(format!("GRANT USAGE ON SCHEMA {} TO {}", r.schema, r.role).as_str())
             .await?;
-        conn.execute(format!("ALTER ROLE {} SET search_path = {}", r.role, r.schema).as_str())
-            .await?;
+        set_search_path(conn, &r.role, &r.schema).await?;
     }
     // Nobody but the owner may create objects in `public` (PG 15's default, made explicit).
     conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")

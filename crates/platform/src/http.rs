@@ -125,6 +125,35 @@ async fn track(State(service): State<&'static str>, req: Request, next: Next) ->
     res
 }
 
+/// Runs the request in its W3C trace context: the caller's `traceparent` when valid,
+/// else a new trace. Outbox events and service calls made while handling it carry
+/// the same trace id, so one lead's journey is one trace across services.
+async fn trace_context(mut req: Request, next: Next) -> Response {
+    let incoming = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| isp_events::trace::is_valid_traceparent(v))
+        .map(str::to_owned);
+    let tp = incoming.unwrap_or_else(new_traceparent);
+    req.extensions_mut().insert(TraceParent(tp.clone()));
+    let mut res = isp_events::trace::with_traceparent(Some(tp.clone()), next.run(req)).await;
+    if let Ok(v) = header::HeaderValue::from_str(&tp) {
+        res.headers_mut().insert("traceparent", v);
+    }
+    res
+}
+
+/// The request's trace context, for handlers that want it.
+#[derive(Clone, Debug)]
+pub struct TraceParent(pub String);
+
+fn new_traceparent() -> String {
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    format!("00-{trace}-{span}-01")
+}
+
 fn panic_to_json(_: Box<dyn std::any::Any + Send + 'static>) -> Response<Body> {
     ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
 }
@@ -157,6 +186,7 @@ pub fn service_router(ctx: Arc<ServiceContext>, routes: Router, openapi: OpenApi
                 .config(Config::new([Url::new(name, spec_url)])),
         )
         .merge(routes)
+        .layer(middleware::from_fn(trace_context))
         .layer(middleware::from_fn_with_state(name, track))
         .layer(TraceLayer::new_for_http())
         .layer(CatchPanicLayer::custom(panic_to_json))

@@ -698,3 +698,38 @@ async fn health_ready_metrics_and_openapi_are_served() {
         .await;
     assert_eq!(nf.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_requests_trace_context_travels_with_the_events_it_causes() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let res = app
+        .http
+        .post(format!("{}/api/core/plans", app.base))
+        .header("authorization", format!("JWT {admin}"))
+        .header("traceparent", tp)
+        .json(&plan_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(res.headers()["traceparent"], tp);
+    let pool = app.admin_pool().await;
+    let stored: Option<String> =
+        sqlx::query_scalar("SELECT traceparent FROM core.outbox WHERE type = 'plan.created'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(stored.as_deref(), Some(tp));
+    // Without one, a fresh trace is started and returned.
+    let r = app
+        .http
+        .get(format!("{}/api/core/health", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(isp_events::trace::is_valid_traceparent(
+        r.headers()["traceparent"].to_str().unwrap()
+    ));
+}
