@@ -367,6 +367,32 @@ fn answer(
     out
 }
 
+/// Billing's refusals the user can act on (400 naming a field, 409 on the plan)
+/// pass through as they are. A 404 means Billing's endpoint is not there (not
+/// deployed, wrong `ISP_INTERNAL_URL`): to the user, like a timeout, that is
+/// Billing being unavailable.
+fn billing_error(e: ApiError) -> ApiError {
+    const UNAVAILABLE: &str =
+        "Billing is unavailable, so the lead was not converted; nothing was changed. Try again shortly.";
+    match e {
+        ApiError::NotFound(_) | ApiError::Unavailable(_) => {
+            ApiError::Unavailable(UNAVAILABLE.into())
+        }
+        // Billing already holds a subscriber for this lead from an attempt whose
+        // local commit failed, and this attempt differs (other plan or charges).
+        ApiError::Conflict(errs)
+            if errs
+                .iter()
+                .any(|f| matches!(f.path.as_deref(), Some("Idempotency-Key") | Some("lead"))) =>
+        {
+            ApiError::conflict(
+                "Billing already created a subscriber for this lead in an earlier attempt with other details; convert again with the same plan, billing cycle and charges to complete it.",
+            )
+        }
+        other => other,
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(paths(convert))]
 struct ConvertDoc;
@@ -484,7 +510,8 @@ async fn convert(
     let client = s.ctx.client(&[BILLING_SCOPE]).map_err(internal)?;
     let (_, res) = client
         .post(BILLING_SUBSCRIBERS, &req, &format!("lead-convert-{id}"))
-        .await?;
+        .await
+        .map_err(billing_error)?;
     let subscriber = doc_id(&res["doc"], "id").ok_or_else(|| {
         internal(anyhow::anyhow!(
             "Billing answered without a subscriber id: {res}"

@@ -841,6 +841,34 @@ async fn converting_with_a_closed_plan_is_409_and_changes_nothing() {
 }
 
 #[tokio::test]
+async fn billing_unreachable_is_503_and_the_lead_is_unchanged() {
+    // No Billing in this fleet: its route answers 404.
+    let app = TestApp::spawn(&services()[..2]).await;
+    let (sales, _) = app.staff_token("Sales Agent").await;
+    let b = building(&app, &sales, None).await;
+    let u = unit(&app, &sales, &b, "5").await;
+    let l = lead(&app, &sales, json!({"leadSource": "Direct Call", "subscriberName": "Amina Hassan", "subscriberPhone": "0722111222", "serviceLocation": u})).await;
+    let before = app.get(&format!("/api/crm/leads/{l}"), &sales).await.body;
+    let r = app
+        .post(
+            &format!("/api/crm/leads/{l}/convert"),
+            &sales,
+            convert_body(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    assert!(r.body["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Billing"));
+    assert_eq!(
+        app.get(&format!("/api/crm/leads/{l}"), &sales).await.body,
+        before
+    );
+    assert_eq!(outbox_count(&app, "lead.converted").await, 0);
+}
+
+#[tokio::test]
 async fn convert_input_is_validated_before_billing_is_called() {
     let app = app().await;
     let (sales, _) = app.staff_token("Sales Agent").await;
