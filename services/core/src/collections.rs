@@ -4,7 +4,9 @@ use async_trait::async_trait;
 use isp_events::outbox::enqueue;
 use isp_events::payloads::*;
 use isp_platform::auth::{Principal, Role, Roles};
-use isp_platform::collection::{Change, Collection, Field, Hooks, Kind};
+use isp_platform::collection::{
+    publish_change, publish_doc, Change, Collection, Field, Hooks, Kind,
+};
 use isp_platform::{ApiError, ApiResult, FieldError, ServiceContext};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
@@ -108,15 +110,8 @@ impl Hooks for StaffHooks {
             if prev["role"] != doc["role"] || prev["status"] != doc["status"] {
                 bump_token_version(tx, doc).await?;
             }
-            enqueue(tx, ctx.name, &StaffUpdated(snapshot(doc)?))
-                .await
-                .map_err(internal)?;
-        } else {
-            enqueue(tx, ctx.name, &StaffCreated(snapshot(doc)?))
-                .await
-                .map_err(internal)?;
         }
-        Ok(())
+        publish_change(tx, ctx, doc, previous, StaffCreated, StaffUpdated).await
     }
 
     async fn before_delete(
@@ -282,17 +277,7 @@ impl Hooks for PlanHooks {
         doc: &Value,
         prev: Option<&Value>,
     ) -> ApiResult<()> {
-        let snap: PlanSnapshot = snapshot(doc)?;
-        if prev.is_some() {
-            enqueue(tx, ctx.name, &PlanUpdated(snap))
-                .await
-                .map_err(internal)?;
-        } else {
-            enqueue(tx, ctx.name, &PlanCreated(snap))
-                .await
-                .map_err(internal)?;
-        }
-        Ok(())
+        publish_change(tx, ctx, doc, prev, PlanCreated, PlanUpdated).await
     }
 
     async fn after_delete(
@@ -301,10 +286,7 @@ impl Hooks for PlanHooks {
         ctx: &ServiceContext,
         doc: &Value,
     ) -> ApiResult<()> {
-        enqueue(tx, ctx.name, &PlanDeleted(snapshot(doc)?))
-            .await
-            .map_err(internal)?;
-        Ok(())
+        publish_doc(tx, ctx, doc, PlanDeleted).await
     }
 }
 
@@ -396,17 +378,7 @@ impl Hooks for PartnerHooks {
         doc: &Value,
         prev: Option<&Value>,
     ) -> ApiResult<()> {
-        let snap: PartnerSnapshot = snapshot(doc)?;
-        if prev.is_some() {
-            enqueue(tx, ctx.name, &PartnerUpdated(snap))
-                .await
-                .map_err(internal)?;
-        } else {
-            enqueue(tx, ctx.name, &PartnerCreated(snap))
-                .await
-                .map_err(internal)?;
-        }
-        Ok(())
+        publish_change(tx, ctx, doc, prev, PartnerCreated, PartnerUpdated).await
     }
 
     async fn after_delete(
@@ -415,9 +387,6 @@ impl Hooks for PartnerHooks {
         ctx: &ServiceContext,
         doc: &Value,
     ) -> ApiResult<()> {
-        enqueue(tx, ctx.name, &PartnerDeleted(snapshot(doc)?))
-            .await
-            .map_err(internal)?;
-        Ok(())
+        publish_doc(tx, ctx, doc, PartnerDeleted).await
     }
 }

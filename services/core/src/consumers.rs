@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use isp_events::payloads::{
-    BuildingCreated, BuildingDeleted, BuildingSnapshot, BuildingUpdated, LeadConverted,
-    PartnerUpdated,
+    entity_change, BuildingCreated, BuildingDeleted, BuildingSnapshot, BuildingUpdated,
+    LeadConverted, PartnerUpdated,
 };
 use isp_events::{BoxFuture, CloudEvent, EventHandler};
 use isp_platform::collection::Collection;
@@ -24,16 +24,16 @@ impl EventHandler for CrmEvents {
             if let Some(c) = ev.payload::<LeadConverted>()? {
                 return self.count_referral(tx, &c).await;
             }
-            if let Some(b) = ev.payload::<BuildingCreated>()? {
-                return upsert_building(tx, &b.0, false).await;
+            match entity_change::<
+                BuildingSnapshot,
+                BuildingCreated,
+                BuildingUpdated,
+                BuildingDeleted,
+            >(ev)?
+            {
+                Some((b, deleted)) => upsert_building(tx, &b, deleted).await,
+                None => Ok(()),
             }
-            if let Some(b) = ev.payload::<BuildingUpdated>()? {
-                return upsert_building(tx, &b.0, false).await;
-            }
-            if let Some(b) = ev.payload::<BuildingDeleted>()? {
-                return upsert_building(tx, &b.0, true).await;
-            }
-            Ok(())
         })
     }
 }
