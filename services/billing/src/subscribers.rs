@@ -41,7 +41,10 @@ impl HasKeys for St {
 pub fn routes(ctx: Arc<ServiceContext>, coll: Arc<Collection>) -> Router {
     Router::new()
         .route("/api/billing/subscribers", get(list).post(create))
-        .route("/api/billing/subscribers/{id}", get(get_one).patch(update))
+        .route(
+            "/api/billing/subscribers/{id}",
+            get(get_one).patch(update).delete(delete),
+        )
         .with_state(St { ctx, coll })
 }
 
@@ -105,6 +108,11 @@ async fn update(
     Ok(Json(
         json!({"doc": s.coll.present(&p, &doc), "message": "Subscriber successfully updated."}),
     ))
+}
+
+/// Subscribers are never deleted: they are Deactivated, keeping their invoices.
+async fn delete(_p: Principal) -> ApiError {
+    ApiError::forbidden("Subscribers are not deleted; set their status to Deactivated.")
 }
 
 /// Fields the create body may carry, besides `oneOffCharges`.

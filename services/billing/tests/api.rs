@@ -1,0 +1,1296 @@
+//! Billing over real HTTP, Postgres and NATS, with Core for staff, tokens and plans.
+//! Each test names the rule (docs/billing.md) or the access line it proves.
+
+use chrono::NaiveDate;
+use isp_events::{CloudEvent, EventPayload};
+use isp_platform::runtime::{ServiceInfo, StartFn};
+use isp_testkit::{eventually, Res, TestApp};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+fn core() -> (ServiceInfo, StartFn) {
+    (svc_core::INFO, |c| Box::pin(svc_core::start(c)))
+}
+fn billing() -> (ServiceInfo, StartFn) {
+    (svc_billing::INFO, |c| Box::pin(svc_billing::start(c)))
+}
+
+async fn app() -> TestApp {
+    // Runs are started by the tests, not by the clock.
+    std::env::set_var("ISP_BILLING_SCHEDULER", "off");
+    TestApp::spawn(&[core(), billing()]).await
+}
+
+fn d(s: &str) -> NaiveDate {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+}
+
+/// Creates a plan through Core and waits until Billing's projection has it.
+async fn plan(app: &TestApp, admin: &str, extra: Value) -> String {
+    let mut body = json!({"name": format!("Home {}", Uuid::new_v4().simple()), "downloadSpeed": 10,
+        "uploadSpeed": 5, "price": 2500, "billingCycle": "Monthly"});
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let r = app.post("/api/core/plans", admin, body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let id = r.body["doc"]["id"].as_str().unwrap().to_string();
+    wait_plan(app, &id, &r.body["doc"]["updatedAt"]).await;
+    id
+}
+
+async fn wait_plan(app: &TestApp, id: &str, _updated: &Value) {
+    let pool = app.admin_pool().await;
+    let got = eventually(15, || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM billing.plans WHERE id = $1::uuid")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        (n == 1).then_some(())
+    })
+    .await;
+    assert!(got.is_some(), "billing never learned plan {id}");
+}
+
+fn sub_body(plan: &str) -> Value {
+    json!({"firstName": "Amina", "lastName": "Otieno", "mpesaNumber": "0712345678", "servicePlan": plan,
+           "billingCycle": "Monthly"})
+}
+
+async fn create_sub(app: &TestApp, token: &str, body: Value) -> Res {
+    app.post("/api/billing/subscribers", token, body).await
+}
+
+/// Creates a subscriber and makes it Active with `next_due` directly in the
+/// database (provisioning itself is tested through the NOC event).
+async fn active_sub(app: &TestApp, token: &str, plan: &str, next_due: &str) -> (String, String) {
+    let r = create_sub(app, token, sub_body(plan)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let id = r.body["doc"]["id"].as_str().unwrap().to_string();
+    let first_invoice = r.body["invoice"]["id"].as_str().unwrap().to_string();
+    sql(
+        app,
+        &format!(
+            "UPDATE billing.subscribers SET status = 'Active', next_due_date = '{next_due}',
+             billing_anchor_day = extract(day FROM '{next_due}'::date) WHERE id = '{id}'"
+        ),
+    )
+    .await;
+    (id, first_invoice)
+}
+
+async fn sql(app: &TestApp, q: &str) {
+    let pool = app.admin_pool().await;
+    sqlx::query(q).execute(&pool).await.unwrap();
+}
+
+async fn scalar<T>(app: &TestApp, q: &str) -> T
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
+{
+    let pool = app.admin_pool().await;
+    sqlx::query_scalar(q).fetch_one(&pool).await.unwrap()
+}
+
+async fn outbox_count(app: &TestApp, ty: &str) -> i64 {
+    scalar(
+        app,
+        &format!("SELECT count(*) FROM billing.outbox WHERE type = '{ty}'"),
+    )
+    .await
+}
+
+async fn publish<P: EventPayload>(app: &TestApp, source: &str, payload: &P) {
+    let js = isp_events::async_nats::jetstream::new(app.shared.nats.clone());
+    isp_events::ensure_stream(&js).await.unwrap();
+    let ev = CloudEvent::new(source, payload).unwrap();
+    let mut headers = isp_events::async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", ev.id.to_string().as_str());
+    js.publish_with_headers(P::nats_subject(), headers, ev.to_json().unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+async fn run(app: &TestApp, admin: &str, date: &str) -> Value {
+    let r = app
+        .post("/api/billing/jobs/daily-run", admin, json!({"date": date}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    r.body["doc"].clone()
+}
+
+async fn get(app: &TestApp, token: &str, path: &str) -> Value {
+    let r = app.get(path, token).await;
+    assert_eq!(r.status, StatusCode::OK, "{path}: {:?}", r.body);
+    r.body
+}
+
+// ---- subscribers ------------------------------------------------------------------
+
+#[tokio::test]
+async fn creating_a_subscriber_creates_the_first_invoice_and_publishes_events() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let plan = plan(&app, &admin, json!({"price": "2500.00"})).await;
+    let (building, unit, lead) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let mut body = sub_body(&plan);
+    body["serviceLocation"] = json!(unit);
+    body["building"] = json!(building);
+    body["lead"] = json!(lead);
+    body["oneOffCharges"] = json!([{"description": "Installation Fee", "quantity": 1, "price": 3000},
+                                   {"description": "Router Purchase", "quantity": 2, "price": "1999.50"}]);
+    let crm = app.service_token("crm", &["billing.subscribers.create"]);
+    let r = create_sub(&app, &crm, body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let doc = &r.body["doc"];
+    assert_eq!(doc["status"], "Pending Installation");
+    assert_eq!(doc["mpesaNumber"], "+254712345678");
+    assert_eq!(doc["building"], building.to_string());
+    assert_eq!(doc["serviceLocation"], unit.to_string());
+    assert_eq!(doc["lead"], lead.to_string());
+    let acct = doc["accountNumber"].as_str().unwrap();
+    assert!(
+        acct.len() <= 8 && acct.chars().all(|c| c.is_ascii_digit()),
+        "{acct}"
+    );
+    let inv = &r.body["invoice"];
+    assert_eq!(inv["amountDue"], "9499.00");
+    assert_eq!(inv["status"], "Unpaid");
+    assert!(inv["invoiceNumber"].as_str().unwrap().starts_with("INV-"));
+    assert_eq!(inv["lineItems"].as_array().unwrap().len(), 3);
+    assert_eq!(inv["subscriber"], doc["id"]);
+    assert_eq!(doc["accountBalance"], "-9499.00");
+    // A second subscriber gets the next numbers.
+    let r2 = create_sub(&app, &admin, sub_body(&plan)).await;
+    assert_ne!(r2.body["doc"]["accountNumber"], doc["accountNumber"]);
+    let n = |v: &Value| {
+        v["invoiceNumber"].as_str().unwrap()[4..]
+            .parse::<i64>()
+            .unwrap()
+    };
+    assert_eq!(n(&r2.body["invoice"]), n(inv) + 1);
+    assert_eq!(outbox_count(&app, "subscriber.created").await, 2);
+    assert_eq!(outbox_count(&app, "invoice.created").await, 2);
+    let snap: Value = scalar(&app, &format!("SELECT payload->'data' FROM billing.outbox WHERE type = 'subscriber.created' AND payload->>'subject' = '{}'", doc["id"].as_str().unwrap())).await;
+    assert_eq!(snap["leadId"], lead.to_string());
+    assert_eq!(snap["building"], building.to_string());
+    assert!(snap.get("accountBalance").is_none());
+    // The lead can be converted once.
+    let mut again = sub_body(&plan);
+    again["lead"] = json!(lead);
+    let r = create_sub(&app, &crm, again).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.error_path(), Some("lead"));
+}
+
+#[tokio::test]
+async fn subscriber_creation_is_idempotent_and_limited_to_admin_billing_and_scoped_services() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let plan = plan(&app, &admin, json!({})).await;
+    let crm = app.service_token("crm", &["billing.subscribers.create"]);
+    let post = |token: String, key: &'static str, body: Value| {
+        let req = app
+            .http
+            .post(format!("{}/api/billing/subscribers", app.base))
+            .header("authorization", format!("JWT {token}"))
+            .header("idempotency-key", key)
+            .json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (s1, b1) = post(crm.clone(), "lead-1", sub_body(&plan)).await;
+    let (s2, b2) = post(crm.clone(), "lead-1", sub_body(&plan)).await;
+    assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::CREATED));
+    assert_eq!(b1, b2);
+    let mut other = sub_body(&plan);
+    other["firstName"] = json!("Someone Else");
+    let (s3, b3) = post(crm.clone(), "lead-1", other).await;
+    assert_eq!(s3, StatusCode::CONFLICT, "{b3:?}");
+    assert_eq!(
+        scalar::<i64>(&app, "SELECT count(*) FROM billing.subscribers").await,
+        1
+    );
+    assert_eq!(
+        scalar::<i64>(&app, "SELECT count(*) FROM billing.invoices").await,
+        1
+    );
+    // Billing Manager may (walk-in); Sales Agent only through CRM; a service
+    // without the scope may not.
+    let (bm, _) = app.staff_token("Billing Manager").await;
+    assert_eq!(
+        create_sub(&app, &bm, sub_body(&plan)).await.status,
+        StatusCode::CREATED
+    );
+    for role in [
+        "Sales Agent",
+        "Support Agent",
+        "Network Engineer",
+        "Technician",
+    ] {
+        let (t, _) = app.staff_token(role).await;
+        assert_eq!(
+            create_sub(&app, &t, sub_body(&plan)).await.status,
+            StatusCode::FORBIDDEN,
+            "{role}"
+        );
+    }
+    let wrong = app.service_token("crm", &["billing.subscribers.read"]);
+    assert_eq!(
+        create_sub(&app, &wrong, sub_body(&plan)).await.status,
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn bad_subscriber_input_is_rejected_naming_the_field_and_writes_nothing() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let plan_id = plan(&app, &admin, json!({})).await;
+    let disabled = plan(&app, &admin, json!({"planEnabled": false})).await;
+    let closed = plan(&app, &admin, json!({"activeForNewSignups": false})).await;
+    let cases: Vec<(Value, StatusCode, &str)> = vec![
+        (
+            json!({"servicePlan": Uuid::new_v4()}),
+            StatusCode::BAD_REQUEST,
+            "servicePlan",
+        ),
+        (
+            json!({"servicePlan": "nope"}),
+            StatusCode::BAD_REQUEST,
+            "servicePlan",
+        ),
+        (
+            json!({"servicePlan": disabled}),
+            StatusCode::CONFLICT,
+            "servicePlan",
+        ),
+        (
+            json!({"servicePlan": closed}),
+            StatusCode::CONFLICT,
+            "servicePlan",
+        ),
+        (
+            json!({"mpesaNumber": "12"}),
+            StatusCode::BAD_REQUEST,
+            "mpesaNumber",
+        ),
+        (
+            json!({"mpesaNumber": null}),
+            StatusCode::BAD_REQUEST,
+            "mpesaNumber",
+        ),
+        (
+            json!({"firstName": "  "}),
+            StatusCode::BAD_REQUEST,
+            "firstName",
+        ),
+        (
+            json!({"email": "not-an-email"}),
+            StatusCode::BAD_REQUEST,
+            "email",
+        ),
+        (
+            json!({"billingCycle": "Weekly"}),
+            StatusCode::BAD_REQUEST,
+            "billingCycle",
+        ),
+        (
+            json!({"trialEndDate": "2026-02-30"}),
+            StatusCode::BAD_REQUEST,
+            "trialEndDate",
+        ),
+        (
+            json!({"building": "x"}),
+            StatusCode::BAD_REQUEST,
+            "building",
+        ),
+        (
+            json!({"accountBalance": 5}),
+            StatusCode::BAD_REQUEST,
+            "accountBalance",
+        ),
+        (
+            json!({"status": "Active"}),
+            StatusCode::BAD_REQUEST,
+            "status",
+        ),
+        (
+            json!({"oneOffCharges": "fee"}),
+            StatusCode::BAD_REQUEST,
+            "oneOffCharges",
+        ),
+        (
+            json!({"oneOffCharges": [{"description": "Fee", "quantity": 0, "price": 1}]}),
+            StatusCode::BAD_REQUEST,
+            "oneOffCharges.0.quantity",
+        ),
+        (
+            json!({"oneOffCharges": [{"description": "Fee", "quantity": 1, "price": -5}]}),
+            StatusCode::BAD_REQUEST,
+            "oneOffCharges.0.price",
+        ),
+        (
+            json!({"oneOffCharges": [{"description": "Fee", "quantity": 1, "price": "1.234"}]}),
+            StatusCode::BAD_REQUEST,
+            "oneOffCharges.0.price",
+        ),
+        (
+            json!({"oneOffCharges": [{"quantity": 1, "price": 1}]}),
+            StatusCode::BAD_REQUEST,
+            "oneOffCharges.0.description",
+        ),
+    ];
+    for (patch, status, path) in cases {
+        let mut body = sub_body(&plan_id);
+        body.as_object_mut()
+            .unwrap()
+            .extend(patch.as_object().unwrap().clone());
+        let r = create_sub(&app, &admin, body).await;
+        assert_eq!(r.status, status, "{patch}: {:?}", r.body);
+        assert!(
+            r.error_paths().iter().any(|p| p == path),
+            "{patch}: {:?}",
+            r.body
+        );
+    }
+    let r = create_sub(&app, &admin, json!({})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    for f in [
+        "firstName",
+        "lastName",
+        "mpesaNumber",
+        "servicePlan",
+        "billingCycle",
+    ] {
+        assert!(r.error_paths().iter().any(|p| p == f), "{f}");
+    }
+    let r = app
+        .request(
+            reqwest::Method::POST,
+            "/api/billing/subscribers",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    for t in ["subscribers", "invoices", "outbox"] {
+        assert_eq!(
+            scalar::<i64>(&app, &format!("SELECT count(*) FROM billing.{t}")).await,
+            0,
+            "{t}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn roles_see_and_edit_only_their_subscriber_fields_and_finance_stays_with_admin_and_billing()
+{
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let plan = plan(&app, &admin, json!({})).await;
+    let r = create_sub(&app, &admin, sub_body(&plan)).await;
+    let id = r.body["doc"]["id"].as_str().unwrap().to_string();
+    let inv = r.body["invoice"]["id"].as_str().unwrap().to_string();
+    let path = format!("/api/billing/subscribers/{id}");
+    let (bm, _) = app.staff_token("Billing Manager").await;
+    let doc = get(&app, &bm, &path).await;
+    assert_eq!(doc["accountBalance"], "-2500.00");
+    for role in ["Sales Agent", "Support Agent", "Network Engineer"] {
+        let (t, _) = app.staff_token(role).await;
+        let doc = get(&app, &t, &path).await;
+        assert_eq!(doc["firstName"], "Amina", "{role}");
+        for hidden in [
+            "accountBalance",
+            "nextDueDate",
+            "gracePeriodEndDate",
+            "trialEndDate",
+        ] {
+            assert!(doc.get(hidden).is_none(), "{role} sees {hidden}");
+        }
+        let list = get(&app, &t, "/api/billing/subscribers").await;
+        assert!(list["docs"][0].get("accountBalance").is_none());
+        // Filtering on a hidden field would reveal it.
+        let r = app
+            .get(
+                "/api/billing/subscribers?where[accountBalance][less_than]=0",
+                &t,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{role}");
+        for coll in ["invoices", "payments", "expenses", "dailyRuns"] {
+            let r = app.get(&format!("/api/billing/{coll}"), &t).await;
+            assert_eq!(r.status, StatusCode::FORBIDDEN, "{role} {coll}");
+        }
+        assert_eq!(
+            app.get(&format!("/api/billing/invoices/{inv}"), &t)
+                .await
+                .status,
+            StatusCode::FORBIDDEN
+        );
+        let r = app.patch(&path, &t, json!({"addressNotes": "x"})).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{role} edits");
+    }
+    let (tech, _) = app.staff_token("Technician").await;
+    assert_eq!(app.get(&path, &tech).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        app.get("/api/billing/subscribers", &tech).await.status,
+        StatusCode::FORBIDDEN
+    );
+    // Billing Manager edits financial fields only.
+    let r = app
+        .patch(
+            &path,
+            &bm,
+            json!({"gracePeriodEndDate": "2026-12-31", "mpesaNumber": "0733000111"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["doc"]["gracePeriodEndDate"], "2026-12-31");
+    for (field, value) in [
+        ("firstName", json!("X")),
+        ("addressNotes", json!("x")),
+        ("servicePlan", json!(plan)),
+    ] {
+        let r = app.patch(&path, &bm, json!({ field: value })).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{field}");
+        assert_eq!(r.error_path(), Some(field));
+    }
+    // Technical and derived fields belong to no one here.
+    for (field, value) in [
+        ("assignedIp", json!("10.0.0.1")),
+        ("connectionType", json!("PPPoE")),
+        ("accountBalance", json!(0)),
+        ("accountNumber", json!("1")),
+    ] {
+        let r = app.patch(&path, &admin, json!({ field: value })).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{field}");
+    }
+    // Bad input on PATCH names the field; a Pending subscriber is not made Active by hand.
+    let r = app
+        .patch(&path, &admin, json!({"gracePeriodEndDate": "soon"}))
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::BAD_REQUEST, Some("gracePeriodEndDate"))
+    );
+    let r = app.patch(&path, &admin, json!({"status": "Active"})).await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::CONFLICT, Some("status"))
+    );
+    let r = app
+        .patch(&path, &admin, json!({"servicePlan": Uuid::new_v4()}))
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::BAD_REQUEST, Some("servicePlan"))
+    );
+    assert_eq!(
+        app.delete(&path, &admin).await.status,
+        StatusCode::FORBIDDEN
+    );
+    // Deactivation is final and announced.
+    let r = app
+        .patch(&path, &admin, json!({"status": "Deactivated"}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(outbox_count(&app, "subscriber.deactivated").await, 1);
+    let r = app.patch(&path, &admin, json!({"status": "Active"})).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn noc_provisioning_activates_the_subscriber_and_mirrors_network_fields() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let plan = plan(&app, &admin, json!({})).await;
+    let mut body = sub_body(&plan);
+    body["billingCycle"] = json!("Quarterly");
+    let r = create_sub(&app, &admin, body).await;
+    let id: Uuid = r.body["doc"]["id"].as_str().unwrap().parse().unwrap();
+    // 2026-01-31 10:00 Nairobi.
+    let at = chrono::DateTime::parse_from_rfc3339("2026-01-31T07:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let ev = isp_events::payloads::SubscriberProvisioned {
+        subscriber_id: id,
+        connection_type: "PPPoE".into(),
+        assigned_ip: Some("100.64.0.7".into()),
+        radius_username: "acct".into(),
+        at,
+    };
+    publish(&app, "noc", &ev).await;
+    publish(&app, "noc", &ev).await;
+    let path = format!("/api/billing/subscribers/{id}");
+    let doc = eventually(15, || async {
+        let doc = get(&app, &admin, &path).await;
+        (doc["status"] == "Active").then_some(doc)
+    })
+    .await
+    .expect("activated");
+    assert_eq!(doc["connectionType"], "PPPoE");
+    assert_eq!(doc["assignedIp"], "100.64.0.7");
+    // First period starts at activation; the quarterly cycle keeps the month end.
+    assert_eq!(doc["nextDueDate"], "2026-04-30");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(outbox_count(&app, "subscriber.activated").await, 1);
+    // Network changes later are mirrored too.
+    publish(
+        &app,
+        "noc",
+        &isp_events::payloads::SubscriberNetworkUpdated {
+            subscriber_id: id,
+            connection_type: "Static IP".into(),
+            assigned_ip: Some("41.90.1.2".into()),
+            router: None,
+        },
+    )
+    .await;
+    let ok = eventually(15, || async {
+        (get(&app, &admin, &path).await["assignedIp"] == "41.90.1.2").then_some(())
+    })
+    .await;
+    assert!(ok.is_some());
+}
+
+// ---- invoices and payments ----------------------------------------------------------
+
+async fn pay(
+    app: &TestApp,
+    token: &str,
+    invoice: &str,
+    amount: Value,
+    reference: &str,
+    method: &str,
+) -> Res {
+    app.post(
+        "/api/billing/payments",
+        token,
+        json!({"paymentReference": reference, "invoice": invoice, "amountPaid": amount,
+               "paymentMethod": method, "paymentDate": "2026-11-20"}),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn partial_full_and_over_payments_settle_invoices_balance_and_next_due_date() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (bm, _) = app.staff_token("Billing Manager").await;
+    let plan = plan(&app, &admin, json!({"price": 1000})).await;
+    let (sub, first) = active_sub(&app, &admin, &plan, "2026-01-31").await;
+    let sub_path = format!("/api/billing/subscribers/{sub}");
+    // The first invoice (1000) is paid in two parts.
+    let r = pay(&app, &bm, &first, json!(400), "CASH-1", "Cash").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.body["doc"]["subscriber"], sub);
+    let inv = get(&app, &bm, &format!("/api/billing/invoices/{first}")).await;
+    assert_eq!(
+        (inv["status"].clone(), inv["amountPaid"].clone()),
+        (json!("Unpaid"), json!("400.00"))
+    );
+    assert_eq!(get(&app, &bm, &sub_path).await["accountBalance"], "-600.00");
+    let r = pay(
+        &app,
+        &bm,
+        &first,
+        json!("600.00"),
+        "BANK-1",
+        "Bank Transfer",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let inv = get(&app, &bm, &format!("/api/billing/invoices/{first}")).await;
+    assert_eq!(inv["status"], "Paid");
+    assert_eq!(get(&app, &bm, &sub_path).await["accountBalance"], "0.00");
+    assert_eq!(outbox_count(&app, "payment.received").await, 2);
+    // The run invoices the period from Jan 31; paying it moves nextDueDate to Feb 28.
+    run(&app, &admin, "2026-01-31").await;
+    let period: String = scalar(&app, &format!("SELECT id::text FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start = '2026-01-31'")).await;
+    // Over-payment: 1500 on a 1000 invoice leaves 500 credit.
+    let r = pay(&app, &bm, &period, json!(1500), "CASH-2", "Cash").await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let doc = get(&app, &bm, &sub_path).await;
+    assert_eq!(doc["nextDueDate"], "2026-02-28");
+    assert_eq!(doc["accountBalance"], "500.00");
+    let ev: Value = scalar(&app, "SELECT payload->'data' FROM billing.outbox WHERE type = 'payment.received' ORDER BY created_at DESC, id DESC LIMIT 1").await;
+    assert_eq!(ev["accountBalance"], "500.00");
+    // The credit settles half of the next invoice: 500 of 1000.
+    run(&app, &admin, "2026-02-28").await;
+    let (status, paid): (String, String) = {
+        let pool = app.admin_pool().await;
+        sqlx::query_as(&format!("SELECT status, amount_paid::text FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start = '2026-02-28'"))
+            .fetch_one(&pool).await.unwrap()
+    };
+    assert_eq!((status.as_str(), paid.as_str()), ("Unpaid", "500.00"));
+    assert_eq!(get(&app, &bm, &sub_path).await["accountBalance"], "-500.00");
+    // Paying a Paid invoice again is an over-payment, kept as credit.
+    let r = pay(&app, &bm, &first, json!(50), "CASH-3", "Cash").await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(get(&app, &bm, &sub_path).await["accountBalance"], "-450.00");
+}
+
+#[tokio::test]
+async fn payment_rules_reject_duplicates_bad_input_and_unpayable_invoices() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (bm, _) = app.staff_token("Billing Manager").await;
+    let plan = plan(&app, &admin, json!({"price": 1000})).await;
+    let r = create_sub(&app, &admin, sub_body(&plan)).await;
+    let inv = r.body["invoice"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        pay(&app, &bm, &inv, json!(100), "R1", "Cash").await.status,
+        StatusCode::CREATED
+    );
+    // The same receipt is never counted twice (per method).
+    let r = pay(&app, &bm, &inv, json!(100), "R1", "Cash").await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::CONFLICT, Some("paymentReference"))
+    );
+    assert_eq!(
+        pay(&app, &bm, &inv, json!(100), "R1", "Bank Transfer")
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    // M-Pesa receipts come from the M-Pesa service, not the Billing Manager.
+    let r = pay(&app, &bm, &inv, json!(100), "NLJ7RT61SV", "Mpesa").await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::FORBIDDEN, Some("paymentMethod"))
+    );
+    let mpesa = app.service_token("mpesa", &["billing.payments.create"]);
+    assert_eq!(
+        pay(&app, &mpesa, &inv, json!(100), "NLJ7RT61SV", "Mpesa")
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let bad: Vec<(Value, &str)> = vec![
+        (json!({"amountPaid": 0}), "amountPaid"),
+        (json!({"amountPaid": -1}), "amountPaid"),
+        (json!({"amountPaid": "1.001"}), "amountPaid"),
+        (json!({"amountPaid": "abc"}), "amountPaid"),
+        (json!({"paymentMethod": "Cheque"}), "paymentMethod"),
+        (json!({"paymentDate": "2099-01-01"}), "paymentDate"),
+        (json!({"paymentDate": "yesterday"}), "paymentDate"),
+        (json!({"invoice": Uuid::new_v4()}), "invoice"),
+        (json!({"invoice": "x"}), "invoice"),
+        (json!({"paymentReference": ""}), "paymentReference"),
+        (json!({"subscriber": Uuid::new_v4()}), "subscriber"),
+    ];
+    for (patch, path) in bad {
+        let mut body = json!({"paymentReference": format!("X-{}", Uuid::new_v4().simple()), "invoice": inv,
+            "amountPaid": 10, "paymentMethod": "Cash", "paymentDate": "2026-11-20"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(patch.as_object().unwrap().clone());
+        let r = app.post("/api/billing/payments", &bm, body).await;
+        assert!(
+            matches!(r.status, StatusCode::BAD_REQUEST | StatusCode::FORBIDDEN),
+            "{patch}: {:?}",
+            r.body
+        );
+        assert_eq!(r.error_path(), Some(path), "{patch}: {:?}", r.body);
+    }
+    let r = app.post("/api/billing/payments", &bm, json!({})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    // Payments are a ledger: no edits, no deletes.
+    let pid: String = scalar(&app, "SELECT id::text FROM billing.payments LIMIT 1").await;
+    assert_eq!(
+        app.patch(
+            &format!("/api/billing/payments/{pid}"),
+            &bm,
+            json!({"amountPaid": 1})
+        )
+        .await
+        .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        app.delete(&format!("/api/billing/payments/{pid}"), &admin)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    // A cancelled or draft invoice cannot be paid.
+    let sub: String = scalar(&app, "SELECT id::text FROM billing.subscribers LIMIT 1").await;
+    let r = app
+        .post(
+            "/api/billing/invoices",
+            &bm,
+            json!({"subscriber": sub, "dueDate": "2026-12-01", "status": "Draft",
+        "lineItems": [{"description": "Relocation", "quantity": 1, "price": 500}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let draft = r.body["doc"]["id"].as_str().unwrap().to_string();
+    let r = pay(&app, &bm, &draft, json!(10), "R9", "Cash").await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::CONFLICT, Some("invoice"))
+    );
+    assert_eq!(
+        scalar::<i64>(&app, "SELECT count(*) FROM billing.payments").await,
+        3
+    );
+}
+
+#[tokio::test]
+async fn invoices_compute_amount_due_and_allow_only_sensible_transitions() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (bm, _) = app.staff_token("Billing Manager").await;
+    let plan = plan(&app, &admin, json!({"price": 1000})).await;
+    let r = create_sub(&app, &admin, sub_body(&plan)).await;
+    let sub = r.body["doc"]["id"].as_str().unwrap().to_string();
+    let first = r.body["invoice"]["id"].as_str().unwrap().to_string();
+    let items = json!([{"description": "Relocation", "quantity": 2, "price": "250.50"}, {"description": "Cable", "quantity": 1, "price": 99}]);
+    let r = app
+        .post(
+            "/api/billing/invoices",
+            &bm,
+            json!({"subscriber": sub, "dueDate": "2026-12-01", "lineItems": items}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let inv = r.body["doc"].clone();
+    assert_eq!(inv["amountDue"], "600.00");
+    assert_eq!(inv["status"], "Unpaid");
+    let path = format!("/api/billing/invoices/{}", inv["id"].as_str().unwrap());
+    assert_eq!(
+        get(&app, &bm, &format!("/api/billing/subscribers/{sub}")).await["accountBalance"],
+        "-1600.00"
+    );
+    // amountDue is never accepted from the client.
+    let r = app
+        .post(
+            "/api/billing/invoices",
+            &bm,
+            json!({"subscriber": sub, "dueDate": "2026-12-01", "lineItems": items, "amountDue": 1}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::FORBIDDEN, Some("amountDue"))
+    );
+    let bad: Vec<(Value, &str)> = vec![
+        (json!({"lineItems": []}), "lineItems"),
+        (json!({"lineItems": "x"}), "lineItems"),
+        (
+            json!({"lineItems": [{"description": "x", "quantity": 1.5, "price": 1}]}),
+            "lineItems.0.quantity",
+        ),
+        (json!({"subscriber": Uuid::new_v4()}), "subscriber"),
+        (json!({"dueDate": "2026-13-01"}), "dueDate"),
+        (json!({"status": "Paid"}), "status"),
+        (json!({"status": "Bogus"}), "status"),
+    ];
+    for (patch, field) in bad {
+        let mut body = json!({"subscriber": sub, "dueDate": "2026-12-01", "lineItems": items});
+        body.as_object_mut()
+            .unwrap()
+            .extend(patch.as_object().unwrap().clone());
+        let r = app.post("/api/billing/invoices", &bm, body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{patch}: {:?}", r.body);
+        assert_eq!(r.error_path(), Some(field), "{patch}");
+    }
+    // Editing line items recomputes the amount and the balance.
+    let r = app
+        .patch(
+            &path,
+            &bm,
+            json!({"lineItems": [{"description": "Relocation", "quantity": 1, "price": 100}]}),
+        )
+        .await;
+    assert_eq!(r.body["doc"]["amountDue"], "100.00");
+    assert_eq!(
+        get(&app, &bm, &format!("/api/billing/subscribers/{sub}")).await["accountBalance"],
+        "-1100.00"
+    );
+    for (status, code) in [
+        ("Paid", StatusCode::CONFLICT),
+        ("Overdue", StatusCode::CONFLICT),
+        ("Draft", StatusCode::CONFLICT),
+    ] {
+        let r = app.patch(&path, &bm, json!({"status": status})).await;
+        assert_eq!(
+            (r.status, r.error_path()),
+            (code, Some("status")),
+            "{status}"
+        );
+    }
+    assert_eq!(app.delete(&path, &bm).await.status, StatusCode::CONFLICT);
+    // Cancelling gives the charge back; a cancelled invoice is final.
+    let r = app.patch(&path, &bm, json!({"status": "Cancelled"})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        get(&app, &bm, &format!("/api/billing/subscribers/{sub}")).await["accountBalance"],
+        "-1000.00"
+    );
+    assert_eq!(
+        app.patch(&path, &bm, json!({"status": "Unpaid"}))
+            .await
+            .status,
+        StatusCode::CONFLICT
+    );
+    // A paid invoice cannot be edited.
+    pay(&app, &bm, &first, json!(1000), "P1", "Cash").await;
+    let r = app
+        .patch(
+            &format!("/api/billing/invoices/{first}"),
+            &bm,
+            json!({"dueDate": "2027-01-01"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let r = app
+        .patch(
+            &format!("/api/billing/invoices/{first}"),
+            &bm,
+            json!({"status": "Cancelled"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    // A draft is free to delete; invoice numbers keep counting.
+    let r = app.post("/api/billing/invoices", &bm, json!({"subscriber": sub, "dueDate": "2026-12-01", "status": "Draft", "lineItems": items})).await;
+    let draft = r.body["doc"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        get(&app, &bm, &format!("/api/billing/subscribers/{sub}")).await["accountBalance"],
+        "0.00"
+    );
+    assert_eq!(
+        app.delete(&format!("/api/billing/invoices/{draft}"), &bm)
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
+
+// ---- the daily run -------------------------------------------------------------------
+
+#[tokio::test]
+async fn daily_run_invoices_each_due_subscriber_once_per_period_even_when_repeated_or_concurrent() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let plan = plan(&app, &admin, json!({"price": 1000})).await;
+    let (due, _) = active_sub(&app, &admin, &plan, "2026-11-25").await;
+    let (missed, _) = active_sub(&app, &admin, &plan, "2026-11-20").await; // a missed day
+    let (later, _) = active_sub(&app, &admin, &plan, "2026-11-26").await;
+    let (trial, _) = active_sub(&app, &admin, &plan, "2026-11-25").await;
+    sql(
+        &app,
+        &format!(
+            "UPDATE billing.subscribers SET trial_end_date = '2026-11-30' WHERE id = '{trial}'"
+        ),
+    )
+    .await;
+    let (suspended, _) = active_sub(&app, &admin, &plan, "2026-11-25").await;
+    sql(
+        &app,
+        &format!("UPDATE billing.subscribers SET status = 'Suspended' WHERE id = '{suspended}'"),
+    )
+    .await;
+    let pending = create_sub(&app, &admin, sub_body(&plan)).await.body["doc"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    sql(
+        &app,
+        &format!(
+            "UPDATE billing.subscribers SET next_due_date = '2026-11-01' WHERE id = '{pending}'"
+        ),
+    )
+    .await;
+
+    // Two runs at once (two replicas), then the same date again.
+    let (a, b) = tokio::join!(
+        run(&app, &admin, "2026-11-25"),
+        run(&app, &admin, "2026-11-25")
+    );
+    let created = a["invoicesCreated"].as_i64().unwrap() + b["invoicesCreated"].as_i64().unwrap();
+    assert_eq!(created, 2);
+    assert_eq!(run(&app, &admin, "2026-11-25").await["invoicesCreated"], 0);
+    let count = |id: String| {
+        let app = &app;
+        async move {
+            scalar::<i64>(app, &format!("SELECT count(*) FROM billing.invoices WHERE subscriber_id = '{id}' AND period_start IS NOT NULL")).await
+        }
+    };
+    assert_eq!(count(due.clone()).await, 1);
+    assert_eq!(count(missed.clone()).await, 1);
+    assert_eq!(count(later).await, 0);
+    assert_eq!(count(trial.clone()).await, 0, "on an active trial");
+    assert_eq!(count(suspended).await, 0);
+    assert_eq!(count(pending).await, 0);
+    let (ps, pe, due_date, amount): (NaiveDate, NaiveDate, NaiveDate, String) = {
+        let pool = app.admin_pool().await;
+        sqlx::query_as(&format!("SELECT period_start, period_end, due_date, amount_due::text FROM billing.invoices WHERE subscriber_id = '{missed}' AND period_start IS NOT NULL"))
+            .fetch_one(&pool).await.unwrap()
+    };
+    assert_eq!(
+        (ps, pe, due_date, amount.as_str()),
+        (d("2026-11-20"), d("2026-12-20"), d("2026-11-20"), "1000.00")
+    );
+    assert_eq!(outbox_count(&app, "invoice.created").await, 6 + 2);
+    // After the trial the subscriber is billed from their due date.
+    assert_eq!(
+        run(&app, &admin, "2026-12-01").await["invoicesCreated"]
+            .as_i64()
+            .unwrap()
+            >= 1,
+        true
+    );
+    assert_eq!(count(trial).await, 1);
+    // Invoice numbers stay unique and sequential.
+    let dupes: i64 = scalar(
+        &app,
+        "SELECT count(*) - count(DISTINCT invoice_number) FROM billing.invoices",
+    )
+    .await;
+    assert_eq!(dupes, 0);
+}
+
+#[tokio::test]
+async fn daily_run_marks_overdue_suspends_unless_grace_and_logs_each_run() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let plan = plan(&app, &admin, json!({"price": 1000})).await;
+    let (plain, _) = active_sub(&app, &admin, &plan, "2026-12-20").await;
+    let (graced, _) = active_sub(&app, &admin, &plan, "2026-12-20").await;
+    let (grace_over, _) = active_sub(&app, &admin, &plan, "2026-12-20").await;
+    sql(&app, &format!("UPDATE billing.subscribers SET grace_period_end_date = '2026-11-30' WHERE id = '{graced}'")).await;
+    sql(&app, &format!("UPDATE billing.subscribers SET grace_period_end_date = '2026-11-26' WHERE id = '{grace_over}'")).await;
+    // Their first invoices were due today (2026-11-25 or the real today): run the day after.
+    sql(&app, "UPDATE billing.invoices SET due_date = '2026-11-25'").await;
+    let report = run(&app, &admin, "2026-11-25").await;
+    assert_eq!(
+        (
+            report["invoicesOverdue"].as_i64(),
+            report["subscribersSuspended"].as_i64()
+        ),
+        (Some(0), Some(0))
+    );
+    let report = run(&app, &admin, "2026-11-26").await;
+    assert_eq!(report["invoicesOverdue"], 3);
+    assert_eq!(report["subscribersSuspended"], 2);
+    assert_eq!(report["runDate"], "2026-11-26");
+    assert!(report["durationMs"].as_i64().is_some());
+    let status = |id: String| {
+        let app = &app;
+        async move {
+            scalar::<String>(
+                app,
+                &format!("SELECT status FROM billing.subscribers WHERE id = '{id}'"),
+            )
+            .await
+        }
+    };
+    assert_eq!(status(plain.clone()).await, "Suspended");
+    assert_eq!(
+        status(grace_over).await,
+        "Suspended",
+        "grace ended on the run date"
+    );
+    assert_eq!(
+        status(graced.clone()).await,
+        "Active",
+        "grace in the future"
+    );
+    assert_eq!(outbox_count(&app, "subscriber.suspended").await, 2);
+    assert_eq!(outbox_count(&app, "invoice.overdue").await, 3);
+    let ev: Value = scalar(
+        &app,
+        "SELECT payload FROM billing.outbox WHERE type = 'subscriber.suspended' LIMIT 1",
+    )
+    .await;
+    assert!(ev["data"]["reason"].as_str().unwrap().contains("INV-"));
+    assert_eq!(ev["source"], "/isp/billing");
+    // Once the grace period passes, the next run suspends.
+    assert_eq!(
+        run(&app, &admin, "2026-12-01").await["subscribersSuspended"],
+        1
+    );
+    assert_eq!(status(graced).await, "Suspended");
+    // The run log: Admin and Billing Manager read it; others may not; only Admin runs it.
+    let (bm, _) = app.staff_token("Billing Manager").await;
+    let log = get(&app, &bm, "/api/billing/dailyRuns?sort=-runDate").await;
+    assert_eq!(log["totalDocs"], 3);
+    assert_eq!(log["docs"][0]["runDate"], "2026-12-01");
+    let r = app
+        .post(
+            "/api/billing/jobs/daily-run",
+            &bm,
+            json!({"date": "2026-12-01"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let (support, _) = app.staff_token("Support Agent").await;
+    assert_eq!(
+        app.get("/api/billing/dailyRuns", &support).await.status,
+        StatusCode::FORBIDDEN
+    );
+    for body in [
+        json!({"date": "2026-02-30"}),
+        json!({"date": 20261201}),
+        json!({"when": "2026-12-01"}),
+    ] {
+        let r = app
+            .post("/api/billing/jobs/daily-run", &admin, body.clone())
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {:?}", r.body);
+    }
+    let r = app.post("/api/billing/dailyRuns", &admin, json!({})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn paying_what_is_overdue_reactivates_a_suspended_subscriber_from_today() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (bm, _) = app.staff_token("Billing Manager").await;
+    let plan = plan(&app, &admin, json!({"price": 1000})).await;
+    let (sub, first) = active_sub(&app, &admin, &plan, "2026-01-10").await;
+    sql(&app, "UPDATE billing.invoices SET due_date = '2026-01-01'").await;
+    run(&app, &admin, "2026-01-10").await; // first invoice overdue, period from Jan 10 invoiced
+    let path = format!("/api/billing/subscribers/{sub}");
+    assert_eq!(get(&app, &bm, &path).await["status"], "Suspended");
+    // Paying one of two debts is not enough.
+    pay(&app, &bm, &first, json!(1000), "C1", "Cash").await;
+    assert_eq!(get(&app, &bm, &path).await["status"], "Suspended");
+    run(&app, &admin, "2026-01-11").await; // the Jan 10 invoice is now overdue too
+    let period: String = scalar(&app, &format!("SELECT id::text FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start = '2026-01-10'")).await;
+    let r = pay(&app, &bm, &period, json!(1000), "C2", "Cash").await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let doc = get(&app, &bm, &path).await;
+    assert_eq!(doc["status"], "Active");
+    // The suspended months are not billed: the next period starts today.
+    let today = chrono::Utc::now()
+        .with_timezone(&chrono_tz::Africa::Nairobi)
+        .date_naive();
+    assert_eq!(doc["nextDueDate"], today.to_string());
+    assert_eq!(outbox_count(&app, "subscriber.reactivated").await, 1);
+    // Billing Manager may also suspend and reactivate by hand.
+    let r = app.patch(&path, &bm, json!({"status": "Suspended"})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(outbox_count(&app, "subscriber.suspended").await, 2);
+}
+
+#[tokio::test]
+async fn billing_cycles_keep_the_anchor_day_across_month_ends() {
+    let app = app().await;
+    let cases = [
+        ("2026-01-31", "Monthly", 31, "2026-02-28"),
+        ("2026-02-28", "Monthly", 31, "2026-03-31"),
+        ("2028-01-31", "Monthly", 31, "2028-02-29"),
+        ("2026-11-30", "Quarterly", 30, "2027-02-28"),
+        ("2026-12-15", "Monthly", 15, "2027-01-15"),
+        ("2026-10-31", "Quarterly", 31, "2027-01-31"),
+    ];
+    for (from, cycle, anchor, want) in cases {
+        let got: NaiveDate = scalar(
+            &app,
+            &format!("SELECT billing.add_cycle('{from}', '{cycle}', {anchor})"),
+        )
+        .await;
+        assert_eq!(got, d(want), "{from} {cycle} {anchor}");
+    }
+}
+
+// ---- expenses -----------------------------------------------------------------------
+
+fn multipart(filename: &str, data: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "XBOUNDARYX";
+    let mut body = format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n").into_bytes();
+    body.extend_from_slice(data);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+#[tokio::test]
+async fn expenses_keep_receipts_that_only_finance_can_upload_and_download() {
+    std::env::set_var("ISP_BILLING_RECEIPT_MAX_BYTES", "200000");
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (bm, _) = app.staff_token("Billing Manager").await;
+    let r = app
+        .post(
+            "/api/billing/expenses",
+            &bm,
+            json!({"expenseDate": "2026-11-01", "category": "Bandwidth",
+        "vendor": "Safaricom", "amount": "45000.00", "description": "November transit"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let id = r.body["doc"]["id"].as_str().unwrap().to_string();
+    for (patch, field) in [
+        (json!({"amount": 0}), "amount"),
+        (json!({"category": "Snacks"}), "category"),
+        (json!({"expenseDate": null}), "expenseDate"),
+        (json!({"receipt": {}}), "receipt"),
+    ] {
+        let mut body = json!({"expenseDate": "2026-11-01", "category": "Rent", "amount": 100});
+        body.as_object_mut()
+            .unwrap()
+            .extend(patch.as_object().unwrap().clone());
+        let r = app.post("/api/billing/expenses", &bm, body).await;
+        assert!(
+            matches!(r.status, StatusCode::BAD_REQUEST | StatusCode::FORBIDDEN),
+            "{patch}"
+        );
+        assert_eq!(r.error_path(), Some(field), "{patch}");
+    }
+    let url = format!("{}/api/billing/expenses/{id}/receipt", app.base);
+    let upload = |token: String, name: &str, data: Vec<u8>| {
+        let (ct, body) = multipart(name, &data);
+        let req = app
+            .http
+            .post(&url)
+            .header("authorization", format!("JWT {token}"))
+            .header("content-type", ct)
+            .body(body);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let mut png = vec![0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
+    png.extend_from_slice(&[7u8; 100]);
+    let (s, b) = upload(bm.clone(), "../../receipt.png", png.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{b:?}");
+    assert_eq!(b["doc"]["receipt"]["contentType"], "image/png");
+    assert_eq!(b["doc"]["receipt"]["filename"], "receipt.png");
+    let res = app
+        .http
+        .get(&url)
+        .header("authorization", format!("JWT {admin}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "image/png");
+    assert_eq!(res.bytes().await.unwrap().to_vec(), png);
+    // Not a receipt type, empty, too large, missing: refused.
+    let (s, b) = upload(bm.clone(), "notes.txt", b"hello".to_vec()).await;
+    assert_eq!(
+        (s, b["errors"][0]["path"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("file"))
+    );
+    let (s, _) = upload(bm.clone(), "empty.pdf", vec![]).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let mut big = b"%PDF-1.7\n".to_vec();
+    big.resize(300_000, b'x');
+    let (s, _) = upload(bm.clone(), "big.pdf", big).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    let (s, _) = upload(bm.clone(), "x.pdf", b"%PDF-1.4 ok".to_vec()).await;
+    assert_eq!(s, StatusCode::OK);
+    let res = app
+        .http
+        .get(&url)
+        .header("authorization", format!("JWT {bm}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["content-type"], "application/pdf");
+    // Others may neither upload nor download.
+    for role in [
+        "Support Agent",
+        "Sales Agent",
+        "Network Engineer",
+        "Technician",
+    ] {
+        let (t, _) = app.staff_token(role).await;
+        let (s, _) = upload(t.clone(), "x.pdf", b"%PDF-1.4".to_vec()).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{role}");
+        let res = app
+            .http
+            .get(&url)
+            .header("authorization", format!("JWT {t}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN, "{role}");
+        assert_eq!(
+            app.get("/api/billing/expenses", &t).await.status,
+            StatusCode::FORBIDDEN
+        );
+    }
+    let (s, _) = upload(bm.clone(), "x.pdf", b"%PDF-1.4".to_vec()).await;
+    assert_eq!(s, StatusCode::OK);
+    let missing = format!(
+        "{}/api/billing/expenses/{}/receipt",
+        app.base,
+        Uuid::new_v4()
+    );
+    let res = app
+        .http
+        .get(&missing)
+        .header("authorization", format!("JWT {bm}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.delete(&format!("/api/billing/expenses/{id}"), &bm)
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
+
+// ---- M-Pesa ----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn mpesa_confirmed_payment_is_recorded_once_per_receipt_against_the_account_number() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let plan = plan(&app, &admin, json!({"price": 1000})).await;
+    let r = create_sub(&app, &admin, sub_body(&plan)).await;
+    let acct = r.body["doc"]["accountNumber"].as_str().unwrap().to_string();
+    let inv = r.body["invoice"]["id"].as_str().unwrap().to_string();
+    let ev = isp_events::payloads::MpesaPaymentConfirmed {
+        receipt: "NLJ7RT61SV".into(),
+        amount: rust_decimal::Decimal::from(1000),
+        phone: "254712345678".into(),
+        account_reference: acct,
+        invoice: None,
+        transaction_time: chrono::Utc::now(),
+        source: "c2b".into(),
+    };
+    // Published twice as two distinct events (a retried callback).
+    publish(&app, "mpesa", &ev).await;
+    publish(&app, "mpesa", &ev).await;
+    let status = eventually(15, || async {
+        let doc = get(&app, &admin, &format!("/api/billing/invoices/{inv}")).await;
+        (doc["status"] == "Paid").then_some(doc)
+    })
+    .await;
+    assert!(status.is_some());
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        scalar::<i64>(
+            &app,
+            "SELECT count(*) FROM billing.payments WHERE payment_method = 'Mpesa'"
+        )
+        .await,
+        1
+    );
+    // A receipt for an unknown account is skipped, not retried forever.
+    let mut unknown = ev.clone();
+    unknown.receipt = "ZZZ".into();
+    unknown.account_reference = "999".into();
+    publish(&app, "mpesa", &unknown).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        scalar::<i64>(&app, "SELECT count(*) FROM billing.payments").await,
+        1
+    );
+}
