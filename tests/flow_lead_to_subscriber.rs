@@ -316,3 +316,68 @@ async fn converting_to_a_disabled_or_closed_plan_is_409_and_writes_nothing_anywh
     let sub = r.body["subscriber"]["id"].as_str().unwrap().to_string();
     w.assert_converted_once(&sub).await;
 }
+
+#[tokio::test]
+async fn crm_buildings_reach_core_and_noc_and_noc_equipment_shows_in_crm() {
+    let w = world().await;
+    let building = w
+        .app
+        .get(&format!("/api/crm/buildingUnits/{}", w.unit), &w.sales)
+        .await
+        .body["building"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Core validates partner.buildings against its projection of CRM's buildings.
+    let linked = eventually(15, || async {
+        let r = w
+            .app
+            .patch(
+                &format!("/api/core/partners/{}", w.partner),
+                &w.sales,
+                json!({"buildings": [building]}),
+            )
+            .await;
+        (r.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert!(linked.is_some(), "Core never accepted the CRM building");
+    // NOC places a router in the building (once it knows the building) ...
+    let router = eventually(15, || async {
+        let r = w
+            .app
+            .post(
+                "/api/noc/resources",
+                &w.admin,
+                json!({"resourceName": "MikroTik hAP ac2", "resourceType": "Router", "status": "Deployed", "location": building}),
+            )
+            .await;
+        (r.status == StatusCode::CREATED).then(|| id(&r))
+    })
+    .await
+    .expect("NOC never accepted the CRM building as a location");
+    // ... and CRM shows it as the building's equipment, read-only.
+    let shown = eventually(15, || async {
+        let r = w
+            .app
+            .get(&format!("/api/crm/buildings/{building}"), &w.sales)
+            .await;
+        (r.body["equipment"] == json!([router])).then_some(())
+    })
+    .await;
+    assert!(shown.is_some(), "CRM never listed the router as equipment");
+    let r = w
+        .app
+        .delete(&format!("/api/noc/resources/{router}"), &w.admin)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let gone = eventually(15, || async {
+        let r = w
+            .app
+            .get(&format!("/api/crm/buildings/{building}"), &w.sales)
+            .await;
+        (r.body["equipment"] == json!([])).then_some(())
+    })
+    .await;
+    assert!(gone.is_some());
+}
