@@ -85,6 +85,9 @@ impl Hooks for BuildingHooks {
     async fn before_change(&self, tx: &mut PgConnection, c: &mut Change<'_>) -> ApiResult<()> {
         if c.changed("partner") {
             if let Some(p) = c.uuid("partner") {
+                // Any known partner, Prospect included: the caretaker is often
+                // still being signed up while the building is negotiated. Only
+                // referrals (leads.referredBy) need an Active partner.
                 if let Some(msg) = partner_problem(tx, p, false).await? {
                     return Err(ApiError::field("partner", msg));
                 }
