@@ -435,3 +435,898 @@ async fn provisioning_suspension_and_reactivation_against_real_freeradius() {
     .await;
     assert!(back.is_some(), "reactivated users are accepted again");
 }
+
+#[tokio::test]
+async fn fifty_concurrent_completions_on_forty_addresses_assign_forty_distinct_ips_and_refuse_ten()
+{
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (subnet, plan) = static_plan(&app, &admin, "203.0.113.0/26", 2, 8).await;
+    // 62 usable addresses: reserve 22, leaving a pool of 40.
+    let list = app
+        .get(
+            &format!("/api/noc/ipAddresses?where[subnet][equals]={subnet}&limit=100"),
+            &admin,
+        )
+        .await;
+    assert_eq!(list.body["totalDocs"], 62);
+    for doc in list.body["docs"].as_array().unwrap().iter().take(22) {
+        let r = app
+            .patch(
+                &format!("/api/noc/ipAddresses/{}", doc["id"].as_str().unwrap()),
+                &admin,
+                json!({"status": "Reserved"}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let subs: Vec<Uuid> = (0..50).map(|_| Uuid::now_v7()).collect();
+    for (i, id) in subs.iter().enumerate() {
+        publish(
+            &app,
+            "billing",
+            &SubscriberCreated(subscriber(
+                *id,
+                &format!("ACC-{:06}", 500 + i),
+                plan.parse().unwrap(),
+            )),
+        )
+        .await;
+    }
+    wait_projected(
+        &app,
+        "SELECT CASE WHEN count(*) >= 50 THEN 1 ELSE 0 END::int8 FROM noc.work_orders",
+    )
+    .await;
+    let orders: Vec<String> = {
+        let pool = app.admin_pool().await;
+        sqlx::query_scalar("SELECT id::text FROM noc.work_orders")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(orders.len(), 50);
+
+    let results = futures::future::join_all(orders.iter().map(|id| {
+        let app = &app;
+        let admin = &admin;
+        async move {
+            app.patch(
+                &format!("/api/noc/workOrders/{id}"),
+                admin,
+                json!({"status": "Completed"}),
+            )
+            .await
+        }
+    }))
+    .await;
+    let ok = results
+        .iter()
+        .filter(|r| r.status == StatusCode::OK)
+        .count();
+    let full: Vec<_> = results
+        .iter()
+        .filter(|r| r.status == StatusCode::CONFLICT)
+        .collect();
+    assert_eq!(
+        ok,
+        40,
+        "{:?}",
+        results.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert_eq!(full.len(), 10);
+    assert!(full[0].body["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("No Available address"));
+
+    // Invariants: 40 distinct addresses, both sides of every link agree, and the
+    // refused completions left nothing behind.
+    let pool = app.admin_pool().await;
+    let q = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        q("SELECT count(*) FROM noc.ip_addresses WHERE status = 'Assigned'").await,
+        40
+    );
+    assert_eq!(
+        q("SELECT count(DISTINCT assigned_to) FROM noc.ip_addresses WHERE status = 'Assigned'")
+            .await,
+        40
+    );
+    assert_eq!(
+        q("SELECT count(*) FROM noc.ip_addresses WHERE status = 'Available'").await,
+        0
+    );
+    assert_eq!(
+        q("SELECT count(*) FROM noc.ip_addresses WHERE status = 'Reserved'").await,
+        22
+    );
+    assert_eq!(
+        q("SELECT count(*) FROM noc.subscribers WHERE assigned_ip IS NOT NULL").await,
+        40
+    );
+    assert_eq!(
+        q("SELECT count(*) FROM noc.subscribers s JOIN noc.ip_addresses a ON a.id = s.assigned_ip AND a.assigned_to = s.id").await,
+        40
+    );
+    assert_eq!(
+        q("SELECT count(*) FROM noc.subscribers WHERE provisioned_at IS NOT NULL").await,
+        40
+    );
+    assert_eq!(
+        q("SELECT count(*) FROM noc.work_orders WHERE status = 'Completed'").await,
+        40
+    );
+    assert_eq!(
+        q("SELECT count(*) FROM noc.work_orders WHERE status = 'Pending'").await,
+        10
+    );
+    assert_eq!(q("SELECT count(*) FROM radius.radcheck").await, 40);
+    assert_eq!(q("SELECT count(DISTINCT value) FROM radius.radreply WHERE attribute = 'Framed-IP-Address'").await, 40);
+    assert_eq!(
+        q("SELECT count(*) FROM radius.radreply r JOIN noc.subscribers s ON s.radius_username = r.username
+           JOIN noc.ip_addresses a ON a.id = s.assigned_ip WHERE r.attribute = 'Framed-IP-Address' AND r.value = a.ip_address").await,
+        40
+    );
+    assert_eq!(
+        q("SELECT count(*) FROM noc.outbox WHERE type = 'subscriber.provisioned'").await,
+        40
+    );
+}
+
+#[tokio::test]
+async fn ipam_subnets_are_validated_normalized_non_overlapping_and_addresses_follow_status_rules() {
+    let app = app().await;
+    let (ne, _) = app.staff_token("Network Engineer").await;
+    let (sales, _) = app.staff_token("Sales Agent").await;
+    assert_eq!(
+        app.get("/api/noc/ipSubnets", &sales).await.status,
+        StatusCode::FORBIDDEN
+    );
+
+    let r = app
+        .post(
+            "/api/noc/ipSubnets",
+            &ne,
+            json!({"network": "10.30.20.9/24", "description": "Block A"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.body["doc"]["network"], "10.30.20.0/24");
+    let subnet = r.body["doc"]["id"].as_str().unwrap().to_string();
+    let addrs = app
+        .get(
+            &format!("/api/noc/ipAddresses?where[subnet][equals]={subnet}&limit=1"),
+            &ne,
+        )
+        .await;
+    assert_eq!(addrs.body["totalDocs"], 254, "usable hosts only");
+
+    for (network, status, path) in [
+        ("10.30.20.0/24", StatusCode::CONFLICT, "network"),
+        ("10.30.20.128/25", StatusCode::CONFLICT, "network"),
+        ("10.30.16.0/20", StatusCode::CONFLICT, "network"),
+        ("not-a-network", StatusCode::BAD_REQUEST, "network"),
+        ("10.0.0.0/8", StatusCode::BAD_REQUEST, "network"),
+    ] {
+        let r = app
+            .post(
+                "/api/noc/ipSubnets",
+                &ne,
+                json!({"network": network, "description": "x"}),
+            )
+            .await;
+        assert_eq!(r.status, status, "{network}: {:?}", r.body);
+        assert_eq!(r.error_path(), Some(path));
+    }
+    let r = app
+        .post(
+            "/api/noc/ipSubnets",
+            &ne,
+            json!({"network": "10.0.0.0/8", "description": "x"}),
+        )
+        .await;
+    assert!(r.body["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("too large"));
+    let r = app
+        .post("/api/noc/ipSubnets", &ne, json!({"description": "x"}))
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::BAD_REQUEST, Some("network"))
+    );
+    let r = app
+        .patch(
+            &format!("/api/noc/ipSubnets/{subnet}"),
+            &ne,
+            json!({"network": "10.40.0.0/24"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+
+    // Addresses: inside their subnet, never Assigned by hand.
+    let r = app
+        .post(
+            "/api/noc/ipAddresses",
+            &ne,
+            json!({"ipAddress": "10.99.0.1", "subnet": subnet}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::BAD_REQUEST, Some("ipAddress"))
+    );
+    let r = app
+        .post(
+            "/api/noc/ipAddresses",
+            &ne,
+            json!({"ipAddress": "10.30.20.1", "subnet": subnet}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::CONFLICT, Some("ipAddress"))
+    );
+    let r = app
+        .post(
+            "/api/noc/ipAddresses",
+            &ne,
+            json!({"ipAddress": "banana", "subnet": subnet}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::BAD_REQUEST, Some("ipAddress"))
+    );
+    let one = app
+        .get(
+            &format!("/api/noc/ipAddresses?where[ipAddress][equals]=10.30.20.7"),
+            &ne,
+        )
+        .await
+        .body["docs"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = app
+        .patch(
+            &format!("/api/noc/ipAddresses/{one}"),
+            &ne,
+            json!({"status": "Assigned"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::BAD_REQUEST, Some("status"))
+    );
+    let r = app
+        .patch(
+            &format!("/api/noc/ipAddresses/{one}"),
+            &ne,
+            json!({"assignedTo": Uuid::now_v7()}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::FORBIDDEN, Some("assignedTo"))
+    );
+    let r = app
+        .patch(
+            &format!("/api/noc/ipAddresses/{one}"),
+            &ne,
+            json!({"status": "Reserved"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["doc"]["status"], "Reserved");
+
+    // A subnet deletes with its addresses while none is assigned.
+    let r = app
+        .delete(&format!("/api/noc/ipSubnets/{subnet}"), &ne)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(
+        scalar_i64(&app, "SELECT count(*) FROM noc.ip_addresses").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn resources_normalize_and_deduplicate_macs_validate_links_hide_the_nas_secret_and_publish_events(
+) {
+    let app = app().await;
+    let (ne, _) = app.staff_token("Network Engineer").await;
+    let (support, _) = app.staff_token("Support Agent").await;
+    let building = Uuid::now_v7();
+    publish(
+        &app,
+        "crm",
+        &BuildingCreated(BuildingSnapshot {
+            id: building,
+            name: "Sunrise Apartments".into(),
+            address: "Moi Avenue".into(),
+            status: "Active".into(),
+            partner: None,
+            updated_at: chrono::Utc::now(),
+        }),
+    )
+    .await;
+    wait_projected(
+        &app,
+        &format!("SELECT count(*) FROM noc.buildings WHERE id = '{building}'"),
+    )
+    .await;
+
+    let r = app
+        .post(
+            "/api/noc/resources",
+            &ne,
+            json!({"resourceName": "Roof router", "resourceType": "Router", "status": "Deployed", "serialNumber": "SN-1",
+                   "macAddress": "aa-bb-cc-00-11-22", "location": building, "managementIp": " 10.0.0.1 ", "nasSecret": "s3cret!",
+                   "assignedTo": {"relationTo": "buildings", "value": building}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let router = r.body["doc"]["id"].as_str().unwrap().to_string();
+    assert_eq!(r.body["doc"]["macAddress"], "AA:BB:CC:00:11:22");
+    assert_eq!(r.body["doc"]["managementIp"], "10.0.0.1");
+    assert_eq!(r.body["doc"]["nasSecret"], "s3cret!");
+    assert_eq!(
+        scalar_i64(
+            &app,
+            "SELECT count(*) FROM radius.nas WHERE nasname = '10.0.0.1'"
+        )
+        .await,
+        1
+    );
+
+    // Support Agents may look, but never see the shared secret.
+    let seen = app
+        .get(&format!("/api/noc/resources/{router}"), &support)
+        .await;
+    assert_eq!(seen.status, StatusCode::OK);
+    assert!(seen.body.get("nasSecret").is_none());
+    assert_eq!(
+        app.post(
+            "/api/noc/resources",
+            &support,
+            json!({"resourceName": "x", "resourceType": "Cable", "status": "In Stock"})
+        )
+        .await
+        .status,
+        StatusCode::FORBIDDEN
+    );
+
+    for (body, status, path) in [
+        (
+            json!({"macAddress": "AABB.CC00.1122"}),
+            StatusCode::CONFLICT,
+            "macAddress",
+        ),
+        (
+            json!({"serialNumber": "SN-1"}),
+            StatusCode::CONFLICT,
+            "serialNumber",
+        ),
+        (
+            json!({"macAddress": "nope"}),
+            StatusCode::BAD_REQUEST,
+            "macAddress",
+        ),
+        (
+            json!({"location": Uuid::now_v7()}),
+            StatusCode::BAD_REQUEST,
+            "location",
+        ),
+        (
+            json!({"assignedTo": {"relationTo": "plans", "value": building}}),
+            StatusCode::BAD_REQUEST,
+            "assignedTo",
+        ),
+        (
+            json!({"assignedTo": {"relationTo": "subscribers", "value": Uuid::now_v7()}}),
+            StatusCode::BAD_REQUEST,
+            "assignedTo",
+        ),
+        (
+            json!({"managementIp": "10.0.0.1"}),
+            StatusCode::BAD_REQUEST,
+            "managementIp",
+        ),
+        (
+            json!({"resourceType": "Modem"}),
+            StatusCode::BAD_REQUEST,
+            "resourceType",
+        ),
+    ] {
+        let mut b =
+            json!({"resourceName": "Antenna", "resourceType": "Antenna", "status": "In Stock"});
+        for (k, v) in body.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        let r = app.post("/api/noc/resources", &ne, b.clone()).await;
+        assert_eq!(
+            (r.status, r.error_path()),
+            (status, Some(path)),
+            "{b}: {:?}",
+            r.body
+        );
+    }
+
+    // resource.created / resource.updated reach the bus for CRM.
+    let r = app
+        .patch(
+            &format!("/api/noc/resources/{router}"),
+            &ne,
+            json!({"status": "Faulty"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let pool = app.admin_pool().await;
+    let types = eventually(10, || {
+        let pool = pool.clone();
+        async move {
+            let t: Vec<String> = sqlx::query_scalar(
+                "SELECT type FROM noc.outbox WHERE type LIKE 'resource.%' AND published_at IS NOT NULL ORDER BY created_at",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            (t.len() == 2).then_some(t)
+        }
+    })
+    .await;
+    assert_eq!(
+        types,
+        Some(vec![
+            "resource.created".to_string(),
+            "resource.updated".to_string()
+        ])
+    );
+}
+
+#[tokio::test]
+async fn technical_subscriber_fields_follow_the_rules_and_billing_fields_are_read_only() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (ne, _) = app.staff_token("Network Engineer").await;
+    let (billing, _) = app.staff_token("Billing Manager").await;
+    let (_, plan) = static_plan(&app, &admin, "192.0.2.0/29", 3, 6).await;
+    let sub = Uuid::now_v7();
+    publish(
+        &app,
+        "billing",
+        &SubscriberCreated(subscriber(sub, "ACC-000777", plan.parse().unwrap())),
+    )
+    .await;
+    installation_order(&app, &admin, sub).await;
+    let path = format!("/api/noc/subscribers/{sub}");
+
+    let s = app.get(&path, &ne).await.body;
+    assert_eq!(s["accountNumber"], "ACC-000777");
+    assert_eq!(s["radiusUsername"], "ACC-000777");
+    assert_eq!(s["connectionType"], "Static IP");
+    assert_eq!(s["status"], "Pending Installation");
+    assert!(
+        s["radiusPassword"].as_str().unwrap().len() >= 16,
+        "Network Engineers see the password"
+    );
+    assert_eq!(app.get(&path, &billing).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        app.post(
+            "/api/noc/subscribers",
+            &admin,
+            json!({"connectionType": "PPPoE"})
+        )
+        .await
+        .status,
+        StatusCode::FORBIDDEN
+    );
+
+    for field in [
+        "firstName",
+        "status",
+        "accountNumber",
+        "radiusUsername",
+        "radiusPassword",
+    ] {
+        let r = app.patch(&path, &ne, json!({field: "x"})).await;
+        assert_eq!(
+            (r.status, r.error_path()),
+            (StatusCode::FORBIDDEN, Some(field))
+        );
+    }
+    let r = app
+        .patch(
+            &path,
+            &ne,
+            json!({"macAddress": "00-1a-2b-3c-4d-5e", "connectionType": "PPPoE"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["doc"]["macAddress"], "00:1A:2B:3C:4D:5E");
+    let r = app
+        .patch(&path, &ne, json!({"macAddress": "00-1a-2b"}))
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::BAD_REQUEST, Some("macAddress"))
+    );
+    let r = app
+        .patch(&path, &ne, json!({"connectionType": "Fibre"}))
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::BAD_REQUEST, Some("connectionType"))
+    );
+
+    let antenna = app
+        .post(
+            "/api/noc/resources",
+            &ne,
+            json!({"resourceName": "Dish", "resourceType": "Antenna", "status": "Deployed"}),
+        )
+        .await
+        .body["doc"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = app.patch(&path, &ne, json!({"router": antenna})).await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::BAD_REQUEST, Some("router"))
+    );
+    let router = app
+        .post(
+            "/api/noc/resources",
+            &ne,
+            json!({"resourceName": "R1", "resourceType": "Router", "status": "Deployed"}),
+        )
+        .await
+        .body["doc"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = app.patch(&path, &ne, json!({"router": router})).await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    // Explicit assignment of an address keeps both sides linked; a taken one is 409.
+    let addrs = app
+        .get("/api/noc/ipAddresses?sort=createdAt&limit=2", &ne)
+        .await
+        .body;
+    let (a1, a2) = (
+        addrs["docs"][0]["id"].as_str().unwrap(),
+        addrs["docs"][1]["id"].as_str().unwrap(),
+    );
+    let r = app.patch(&path, &ne, json!({"assignedIp": a1})).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(
+        app.get(&format!("/api/noc/ipAddresses/{a1}"), &ne)
+            .await
+            .body["assignedTo"],
+        sub.to_string()
+    );
+    let other = Uuid::now_v7();
+    publish(
+        &app,
+        "billing",
+        &SubscriberCreated(subscriber(other, "ACC-000778", plan.parse().unwrap())),
+    )
+    .await;
+    installation_order(&app, &admin, other).await;
+    let r = app
+        .patch(
+            &format!("/api/noc/subscribers/{other}"),
+            &ne,
+            json!({"assignedIp": a1}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::CONFLICT, Some("assignedIp"))
+    );
+    let r = app.patch(&path, &ne, json!({"assignedIp": a2})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        app.get(&format!("/api/noc/ipAddresses/{a1}"), &ne)
+            .await
+            .body["status"],
+        "Available"
+    );
+    assert_eq!(
+        app.get(&format!("/api/noc/ipAddresses/{a2}"), &ne)
+            .await
+            .body["status"],
+        "Assigned"
+    );
+    let r = app.delete(&format!("/api/noc/ipAddresses/{a2}"), &ne).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+
+    // Billing's later snapshot updates the read-only copy.
+    let mut snap = subscriber(sub, "ACC-000777", plan.parse().unwrap());
+    snap.first_name = "Amina Wanjiru".into();
+    snap.updated_at = chrono::Utc::now();
+    publish(&app, "billing", &SubscriberUpdated(snap)).await;
+    let renamed = eventually(10, || async {
+        (app.get(&path, &ne).await.body["firstName"] == "Amina Wanjiru").then_some(())
+    })
+    .await;
+    assert!(renamed.is_some());
+    // The technical change was published for Billing and Support.
+    wait_projected(
+        &app,
+        "SELECT count(*) FROM noc.outbox WHERE type = 'subscriber.network_updated'",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn work_orders_go_to_active_technicians_only() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (ne, ne_id) = app.staff_token("Network Engineer").await;
+    let (_, tech_id) = technician(&app).await;
+    let (other_tech, _) = technician(&app).await;
+    let (_, plan) = static_plan(&app, &admin, "192.0.2.64/29", 1, 2).await;
+    let sub = Uuid::now_v7();
+    publish(
+        &app,
+        "billing",
+        &SubscriberCreated(subscriber(sub, "ACC-000900", plan.parse().unwrap())),
+    )
+    .await;
+    installation_order(&app, &admin, sub).await;
+    wait_projected(
+        &app,
+        &format!("SELECT count(*) FROM noc.staff WHERE id = '{ne_id}'"),
+    )
+    .await;
+
+    let r = app
+        .post(
+            "/api/noc/workOrders",
+            &ne,
+            json!({"orderType": "Repair", "subscriber": sub, "assignedTo": ne_id}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::BAD_REQUEST, Some("assignedTo"))
+    );
+    let r = app
+        .post(
+            "/api/noc/workOrders",
+            &ne,
+            json!({"orderType": "Repair", "subscriber": Uuid::now_v7()}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::BAD_REQUEST, Some("subscriber"))
+    );
+    let r = app.post("/api/noc/workOrders", &ne, json!({"orderType": "Repair", "subscriber": sub, "assignedTo": tech_id, "notes": "Loose cable"})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.body["doc"]["status"], "Pending");
+    let repair = r.body["doc"]["id"].as_str().unwrap().to_string();
+
+    // Another technician can neither see nor change it.
+    assert_eq!(
+        app.get(&format!("/api/noc/workOrders/{repair}"), &other_tech)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.patch(
+            &format!("/api/noc/workOrders/{repair}"),
+            &other_tech,
+            json!({"status": "Completed"})
+        )
+        .await
+        .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.post(
+            "/api/noc/workOrders",
+            &other_tech,
+            json!({"orderType": "Repair", "subscriber": sub})
+        )
+        .await
+        .status,
+        StatusCode::FORBIDDEN
+    );
+
+    // A deactivated technician cannot be given new orders.
+    let r = app
+        .patch(
+            &format!("/api/core/staff/{tech_id}"),
+            &admin,
+            json!({"status": "Inactive"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    wait_projected(
+        &app,
+        &format!("SELECT count(*) FROM noc.staff WHERE id = '{tech_id}' AND status = 'Inactive'"),
+    )
+    .await;
+    let r = app
+        .post(
+            "/api/noc/workOrders",
+            &ne,
+            json!({"orderType": "Site Survey", "subscriber": sub, "assignedTo": tech_id}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::BAD_REQUEST, Some("assignedTo"))
+    );
+}
+
+#[tokio::test]
+async fn deactivation_removes_the_radius_account_and_releases_the_static_ip_and_plan_changes_update_the_rate(
+) {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (_, plan) = static_plan(&app, &admin, "192.0.2.128/29", 5, 10).await;
+    let sub = Uuid::now_v7();
+    publish(
+        &app,
+        "billing",
+        &SubscriberCreated(subscriber(sub, "ACC-000321", plan.parse().unwrap())),
+    )
+    .await;
+    let order = installation_order(&app, &admin, sub).await;
+    let r = app
+        .patch(
+            &format!("/api/noc/workOrders/{}", order["id"].as_str().unwrap()),
+            &admin,
+            json!({"status": "Completed"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(
+        scalar_i64(
+            &app,
+            "SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000321'"
+        )
+        .await,
+        2
+    );
+
+    // New speeds on the plan rewrite the rate limit.
+    let r = app
+        .patch(
+            &format!("/api/core/plans/{plan}"),
+            &admin,
+            json!({"downloadSpeed": 20, "uploadSpeed": 7}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    wait_projected(&app, "SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000321' AND attribute = 'Mikrotik-Rate-Limit' AND value = '7M/20M'").await;
+
+    publish(
+        &app,
+        "billing",
+        &SubscriberDeactivated(status_change(sub, "ACC-000321")),
+    )
+    .await;
+    wait_projected(
+        &app,
+        &format!(
+            "SELECT count(*) FROM noc.subscribers WHERE id = '{sub}' AND status = 'Deactivated'"
+        ),
+    )
+    .await;
+    assert_eq!(
+        scalar_i64(
+            &app,
+            "SELECT count(*) FROM radius.radcheck WHERE username = 'ACC-000321'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        scalar_i64(
+            &app,
+            "SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000321'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        scalar_i64(
+            &app,
+            "SELECT count(*) FROM noc.ip_addresses WHERE status = 'Assigned'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        scalar_i64(
+            &app,
+            &format!(
+                "SELECT count(*) FROM noc.subscribers WHERE id = '{sub}' AND assigned_ip IS NULL"
+            )
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn zabbix_webhook_needs_the_token_and_publishes_each_event_once() {
+    let app = app().await;
+    let token =
+        std::fs::read_to_string(app.shared.config.data_dir.join("keys/zabbix-webhook.token"))
+            .unwrap();
+    let send = |auth: Option<String>, body: Value| {
+        let app = &app;
+        async move {
+            let mut req = app
+                .http
+                .post(format!("{}/api/noc/zabbix/webhook", app.base))
+                .json(&body);
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            let res = req.send().await.unwrap();
+            (
+                res.status(),
+                res.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let problem = json!({"eventId": "4242", "eventValue": "1", "eventName": "High latency on Roof antenna",
+        "severity": "High", "recoveryEventId": "{EVENT.RECOVERY.ID}", "hostName": "roof-antenna-1", "hostIp": "10.0.0.9", "triggerId": "77"});
+    assert_eq!(
+        send(None, problem.clone()).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(Some("Bearer wrong".into()), problem.clone()).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let bearer = format!("Bearer {}", token.trim());
+    assert_eq!(
+        send(Some(bearer.clone()), problem.clone()).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(Some(bearer.clone()), problem.clone()).await.0,
+        StatusCode::OK
+    );
+    let (status, body) = send(Some(bearer.clone()), json!({"eventValue": "1"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let mut recovery = problem.clone();
+    recovery["eventValue"] = json!("0");
+    recovery["recoveryEventId"] = json!("4250");
+    assert_eq!(send(Some(bearer), recovery).await.0, StatusCode::OK);
+
+    let pool = app.admin_pool().await;
+    let rows: Vec<(String, Value)> = sqlx::query_as(
+        "SELECT type, payload FROM noc.outbox WHERE type LIKE 'network.%' ORDER BY created_at",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].0, "network.problem");
+    assert_eq!(rows[1].0, "network.recovered");
+    let data = |v: &Value| v.get("data").cloned().unwrap_or_else(|| v.clone());
+    assert_eq!(data(&rows[0].1)["eventId"], "4242");
+    assert_eq!(data(&rows[0].1)["host"], "roof-antenna-1");
+    assert_eq!(data(&rows[1].1)["recoveryOf"], "4242");
+}
