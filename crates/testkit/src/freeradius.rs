@@ -133,6 +133,14 @@ fn tail(path: &Path, n: usize) -> String {
 
 impl TestFreeRadius {
     pub async fn start(params: FreeRadiusParams) -> anyhow::Result<TestFreeRadius> {
+        // Readiness and requests go through radclient: fail clearly if it is missing.
+        Command::new(radclient_bin())
+            .arg("-v")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .with_context(|| format!("running {} -v (is freeradius-utils installed?)", radclient_bin()))?;
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
             match Self::try_start(&params).await {
