@@ -1,11 +1,10 @@
 //! buildings, buildingUnits and leads: fields, access and the rules that span fields.
 
 use async_trait::async_trait;
-use isp_events::outbox::enqueue;
 use isp_events::payloads::*;
 use isp_platform::auth::{Principal, Role, Roles};
 use isp_platform::collection::Hooks;
-use isp_platform::collection::{Change, Collection, Field, Kind};
+use isp_platform::collection::{publish_change, publish_doc, Change, Collection, Field, Kind};
 use isp_platform::{ApiError, ApiResult, FieldError, ServiceContext};
 use serde_json::{json, Value};
 use sqlx::PgConnection;
@@ -22,11 +21,6 @@ pub const UNIT_STATUS: &[&str] = &["Vacant", "Occupied", "Lead", "Subscriber"];
 pub const LEAD_STATUS: &[&str] = &["New", "Contacted", "Site Survey", "Converted", "Lost"];
 pub const LEAD_SOURCES: &[&str] = &["Partner Referral", "Website", "Direct Call"];
 pub const PARTNER_REFERRAL: &str = "Partner Referral";
-
-pub(crate) fn snapshot<T: serde::de::DeserializeOwned>(doc: &Value) -> ApiResult<T> {
-    serde_json::from_value(doc.clone())
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("snapshot: {e}")))
-}
 
 pub(crate) fn internal(e: anyhow::Error) -> ApiError {
     ApiError::Internal(e)
@@ -104,14 +98,7 @@ impl Hooks for BuildingHooks {
         doc: &Value,
         prev: Option<&Value>,
     ) -> ApiResult<()> {
-        let snap: BuildingSnapshot = snapshot(doc)?;
-        if prev.is_some() {
-            enqueue(tx, ctx.name, &BuildingUpdated(snap)).await
-        } else {
-            enqueue(tx, ctx.name, &BuildingCreated(snap)).await
-        }
-        .map_err(internal)?;
-        Ok(())
+        publish_change(tx, ctx, doc, prev, BuildingCreated, BuildingUpdated).await
     }
 
     async fn after_delete(
@@ -120,10 +107,7 @@ impl Hooks for BuildingHooks {
         ctx: &ServiceContext,
         doc: &Value,
     ) -> ApiResult<()> {
-        enqueue(tx, ctx.name, &BuildingDeleted(snapshot(doc)?))
-            .await
-            .map_err(internal)?;
-        Ok(())
+        publish_doc(tx, ctx, doc, BuildingDeleted).await
     }
 }
 
@@ -381,9 +365,7 @@ impl Hooks for LeadHooks {
             }
         }
         if prev.is_none() {
-            enqueue(tx, ctx.name, &LeadCreated(snapshot(doc)?))
-                .await
-                .map_err(internal)?;
+            publish_doc(tx, ctx, doc, LeadCreated).await?;
         }
         Ok(())
     }

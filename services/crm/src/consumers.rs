@@ -4,8 +4,8 @@
 //! late, older snapshot never overwrites a newer one.
 
 use isp_events::payloads::{
-    PartnerCreated, PartnerDeleted, PartnerSnapshot, PartnerUpdated, ResourceCreated,
-    ResourceDeleted, ResourceSnapshot, ResourceUpdated,
+    entity_change, PartnerCreated, PartnerDeleted, PartnerSnapshot, PartnerUpdated,
+    ResourceCreated, ResourceDeleted, ResourceSnapshot, ResourceUpdated,
 };
 use isp_events::{BoxFuture, CloudEvent, EventHandler};
 use sqlx::PgConnection;
@@ -21,16 +21,12 @@ impl EventHandler for CoreEvents {
         ev: &'a CloudEvent,
     ) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
-            if let Some(p) = ev.payload::<PartnerCreated>()? {
-                return upsert_partner(tx, &p, false).await;
+            match entity_change::<PartnerSnapshot, PartnerCreated, PartnerUpdated, PartnerDeleted>(
+                ev,
+            )? {
+                Some((p, deleted)) => upsert_partner(tx, &p, deleted).await,
+                None => Ok(()),
             }
-            if let Some(p) = ev.payload::<PartnerUpdated>()? {
-                return upsert_partner(tx, &p, false).await;
-            }
-            if let Some(p) = ev.payload::<PartnerDeleted>()? {
-                return upsert_partner(tx, &p, true).await;
-            }
-            Ok(())
         })
     }
 }
@@ -69,16 +65,16 @@ impl EventHandler for NocEvents {
         ev: &'a CloudEvent,
     ) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
-            if let Some(r) = ev.payload::<ResourceCreated>()? {
-                return upsert_resource(tx, &r, false).await;
+            match entity_change::<
+                ResourceSnapshot,
+                ResourceCreated,
+                ResourceUpdated,
+                ResourceDeleted,
+            >(ev)?
+            {
+                Some((r, deleted)) => upsert_resource(tx, &r, deleted).await,
+                None => Ok(()),
             }
-            if let Some(r) = ev.payload::<ResourceUpdated>()? {
-                return upsert_resource(tx, &r, false).await;
-            }
-            if let Some(r) = ev.payload::<ResourceDeleted>()? {
-                return upsert_resource(tx, &r, true).await;
-            }
-            Ok(())
         })
     }
 }
