@@ -181,10 +181,13 @@ sql {
 	delete_stale_sessions = yes
 
 	# Small pool: one connection at start, reconnect quickly after a database restart.
+	# max as upstream: one connection per worker thread. With fewer, a busy server
+	# answers Access-Reject ("Cannot open new connection, already at max") to
+	# subscribers whose credentials are fine (script/bench-radius showed it at -p 64).
 	pool {
 		start = 1
 		min = 1
-		max = 16
+		max = \${thread[pool].max_servers}
 		spare = 4
 		uses = 0
 		retry_delay = 1
