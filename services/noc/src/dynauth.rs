@@ -406,4 +406,81 @@ mod tests {
         other_id[1] = 10;
         assert_eq!(verify_response(&req, &other_id, secret), None);
     }
+
+    fn request(secret: &[u8]) -> Vec<u8> {
+        encode(
+            &Request {
+                code: DISCONNECT_REQUEST,
+                identifier: 3,
+                username: "ACC-1",
+                acct_session_id: "s-1",
+                nas_ip: Some("127.0.0.1".parse().unwrap()),
+                rate_limit: None,
+            },
+            secret,
+        )
+    }
+
+    fn answer(req: &[u8], code: u8, attrs: &[u8], secret: &[u8]) -> Vec<u8> {
+        let len = (20 + attrs.len()) as u16;
+        let mut resp = vec![code, req[1]];
+        resp.extend_from_slice(&len.to_be_bytes());
+        let auth = md5(&[&resp, &req[4..20], attrs, secret]);
+        resp.extend_from_slice(&auth);
+        resp.extend_from_slice(attrs);
+        resp
+    }
+
+    #[tokio::test]
+    async fn a_silent_nas_times_out_after_every_retry() {
+        let nas = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = nas.local_addr().unwrap();
+        let counter = tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            let mut n = 0;
+            while tokio::time::timeout(Duration::from_millis(400), nas.recv_from(&mut buf))
+                .await
+                .is_ok()
+            {
+                n += 1;
+            }
+            n
+        });
+        let (a, attempts) = exchange(addr, &request(b"k"), b"k", 3, Duration::from_millis(60))
+            .await
+            .unwrap();
+        assert_eq!((a, attempts), (None, 3));
+        assert_eq!(counter.await.unwrap(), 3, "the NAS saw three transmissions");
+    }
+
+    #[tokio::test]
+    async fn a_forged_answer_is_ignored_and_the_real_nak_is_recorded() {
+        let nas = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = nas.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            let (n, peer) = nas.recv_from(&mut buf).await.unwrap();
+            let req = buf[..n].to_vec();
+            nas.send_to(&answer(&req, DISCONNECT_ACK, &[], b"not-the-secret"), peer)
+                .await
+                .unwrap();
+            nas.send_to(
+                &answer(&req, DISCONNECT_NAK, &[ERROR_CAUSE, 6, 0, 0, 1, 247], b"k"),
+                peer,
+            )
+            .await
+            .unwrap();
+        });
+        let (a, attempts) = exchange(addr, &request(b"k"), b"k", 3, Duration::from_millis(500))
+            .await
+            .unwrap();
+        assert_eq!(attempts, 1);
+        assert_eq!(
+            a,
+            Some(Answer {
+                code: DISCONNECT_NAK,
+                error_cause: Some(503)
+            })
+        );
+    }
 }

@@ -434,6 +434,33 @@ async fn provisioning_suspension_and_reactivation_against_real_freeradius() {
     })
     .await;
     assert!(back.is_some(), "reactivated users are accepted again");
+
+    // New plan speeds: the reply changes and the NAS gets a CoA-Request for the
+    // open session, carrying the new Mikrotik-Rate-Limit.
+    let r = app
+        .patch(
+            &format!("/api/core/plans/{plan}"),
+            &admin,
+            json!({"uploadSpeed": 7, "downloadSpeed": 20}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let (code, valid, attrs) = tokio::time::timeout(Duration::from_secs(15), received.recv())
+        .await
+        .expect("a CoA-Request reaches the NAS")
+        .unwrap();
+    assert_eq!(code, 43, "CoA-Request");
+    assert!(valid);
+    let vsa = attrs
+        .iter()
+        .find(|(t, _)| *t == 26)
+        .map(|(_, v)| v.clone())
+        .expect("Vendor-Specific");
+    assert_eq!(&vsa[..4], &14988u32.to_be_bytes(), "MikroTik");
+    assert_eq!(vsa[4], 8, "Mikrotik-Rate-Limit");
+    assert_eq!(&vsa[6..], b"7M/20M");
+    let reply = fr.auth("ACC-000101", &password).await.unwrap();
+    assert_eq!(reply.attr("Mikrotik-Rate-Limit"), Some("7M/20M"));
 }
 
 #[tokio::test]
