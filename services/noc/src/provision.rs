@@ -95,51 +95,52 @@ pub async fn provision(
         )
     })?;
 
-    let mut ip: Option<String> = None;
-    if plan.ip_assignment_type == "Static-Public" {
-        if let Some(existing) = sub.assigned_ip {
-            ip = ip_text(tx, Some(&existing.to_string())).await?;
-        } else {
-            let pool = plan.static_ip_pool.ok_or_else(|| {
-                ApiError::conflict(format!("The plan {:?} has no static IP pool.", plan.name))
-            })?;
-            // The lowest Available address nobody else is taking right now: concurrent
-            // completions skip each other's locked rows instead of queueing on them,
-            // and never get the same address.
-            let row: Option<(Uuid, String)> = sqlx::query_as(
-                "SELECT id, ip_address FROM ip_addresses
+    // An address already linked (by a Network Engineer, or an earlier completion)
+    // is kept, whatever the plan; a Static-Public plan without one draws from its pool.
+    let mut ip: Option<String> = match sub.assigned_ip {
+        Some(existing) => ip_text(tx, Some(&existing.to_string())).await?,
+        None => None,
+    };
+    if plan.ip_assignment_type == "Static-Public" && sub.assigned_ip.is_none() {
+        let pool = plan.static_ip_pool.ok_or_else(|| {
+            ApiError::conflict(format!("The plan {:?} has no static IP pool.", plan.name))
+        })?;
+        // The lowest Available address nobody else is taking right now: concurrent
+        // completions skip each other's locked rows instead of queueing on them,
+        // and never get the same address.
+        let row: Option<(Uuid, String)> = sqlx::query_as(
+            "SELECT id, ip_address FROM ip_addresses
                  WHERE subnet = $1 AND status = 'Available'
                  ORDER BY ip_address::inet LIMIT 1 FOR UPDATE SKIP LOCKED",
-            )
-            .bind(pool)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some((addr, text)) = row else {
-                let network: Option<String> =
-                    sqlx::query_scalar("SELECT network FROM ip_subnets WHERE id = $1")
-                        .bind(pool)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                return Err(ApiError::conflict(format!(
+        )
+        .bind(pool)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((addr, text)) = row else {
+            let network: Option<String> =
+                sqlx::query_scalar("SELECT network FROM ip_subnets WHERE id = $1")
+                    .bind(pool)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            return Err(ApiError::conflict(format!(
                     "No Available address is left in the static IP pool {} of plan {:?}; add addresses or free one, then complete the order again.",
                     network.unwrap_or_else(|| pool.to_string()),
                     plan.name
                 )));
-            };
-            sqlx::query(
+        };
+        sqlx::query(
                 "UPDATE ip_addresses SET status = 'Assigned', assigned_to = $2, updated_at = now() WHERE id = $1",
             )
             .bind(addr)
             .bind(subscriber)
             .execute(&mut *tx)
             .await?;
-            sqlx::query("UPDATE subscribers SET assigned_ip = $2 WHERE id = $1")
-                .bind(subscriber)
-                .bind(addr)
-                .execute(&mut *tx)
-                .await?;
-            ip = Some(text);
-        }
+        sqlx::query("UPDATE subscribers SET assigned_ip = $2 WHERE id = $1")
+            .bind(subscriber)
+            .bind(addr)
+            .execute(&mut *tx)
+            .await?;
+        ip = Some(text);
     }
 
     let password = secrets

@@ -104,7 +104,7 @@ pub struct ZabbixWebhook {
 fn expanded(v: &Option<String>) -> Option<String> {
     v.as_deref()
         .map(str::trim)
-        .filter(|s| !s.is_empty() && !(s.starts_with('{') && s.ends_with('}')))
+        .filter(|s| !(s.is_empty() || s.starts_with('{') && s.ends_with('}')))
         .map(String::from)
 }
 

@@ -717,7 +717,7 @@ async fn ipam_subnets_are_validated_normalized_non_overlapping_and_addresses_fol
     );
     let one = app
         .get(
-            &format!("/api/noc/ipAddresses?where[ipAddress][equals]=10.30.20.7"),
+            "/api/noc/ipAddresses?where[ipAddress][equals]=10.30.20.7",
             &ne,
         )
         .await
