@@ -240,7 +240,10 @@ impl BillingEvents {
                 .execute(&mut *tx)
                 .await?;
             }
-            Some((_, seen, _)) if seen > s.updated_at => return Ok(()),
+            Some((_, seen, _)) if seen > s.updated_at => {
+                // Stale: a newer snapshot is already here (events can arrive out of order).
+                return self.ensure_installation_order(tx, s.id, created).await;
+            }
             Some((old_plan, _, username)) => {
                 sqlx::query(
                     "UPDATE subscribers SET first_name = $2, last_name = $3, account_number = $4, contact_phone = $5,
@@ -276,22 +279,30 @@ impl BillingEvents {
         .bind(&s.address_notes)
         .execute(&mut *tx)
         .await?;
-        if created {
-            // Exactly one automatic installation order per subscriber, however often
-            // subscriber.created arrives (the partial unique index decides).
-            sqlx::query(
-                "INSERT INTO work_orders (id, order_type, subscriber, status, subscriber_name, subscriber_phone, address_notes, automatic)
-                 VALUES ($1, 'New Installation', $2, 'Pending', $3, $4, $5, true)
-                 ON CONFLICT (subscriber) WHERE automatic DO NOTHING",
-            )
-            .bind(Uuid::now_v7())
-            .bind(s.id)
-            .bind(format!("{} {}", s.first_name, s.last_name))
-            .bind(s.contact_phone.as_ref().unwrap_or(&s.mpesa_number))
-            .bind(&s.address_notes)
-            .execute(&mut *tx)
-            .await?;
+        self.ensure_installation_order(tx, s.id, created).await
+    }
+
+    /// Exactly one automatic installation order per subscriber, however often (or
+    /// late) subscriber.created arrives: the partial unique index decides.
+    async fn ensure_installation_order(
+        &self,
+        tx: &mut PgConnection,
+        id: Uuid,
+        created: bool,
+    ) -> anyhow::Result<()> {
+        if !created {
+            return Ok(());
         }
+        sqlx::query(
+            "INSERT INTO work_orders (id, order_type, subscriber, status, subscriber_name, subscriber_phone, address_notes, automatic)
+             SELECT $1, 'New Installation', id, 'Pending', first_name || ' ' || last_name, contact_phone, address_notes, true
+             FROM subscribers WHERE id = $2
+             ON CONFLICT (subscriber) WHERE automatic DO NOTHING",
+        )
+        .bind(Uuid::now_v7())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         Ok(())
     }
 

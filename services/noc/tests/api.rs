@@ -1120,6 +1120,24 @@ async fn work_orders_go_to_active_technicians_only() {
     )
     .await;
 
+    // subscriber.created arriving after a newer subscriber.updated still opens the
+    // one installation order.
+    let late = Uuid::now_v7();
+    let created = subscriber(late, "ACC-000901", plan.parse().unwrap());
+    let mut updated = created.clone();
+    updated.updated_at = created.updated_at + chrono::Duration::seconds(5);
+    publish(&app, "billing", &SubscriberUpdated(updated)).await;
+    wait_projected(
+        &app,
+        &format!("SELECT count(*) FROM noc.subscribers WHERE id = '{late}'"),
+    )
+    .await;
+    publish(&app, "billing", &SubscriberCreated(created)).await;
+    assert_eq!(
+        installation_order(&app, &ne, late).await["orderType"],
+        "New Installation"
+    );
+
     let r = app
         .post(
             "/api/noc/workOrders",
