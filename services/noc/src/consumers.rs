@@ -264,7 +264,7 @@ impl BillingEvents {
                 .execute(&mut *tx)
                 .await?;
                 if old_plan != s.service_plan {
-                    self.plan_changed(tx, s.id, &username, s.service_plan)
+                    self.plan_changed(tx, s.id, &username, old_plan, s.service_plan)
                         .await?;
                 }
             }
@@ -306,20 +306,26 @@ impl BillingEvents {
         Ok(())
     }
 
-    /// A subscriber moved to another plan: new rate limit, CoA to open sessions.
+    /// A subscriber moved to another plan: new rate limit and a CoA-Request to open
+    /// sessions. Moving onto a Static-Public plan without an address draws one from
+    /// the new pool; leaving a Static-Public plan frees the address its pool gave.
+    /// An address change needs a new session, so open ones are disconnected.
     async fn plan_changed(
         &self,
         tx: &mut PgConnection,
         id: Uuid,
         user: &str,
+        old_plan: Uuid,
         plan: Uuid,
     ) -> anyhow::Result<()> {
-        let provisioned: bool = sqlx::query_scalar(
-            "SELECT provisioned_at IS NOT NULL AND status <> 'Deactivated' FROM subscribers WHERE id = $1",
+        let row: (bool, Option<Uuid>, String) = sqlx::query_as(
+            "SELECT provisioned_at IS NOT NULL AND status <> 'Deactivated', assigned_ip, connection_type
+             FROM subscribers WHERE id = $1",
         )
         .bind(id)
         .fetch_one(&mut *tx)
         .await?;
+        let (provisioned, assigned_ip, connection_type) = row;
         let Some(p) = provision::plan(tx, plan).await? else {
             return Ok(());
         };
@@ -328,7 +334,61 @@ impl BillingEvents {
         }
         let rate = radius::rate_limit(p.upload_speed, p.download_speed);
         radius::set_rate_limit(tx, user, &rate).await?;
-        radius::queue_for_open_sessions(tx, "CoA", id, user, Some(&rate)).await?;
+        let old = provision::plan(tx, old_plan).await?;
+        let address_changed = if p.ip_assignment_type == "Static-Public" && assigned_ip.is_none() {
+            match provision::allocate(tx, id, p.static_ip_pool).await? {
+                Some((_, ip)) => {
+                    radius::set_framed_ip(tx, user, Some(&ip)).await?;
+                    Some(Some(ip))
+                }
+                None => {
+                    tracing::warn!(subscriber = %id, plan = %plan, "plan change: the static IP pool is full; the subscriber stays on a dynamic address");
+                    None
+                }
+            }
+        } else if let (Some(addr), Some(old)) = (assigned_ip, old) {
+            let from_old_pool: bool = p.ip_assignment_type != "Static-Public"
+                && old.static_ip_pool.is_some()
+                && sqlx::query_scalar("SELECT subnet = $2 FROM ip_addresses WHERE id = $1")
+                    .bind(addr)
+                    .bind(old.static_ip_pool)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .unwrap_or(false);
+            if from_old_pool {
+                provision::release_ip(tx, addr).await?;
+                radius::set_framed_ip(tx, user, None).await?;
+                Some(None)
+            } else {
+                None
+            }
+        } else {
+            None
+        };
+        match address_changed {
+            Some(ip) => {
+                radius::queue_for_open_sessions(tx, "Disconnect", id, user, None).await?;
+                let router: Option<Uuid> =
+                    sqlx::query_scalar("SELECT router FROM subscribers WHERE id = $1")
+                        .bind(id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                isp_events::outbox::enqueue(
+                    tx,
+                    "noc",
+                    &SubscriberNetworkUpdated {
+                        subscriber_id: id,
+                        connection_type,
+                        assigned_ip: ip,
+                        router,
+                    },
+                )
+                .await?;
+            }
+            None => {
+                radius::queue_for_open_sessions(tx, "CoA", id, user, Some(&rate)).await?;
+            }
+        }
         Ok(())
     }
 }

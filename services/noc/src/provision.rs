@@ -69,6 +69,41 @@ pub async fn release_ip(tx: &mut PgConnection, id: Uuid) -> sqlx::Result<()> {
     Ok(())
 }
 
+/// Takes the lowest Available address of `pool` that nobody else is taking right
+/// now and links it to the subscriber (both sides). Concurrent allocations skip
+/// each other's locked rows instead of queueing on them, so they never get the
+/// same address. None when the pool has no Available address left.
+pub async fn allocate(
+    tx: &mut PgConnection,
+    subscriber: Uuid,
+    pool: Option<Uuid>,
+) -> sqlx::Result<Option<(Uuid, String)>> {
+    let Some(pool) = pool else { return Ok(None) };
+    let row: Option<(Uuid, String)> = sqlx::query_as(
+        "SELECT id, ip_address FROM ip_addresses
+         WHERE subnet = $1 AND status = 'Available'
+         ORDER BY ip_address::inet LIMIT 1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(pool)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some((addr, _)) = &row {
+        sqlx::query(
+            "UPDATE ip_addresses SET status = 'Assigned', assigned_to = $2, updated_at = now() WHERE id = $1",
+        )
+        .bind(addr)
+        .bind(subscriber)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE subscribers SET assigned_ip = $2, updated_at = now() WHERE id = $1")
+            .bind(subscriber)
+            .bind(addr)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(row)
+}
+
 /// Puts the subscriber on the network and publishes `subscriber.provisioned`.
 pub async fn provision(
     tx: &mut PgConnection,
@@ -105,41 +140,18 @@ pub async fn provision(
         let pool = plan.static_ip_pool.ok_or_else(|| {
             ApiError::conflict(format!("The plan {:?} has no static IP pool.", plan.name))
         })?;
-        // The lowest Available address nobody else is taking right now: concurrent
-        // completions skip each other's locked rows instead of queueing on them,
-        // and never get the same address.
-        let row: Option<(Uuid, String)> = sqlx::query_as(
-            "SELECT id, ip_address FROM ip_addresses
-                 WHERE subnet = $1 AND status = 'Available'
-                 ORDER BY ip_address::inet LIMIT 1 FOR UPDATE SKIP LOCKED",
-        )
-        .bind(pool)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((addr, text)) = row else {
+        let Some((_, text)) = allocate(tx, subscriber, Some(pool)).await? else {
             let network: Option<String> =
                 sqlx::query_scalar("SELECT network FROM ip_subnets WHERE id = $1")
                     .bind(pool)
                     .fetch_optional(&mut *tx)
                     .await?;
             return Err(ApiError::conflict(format!(
-                    "No Available address is left in the static IP pool {} of plan {:?}; add addresses or free one, then complete the order again.",
-                    network.unwrap_or_else(|| pool.to_string()),
-                    plan.name
-                )));
+                "No Available address is left in the static IP pool {} of plan {:?}; add addresses or free one, then complete the order again.",
+                network.unwrap_or_else(|| pool.to_string()),
+                plan.name
+            )));
         };
-        sqlx::query(
-                "UPDATE ip_addresses SET status = 'Assigned', assigned_to = $2, updated_at = now() WHERE id = $1",
-            )
-            .bind(addr)
-            .bind(subscriber)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE subscribers SET assigned_ip = $2 WHERE id = $1")
-            .bind(subscriber)
-            .bind(addr)
-            .execute(&mut *tx)
-            .await?;
         ip = Some(text);
     }
 

@@ -1375,3 +1375,88 @@ async fn zabbix_webhook_needs_the_token_and_publishes_each_event_once() {
     assert_eq!(data(&rows[0].1)["host"], "roof-antenna-1");
     assert_eq!(data(&rows[1].1)["recoveryOf"], "4242");
 }
+
+#[tokio::test]
+async fn moving_between_dynamic_and_static_plans_takes_and_frees_the_static_address() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (_, static_plan_id) = static_plan(&app, &admin, "192.0.2.192/29", 4, 8).await;
+    let r = app
+        .post(
+            "/api/core/plans",
+            &admin,
+            json!({"name": "Home 10", "downloadSpeed": 10, "uploadSpeed": 5, "price": 2500, "billingCycle": "Monthly"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let dynamic = r.body["doc"]["id"].as_str().unwrap().to_string();
+    wait_projected(
+        &app,
+        &format!("SELECT count(*) FROM noc.plans WHERE id = '{dynamic}'"),
+    )
+    .await;
+
+    let sub = Uuid::now_v7();
+    let mut snap = subscriber(sub, "ACC-000555", dynamic.parse().unwrap());
+    publish(&app, "billing", &SubscriberCreated(snap.clone())).await;
+    let order = installation_order(&app, &admin, sub).await;
+    let r = app
+        .patch(
+            &format!("/api/noc/workOrders/{}", order["id"].as_str().unwrap()),
+            &admin,
+            json!({"status": "Completed"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let framed = "SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000555' AND attribute = 'Framed-IP-Address'";
+    assert_eq!(
+        scalar_i64(&app, framed).await,
+        0,
+        "dynamic plans get no Framed-IP-Address"
+    );
+
+    snap.service_plan = static_plan_id.parse().unwrap();
+    snap.updated_at = chrono::Utc::now();
+    publish(&app, "billing", &SubscriberUpdated(snap.clone())).await;
+    wait_projected(&app, "SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000555' AND attribute = 'Framed-IP-Address' AND value = '192.0.2.193'").await;
+    assert_eq!(
+        scalar_i64(
+            &app,
+            "SELECT count(*) FROM noc.ip_addresses WHERE status = 'Assigned'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        scalar_i64(&app, "SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000555' AND value = '4M/8M'").await,
+        1
+    );
+
+    snap.service_plan = dynamic.parse().unwrap();
+    snap.updated_at = chrono::Utc::now();
+    publish(&app, "billing", &SubscriberUpdated(snap)).await;
+    wait_projected(
+        &app,
+        "SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000555' AND value = '5M/10M'",
+    )
+    .await;
+    assert_eq!(scalar_i64(&app, framed).await, 0);
+    assert_eq!(
+        scalar_i64(
+            &app,
+            "SELECT count(*) FROM noc.ip_addresses WHERE status = 'Assigned'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        scalar_i64(
+            &app,
+            &format!(
+                "SELECT count(*) FROM noc.subscribers WHERE id = '{sub}' AND assigned_ip IS NULL"
+            )
+        )
+        .await,
+        1
+    );
+}
