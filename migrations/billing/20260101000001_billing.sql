@@ -4,7 +4,8 @@
 -- them back to the field in its 400/409 answers.
 
 -- UUIDv7 for rows and events written by set-based SQL (Postgres 15 has no uuidv7()):
--- 48 bits of Unix milliseconds, then random bits, version 7, RFC 4122 variant.
+-- 48 bits of Unix milliseconds, then random bits, version 7 (set_bit numbers bits
+-- from the least significant bit of each byte), RFC 4122 variant from gen_random_uuid.
 CREATE FUNCTION uuid_v7() RETURNS uuid
 LANGUAGE sql VOLATILE AS $$
     SELECT encode(
@@ -12,7 +13,7 @@ LANGUAGE sql VOLATILE AS $$
             overlay(uuid_send(gen_random_uuid())
                     PLACING substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
                     FROM 1 FOR 6),
-            52, 1), 53, 1), 54, 0), 55, 1),
+            52, 1), 53, 1), 54, 1), 55, 0),
         'hex')::uuid
 $$;
 

@@ -51,17 +51,23 @@ pub struct RunReport {
 /// periods in a row); anything beyond is picked up by the next run.
 const MAX_CATCH_UP: usize = 24;
 
+/// Who is due, computed completely before any invoice is inserted. (Inside one
+/// statement the planner may interleave the anti-join with the insert and rescan
+/// the growing invoices heap per row: quadratic. A temporary table, analyzed,
+/// keeps every step a hash or merge join.)
+const DUE_SQL: &str = r#"
+CREATE TEMP TABLE billing_run_due ON COMMIT DROP AS
+SELECT s.id, s.account_number, s.next_due_date AS ps,
+       add_cycle(s.next_due_date, s.billing_cycle, s.billing_anchor_day) AS pe,
+       p.price, p.name, s.account_balance AS bal
+FROM subscribers s JOIN plans p ON p.id = s.service_plan
+WHERE s.status = 'Active' AND s.next_due_date <= $1
+  AND (s.trial_end_date IS NULL OR s.trial_end_date < $1)
+  AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.subscriber_id = s.id AND i.period_start = s.next_due_date)
+"#;
+
 const INVOICE_SQL: &str = r#"
-WITH due AS (
-    SELECT s.id, s.next_due_date AS ps,
-           add_cycle(s.next_due_date, s.billing_cycle, s.billing_anchor_day) AS pe,
-           p.price, p.name, s.account_balance AS bal
-    FROM subscribers s JOIN plans p ON p.id = s.service_plan
-    WHERE s.status = 'Active' AND s.next_due_date <= $1
-      AND (s.trial_end_date IS NULL OR s.trial_end_date < $1)
-      AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.subscriber_id = s.id AND i.period_start = s.next_due_date)
-    ORDER BY s.account_number
-), ins AS (
+WITH ins AS (
     INSERT INTO invoices (id, invoice_number, subscriber_id, amount_due, amount_paid, due_date, status,
                           line_items, period_start, period_end)
     SELECT uuid_v7(), 'INV-' || lpad(nextval('invoice_number_seq')::text, 6, '0'), d.id, d.price,
@@ -71,7 +77,7 @@ WITH due AS (
                'description', d.name || ' ' || to_char(d.ps, 'YYYY-MM-DD') || ' to ' || to_char(d.pe - 1, 'YYYY-MM-DD'),
                'quantity', 1, 'price', to_char(d.price, 'FM999999999990.00'))),
            d.ps, d.pe
-    FROM due d
+    FROM (SELECT * FROM billing_run_due ORDER BY account_number) d
     ON CONFLICT (subscriber_id, period_start) DO NOTHING
     RETURNING id, invoice_number, subscriber_id, amount_due, due_date, status, period_end, updated_at
 ), sub AS (
@@ -80,7 +86,8 @@ WITH due AS (
            next_due_date = CASE WHEN i.status = 'Paid' THEN i.period_end ELSE s.next_due_date END,
            updated_at = CASE WHEN i.status = 'Paid' THEN now() ELSE s.updated_at END
       FROM ins i WHERE s.id = i.subscriber_id
-    RETURNING s.id, i.status = 'Paid' AS moved, subscriber_snapshot(s) AS snap
+    RETURNING s.id, i.status = 'Paid' AS moved,
+              CASE WHEN i.status = 'Paid' THEN subscriber_snapshot(s) END AS snap
 ), ev AS (
     INSERT INTO outbox (id, subject, type, payload)
     SELECT e.id, 'isp.billing.invoice.created', 'invoice.created',
@@ -194,10 +201,14 @@ pub async fn run(pool: &PgPool, date: NaiveDate, trigger: &str) -> anyhow::Resul
 pub async fn invoice_due(tx: &mut PgConnection, date: NaiveDate) -> anyhow::Result<i64> {
     let mut total = 0;
     for _ in 0..MAX_CATCH_UP {
-        let n: i64 = sqlx::query_scalar(INVOICE_SQL)
-            .bind(date)
-            .fetch_one(&mut *tx)
+        sqlx::query("DROP TABLE IF EXISTS billing_run_due")
+            .execute(&mut *tx)
             .await?;
+        sqlx::query(DUE_SQL).bind(date).execute(&mut *tx).await?;
+        sqlx::query("ANALYZE billing_run_due")
+            .execute(&mut *tx)
+            .await?;
+        let n: i64 = sqlx::query_scalar(INVOICE_SQL).fetch_one(&mut *tx).await?;
         total += n;
         if n == 0 {
             break;

@@ -1050,6 +1050,28 @@ async fn daily_run_marks_overdue_suspends_unless_grace_and_logs_each_run() {
     }
     let r = app.post("/api/billing/dailyRuns", &admin, json!({})).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // Events written by set-based SQL honour the same contract as the typed ones.
+    use isp_events::payloads::*;
+    let pool = app.admin_pool().await;
+    let rows: Vec<(String, String, Value)> =
+        sqlx::query_as("SELECT subject, type, payload FROM billing.outbox")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    for (subject, ty, payload) in rows {
+        let ev = CloudEvent::from_json(payload.to_string().as_bytes()).unwrap();
+        assert_eq!(subject, format!("isp.billing.{ty}"));
+        assert_eq!(ev.id.get_version_num(), 7, "{ty}");
+        let ok = match ty.as_str() {
+            "invoice.created" => ev.payload::<InvoiceCreated>().unwrap().is_some(),
+            "invoice.overdue" => ev.payload::<InvoiceOverdue>().unwrap().is_some(),
+            "subscriber.suspended" => ev.payload::<SubscriberSuspended>().unwrap().is_some(),
+            "subscriber.updated" => ev.payload::<SubscriberUpdated>().unwrap().is_some(),
+            "subscriber.created" => ev.payload::<SubscriberCreated>().unwrap().is_some(),
+            other => panic!("unexpected event {other}"),
+        };
+        assert!(ok, "{ty}");
+    }
 }
 
 #[tokio::test]
