@@ -6,7 +6,9 @@ use async_trait::async_trait;
 use isp_events::outbox::enqueue;
 use isp_events::payloads::*;
 use isp_platform::auth::{Principal, Role, Roles};
-use isp_platform::collection::{Change, Collection, Field, Hooks, Kind, Scope, SqlValue};
+use isp_platform::collection::{
+    publish_change, publish_doc, Change, Collection, Field, Hooks, Kind, Scope, SqlValue,
+};
 use isp_platform::{ApiError, ApiResult, FieldError, ServiceContext};
 use serde_json::{json, Map, Value};
 use sqlx::PgConnection;
@@ -37,10 +39,6 @@ pub const MAX_SUBNET_ADDRESSES: u128 = 4096;
 
 fn internal(e: anyhow::Error) -> ApiError {
     ApiError::Internal(e)
-}
-
-fn snapshot<T: serde::de::DeserializeOwned>(doc: &Value) -> ApiResult<T> {
-    serde_json::from_value(doc.clone()).map_err(|e| internal(anyhow::anyhow!("snapshot: {e}")))
 }
 
 fn doc_id(doc: &Value) -> Uuid {
@@ -365,14 +363,7 @@ impl Hooks for ResourceHooks {
         previous: Option<&Value>,
     ) -> ApiResult<()> {
         sync_nas(tx, doc).await?;
-        let snap: ResourceSnapshot = snapshot(doc)?;
-        if previous.is_some() {
-            enqueue(tx, ctx.name, &ResourceUpdated(snap)).await
-        } else {
-            enqueue(tx, ctx.name, &ResourceCreated(snap)).await
-        }
-        .map_err(internal)?;
-        Ok(())
+        publish_change(tx, ctx, doc, previous, ResourceCreated, ResourceUpdated).await
     }
 
     async fn after_delete(
@@ -385,10 +376,7 @@ impl Hooks for ResourceHooks {
             .bind(doc_id(doc).to_string())
             .execute(&mut *tx)
             .await?;
-        enqueue(tx, ctx.name, &ResourceDeleted(snapshot(doc)?))
-            .await
-            .map_err(internal)?;
-        Ok(())
+        publish_doc(tx, ctx, doc, ResourceDeleted).await
     }
 }
 

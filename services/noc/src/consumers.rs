@@ -20,14 +20,10 @@ impl EventHandler for CoreEvents {
         ev: &'a CloudEvent,
     ) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
-            if let Some(p) = ev.payload::<PlanCreated>()? {
-                return upsert_plan(tx, &p, false).await;
-            }
-            if let Some(p) = ev.payload::<PlanUpdated>()? {
-                return upsert_plan(tx, &p, false).await;
-            }
-            if let Some(p) = ev.payload::<PlanDeleted>()? {
-                return upsert_plan(tx, &p, true).await;
+            if let Some((p, deleted)) =
+                entity_change::<PlanSnapshot, PlanCreated, PlanUpdated, PlanDeleted>(ev)?
+            {
+                return upsert_plan(tx, &p, deleted).await;
             }
             if let Some(s) = ev.payload::<StaffCreated>()? {
                 return upsert_staff(tx, &s).await;
@@ -112,13 +108,13 @@ impl EventHandler for CrmEvents {
         ev: &'a CloudEvent,
     ) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
-            let (b, deleted) = if let Some(b) = ev.payload::<BuildingCreated>()? {
-                (b.0, false)
-            } else if let Some(b) = ev.payload::<BuildingUpdated>()? {
-                (b.0, false)
-            } else if let Some(b) = ev.payload::<BuildingDeleted>()? {
-                (b.0, true)
-            } else {
+            let Some((b, deleted)) = entity_change::<
+                BuildingSnapshot,
+                BuildingCreated,
+                BuildingUpdated,
+                BuildingDeleted,
+            >(ev)?
+            else {
                 return Ok(());
             };
             sqlx::query(
