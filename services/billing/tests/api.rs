@@ -1127,6 +1127,33 @@ async fn billing_cycles_keep_the_anchor_day_across_month_ends() {
     }
 }
 
+#[tokio::test]
+async fn openapi_documents_the_custom_operations() {
+    let app = app().await;
+    let r = app
+        .request(
+            reqwest::Method::GET,
+            "/api/billing/openapi.json",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    for path in [
+        "/api/billing/subscribers",
+        "/api/billing/invoices",
+        "/api/billing/payments",
+        "/api/billing/expenses/{id}/receipt",
+        "/api/billing/jobs/daily-run",
+        "/api/billing/dailyRuns",
+    ] {
+        assert!(r.body["paths"].get(path).is_some(), "{path}");
+    }
+    assert!(r.body["paths"]["/api/billing/subscribers"]
+        .get("post")
+        .is_some());
+}
+
 // ---- expenses -----------------------------------------------------------------------
 
 fn multipart(filename: &str, data: &[u8]) -> (String, Vec<u8>) {
