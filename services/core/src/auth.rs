@@ -259,7 +259,7 @@ async fn current(st: &AuthState, parts_token: Option<&str>) -> ApiResult<(StaffA
     Ok((row, claims))
 }
 
-#[utoipa::path(get, path = "/api/core/staff/me", tag = "staff", responses((status = 200, description = "{user, exp}"), (status = 401)))]
+#[utoipa::path(get, path = "/api/core/staff/me", security(("jwt" = [])), tag = "staff", responses((status = 200, description = "{user, exp}"), (status = 401)))]
 async fn me(
     State(st): State<AuthState>,
     req: axum::http::request::Parts,
@@ -272,7 +272,7 @@ async fn me(
     ))
 }
 
-#[utoipa::path(post, path = "/api/core/staff/logout", tag = "staff", responses((status = 200), (status = 401)))]
+#[utoipa::path(post, path = "/api/core/staff/logout", security(("jwt" = [])), tag = "staff", responses((status = 200), (status = 401)))]
 async fn logout(
     State(st): State<AuthState>,
     req: axum::http::request::Parts,
@@ -287,7 +287,7 @@ async fn logout(
     ))
 }
 
-#[utoipa::path(post, path = "/api/core/staff/refresh-token", tag = "staff", responses((status = 200, description = "{message, refreshedToken, exp, user}"), (status = 401)))]
+#[utoipa::path(post, path = "/api/core/staff/refresh-token", security(("jwt" = [])), tag = "staff", responses((status = 200, description = "{message, refreshedToken, exp, user}"), (status = 401)))]
 async fn refresh(
     State(st): State<AuthState>,
     req: axum::http::request::Parts,
@@ -301,7 +301,7 @@ async fn refresh(
     ))
 }
 
-#[utoipa::path(post, path = "/api/core/staff/unlock", tag = "staff", request_body = UnlockInput, responses((status = 200), (status = 403), (status = 404)))]
+#[utoipa::path(post, path = "/api/core/staff/unlock", security(("jwt" = [])), tag = "staff", request_body = UnlockInput, responses((status = 200), (status = 403), (status = 404)))]
 async fn unlock(
     State(st): State<AuthState>,
     p: Principal,

@@ -733,3 +733,25 @@ async fn a_requests_trace_context_travels_with_the_events_it_causes() {
         r.headers()["traceparent"].to_str().unwrap()
     ));
 }
+
+#[tokio::test]
+async fn authenticated_custom_operations_declare_the_jwt_scheme_in_openapi() {
+    let app = app().await;
+    let spec = app
+        .request(reqwest::Method::GET, "/api/core/openapi.json", None, None)
+        .await
+        .body;
+    for (path, method) in [
+        ("/api/core/staff/me", "get"),
+        ("/api/core/staff/logout", "post"),
+        ("/api/core/staff/unlock", "post"),
+        ("/api/core/plans", "post"),
+    ] {
+        assert_eq!(
+            spec["paths"][path][method]["security"][0]["jwt"],
+            json!([]),
+            "{method} {path}"
+        );
+    }
+    assert!(spec["paths"]["/api/core/staff/login"]["post"]["security"].is_null());
+}
