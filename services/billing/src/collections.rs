@@ -387,6 +387,7 @@ struct InvoiceHooks;
 #[async_trait]
 impl Hooks for InvoiceHooks {
     async fn before_change(&self, tx: &mut PgConnection, c: &mut Change<'_>) -> ApiResult<()> {
+        crate::daily::wait_for_run(tx).await?;
         let old = c
             .existing
             .and_then(|e| e["status"].as_str())
@@ -615,6 +616,7 @@ impl Hooks for PaymentHooks {
         let Some(invoice) = c.uuid("invoice") else {
             return Ok(()); // required check names it
         };
+        crate::daily::wait_for_run(tx).await?;
         let row: Option<(String, Uuid)> =
             sqlx::query_as("SELECT status, subscriber_id FROM invoices WHERE id = $1 FOR UPDATE")
                 .bind(invoice)

@@ -150,13 +150,28 @@ WITH su AS (
 SELECT count(*) FROM su
 "#;
 
+/// The run holds this lock exclusively; payments and invoice edits hold it shared.
+/// The run touches subscribers and invoices in bulk in an order a single payment
+/// cannot follow (invoice, then subscriber), so without it the two could
+/// deadlock; with it a payment simply waits for a running run (seconds).
+const RUN_LOCK: &str = "hashtextextended('billing.daily_run', 0)";
+
+/// Waits for a running daily run to finish, and keeps the next one from starting
+/// until this transaction ends.
+pub async fn wait_for_run(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!("SELECT pg_advisory_xact_lock_shared({RUN_LOCK})"))
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
 /// Runs the daily job for `date` and logs it. Safe to call concurrently and
 /// repeatedly.
 pub async fn run(pool: &PgPool, date: NaiveDate, trigger: &str) -> anyhow::Result<RunReport> {
     let started = Instant::now();
     let started_at = Utc::now();
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('billing.daily_run', 0))")
+    sqlx::query(&format!("SELECT pg_advisory_xact_lock({RUN_LOCK})"))
         .execute(&mut *tx)
         .await?;
     let invoices_created = invoice_due(&mut tx, date).await?;
