@@ -1343,3 +1343,37 @@ async fn mpesa_confirmed_payment_is_recorded_once_per_receipt_against_the_accoun
         1
     );
 }
+
+#[tokio::test]
+async fn scheduler_catches_up_at_start_when_todays_run_time_has_passed() {
+    let app = app().await;
+    let schedule = svc_billing::daily::Schedule {
+        at: chrono::NaiveTime::from_hms_opt(0, 0, 0).unwrap(),
+        enabled: true,
+    };
+    svc_billing::daily::spawn_scheduler(app.ctx("billing"), schedule);
+    let today = chrono::Utc::now()
+        .with_timezone(&chrono_tz::Africa::Nairobi)
+        .date_naive();
+    let pool = app.admin_pool().await;
+    let ran = eventually(10, || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM billing.daily_runs WHERE trigger = 'Scheduler' AND run_date = $1",
+        )
+        .bind(today)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (n == 1).then_some(())
+    })
+    .await;
+    assert!(ran.is_some(), "no catch-up run for {today}");
+    // A second scheduler (another replica) finds today's run logged and waits for tomorrow.
+    svc_billing::daily::spawn_scheduler(app.ctx("billing"), schedule);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM billing.daily_runs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
