@@ -1,0 +1,221 @@
+//! DESIGN section 5, flows 4 and 5 across the whole fleet over real HTTP, Postgres,
+//! NATS and FreeRADIUS: an installed subscriber is online -> the daily run finds
+//! the first invoice overdue and Billing suspends -> NOC blocks the RADIUS account
+//! and sends an RFC 5176 Disconnect-Request to the subscriber's NAS -> the Billing
+//! Manager records the payment -> Billing reactivates -> FreeRADIUS accepts again.
+
+use std::time::Duration;
+
+use isp_testkit::freeradius::{FreeRadiusParams, TestFreeRadius};
+use isp_testkit::{eventually, Res, TestApp};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+fn id(r: &Res) -> String {
+    r.body["doc"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no id in {:?} {:?}", r.status, r.body))
+        .to_string()
+}
+
+/// A NAS that records the Dynamic Authorization requests it receives (code and
+/// attributes) without answering: the NOC records the timeout, the test the packet.
+async fn listening_nas() -> (
+    u16,
+    tokio::sync::mpsc::UnboundedReceiver<(u8, Vec<(u8, Vec<u8>)>)>,
+) {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = sock.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        while let Ok((n, _)) = sock.recv_from(&mut buf).await {
+            let mut attrs = vec![];
+            let mut i = 20;
+            while i + 2 <= n && buf[i + 1] >= 2 {
+                let l = buf[i + 1] as usize;
+                attrs.push((buf[i], buf[i + 2..(i + l).min(n)].to_vec()));
+                i += l;
+            }
+            let _ = tx.send((buf[0], attrs));
+        }
+    });
+    (port, rx)
+}
+
+async fn status_of(app: &TestApp, token: &str, sub: &str, want: &str) -> Option<Value> {
+    eventually(15, || async {
+        let r = app
+            .get(&format!("/api/billing/subscribers/{sub}"), token)
+            .await;
+        (r.body["status"] == want).then_some(r.body)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_overdue_subscriber_is_suspended_disconnected_and_restored_after_paying() {
+    let app = TestApp::spawn(&isp::fleet()).await;
+    let fr = TestFreeRadius::start(FreeRadiusParams::for_database(
+        &app.db.host,
+        app.db.port,
+        &app.db.name,
+    ))
+    .await
+    .expect("FreeRADIUS");
+    let admin = app.admin_token().await;
+    let (billing, _) = app.staff_token("Billing Manager").await;
+    let (ne, _) = app.staff_token("Network Engineer").await;
+
+    // A Dynamic plan, known to Billing and NOC through Core's events.
+    let r = app
+        .post("/api/core/plans", &admin, json!({"name": "Home 10", "downloadSpeed": 10, "uploadSpeed": 5, "price": 2500, "billingCycle": "Monthly"}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let plan = id(&r);
+    let walk_in = json!({"firstName": "Otieno", "lastName": "Odhiambo", "mpesaNumber": "0722333444", "servicePlan": plan, "billingCycle": "Monthly"});
+    let created = eventually(15, || async {
+        let r = app
+            .post("/api/billing/subscribers", &admin, walk_in.clone())
+            .await;
+        (r.status == StatusCode::CREATED).then_some(r)
+    })
+    .await
+    .expect("Billing learns the plan and creates the walk-in subscriber");
+    let sub = created.body["doc"]["id"].as_str().unwrap().to_string();
+    let invoice = created.body["invoice"]["id"].as_str().unwrap().to_string();
+    let due = created.body["invoice"]["dueDate"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let amount = created.body["invoice"]["amountDue"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Installed: the NOC engineer completes the automatic work order.
+    let order = eventually(15, || async {
+        let r = app
+            .get(
+                &format!("/api/noc/workOrders?where[subscriber][equals]={sub}"),
+                &ne,
+            )
+            .await;
+        r.body["docs"][0]["id"].as_str().map(String::from)
+    })
+    .await
+    .expect("installation work order");
+    let r = app
+        .patch(
+            &format!("/api/noc/workOrders/{order}"),
+            &ne,
+            json!({"status": "Completed"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert!(
+        status_of(&app, &admin, &sub, "Active").await.is_some(),
+        "Billing activates after provisioning"
+    );
+    let tech = app
+        .get(&format!("/api/noc/subscribers/{sub}"), &ne)
+        .await
+        .body;
+    let (user, pass) = (
+        tech["radiusUsername"].as_str().unwrap().to_string(),
+        tech["radiusPassword"].as_str().unwrap().to_string(),
+    );
+    assert!(
+        fr.auth(&user, &pass).await.unwrap().accepted,
+        "{}",
+        fr.log()
+    );
+
+    // Online through a router the NOC knows as a NAS.
+    let (nas_port, mut nas) = listening_nas().await;
+    let r = app
+        .post(
+            "/api/noc/resources",
+            &ne,
+            json!({"resourceName": "Estate router", "resourceType": "Router", "status": "Deployed",
+                   "managementIp": "127.0.0.1", "nasSecret": "estate-secret", "dynauthPort": nas_port}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let acct = fr
+        .accounting(&[
+            ("Acct-Status-Type", "Start"),
+            ("Acct-Session-Id", "5000001"),
+            ("User-Name", &user),
+            ("NAS-IP-Address", "127.0.0.1"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(acct.code, "Accounting-Response", "{}", fr.log());
+
+    // The day after the first invoice fell due, the daily run suspends.
+    let day_after = (chrono::NaiveDate::parse_from_str(&due, "%Y-%m-%d").unwrap()
+        + chrono::Days::new(1))
+    .to_string();
+    let r = app
+        .post(
+            "/api/billing/jobs/daily-run",
+            &admin,
+            json!({"date": day_after}),
+        )
+        .await;
+    assert!(r.status.is_success(), "{:?}", r.body);
+    assert!(
+        status_of(&app, &admin, &sub, "Suspended").await.is_some(),
+        "Billing suspends the overdue subscriber"
+    );
+    let inv = app
+        .get(&format!("/api/billing/invoices/{invoice}"), &billing)
+        .await;
+    assert_eq!(inv.body["status"], "Overdue");
+
+    let (code, attrs) = tokio::time::timeout(Duration::from_secs(20), nas.recv())
+        .await
+        .expect("a Disconnect-Request reaches the NAS")
+        .unwrap();
+    assert_eq!(code, 40, "Disconnect-Request");
+    let attr = |t: u8| {
+        attrs
+            .iter()
+            .find(|(a, _)| *a == t)
+            .map(|(_, v)| String::from_utf8_lossy(v).to_string())
+    };
+    assert_eq!(attr(1).as_deref(), Some(user.as_str()));
+    assert_eq!(attr(44).as_deref(), Some("5000001"));
+    let rejected = eventually(10, || async {
+        (!fr.auth(&user, &pass).await.unwrap().accepted).then_some(())
+    })
+    .await;
+    assert!(
+        rejected.is_some(),
+        "FreeRADIUS rejects the suspended subscriber"
+    );
+
+    // Paid in cash at the office: reactivated, and FreeRADIUS accepts again.
+    let r = app
+        .post(
+            "/api/billing/payments",
+            &billing,
+            json!({"paymentReference": "CASH-0001", "invoice": invoice, "amountPaid": amount, "paymentMethod": "Cash", "paymentDate": due}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert!(
+        status_of(&app, &admin, &sub, "Active").await.is_some(),
+        "Billing reactivates the paid-up subscriber"
+    );
+    let back = eventually(15, || async {
+        fr.auth(&user, &pass).await.unwrap().accepted.then_some(())
+    })
+    .await;
+    assert!(
+        back.is_some(),
+        "FreeRADIUS accepts the reactivated subscriber\n{}",
+        fr.log()
+    );
+}
