@@ -166,6 +166,11 @@ pub struct StaffSnapshot {
     pub status: String,
     #[serde(default)]
     pub phone_number: Option<String>,
+    /// Bumped by logout and by password, role and status changes: every service
+    /// refuses this member's tokens whose `ver` claim is older (absent in events
+    /// published before it existed: 0).
+    #[serde(default)]
+    pub token_version: i32,
     pub updated_at: DateTime<Utc>,
 }
 

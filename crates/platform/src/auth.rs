@@ -4,6 +4,11 @@
 //! with the public key alone, so a compromised spoke cannot mint tokens. Staff
 //! tokens carry the role; service tokens (minted by the launcher or `isp token`)
 //! carry `scopes` naming exactly the operations one service may call on another.
+//!
+//! A valid signature is not enough for a staff token: logout, a password, role or
+//! status change end it at once on every service. [`Keys`] of a running service
+//! carry a [`StaffAccess`] (its own schema's `staff_access`, see
+//! [`crate::staff_access`]) and the [`Principal`] extractor consults it.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -17,6 +22,7 @@ use uuid::Uuid;
 
 use crate::config::env_opt;
 use crate::error::ApiError;
+use crate::staff_access::StaffAccess;
 
 /// The spec's staff roles (SPEC section 2), spelled as the API spells them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -113,7 +119,9 @@ pub struct Claims {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,
-    /// Bumped by logout and password change; core refuses older tokens.
+    /// The member's token version when the token was issued. Logout and password,
+    /// role and status changes bump the member's version; every service then
+    /// refuses tokens carrying an older one.
     #[serde(default)]
     pub ver: i32,
 }
@@ -184,18 +192,21 @@ impl Principal {
     }
 }
 
-/// Signing (core only) and verifying (everyone) keys.
+/// Signing (core only) and verifying (everyone) keys, and, in a running service,
+/// the check that a staff token has not been revoked since it was signed.
 #[derive(Clone)]
 pub struct Keys {
     encoding: Option<Arc<EncodingKey>>,
     decoding: Arc<DecodingKey>,
     public_raw: Vec<u8>,
+    staff_access: Option<StaffAccess>,
 }
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Keys")
             .field("can_sign", &self.encoding.is_some())
+            .field("staff_access", &self.staff_access)
             .finish()
     }
 }
@@ -209,6 +220,7 @@ impl Keys {
             encoding: Some(Arc::new(EncodingKey::from_ed_der(pkcs8))),
             decoding: Arc::new(DecodingKey::from_ed_der(&public_raw)),
             public_raw,
+            staff_access: None,
         })
     }
 
@@ -217,6 +229,7 @@ impl Keys {
             encoding: None,
             decoding: Arc::new(DecodingKey::from_ed_der(public_raw)),
             public_raw: public_raw.to_vec(),
+            staff_access: None,
         }
     }
 
@@ -264,6 +277,36 @@ impl Keys {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// These keys, checking staff tokens against `access` in [`Keys::authenticate`]
+    /// (and so in the [`Principal`] extractor). [`crate::runtime::context`] sets it
+    /// for every service.
+    pub fn with_staff_access(mut self, access: StaffAccess) -> Self {
+        self.staff_access = Some(access);
+        self
+    }
+
+    pub fn staff_access(&self) -> Option<&StaffAccess> {
+        self.staff_access.as_ref()
+    }
+
+    /// Who a bearer token names, if it may still be used: a valid signature and,
+    /// for a staff token, a token version no older than the member's and an active
+    /// member (when these keys carry a [`StaffAccess`]). Service tokens are not
+    /// checked beyond their signature.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, ApiError> {
+        let principal = Principal::from_claims(self.verify(token)?)?;
+        if let (
+            Some(access),
+            Principal::Staff {
+                id, token_version, ..
+            },
+        ) = (&self.staff_access, &principal)
+        {
+            access.check(*id, *token_version).await?;
+        }
+        Ok(principal)
     }
 
     pub fn public_key_b64(&self) -> String {
@@ -379,7 +422,7 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let token =
             bearer(parts).ok_or_else(|| ApiError::unauthorized("You are not logged in."))?;
-        Principal::from_claims(state.keys().verify(token)?)
+        state.keys().authenticate(token).await
     }
 }
 

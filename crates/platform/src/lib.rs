@@ -11,6 +11,8 @@
 //!   twenty sets of the same handlers.
 //! - [`http`]: health, readiness, Prometheus metrics, OpenAPI + vendored Swagger UI,
 //!   middleware and graceful serving.
+//! - [`staff_access`]: logout, password, role and status changes end a staff
+//!   member's tokens on every service, not just at core.
 //! - [`phone`], [`money`]: the two value types every service parses at the edge.
 
 pub mod auth;
@@ -27,6 +29,7 @@ pub mod openapi;
 pub mod phone;
 pub mod query;
 pub mod runtime;
+pub mod staff_access;
 pub mod telemetry;
 
 pub use context::ServiceContext;

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Keys;
 use crate::config::{service_addr, PlatformConfig};
 use crate::db::{self, ReaderRole, ServiceDb};
+use crate::staff_access::StaffAccess;
 use crate::ServiceContext;
 
 /// What the platform needs to know about a service.
@@ -82,11 +83,16 @@ pub async fn context(info: ServiceInfo, shared: &Shared) -> anyhow::Result<Arc<S
         db::provision(admin, std::slice::from_ref(&db), &readers).await?;
     }
     let pool = db::connect(&shared.config, &db).await?;
+    // Staff tokens are checked against this service's own `staff_access`.
+    let keys = shared
+        .keys
+        .clone()
+        .with_staff_access(StaffAccess::for_service(info.name, pool.clone()));
     Ok(Arc::new(ServiceContext {
         name: info.name,
         schema: info.schema,
         pool,
-        keys: shared.keys.clone(),
+        keys,
         config: shared.config.clone(),
         nats: Some(shared.nats.clone()),
         shutdown: shared.shutdown.clone(),
@@ -98,8 +104,9 @@ impl ServiceContext {
         self.nats.clone().map(isp_events::Bus::from_client)
     }
 
-    /// Runs this service's migrations (with the shared event tables) and starts its
-    /// outbox relay.
+    /// Runs this service's migrations (with the shared event tables), starts its
+    /// outbox relay and, except at the staff owner (core), the consumer that keeps
+    /// its `staff_access` projection current (see [`crate::staff_access`]).
     pub async fn migrate_and_relay(
         &self,
         migrator: &sqlx::migrate::Migrator,
@@ -107,6 +114,17 @@ impl ServiceContext {
         isp_events::migrate(&self.pool, migrator).await?;
         if let Some(bus) = self.bus() {
             isp_events::spawn_relay(self.pool.clone(), bus.js.clone(), self.shutdown.clone());
+        }
+        let owner = self
+            .keys
+            .staff_access()
+            .is_some_and(StaffAccess::is_authoritative);
+        if !owner {
+            self.consume(
+                &crate::staff_access::consumer_name(self.name),
+                crate::staff_access::FILTER,
+                crate::staff_access::StaffAccessProjection,
+            );
         }
         Ok(())
     }

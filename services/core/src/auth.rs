@@ -1,7 +1,9 @@
 //! Payload's auth operations on the staff collection: login, me, logout,
 //! refresh-token, unlock. Failed logins lock an account for a while
 //! (maxLoginAttempts / lockTime); Inactive staff cannot log in; logout and
-//! role/status/password changes invalidate earlier tokens at core.
+//! role/status/password changes invalidate earlier tokens at once at core, and on
+//! every other service once the `staff.updated` event carrying the new token
+//! version has reached it (see `isp_platform::staff_access`).
 
 use std::sync::Arc;
 
@@ -278,10 +280,20 @@ async fn logout(
     req: axum::http::request::Parts,
 ) -> ApiResult<Json<Value>> {
     let (row, _) = current(&st, bearer(&req)).await?;
+    // Ends every token of the member here at once, and on the other services as
+    // soon as they have the staff.updated event carrying the new version.
+    let mut tx = st.ctx.pool.begin().await?;
     sqlx::query("UPDATE staff SET token_version = token_version + 1 WHERE id = $1")
         .bind(row.id)
-        .execute(&st.ctx.pool)
+        .execute(&mut *tx)
         .await?;
+    let doc = st
+        .staff
+        .fetch(&mut tx, row.id, false)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("The account no longer exists."))?;
+    crate::collections::publish_staff(&mut tx, &st.ctx, &doc, false).await?;
+    tx.commit().await?;
     Ok(Json(
         json!({"message": "You have been logged out successfully."}),
     ))

@@ -111,7 +111,7 @@ impl Hooks for StaffHooks {
                 bump_token_version(tx, doc).await?;
             }
         }
-        publish_change(tx, ctx, doc, previous, StaffCreated, StaffUpdated).await
+        publish_staff(tx, ctx, doc, previous.is_none()).await
     }
 
     async fn before_delete(
@@ -155,6 +155,28 @@ impl Hooks for StaffHooks {
             .map_err(internal)?;
         Ok(())
     }
+}
+
+/// `staff.created` / `staff.updated` with the member's current token version, so
+/// every service's `staff_access` projection refuses older tokens.
+pub(crate) async fn publish_staff(
+    tx: &mut PgConnection,
+    ctx: &ServiceContext,
+    doc: &Value,
+    created: bool,
+) -> ApiResult<()> {
+    let mut snap: StaffSnapshot = snapshot(doc)?;
+    snap.token_version = sqlx::query_scalar("SELECT token_version FROM staff WHERE id = $1")
+        .bind(snap.id)
+        .fetch_one(&mut *tx)
+        .await?;
+    if created {
+        enqueue(tx, ctx.name, &StaffCreated(snap)).await
+    } else {
+        enqueue(tx, ctx.name, &StaffUpdated(snap)).await
+    }
+    .map_err(internal)?;
+    Ok(())
 }
 
 pub(crate) async fn bump_token_version(tx: &mut PgConnection, doc: &Value) -> ApiResult<()> {

@@ -755,3 +755,116 @@ async fn authenticated_custom_operations_declare_the_jwt_scheme_in_openapi() {
     }
     assert!(spec["paths"]["/api/core/staff/login"]["post"]["security"].is_null());
 }
+
+fn crm() -> (isp_platform::runtime::ServiceInfo, StartFn) {
+    (svc_crm::INFO, |c| Box::pin(svc_crm::start(c)))
+}
+
+/// Polls `path` with `token` until it answers `want` (at most 15 s).
+async fn answers(app: &TestApp, path: &str, token: &str, want: StatusCode) -> bool {
+    eventually(15, || async {
+        (app.get(path, token).await.status == want).then_some(())
+    })
+    .await
+    .is_some()
+}
+
+#[tokio::test]
+async fn ending_a_session_revokes_the_old_token_on_core_and_on_other_services() {
+    let app = TestApp::spawn(&[core(), crm()]).await;
+    let admin = app.admin_token().await;
+    let service = app.service_token("test", &["crm.buildings.read"]);
+    for how in ["logout", "deactivate", "role", "password", "delete"] {
+        let (token, id) = app.staff_token("Sales Agent").await;
+        let email = app.get(&format!("/api/core/staff/{id}"), &admin).await.body["email"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            app.get("/api/core/partners", &token).await.status,
+            StatusCode::OK,
+            "{how}: before"
+        );
+        // CRM hears of the member through staff.created first.
+        assert!(
+            answers(&app, "/api/crm/buildings", &token, StatusCode::OK).await,
+            "{how}: CRM before"
+        );
+        let staff = format!("/api/core/staff/{id}");
+        let r = match how {
+            "logout" => app.post("/api/core/staff/logout", &token, json!({})).await,
+            "deactivate" => app.patch(&staff, &admin, json!({"status": "Inactive"})).await,
+            "role" => app.patch(&staff, &admin, json!({"role": "Support Agent"})).await,
+            "password" => {
+                app.patch(&staff, &admin, json!({"password": "another-password-1"}))
+                    .await
+            }
+            _ => app.delete(&staff, &admin).await,
+        };
+        assert_eq!(r.status, StatusCode::OK, "{how}: {:?}", r.body);
+        // Core decides on its own staff table: at once.
+        let c = app.get("/api/core/partners", &token).await;
+        assert_eq!(c.status, StatusCode::UNAUTHORIZED, "{how}: core {:?}", c.body);
+        let c = app
+            .patch(
+                &format!("/api/core/staff/{id}"),
+                &token,
+                json!({"fullName": "x"}),
+            )
+            .await;
+        assert_eq!(c.status, StatusCode::UNAUTHORIZED, "{how}: core write");
+        // CRM once staff.updated (with the new token version) has arrived.
+        assert!(
+            answers(&app, "/api/crm/buildings", &token, StatusCode::UNAUTHORIZED).await,
+            "{how}: CRM still accepts the old token"
+        );
+        let w = app
+            .post("/api/crm/buildings", &token, json!({"name": "B", "address": "A", "status": "Prospecting"}))
+            .await;
+        assert_eq!(w.status, StatusCode::UNAUTHORIZED, "{how}: CRM write");
+        // A new login gets a token that works again (where the member still may).
+        let password = if how == "password" {
+            "another-password-1"
+        } else {
+            "password-123"
+        };
+        let l = app.login(&email, password).await;
+        match how {
+            "deactivate" | "delete" => {
+                assert_eq!(l.status, StatusCode::UNAUTHORIZED, "{how}: login")
+            }
+            _ => {
+                assert_eq!(l.status, StatusCode::OK, "{how}: login {:?}", l.body);
+                let fresh = l.body["token"].as_str().unwrap();
+                let want = if how == "role" {
+                    StatusCode::FORBIDDEN
+                } else {
+                    StatusCode::OK
+                };
+                assert_eq!(
+                    app.get("/api/crm/buildings", fresh).await.status,
+                    want,
+                    "{how}: CRM with the new token"
+                );
+                assert_eq!(
+                    app.get("/api/core/partners", fresh).await.status,
+                    want,
+                    "{how}: core with the new token"
+                );
+            }
+        }
+    }
+    // Service tokens are not staff sessions.
+    assert_eq!(
+        app.get("/api/crm/buildings", &service).await.status,
+        StatusCode::OK
+    );
+    // The staff events carry the version the projections compare against.
+    let pool = app.admin_pool().await;
+    let max: Option<i32> =
+        sqlx::query_scalar("SELECT max(token_version) FROM crm.staff_access")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(max.unwrap_or(0) >= 1);
+}
