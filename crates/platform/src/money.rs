@@ -24,8 +24,9 @@ pub fn parse_json(v: &serde_json::Value) -> Result<Decimal, String> {
     if d.normalize().scale() > 2 {
         return Err("At most two decimal places.".into());
     }
-    if d.abs() > Decimal::from(1_000_000_000_000i64) {
-        return Err("The amount is too large.".into());
+    // numeric(14,2) holds at most 999 999 999 999.99: 10^12 itself overflows.
+    if d.abs() >= Decimal::from(1_000_000_000_000i64) {
+        return Err("The amount is too large (at most 999999999999.99).".into());
     }
     Ok(d.round_dp(2))
 }
@@ -50,5 +51,18 @@ mod tests {
         assert!(parse_json(&json!("1.234")).is_err());
         assert!(parse_json(&json!("abc")).is_err());
         assert!(parse_json(&json!(true)).is_err());
+    }
+
+    #[test]
+    fn bounds_fit_numeric_14_2() {
+        assert_eq!(
+            format(parse_json(&json!("999999999999.99")).unwrap()),
+            "999999999999.99"
+        );
+        assert!(parse_json(&json!("-999999999999.99")).is_ok());
+        assert!(parse_json(&json!("1000000000000")).is_err());
+        assert!(parse_json(&json!(1_000_000_000_000i64)).is_err());
+        assert!(parse_json(&json!("-1000000000000.00")).is_err());
+        assert!(parse_json(&json!(1e20)).is_err());
     }
 }
