@@ -87,6 +87,9 @@ pub struct Field {
     pub hidden: bool,
     /// May be set on create but not changed afterwards.
     pub immutable: bool,
+    /// Payload's `defaultValue`: filled in on create when the client leaves the
+    /// field out (or sends null), before hooks and the required check.
+    pub default: Option<Value>,
 }
 
 impl Field {
@@ -101,6 +104,7 @@ impl Field {
             system: false,
             hidden: false,
             immutable: false,
+            default: None,
         }
     }
     pub fn required(mut self) -> Self {
@@ -126,6 +130,11 @@ impl Field {
     }
     pub fn immutable(mut self) -> Self {
         self.immutable = true;
+        self
+    }
+    /// The spec's `defaultValue` (any form [`canonical`] accepts for the kind).
+    pub fn default_value(mut self, value: Value) -> Self {
+        self.default = Some(value);
         self
     }
 }
@@ -454,6 +463,19 @@ impl Collection {
     ) -> ApiResult<()> {
         let path = format!("where.{}", f.field);
         let (col, kind) = self.column_for(principal, &f.field, &path)?;
+        if f.value.contains('\0') {
+            return Err(ApiError::field(&path, NUL_MESSAGE));
+        }
+        if !op_supported(kind, f.op) {
+            return Err(ApiError::field(
+                &path,
+                format!(
+                    "The {} operator does not apply to {}.",
+                    op_name(f.op),
+                    f.field
+                ),
+            ));
+        }
         let c = format!("t.{col}");
         let one = |s: &str| parse_filter_value(kind, s).map_err(|m| ApiError::field(&path, m));
         match f.op {
@@ -670,6 +692,26 @@ impl Collection {
         Ok(out)
     }
 
+    /// Fills declared defaults into a create's data where the field is absent or
+    /// null (Payload's `defaultValue`), so hooks and the required check see them.
+    pub fn apply_defaults(&self, data: &mut Map<String, Value>) -> ApiResult<()> {
+        for f in &self.fields {
+            let Some(default) = &f.default else { continue };
+            if data.get(f.name).is_some_and(|v| !v.is_null()) {
+                continue;
+            }
+            let v = canonical(f, default).map_err(|m| {
+                ApiError::Internal(anyhow::anyhow!(
+                    "default of {}.{} is not valid: {m}",
+                    self.slug,
+                    f.name
+                ))
+            })?;
+            data.insert(f.name.to_string(), v);
+        }
+        Ok(())
+    }
+
     fn check_required(&self, data: &Map<String, Value>, existing: Option<&Value>) -> ApiResult<()> {
         let mut bad = vec![];
         for f in self.fields.iter().filter(|f| f.required) {
@@ -740,6 +782,7 @@ impl Collection {
         principal: &Principal,
         mut data: Map<String, Value>,
     ) -> ApiResult<Value> {
+        self.apply_defaults(&mut data)?;
         {
             let mut change = Change {
                 ctx,
@@ -835,6 +878,10 @@ impl Collection {
 
 /// Parses JSON input for one field into its canonical JSON form.
 pub fn canonical(f: &Field, v: &Value) -> Result<Value, String> {
+    // Postgres stores no NUL in text (22021) nor in jsonb strings (22P05).
+    if contains_nul(v) {
+        return Err(NUL_MESSAGE.into());
+    }
     if v.is_null() {
         return if f.required {
             Err(format!("{} is required.", f.name))
@@ -961,6 +1008,51 @@ pub fn canonical(f: &Field, v: &Value) -> Result<Value, String> {
     }
 }
 
+/// The answer to text holding a NUL character.
+pub const NUL_MESSAGE: &str = "Must not contain NUL characters (\\u0000).";
+
+/// Whether any string (or object key) in `v` holds a NUL character.
+pub fn contains_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(contains_nul),
+        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        _ => false,
+    }
+}
+
+/// Which list-query operators a field kind supports. Everything else is a 400
+/// naming the field, never SQL Postgres would reject.
+pub fn op_supported(kind: Kind, op: Op) -> bool {
+    match op {
+        Op::Exists | Op::Equals | Op::NotEquals => true,
+        Op::Like => matches!(
+            kind,
+            Kind::Text { .. } | Kind::Email | Kind::Phone | Kind::Select(_)
+        ),
+        Op::In | Op::NotIn => !matches!(kind, Kind::Json | Kind::Point | Kind::Password),
+        Op::GreaterThan | Op::GreaterThanEqual | Op::LessThan | Op::LessThanEqual => !matches!(
+            kind,
+            Kind::Bool | Kind::Json | Kind::Point | Kind::Relations | Kind::Password
+        ),
+    }
+}
+
+fn op_name(op: Op) -> &'static str {
+    match op {
+        Op::Equals => "equals",
+        Op::NotEquals => "not_equals",
+        Op::In => "in",
+        Op::NotIn => "not_in",
+        Op::GreaterThan => "greater_than",
+        Op::GreaterThanEqual => "greater_than_equal",
+        Op::LessThan => "less_than",
+        Op::LessThanEqual => "less_than_equal",
+        Op::Like => "like",
+        Op::Exists => "exists",
+    }
+}
+
 fn valid_email(s: &str) -> bool {
     let Some((local, domain)) = s.split_once('@') else {
         return false;
@@ -978,6 +1070,9 @@ fn valid_email(s: &str) -> bool {
 }
 
 fn parse_filter_value(kind: Kind, s: &str) -> Result<SqlValue, String> {
+    if s.contains('\0') {
+        return Err(NUL_MESSAGE.into());
+    }
     Ok(match kind {
         Kind::Text { .. } | Kind::Email | Kind::Select(_) | Kind::Password => {
             SqlValue::Text(Some(s.to_string()))
@@ -1008,7 +1103,11 @@ fn parse_filter_value(kind: Kind, s: &str) -> Result<SqlValue, String> {
             SqlValue::Uuid(Some(Uuid::parse_str(s).map_err(|_| "Must be a valid id.")?))
         }
         Kind::Json | Kind::Point => {
-            SqlValue::Json(Some(serde_json::from_str(s).map_err(|_| "Must be JSON.")?))
+            let v: Value = serde_json::from_str(s).map_err(|_| "Must be JSON.")?;
+            if contains_nul(&v) {
+                return Err(NUL_MESSAGE.into());
+            }
+            SqlValue::Json(Some(v))
         }
     })
 }
@@ -1331,6 +1430,66 @@ mod tests {
         let int = Field::new("n", "n", Kind::Int { min: 1, max: 10 });
         assert!(canonical(&int, &json!(11)).is_err());
         assert!(canonical(&int, &json!(1.5)).is_err());
+    }
+
+    #[test]
+    fn nul_characters_are_refused_in_every_kind() {
+        let text = Field::new("name", "name", Kind::TEXT);
+        assert_eq!(canonical(&text, &json!("a\u{0}b")).unwrap_err(), NUL_MESSAGE);
+        let email = Field::new("email", "email", Kind::Email);
+        assert!(canonical(&email, &json!("a\u{0}@b.co")).is_err());
+        let j = Field::new("items", "items", Kind::Json);
+        assert!(canonical(&j, &json!([{"x": "\u{0}"}])).is_err());
+        assert!(canonical(&j, &json!({"k\u{0}": 1})).is_err());
+        assert!(canonical(&j, &json!([{"x": "fine"}])).is_ok());
+        assert!(parse_filter_value(Kind::TEXT, "a\u{0}").is_err());
+        assert!(parse_filter_value(Kind::Json, r#"["\u0000"]"#).is_err());
+        assert!(parse_filter_value(Kind::Json, r#"["ok"]"#).is_ok());
+    }
+
+    #[test]
+    fn operators_a_kind_cannot_take_are_refused() {
+        for kind in [Kind::Json, Kind::Point] {
+            assert!(!op_supported(kind, Op::In));
+            assert!(!op_supported(kind, Op::NotIn));
+            assert!(!op_supported(kind, Op::GreaterThan));
+            assert!(!op_supported(kind, Op::Like));
+            assert!(op_supported(kind, Op::Equals));
+            assert!(op_supported(kind, Op::Exists));
+        }
+        assert!(op_supported(Kind::Relations, Op::In));
+        assert!(!op_supported(Kind::Relations, Op::LessThan));
+        assert!(!op_supported(Kind::Bool, Op::GreaterThanEqual));
+        assert!(op_supported(Kind::Money, Op::In));
+        assert!(!op_supported(Kind::Money, Op::Like));
+        assert!(op_supported(Kind::Date, Op::LessThanEqual));
+    }
+
+    #[test]
+    fn declared_defaults_fill_what_the_client_left_out() {
+        let c = Collection::new(
+            "t",
+            "things",
+            "things",
+            "Thing",
+            vec![
+                Field::new("status", "status", Kind::Select(&["Active", "Inactive"]))
+                    .required()
+                    .default_value(json!("Active")),
+                Field::new("rate", "rate", Kind::Money).default_value(json!(1500)),
+                Field::new("name", "name", Kind::TEXT).required(),
+            ],
+        );
+        let mut data = Map::new();
+        data.insert("rate".into(), Value::Null);
+        c.apply_defaults(&mut data).unwrap();
+        assert_eq!(data["status"], "Active");
+        assert_eq!(data["rate"], "1500.00");
+        assert!(c.check_required(&data, None).is_err(), "name is still required");
+        let mut given = Map::new();
+        given.insert("status".into(), json!("Inactive"));
+        c.apply_defaults(&mut given).unwrap();
+        assert_eq!(given["status"], "Inactive");
     }
 }
 

@@ -123,13 +123,21 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(e) = &self {
             tracing::error!(error = ?e, "internal error");
         }
-        (
+        let mut res = (
             self.status(),
             Json(ErrorBody {
                 errors: self.errors(),
             }),
         )
-            .into_response()
+            .into_response();
+        if matches!(self, ApiError::Unavailable(_)) {
+            // Every 503 here is transient (a peer or the database was busy).
+            res.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        res
     }
 }
 
@@ -153,11 +161,36 @@ impl From<sqlx::Error> for ApiError {
                         path: constraint.and_then(|c| field_from_constraint(&c)),
                     }])
                 }
-                Some("23514") | Some("23502") | Some("22P02") | Some("22003") => {
+                Some("23514") | Some("23502") | Some("22P02") => {
                     return ApiError::BadRequest(vec![FieldError {
                         message: "The value is not valid.".into(),
                         path: constraint.and_then(|c| field_from_constraint(&c)),
                     }])
+                }
+                // Input Postgres cannot store: bad input, never a 500. The engine
+                // rejects these at the edge with the field's path; this is the net
+                // under hand-written queries.
+                Some(code @ ("22021" | "22P05" | "22001" | "22003" | "22008" | "54000")) => {
+                    return ApiError::BadRequest(vec![FieldError {
+                        message: match code {
+                            "22021" | "22P05" => {
+                                "The text contains a character that cannot be stored (such as NUL, \\u0000)."
+                            }
+                            "22001" | "54000" => "The value is too long.",
+                            "22003" => "The number is out of range.",
+                            _ => "The date or time is out of range.",
+                        }
+                        .into(),
+                        path: constraint.and_then(|c| field_from_constraint(&c)),
+                    }])
+                }
+                // Deadlock / serialization failure: the transaction was rolled back
+                // whole, so the request can simply be sent again. 503 with
+                // Retry-After says exactly that (a 409 would read as "your data
+                // conflicts", which it does not).
+                Some("40P01") | Some("40001") => {
+                    tracing::warn!(error = %db, "transaction aborted by a concurrent one; answering 503 retry");
+                    return ApiError::Unavailable(RETRY_MESSAGE.into());
                 }
                 _ => {}
             }
@@ -165,6 +198,10 @@ impl From<sqlx::Error> for ApiError {
         ApiError::Internal(e.into())
     }
 }
+
+/// The answer to a deadlock or serialization failure (503, `Retry-After: 1`).
+pub const RETRY_MESSAGE: &str =
+    "The request collided with a concurrent change and was not applied; please retry.";
 
 /// `<table>_<column>_key` / `_fkey` / `_check` -> camelCase column name. Constraint
 /// names are chosen in migrations to follow Postgres' own naming so this holds.

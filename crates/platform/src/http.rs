@@ -45,7 +45,9 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
-/// A JSON body whose errors are 400s naming the bad field (never axum's 415/422).
+/// A JSON body whose errors are 400s naming the bad field (never axum's 415/422):
+/// a wrong type at `plan.price`, a missing field (`email`, or `items.0.amount`),
+/// and text holding a NUL character, which Postgres cannot store.
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
@@ -55,20 +57,62 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|e| ApiError::bad_request(format!("Could not read the body: {e}")))?;
-        let body: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
-        let de = &mut serde_json::Deserializer::from_slice(body);
-        serde_path_to_error::deserialize(de)
-            .map(ApiJson)
-            .map_err(|e| {
-                let path = e.path().to_string();
-                let inner = e.into_inner();
-                let msg = inner.to_string();
-                if path == "." || path.is_empty() {
-                    ApiError::bad_request(msg)
-                } else {
-                    ApiError::field(path, msg)
-                }
-            })
+        parse_json_body(&bytes).map(ApiJson)
+    }
+}
+
+/// Parses a request body as `T` the way [`ApiJson`] does (an empty body is `{}`).
+pub fn parse_json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let body: &[u8] = if bytes.is_empty() { b"{}" } else { bytes };
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("The body is not valid JSON: {e}")))?;
+    if let Some(path) = nul_path(&value, String::new()) {
+        return Err(ApiError::field(
+            if path.is_empty() { ".".into() } else { path },
+            crate::collection::NUL_MESSAGE,
+        ));
+    }
+    serde_path_to_error::deserialize(&value).map_err(|e| {
+        let path = e.path().to_string();
+        let msg = e.into_inner().to_string();
+        let at = if path == "." { "" } else { path.as_str() };
+        // serde names a missing field only in its message: "missing field `email`".
+        let missing = msg
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split_once('`'))
+            .map(|(name, _)| name.to_string());
+        match missing {
+            Some(name) if at.is_empty() => ApiError::field(name.clone(), format!("{name} is required.")),
+            Some(name) => ApiError::field(format!("{at}.{name}"), format!("{name} is required.")),
+            None if at.is_empty() => ApiError::bad_request(msg),
+            None => ApiError::field(at, msg),
+        }
+    })
+}
+
+/// The dotted path of the first string (or key) holding a NUL character.
+fn nul_path(v: &serde_json::Value, at: String) -> Option<String> {
+    let join = |k: &str| {
+        if at.is_empty() {
+            k.to_string()
+        } else {
+            format!("{at}.{k}")
+        }
+    };
+    match v {
+        serde_json::Value::String(s) => s.contains('\0').then_some(at),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| nul_path(x, join(&i.to_string()))),
+        serde_json::Value::Object(m) => m.iter().find_map(|(k, x)| {
+            if k.contains('\0') {
+                Some(at.clone())
+            } else {
+                nul_path(x, join(k))
+            }
+        }),
+        _ => None,
     }
 }
 
@@ -223,4 +267,49 @@ pub async fn serve(
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct Login {
+        email: String,
+        password: String,
+        #[serde(default)]
+        extra: Option<Inner>,
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct Inner {
+        amount: i64,
+    }
+
+    fn err_of(body: &str) -> Vec<crate::error::FieldError> {
+        parse_json_body::<Login>(body.as_bytes())
+            .unwrap_err()
+            .errors()
+    }
+
+    #[test]
+    fn body_errors_name_the_field() {
+        let e = err_of(r#"{"email": "a@b.co"}"#);
+        assert_eq!(e[0].path.as_deref(), Some("password"), "{e:?}");
+        assert_eq!(e[0].message, "password is required.");
+        let e = err_of("");
+        assert_eq!(e[0].path.as_deref(), Some("email"), "{e:?}");
+        let e = err_of(r#"{"email": "a", "password": "b", "extra": {}}"#);
+        assert_eq!(e[0].path.as_deref(), Some("extra.amount"), "{e:?}");
+        let e = err_of(r#"{"email": 5, "password": "b"}"#);
+        assert_eq!(e[0].path.as_deref(), Some("email"), "{e:?}");
+        let e = err_of(r#"{"email": "a\u0000", "password": "b"}"#);
+        assert_eq!(e[0].path.as_deref(), Some("email"), "{e:?}");
+        assert!(e[0].message.contains("NUL"));
+        let e = err_of("{oops");
+        assert_eq!(e[0].path, None);
+        assert!(parse_json_body::<Login>(br#"{"email": "a", "password": "b"}"#).is_ok());
+    }
 }

@@ -142,8 +142,12 @@ pub fn collections_doc(service: &str, title: &str, collections: &[&Collection]) 
                 doc = doc.property(f.name, kind_schema(f.kind));
             }
             if !f.system {
-                input = input.property(f.name, kind_schema(f.kind));
-                if f.required && f.kind != Kind::Bool {
+                let mut schema = kind_schema(f.kind);
+                if let (Some(default), RefOr::T(Schema::Object(o))) = (&f.default, &mut schema) {
+                    o.default = Some(default.clone());
+                }
+                input = input.property(f.name, schema);
+                if f.required && f.kind != Kind::Bool && f.default.is_none() {
                     input = input.required(f.name);
                 }
             }

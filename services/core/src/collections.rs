@@ -44,7 +44,9 @@ pub fn staff() -> Collection {
             Field::new("email", "email", Kind::Email).required(),
             Field::new("password", "password_hash", Kind::Password).required(),
             Field::new("role", "role", Kind::Select(Role::OPTIONS)).required(),
-            Field::new("status", "status", Kind::Select(STAFF_STATUS)).required(),
+            Field::new("status", "status", Kind::Select(STAFF_STATUS))
+                .required()
+                .default_value(json!("Active")),
             Field::new("phoneNumber", "phone_number", Kind::Phone),
             Field::new("lockUntil", "lock_until", Kind::Timestamp).system(),
         ],
@@ -228,14 +230,16 @@ pub fn plans() -> Collection {
             )
             .required(),
             Field::new("notes", "notes", Kind::TEXT_AREA),
-            Field::new("planEnabled", "plan_enabled", Kind::Bool),
-            Field::new("activeForNewSignups", "active_for_new_signups", Kind::Bool),
+            Field::new("planEnabled", "plan_enabled", Kind::Bool).default_value(json!(true)),
+            Field::new("activeForNewSignups", "active_for_new_signups", Kind::Bool)
+                .default_value(json!(true)),
             Field::new(
                 "ipAssignmentType",
                 "ip_assignment_type",
                 Kind::Select(IP_ASSIGNMENT),
             )
-            .required(),
+            .required()
+            .default_value(json!("Dynamic")),
             Field::new("staticIpPool", "static_ip_pool", Kind::Relation),
         ],
     )
@@ -249,9 +253,6 @@ struct PlanHooks;
 impl Hooks for PlanHooks {
     async fn before_change(&self, _tx: &mut PgConnection, c: &mut Change<'_>) -> ApiResult<()> {
         let mut errors = vec![];
-        if c.create && !c.data.contains_key("ipAssignmentType") {
-            c.data.insert("ipAssignmentType".into(), json!("Dynamic"));
-        }
         if let Some(price) = c.data.get("price").and_then(Value::as_str) {
             if price
                 .parse::<Decimal>()
@@ -328,7 +329,8 @@ pub fn partners() -> Collection {
             Field::new("mpesaNumber", "mpesa_number", Kind::Phone).required(),
             Field::new("status", "status", Kind::Select(PARTNER_STATUS)).required(),
             Field::new("buildings", "buildings", Kind::Relations),
-            Field::new("commissionRate", "commission_rate", Kind::Money),
+            Field::new("commissionRate", "commission_rate", Kind::Money)
+                .default_value(json!(1500)),
             Field::new(
                 "referralCount",
                 "referral_count",
@@ -337,8 +339,9 @@ pub fn partners() -> Collection {
                     max: i32::MAX as i64,
                 },
             )
-            .system(),
-            Field::new("perks", "perks", Kind::Bool),
+            .system()
+            .default_value(json!(0)),
+            Field::new("perks", "perks", Kind::Bool).default_value(json!(false)),
         ],
     )
     .access(SALES, SALES, SALES, SALES)

@@ -868,3 +868,351 @@ async fn ending_a_session_revokes_the_old_token_on_core_and_on_other_services() 
             .unwrap();
     assert!(max.unwrap_or(0) >= 1);
 }
+
+#[tokio::test]
+async fn nul_characters_oversized_numbers_and_unsupported_operators_are_400_naming_the_field() {
+    let app = TestApp::spawn(&[core(), crm()]).await;
+    let admin = app.admin_token().await;
+    // Text fields, on create and on update.
+    let mut b = plan_body();
+    b["name"] = json!("Home\u{0}Basic");
+    let r = app.post("/api/core/plans", &admin, b).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    assert_eq!(r.error_path(), Some("name"));
+    let mut b = partner_body("0711000222");
+    b["fullName"] = json!("Jane\u{0}");
+    let r = app.post("/api/core/partners", &admin, b).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    assert_eq!(r.error_path(), Some("fullName"));
+    let plan = app.post("/api/core/plans", &admin, plan_body()).await.body["doc"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = app
+        .patch(
+            &format!("/api/core/plans/{plan}"),
+            &admin,
+            json!({"notes": "a\u{0}b"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    assert_eq!(r.error_path(), Some("notes"));
+    // Filter values, including the JSON of a geolocation.
+    for q in [
+        "/api/core/plans?where[name][equals]=a%00b",
+        "/api/core/plans?where[name][like]=%00",
+        "/api/core/plans?where[name][in]=x,a%00b",
+    ] {
+        let r = app.get(q, &admin).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{q}: {:?}", r.body);
+        assert_eq!(r.error_path(), Some("where.name"), "{q}");
+    }
+    let r = app
+        .get(
+            "/api/crm/buildings?where[location][equals]=%5B%22%5Cu0000%22%5D",
+            &admin,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    assert_eq!(r.error_path(), Some("where.location"));
+    // Login email.
+    let r = app.login("adm\u{0}in@test.local", "whatever-123").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    assert_eq!(r.error_path(), Some("email"));
+    // Money beyond numeric(14,2).
+    let mut b = plan_body();
+    b["name"] = json!("Too dear");
+    b["price"] = json!("1000000000000");
+    let r = app.post("/api/core/plans", &admin, b.clone()).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    assert_eq!(r.error_path(), Some("price"));
+    b["price"] = json!("999999999999.99");
+    let r = app.post("/api/core/plans", &admin, b).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.body["doc"]["price"], "999999999999.99");
+    // Operators a field's kind does not support.
+    for q in [
+        "/api/crm/buildings?where[location][in]=1",
+        "/api/crm/buildings?where[location][not_in]=1,2",
+        "/api/crm/buildings?where[location][greater_than]=1",
+        "/api/crm/buildings?where[location][like]=x",
+    ] {
+        let r = app.get(q, &admin).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{q}: {:?}", r.body);
+        assert_eq!(r.error_path(), Some("where.location"), "{q}");
+    }
+    for q in [
+        "/api/core/partners?where[buildings][greater_than]=x",
+        "/api/core/plans?where[planEnabled][less_than]=true",
+    ] {
+        let r = app.get(q, &admin).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{q}: {:?}", r.body);
+    }
+    assert_eq!(
+        app.get("/api/core/plans?where[planEnabled][in]=true,false", &admin)
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn database_errors_from_bad_input_are_400_and_concurrency_failures_are_retryable() {
+    let app = app().await;
+    let pool = app.ctx("core").pool.clone();
+    for (code, status) in [
+        ("22021", 400),
+        ("22P05", 400),
+        ("22001", 400),
+        ("22003", 400),
+        ("40P01", 503),
+        ("40001", 503),
+        ("XX000", 500),
+    ] {
+        let e = sqlx::query(&format!(
+            "DO $$ BEGIN RAISE EXCEPTION 'boom' USING ERRCODE = '{code}'; END $$"
+        ))
+        .execute(&pool)
+        .await
+        .unwrap_err();
+        let api = isp_platform::ApiError::from(e);
+        assert_eq!(api.status().as_u16(), status, "{code}");
+    }
+    // And the real thing: NUL in text reaching Postgres through a hand-written query.
+    let e = sqlx::query("SELECT $1::text")
+        .bind("a\u{0}b")
+        .execute(&pool)
+        .await
+        .unwrap_err();
+    assert_eq!(isp_platform::ApiError::from(e).status().as_u16(), 400);
+}
+
+#[tokio::test]
+async fn login_with_a_missing_field_names_it() {
+    let app = app().await;
+    for (body, path) in [
+        (json!({"email": ADMIN_EMAIL}), "password"),
+        (json!({"password": ADMIN_PASSWORD}), "email"),
+        (json!({}), "email"),
+        (json!({"email": 5, "password": "x"}), "email"),
+    ] {
+        let r = app
+            .request(
+                reqwest::Method::POST,
+                "/api/core/staff/login",
+                None,
+                Some(&body),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {:?}", r.body);
+        assert_eq!(r.error_path(), Some(path), "{body}: {:?}", r.body);
+    }
+}
+
+#[tokio::test]
+async fn staff_status_defaults_to_active_and_patches_with_bad_input_name_the_field() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let r = app
+        .post(
+            "/api/core/staff",
+            &admin,
+            json!({"fullName": "Nia Net", "email": "nia@test.local", "password": "password-123", "role": "Network Engineer"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.body["doc"]["status"], "Active");
+    let staff = r.body["doc"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        app.login("nia@test.local", "password-123").await.status,
+        StatusCode::OK
+    );
+    let spec = app
+        .request(reqwest::Method::GET, "/api/core/openapi.json", None, None)
+        .await
+        .body;
+    let input = &spec["components"]["schemas"]["StaffmemberInput"];
+    assert_eq!(input["properties"]["status"]["default"], "Active", "{input}");
+    assert!(!input["required"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("status")));
+
+    let plan = app.post("/api/core/plans", &admin, plan_body()).await.body["doc"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let partner = app
+        .post("/api/core/partners", &admin, partner_body("0700111222"))
+        .await
+        .body["doc"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (coll, id, field, value) in [
+        ("plans", &plan, "price", json!("abc")),
+        ("plans", &plan, "price", json!(0)),
+        ("plans", &plan, "downloadSpeed", json!(-1)),
+        ("plans", &plan, "billingCycle", json!("Weekly")),
+        ("plans", &plan, "name", json!(null)),
+        ("plans", &plan, "name", json!("")),
+        ("plans", &plan, "ipAssignmentType", json!("Static-Public")),
+        ("partners", &partner, "phoneNumber", json!("12")),
+        ("partners", &partner, "status", json!("Dormant")),
+        ("partners", &partner, "commissionRate", json!(-1)),
+        ("partners", &partner, "buildings", json!("not-a-list")),
+        ("partners", &partner, "fullName", json!(7)),
+        ("staff", &staff, "email", json!("nope")),
+        ("staff", &staff, "role", json!("Boss")),
+        ("staff", &staff, "status", json!("Asleep")),
+        ("staff", &staff, "password", json!("short")),
+        ("staff", &staff, "phoneNumber", json!("abc")),
+        ("staff", &staff, "fullName", json!(null)),
+    ] {
+        let r = app
+            .patch(
+                &format!("/api/core/{coll}/{id}"),
+                &admin,
+                json!({ field: value.clone() }),
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "{coll}.{field}={value}: {:?}",
+            r.body
+        );
+        let want = if field == "ipAssignmentType" {
+            "staticIpPool"
+        } else {
+            field
+        };
+        assert_eq!(r.error_path(), Some(want), "{coll}.{field}={value}");
+    }
+    // Unknown ids and malformed ids.
+    let r = app
+        .patch("/api/core/plans/not-an-id", &admin, json!({"notes": "x"}))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.error_path(), Some("id"));
+    let r = app
+        .patch(
+            &format!("/api/core/plans/{}", uuid::Uuid::new_v4()),
+            &admin,
+            json!({"notes": "x"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn only_admin_reads_updates_or_deletes_staff_and_collections_need_a_token() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (_, victim) = app.staff_token("Technician").await;
+    for role in [
+        "Sales Agent",
+        "Billing Manager",
+        "Network Engineer",
+        "Technician",
+        "Support Agent",
+    ] {
+        let (t, own) = app.staff_token(role).await;
+        for id in [&victim, &own] {
+            let path = format!("/api/core/staff/{id}");
+            assert_eq!(
+                app.get(&path, &t).await.status,
+                StatusCode::FORBIDDEN,
+                "{role} reads staff"
+            );
+            assert_eq!(
+                app.patch(&path, &t, json!({"role": "Admin"})).await.status,
+                StatusCode::FORBIDDEN,
+                "{role} updates staff"
+            );
+            assert_eq!(
+                app.delete(&path, &t).await.status,
+                StatusCode::FORBIDDEN,
+                "{role} deletes staff"
+            );
+        }
+        // Nothing changed.
+        let doc = app.get(&format!("/api/core/staff/{own}"), &admin).await.body;
+        assert_eq!(doc["role"], role);
+    }
+    let plan = app.post("/api/core/plans", &admin, plan_body()).await.body["doc"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for coll in ["staff", "plans", "partners"] {
+        let one = format!("/api/core/{coll}/{plan}");
+        let list = format!("/api/core/{coll}");
+        for (method, path) in [
+            (reqwest::Method::GET, &list),
+            (reqwest::Method::POST, &list),
+            (reqwest::Method::GET, &one),
+            (reqwest::Method::PATCH, &one),
+            (reqwest::Method::DELETE, &one),
+        ] {
+            let r = app
+                .request(method.clone(), path, None, Some(&json!({})))
+                .await;
+            assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{method} {path}");
+            assert!(r.body["errors"][0]["message"].is_string());
+            let r = app
+                .request(method.clone(), path, Some("not.a.token"), Some(&json!({})))
+                .await;
+            assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{method} {path} bad token");
+        }
+    }
+    assert_eq!(
+        app.get(&format!("/api/core/plans/{plan}"), &admin).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_locked_account_unlocks_itself_when_the_lock_time_has_passed() {
+    let app = app().await;
+    let (_, id) = app.staff_token("Support Agent").await;
+    let admin = app.admin_token().await;
+    let email = app.get(&format!("/api/core/staff/{id}"), &admin).await.body["email"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for _ in 0..5 {
+        assert_eq!(
+            app.login(&email, "wrong-password").await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let locked = app.login(&email, "password-123").await;
+    assert!(locked.body["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("locked"));
+    // The lock time is process-wide configuration (ISP_LOCK_TIME_SECONDS, read at
+    // start); rather than wait ten minutes, let them pass in the database.
+    let pool = app.admin_pool().await;
+    let until: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT lock_until FROM core.staff WHERE id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let until = until.expect("locked until");
+    let minutes = (until - chrono::Utc::now()).num_seconds();
+    assert!((590..=600).contains(&minutes), "default lock time: {minutes}s");
+    sqlx::query("UPDATE core.staff SET lock_until = now() - interval '1 second' WHERE id = $1::uuid")
+        .bind(&id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    // One more failure after the lock is not a new lock: the count started over.
+    assert!(!app.login(&email, "wrong-password").await.body["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("locked"));
+    let ok = app.login(&email, "password-123").await;
+    assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.body);
+}
