@@ -22,6 +22,64 @@ pub fn fleet() -> Vec<(ServiceInfo, StartFn)> {
     ]
 }
 
+/// `isp init`: what a distributed deployment does once before the services start,
+/// so that no service needs the superuser's password or the signing key. With the
+/// superuser URL (`ISP_DATABASE_ADMIN_URL`) it provisions every service's role and
+/// schema (and FreeRADIUS's reader role); it loads or creates the signing key in
+/// `ISP_DATA_DIR` (which only core and this job may see), writes the public key to
+/// `<public_dir>/jwt-ed25519.pub` for the services to verify with
+/// (`ISP_JWT_PUBLIC_KEY_FILE`), and mints each service that calls others a token
+/// limited to its declared scopes into `<token_dir>/<service>.token`
+/// (`ISP_<SCHEMA>_SERVICE_TOKEN_FILE`).
+pub async fn init_deployment(
+    cfg: &isp_platform::config::PlatformConfig,
+    public_dir: &std::path::Path,
+    token_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    if let Some(admin) = &cfg.database_admin_url {
+        let dbs: Vec<_> = fleet().iter().map(|(info, _)| info.db()).collect();
+        isp_platform::db::provision(admin, &dbs, &[runtime::radius_reader()])
+            .await
+            .context("provisioning the services' roles and schemas")?;
+        tracing::info!(services = dbs.len(), "database roles and schemas provisioned");
+    }
+    let keys = isp_platform::auth::Keys::load_or_create(&cfg.data_dir)?;
+    anyhow::ensure!(
+        keys.can_sign(),
+        "isp init needs the signing key (ISP_JWT_PRIVATE_KEY[_FILE] or ISP_DATA_DIR), not a public key"
+    );
+    std::fs::create_dir_all(public_dir)?;
+    std::fs::write(
+        public_dir.join("jwt-ed25519.pub"),
+        format!("{}\n", keys.public_key_b64()),
+    )?;
+    std::fs::create_dir_all(token_dir)?;
+    for (info, _) in fleet() {
+        if info.scopes.is_empty() {
+            continue;
+        }
+        let token = keys.service_token(info.name, info.scopes)?;
+        write_secret(&token_dir.join(format!("{}.token", info.name)), &token)?;
+    }
+    tracing::info!("deployment initialised");
+    Ok(())
+}
+
+fn write_secret(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
 /// Builds the whole platform's router on `shared` (the launcher and the
 /// cross-service tests both use this).
 pub async fn build_fleet(shared: &Shared) -> anyhow::Result<Router> {
@@ -96,5 +154,56 @@ mod tests {
         }
         let nf = http.get(format!("{base}/api/nowhere")).send().await.unwrap();
         assert_eq!(nf.status(), StatusCode::NOT_FOUND);
+    }
+
+    /// `isp init` provisions every role, so services then start without the
+    /// superuser URL, and hands out the public key and scoped service tokens.
+    #[tokio::test]
+    async fn init_provisions_roles_and_writes_the_public_key_and_service_tokens() {
+        let app = isp_testkit::TestApp::spawn(&[]).await;
+        let cfg = app.shared.config.clone();
+        let out = cfg.data_dir.join("out");
+        super::init_deployment(&cfg, &out.join("public"), &out.join("tokens"))
+            .await
+            .expect("init");
+        let public = std::fs::read_to_string(out.join("public/jwt-ed25519.pub")).unwrap();
+        let verifier = isp_platform::auth::Keys::load_or_create(&cfg.data_dir).unwrap();
+        assert_eq!(public.trim(), verifier.public_key_b64());
+        let token_file = out.join("tokens/crm.token");
+        let token = std::fs::read_to_string(&token_file).unwrap();
+        let claims = verifier.verify(token.trim()).expect("crm token verifies");
+        assert_eq!(claims.sub, "service:crm");
+        assert_eq!(claims.scopes, svc_crm::INFO.scopes);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "token readable by others: {mode:o}");
+        }
+        // Only services that call others get a token.
+        assert!(!out.join("tokens/core.token").exists());
+        // A second run (every deploy) is harmless.
+        super::init_deployment(&cfg, &out.join("public"), &out.join("tokens"))
+            .await
+            .expect("init again");
+        // Every service's role exists: a service starts without the superuser URL.
+        let mut no_admin = app.shared.clone();
+        no_admin.config.database_admin_url = None;
+        for (info, _) in super::fleet() {
+            let ctx = isp_platform::runtime::context(info, &no_admin)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e:?}", info.name));
+            let schema: String = sqlx::query_scalar("SELECT current_schema()")
+                .fetch_one(&ctx.pool)
+                .await
+                .unwrap();
+            assert_eq!(schema, info.schema);
+        }
+        let radius: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'isp_radius')")
+                .fetch_one(&app.admin_pool().await)
+                .await
+                .unwrap();
+        assert!(radius);
     }
 }

@@ -10,6 +10,12 @@ use tokio_util::sync::CancellationToken;
 
 const USAGE: &str = "usage:
   isp up                          run every service in this process (ISP_HTTP_ADDR, default 127.0.0.1:8080)
+  isp init <public-dir> <token-dir>
+                                  for a distributed deployment, once per deploy: provision every
+                                  service's Postgres role and schema (ISP_DATABASE_ADMIN_URL), make
+                                  sure the signing key exists, write its public key to
+                                  <public-dir>/jwt-ed25519.pub and each calling service's token to
+                                  <token-dir>/<service>.token (see docs/operations.md)
   isp token <service> [scope...]  print a service token signed with the platform key
   isp public-key                  print the public key other hosts verify tokens with (ISP_JWT_PUBLIC_KEY)";
 
@@ -25,6 +31,14 @@ async fn main() -> anyhow::Result<()> {
             let scopes: Vec<&str> = args[2..].iter().map(String::as_str).collect();
             println!("{}", keys.service_token(service, &scopes)?);
             Ok(())
+        }
+        Some("init") => {
+            let (Some(public), Some(tokens)) = (args.get(1), args.get(2)) else {
+                anyhow::bail!("{USAGE}");
+            };
+            isp_platform::telemetry::init();
+            let cfg = isp_platform::config::PlatformConfig::from_env()?;
+            isp::init_deployment(&cfg, public.as_ref(), tokens.as_ref()).await
         }
         Some("public-key") => {
             let cfg = isp_platform::config::PlatformConfig::from_env()?;

@@ -241,22 +241,32 @@ impl Keys {
         Ok((Self::from_pkcs8(&bytes)?, bytes))
     }
 
-    /// `ISP_JWT_PRIVATE_KEY` (base64 PKCS#8) or the file `ISP_JWT_PRIVATE_KEY_FILE`
-    /// (default `<data>/keys/jwt-ed25519.pk8`, created on first start); or, for a
-    /// service that only verifies, `ISP_JWT_PUBLIC_KEY` (base64 raw 32 bytes).
+    /// In this order: `ISP_JWT_PRIVATE_KEY` (base64 PKCS#8); the file named by
+    /// `ISP_JWT_PRIVATE_KEY_FILE` (created if missing); for a service that only
+    /// verifies, `ISP_JWT_PUBLIC_KEY` (base64 raw 32 bytes) or the file named by
+    /// `ISP_JWT_PUBLIC_KEY_FILE` (never creating a key); else the default file
+    /// `<data>/keys/jwt-ed25519.pk8`, created on first start.
     pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Self> {
         let b64 = base64::engine::general_purpose::STANDARD;
         if let Some(k) = env_opt("ISP_JWT_PRIVATE_KEY") {
             return Self::from_pkcs8(&b64.decode(k.trim())?);
         }
-        let file = env_opt("ISP_JWT_PRIVATE_KEY_FILE")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| data_dir.join("keys").join("jwt-ed25519.pk8"));
+        let explicit_private = env_opt("ISP_JWT_PRIVATE_KEY_FILE").map(std::path::PathBuf::from);
+        if explicit_private.is_none() {
+            // A verify-only host must never mint itself a signing key.
+            if let Some(p) = env_opt("ISP_JWT_PUBLIC_KEY") {
+                return Ok(Self::verify_only(&b64.decode(p.trim())?));
+            }
+            if let Some(f) = env_opt("ISP_JWT_PUBLIC_KEY_FILE") {
+                let text = std::fs::read_to_string(&f)
+                    .map_err(|e| anyhow::anyhow!("ISP_JWT_PUBLIC_KEY_FILE={f}: {e}"))?;
+                return Ok(Self::verify_only(&b64.decode(text.trim())?));
+            }
+        }
+        let file =
+            explicit_private.unwrap_or_else(|| data_dir.join("keys").join("jwt-ed25519.pk8"));
         if file.exists() {
             return Self::from_pkcs8(&b64.decode(std::fs::read_to_string(&file)?.trim())?);
-        }
-        if let Some(p) = env_opt("ISP_JWT_PUBLIC_KEY") {
-            return Ok(Self::verify_only(&b64.decode(p.trim())?));
         }
         let (keys, pkcs8) = Self::generate()?;
         if let Some(dir) = file.parent() {
@@ -307,6 +317,11 @@ impl Keys {
             access.check(*id, *token_version).await?;
         }
         Ok(principal)
+    }
+
+    /// Whether these keys can sign (only core's can, in a distributed deployment).
+    pub fn can_sign(&self) -> bool {
+        self.encoding.is_some()
     }
 
     pub fn public_key_b64(&self) -> String {

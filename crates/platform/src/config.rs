@@ -33,7 +33,9 @@ pub struct PlatformConfig {
     /// `ISP_DATA_DIR` (default `.data`): keys, uploads, private servers' data.
     pub data_dir: PathBuf,
     /// `ISP_DATABASE_ADMIN_URL`: a role that may create roles and schemas. Used at start
-    /// to provision each service's own role and schema, then dropped.
+    /// to provision each service's own role and schema, then dropped. `none`: the
+    /// roles exist already (provisioned by `isp init`); connect as the service's own
+    /// role only, and never hold a superuser password.
     pub database_admin_url: Option<String>,
     /// `ISP_DATABASE_HOST`/`ISP_DATABASE_PORT`/`ISP_DATABASE_NAME`: where each service's
     /// own role connects (derived from the admin URL when that is set).
@@ -69,8 +71,11 @@ impl std::fmt::Debug for PlatformConfig {
 
 impl PlatformConfig {
     pub fn from_env() -> anyhow::Result<Self> {
-        let admin = env_opt("ISP_DATABASE_ADMIN_URL")
-            .or_else(|| Some("postgres://postgres@127.0.0.1:55432/isp".to_string()));
+        let admin = match env_opt("ISP_DATABASE_ADMIN_URL") {
+            Some(v) if v.eq_ignore_ascii_case("none") => None,
+            Some(v) => Some(v),
+            None => Some("postgres://postgres@127.0.0.1:55432/isp".to_string()),
+        };
         let (host, port, name) = match admin.as_deref().map(parse_pg_url) {
             Some(Ok(parts)) => parts,
             _ => ("127.0.0.1".to_string(), 55432, "isp".to_string()),

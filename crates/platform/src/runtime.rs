@@ -142,14 +142,21 @@ impl ServiceContext {
         }
     }
 
-    /// A client for calling another service with this service's token.
+    /// A client for calling another service with this service's token:
+    /// `ISP_<SCHEMA>_SERVICE_TOKEN`, else the file `ISP_<SCHEMA>_SERVICE_TOKEN_FILE`
+    /// (written by `isp init` in a distributed deployment), else one minted with
+    /// the signing key (single process).
     pub fn client(&self, scopes: &[&str]) -> anyhow::Result<crate::client::ServiceClient> {
-        let token = match crate::config::env_opt(&format!(
-            "ISP_{}_SERVICE_TOKEN",
-            self.schema.to_uppercase()
-        )) {
+        let var = format!("ISP_{}_SERVICE_TOKEN", self.schema.to_uppercase());
+        let token = match crate::config::env_opt(&var) {
             Some(t) => t,
-            None => self.keys.service_token(self.name, scopes)?,
+            None => match crate::config::env_opt(&format!("{var}_FILE")) {
+                Some(f) => std::fs::read_to_string(&f)
+                    .map_err(|e| anyhow::anyhow!("{var}_FILE={f}: {e}"))?
+                    .trim()
+                    .to_string(),
+                None => self.keys.service_token(self.name, scopes)?,
+            },
         };
         Ok(crate::client::ServiceClient::new(
             self.config.internal_url.clone(),
