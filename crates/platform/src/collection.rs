@@ -1401,6 +1401,48 @@ async fn delete_handler(
     ))
 }
 
+/// Publishes a stored document as a snapshot event through the outbox, inside the
+/// caller's transaction: `publish_doc(tx, ctx, doc, PlanCreated).await?`. The
+/// document's JSON (camelCase, money as strings) is the snapshot's wire form.
+pub async fn publish_doc<S, E>(
+    tx: &mut PgConnection,
+    ctx: &ServiceContext,
+    doc: &Value,
+    wrap: impl FnOnce(S) -> E,
+) -> ApiResult<()>
+where
+    S: serde::de::DeserializeOwned,
+    E: isp_events::EventPayload,
+{
+    let snapshot: S = serde_json::from_value(doc.clone()).map_err(|e| {
+        ApiError::Internal(anyhow::anyhow!("{} snapshot of the document: {e}", E::TYPE))
+    })?;
+    isp_events::outbox::enqueue(tx, ctx.name, &wrap(snapshot))
+        .await
+        .map_err(ApiError::Internal)?;
+    Ok(())
+}
+
+/// `publish_doc` with the created or updated wrapper, as `after_change` needs.
+pub async fn publish_change<S, C, U>(
+    tx: &mut PgConnection,
+    ctx: &ServiceContext,
+    doc: &Value,
+    previous: Option<&Value>,
+    created: impl FnOnce(S) -> C,
+    updated: impl FnOnce(S) -> U,
+) -> ApiResult<()>
+where
+    S: serde::de::DeserializeOwned,
+    C: isp_events::EventPayload,
+    U: isp_events::EventPayload,
+{
+    match previous {
+        None => publish_doc(tx, ctx, doc, created).await,
+        Some(_) => publish_doc(tx, ctx, doc, updated).await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1490,47 +1532,5 @@ mod tests {
         given.insert("status".into(), json!("Inactive"));
         c.apply_defaults(&mut given).unwrap();
         assert_eq!(given["status"], "Inactive");
-    }
-}
-
-/// Publishes a stored document as a snapshot event through the outbox, inside the
-/// caller's transaction: `publish_doc(tx, ctx, doc, PlanCreated).await?`. The
-/// document's JSON (camelCase, money as strings) is the snapshot's wire form.
-pub async fn publish_doc<S, E>(
-    tx: &mut PgConnection,
-    ctx: &ServiceContext,
-    doc: &Value,
-    wrap: impl FnOnce(S) -> E,
-) -> ApiResult<()>
-where
-    S: serde::de::DeserializeOwned,
-    E: isp_events::EventPayload,
-{
-    let snapshot: S = serde_json::from_value(doc.clone()).map_err(|e| {
-        ApiError::Internal(anyhow::anyhow!("{} snapshot of the document: {e}", E::TYPE))
-    })?;
-    isp_events::outbox::enqueue(tx, ctx.name, &wrap(snapshot))
-        .await
-        .map_err(ApiError::Internal)?;
-    Ok(())
-}
-
-/// `publish_doc` with the created or updated wrapper, as `after_change` needs.
-pub async fn publish_change<S, C, U>(
-    tx: &mut PgConnection,
-    ctx: &ServiceContext,
-    doc: &Value,
-    previous: Option<&Value>,
-    created: impl FnOnce(S) -> C,
-    updated: impl FnOnce(S) -> U,
-) -> ApiResult<()>
-where
-    S: serde::de::DeserializeOwned,
-    C: isp_events::EventPayload,
-    U: isp_events::EventPayload,
-{
-    match previous {
-        None => publish_doc(tx, ctx, doc, created).await,
-        Some(_) => publish_doc(tx, ctx, doc, updated).await,
     }
 }

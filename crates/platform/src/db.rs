@@ -113,7 +113,7 @@ async fn set_search_path(
             .bind(role)
             .fetch_one(&mut *conn)
             .await?;
-    if !current.unwrap_or_default().iter().any(|c| *c == wanted) {
+    if !current.unwrap_or_default().contains(&wanted) {
         conn.execute(format!("ALTER ROLE {role} SET search_path = {schema}").as_str())
             .await?;
     }

@@ -243,7 +243,7 @@ pub fn fleet_docs(services: &[&'static str]) -> Router {
         .iter()
         .map(|s| {
             Url::new(
-                *s,
+                s,
                 Box::leak(format!("/api/{s}/openapi.json").into_boxed_str()),
             )
         })

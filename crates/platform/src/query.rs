@@ -91,7 +91,7 @@ impl ListQuery {
                     )),
                 },
                 "page" => match v.parse::<i64>() {
-                    Ok(n) if n >= 1 && n <= 1_000_000 => q.page = n,
+                    Ok(n) if (1..=1_000_000).contains(&n) => q.page = n,
                     _ => errors.push(FieldError::new(
                         "page",
                         "page must be a whole number from 1.",
