@@ -328,7 +328,38 @@ async fn crm_buildings_reach_core_and_noc_and_noc_equipment_shows_in_crm() {
         .as_str()
         .unwrap()
         .to_string();
-    // Core validates partner.buildings against its projection of CRM's buildings.
+    // The building names the partner as its caretaker in CRM, so Core lists it on
+    // the partner by itself.
+    let listed = eventually(15, || async {
+        let r = w
+            .app
+            .get(&format!("/api/core/partners/{}", w.partner), &w.sales)
+            .await;
+        (r.body["buildings"] == json!([building])).then_some(())
+    })
+    .await;
+    assert!(listed.is_some(), "Core never listed the CRM building on its caretaker");
+    // Taking the caretaker off the building in CRM takes the building off the partner.
+    let r = w
+        .app
+        .patch(
+            &format!("/api/crm/buildings/{building}"),
+            &w.sales,
+            json!({"partner": null}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let unlisted = eventually(15, || async {
+        let r = w
+            .app
+            .get(&format!("/api/core/partners/{}", w.partner), &w.sales)
+            .await;
+        (r.body["buildings"] == json!([])).then_some(())
+    })
+    .await;
+    assert!(unlisted.is_some(), "Core kept the building on its former caretaker");
+    // Staff may still link a building by hand; Core checks it against its
+    // projection of CRM's buildings.
     let linked = eventually(15, || async {
         let r = w
             .app

@@ -9,6 +9,7 @@ use isp_events::payloads::{
 use isp_events::{BoxFuture, CloudEvent, EventHandler};
 use isp_platform::collection::Collection;
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 pub struct CrmEvents {
     pub partners: Arc<Collection>,
@@ -31,7 +32,7 @@ impl EventHandler for CrmEvents {
                 BuildingDeleted,
             >(ev)?
             {
-                Some((b, deleted)) => upsert_building(tx, &b, deleted).await,
+                Some((b, deleted)) => upsert_building(tx, &self.partners, &b, deleted).await,
                 None => Ok(()),
             }
         })
@@ -81,21 +82,78 @@ impl CrmEvents {
     }
 }
 
+/// Keeps the projection and, when a building's caretaker changes in CRM, the
+/// partners' `buildings` lists: the building leaves the previous partner's list and
+/// joins the new one's (a deleted building leaves every list). Older snapshots than
+/// the one already applied change nothing, so redelivered or reordered events are
+/// harmless.
 async fn upsert_building(
     tx: &mut PgConnection,
+    partners: &Collection,
     b: &BuildingSnapshot,
     deleted: bool,
 ) -> anyhow::Result<()> {
+    // The row lock orders concurrent handlers of one building; the version check
+    // drops snapshots older than the one applied.
+    let old: Option<(Option<Uuid>, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT partner, updated_at FROM crm_buildings WHERE id = $1 FOR UPDATE")
+            .bind(b.id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if old.as_ref().is_some_and(|(_, at)| *at > b.updated_at) {
+        return Ok(());
+    }
     sqlx::query(
-        "INSERT INTO crm_buildings (id, name, deleted, updated_at) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, deleted = EXCLUDED.deleted, updated_at = EXCLUDED.updated_at
-         WHERE crm_buildings.updated_at <= EXCLUDED.updated_at",
+        "INSERT INTO crm_buildings (id, name, deleted, updated_at, partner) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, deleted = EXCLUDED.deleted,
+             updated_at = EXCLUDED.updated_at, partner = EXCLUDED.partner",
     )
     .bind(b.id)
     .bind(&b.name)
     .bind(deleted)
     .bind(b.updated_at)
+    .bind(if deleted { None } else { b.partner })
     .execute(&mut *tx)
     .await?;
+    let existed = old.is_some();
+    let old_partner = old.and_then(|(p, _)| p);
+    let new_partner = if deleted { None } else { b.partner };
+    if existed && old_partner == new_partner && !deleted {
+        return Ok(());
+    }
+    // Take the building off partners that should no longer list it.
+    let mut changed: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE partners SET buildings = array_remove(buildings, $1), updated_at = now()
+         WHERE $1 = ANY(buildings) AND ($2 OR id = $3) AND id IS DISTINCT FROM $4
+         RETURNING id",
+    )
+    .bind(b.id)
+    .bind(deleted)
+    .bind(old_partner)
+    .bind(new_partner)
+    .fetch_all(&mut *tx)
+    .await?;
+    if let Some(p) = new_partner {
+        // An unknown partner (not yet created here) simply matches no row.
+        changed.extend(
+            sqlx::query_scalar::<_, Uuid>(
+                "UPDATE partners SET buildings = array_append(buildings, $1), updated_at = now()
+                 WHERE id = $2 AND NOT ($1 = ANY(buildings)) RETURNING id",
+            )
+            .bind(b.id)
+            .bind(p)
+            .fetch_all(&mut *tx)
+            .await?,
+        );
+    }
+    for partner in changed {
+        let doc = partners
+            .fetch(tx, partner, false)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?
+            .ok_or_else(|| anyhow::anyhow!("partner vanished"))?;
+        isp_events::outbox::enqueue(tx, "core", &PartnerUpdated(serde_json::from_value(doc)?))
+            .await?;
+    }
     Ok(())
 }
