@@ -151,16 +151,16 @@ impl EventHandler for BillingEvents {
                 return self.upsert(tx, &s, false).await;
             }
             if let Some(s) = ev.payload::<SubscriberSuspended>()? {
-                return status_change(tx, &s, "Suspended").await;
+                return status_change(tx, ev.id, &s, "Suspended").await;
             }
             if let Some(s) = ev.payload::<SubscriberReactivated>()? {
-                return status_change(tx, &s, "Active").await;
+                return status_change(tx, ev.id, &s, "Active").await;
             }
             if let Some(s) = ev.payload::<SubscriberActivated>()? {
-                return status_change(tx, &s, "Active").await;
+                return status_change(tx, ev.id, &s, "Active").await;
             }
             if let Some(s) = ev.payload::<SubscriberDeactivated>()? {
-                return status_change(tx, &s, "Deactivated").await;
+                return status_change(tx, ev.id, &s, "Deactivated").await;
             }
             Ok(())
         })
@@ -235,6 +235,7 @@ impl BillingEvents {
                 .bind(&password)
                 .execute(&mut *tx)
                 .await?;
+                apply_early_status(tx, s.id).await?;
             }
             Some((_, seen, _)) if seen > s.updated_at => {
                 // Stale: a newer snapshot is already here (events can arrive out of order).
@@ -389,24 +390,66 @@ impl BillingEvents {
     }
 }
 
+/// Applies a Billing status event. The RADIUS block state follows the newest status
+/// event (by its `at`, then its time-ordered id): an older one arriving late, e.g.
+/// a redelivered `subscriber.suspended` after `subscriber.reactivated`, changes
+/// nothing. An event for a subscriber not projected yet is kept and applied when
+/// its `subscriber.created` arrives.
 async fn status_change(
     tx: &mut PgConnection,
+    event_id: Uuid,
     s: &SubscriberStatusChange,
     status: &str,
 ) -> anyhow::Result<()> {
-    let row: Option<(String, chrono::DateTime<chrono::Utc>, Option<Uuid>)> = sqlx::query_as(
-        "SELECT radius_username, billing_updated_at, assigned_ip FROM subscribers WHERE id = $1 FOR UPDATE",
+    type Row = (
+        String,
+        chrono::DateTime<chrono::Utc>,
+        Option<Uuid>,
+        Option<chrono::DateTime<chrono::Utc>>,
+        Option<Uuid>,
+    );
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT radius_username, billing_updated_at, assigned_ip, status_event_at, status_event_id
+         FROM subscribers WHERE id = $1 FOR UPDATE",
     )
     .bind(s.subscriber_id)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((user, seen, ip)) = row else {
-        tracing::warn!(subscriber = %s.subscriber_id, status, "status change for a subscriber the NOC does not know");
+    let Some((user, seen, ip, last_at, last_id)) = row else {
+        tracing::info!(subscriber = %s.subscriber_id, status, "status change before subscriber.created: kept until the subscriber arrives");
+        sqlx::query(
+            "INSERT INTO early_status_events (subscriber, status, account_number, reason, at, event_id)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (subscriber) DO UPDATE SET status = EXCLUDED.status,
+               account_number = EXCLUDED.account_number, reason = EXCLUDED.reason,
+               at = EXCLUDED.at, event_id = EXCLUDED.event_id, received_at = now()
+             WHERE (early_status_events.at, early_status_events.event_id) < (EXCLUDED.at, EXCLUDED.event_id)",
+        )
+        .bind(s.subscriber_id)
+        .bind(status)
+        .bind(&s.account_number)
+        .bind(&s.reason)
+        .bind(s.at)
+        .bind(event_id)
+        .execute(&mut *tx)
+        .await?;
         return Ok(());
     };
-    // The projected status follows the newest information; the RADIUS effect
-    // follows the event itself (status events arrive in the order Billing made them,
-    // and a snapshot written in the same transaction may carry a later updatedAt).
+    if let (Some(last_at), Some(last_id)) = (last_at, last_id) {
+        if (s.at, event_id) < (last_at, last_id) {
+            tracing::info!(subscriber = %s.subscriber_id, status, at = %s.at, newer = %last_at,
+                "stale status event: a newer one was already applied; no RADIUS change");
+            return Ok(());
+        }
+    }
+    sqlx::query("UPDATE subscribers SET status_event_at = $2, status_event_id = $3 WHERE id = $1")
+        .bind(s.subscriber_id)
+        .bind(s.at)
+        .bind(event_id)
+        .execute(&mut *tx)
+        .await?;
+    // The projected status follows the newest information, which may be a snapshot
+    // written in the same Billing transaction with a later updatedAt.
     if seen <= s.at {
         sqlx::query("UPDATE subscribers SET status = $2, billing_updated_at = $3, updated_at = now() WHERE id = $1")
             .bind(s.subscriber_id)
@@ -433,6 +476,33 @@ async fn status_change(
             radius::queue_for_open_sessions(tx, "Disconnect", s.subscriber_id, &user, None).await?;
         }
         _ => {}
+    }
+    Ok(())
+}
+
+/// Applies the status event kept for a subscriber that had not arrived yet.
+async fn apply_early_status(tx: &mut PgConnection, subscriber: Uuid) -> anyhow::Result<()> {
+    let early: Option<(
+        String,
+        String,
+        Option<String>,
+        chrono::DateTime<chrono::Utc>,
+        Uuid,
+    )> = sqlx::query_as(
+        "DELETE FROM early_status_events WHERE subscriber = $1
+             RETURNING status, account_number, reason, at, event_id",
+    )
+    .bind(subscriber)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some((status, account_number, reason, at, event_id)) = early {
+        let change = SubscriberStatusChange {
+            subscriber_id: subscriber,
+            account_number,
+            reason,
+            at,
+        };
+        status_change(tx, event_id, &change, &status).await?;
     }
     Ok(())
 }

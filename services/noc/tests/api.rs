@@ -24,7 +24,8 @@ async fn app() -> TestApp {
     TestApp::spawn(&[core(), noc()]).await
 }
 
-async fn publish<P: EventPayload>(app: &TestApp, source: &str, payload: &P) {
+/// Publishes as the producing service would; returns the event id.
+async fn publish<P: EventPayload>(app: &TestApp, source: &str, payload: &P) -> Uuid {
     let js = async_nats::jetstream::new(app.shared.nats.clone());
     isp_events::ensure_stream(&js).await.unwrap();
     let ev = CloudEvent::new(source, payload).unwrap();
@@ -35,6 +36,16 @@ async fn publish<P: EventPayload>(app: &TestApp, source: &str, payload: &P) {
         .unwrap()
         .await
         .unwrap();
+    ev.id
+}
+
+/// Waits until NOC's consumers have applied (or deliberately ignored) an event.
+async fn processed(app: &TestApp, event: Uuid) {
+    wait_projected(
+        app,
+        &format!("SELECT count(*) FROM noc.processed_events WHERE event_id = '{event}'"),
+    )
+    .await;
 }
 
 fn subscriber(id: Uuid, account: &str, plan: Uuid) -> SubscriberSnapshot {
@@ -422,10 +433,11 @@ async fn provisioning_suspension_and_reactivation_against_real_freeradius() {
     assert_eq!(s["status"], "Suspended");
 
     // Paid up: accepted again.
+    let reactivation = status_change(sub, "ACC-000101");
     publish(
         &app,
         "billing",
-        &SubscriberReactivated(status_change(sub, "ACC-000101")),
+        &SubscriberReactivated(reactivation.clone()),
     )
     .await;
     let back = eventually(10, || async {
@@ -434,6 +446,32 @@ async fn provisioning_suspension_and_reactivation_against_real_freeradius() {
     })
     .await;
     assert!(back.is_some(), "reactivated users are accepted again");
+
+    // A suspension older than that reactivation, delivered late (a redelivery),
+    // changes nothing: the account stays enabled and no Disconnect is sent.
+    let mut stale = status_change(sub, "ACC-000101");
+    stale.at = reactivation.at - chrono::Duration::seconds(30);
+    let late = publish(&app, "billing", &SubscriberSuspended(stale)).await;
+    processed(&app, late).await;
+    let reply = fr.auth("ACC-000101", &password).await.unwrap();
+    assert!(
+        reply.accepted,
+        "a stale suspension must not block a paying customer"
+    );
+    let s = app
+        .get(&format!("/api/noc/subscribers/{sub}"), &admin)
+        .await
+        .body;
+    assert_eq!(s["status"], "Active");
+    assert_eq!(
+        scalar_i64(
+            &app,
+            "SELECT count(*) FROM noc.dynauth_requests WHERE kind = 'Disconnect'"
+        )
+        .await,
+        1,
+        "only the real suspension disconnected"
+    );
 
     // New plan speeds: the reply changes and the NAS gets a CoA-Request for the
     // open session, carrying the new Mikrotik-Rate-Limit.
@@ -1455,6 +1493,58 @@ async fn moving_between_dynamic_and_static_plans_takes_and_frees_the_static_addr
             &format!(
                 "SELECT count(*) FROM noc.subscribers WHERE id = '{sub}' AND assigned_ip IS NULL"
             )
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_status_event_that_arrives_before_its_subscriber_is_applied_when_the_subscriber_arrives()
+{
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (_, plan) = static_plan(&app, &admin, "192.0.2.32/29", 2, 4).await;
+    let sub = Uuid::now_v7();
+    let snap = subscriber(sub, "ACC-000640", plan.parse().unwrap());
+    // Billing suspended the subscriber right after creating it, and NOC sees the
+    // suspension first.
+    let early = publish(
+        &app,
+        "billing",
+        &SubscriberSuspended(status_change(sub, "ACC-000640")),
+    )
+    .await;
+    processed(&app, early).await;
+    assert_eq!(
+        scalar_i64(&app, "SELECT count(*) FROM noc.early_status_events").await,
+        1,
+        "kept, not dropped"
+    );
+    publish(&app, "billing", &SubscriberCreated(snap)).await;
+    let order = installation_order(&app, &admin, sub).await;
+    let s = app
+        .get(&format!("/api/noc/subscribers/{sub}"), &admin)
+        .await
+        .body;
+    assert_eq!(s["status"], "Suspended");
+    assert_eq!(
+        scalar_i64(&app, "SELECT count(*) FROM noc.early_status_events").await,
+        0
+    );
+    // Installed while suspended: the account is written, and blocked.
+    let r = app
+        .patch(
+            &format!("/api/noc/workOrders/{}", order["id"].as_str().unwrap()),
+            &admin,
+            json!({"status": "Completed"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(
+        scalar_i64(
+            &app,
+            "SELECT count(*) FROM radius.radusergroup WHERE username = 'ACC-000640' AND groupname = 'suspended'"
         )
         .await,
         1
