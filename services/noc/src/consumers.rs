@@ -189,6 +189,14 @@ impl BillingEvents {
         s: &SubscriberSnapshot,
         created: bool,
     ) -> anyhow::Result<()> {
+        // Lock order: the subscriber's work orders, then the subscriber, as a
+        // completion takes them (the update locks the order, provisioning then the
+        // subscriber). Locking the subscriber first and the orders when rewriting
+        // their copy of the name made a cycle with a concurrent completion.
+        sqlx::query("SELECT id FROM work_orders WHERE subscriber = $1 ORDER BY id FOR UPDATE")
+            .bind(s.id)
+            .execute(&mut *tx)
+            .await?;
         let existing: Option<(Uuid, chrono::DateTime<chrono::Utc>, String)> = sqlx::query_as(
             "SELECT service_plan, billing_updated_at, radius_username FROM subscribers WHERE id = $1 FOR UPDATE",
         )

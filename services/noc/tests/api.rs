@@ -1550,3 +1550,74 @@ async fn a_status_event_that_arrives_before_its_subscriber_is_applied_when_the_s
         1
     );
 }
+
+/// Waits until a statement of this test's database matching `like` waits on a lock.
+async fn waiting_on_lock(pool: &sqlx::PgPool, like: &str) {
+    let ok = eventually(15, || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock' AND query ILIKE $1",
+        )
+        .bind(like)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        (n > 0).then_some(())
+    })
+    .await;
+    assert!(
+        ok.is_some(),
+        "nothing waits on a lock in a statement like {like}"
+    );
+}
+
+#[tokio::test]
+async fn completing_an_order_while_billing_updates_the_subscriber_does_not_deadlock() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (_, tech_id) = technician(&app).await;
+    let (_, plan) = static_plan(&app, &admin, "192.0.2.48/29", 2, 4).await;
+    let sub = Uuid::now_v7();
+    let mut snap = subscriber(sub, "ACC-000650", plan.parse().unwrap());
+    publish(&app, "billing", &SubscriberCreated(snap.clone())).await;
+    let order = installation_order(&app, &admin, sub).await;
+    let order_id = order["id"].as_str().unwrap().to_string();
+
+    // Interleave the two transactions the way that deadlocked: the completion
+    // holds the order and is held up (by a lock on the staff table, which it
+    // reads to check the assignee) before it locks the subscriber, while Billing's
+    // subscriber.updated is applied.
+    let pool = app.admin_pool().await;
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE noc.staff IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let order_path = format!("/api/noc/workOrders/{order_id}");
+    let complete = app.patch(
+        &order_path,
+        &admin,
+        json!({"assignedTo": tech_id, "status": "Completed"}),
+    );
+    let interleave = async {
+        waiting_on_lock(&pool, "%FROM staff%").await;
+        snap.first_name = "Amina W.".into();
+        snap.updated_at = chrono::Utc::now();
+        publish(&app, "billing", &SubscriberUpdated(snap.clone())).await;
+        waiting_on_lock(&pool, "%work_orders%").await;
+        // Past deadlock_timeout (1 s), so the waiting consumer has run its check.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        blocker.commit().await.unwrap();
+    };
+    let (r, ()) = tokio::join!(complete, interleave);
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    // Billing's update is applied too, after the completion.
+    let renamed = eventually(15, || async {
+        let r = app
+            .get(&format!("/api/noc/workOrders/{order_id}"), &admin)
+            .await;
+        (r.body["subscriberName"] == "Amina W. Otieno").then_some(())
+    })
+    .await;
+    assert!(renamed.is_some());
+}
