@@ -3,7 +3,6 @@
 use std::net::IpAddr;
 
 use async_trait::async_trait;
-use isp_events::outbox::enqueue;
 use isp_events::payloads::*;
 use isp_platform::auth::{Principal, Role, Roles};
 use isp_platform::collection::{
@@ -209,21 +208,9 @@ impl Hooks for SubscriberHooks {
                 radius::set_framed_ip(tx, user, ip.as_deref()).await?;
             }
         }
-        enqueue(
-            tx,
-            ctx.name,
-            &SubscriberNetworkUpdated {
-                subscriber_id: doc_id(doc),
-                connection_type: doc["connectionType"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                assigned_ip: ip,
-                router: doc["router"].as_str().and_then(|s| Uuid::parse_str(s).ok()),
-            },
-        )
-        .await
-        .map_err(internal)?;
+        crate::events::network_updated(tx, ctx.name, doc_id(doc))
+            .await
+            .map_err(internal)?;
         Ok(())
     }
 

@@ -323,14 +323,13 @@ impl BillingEvents {
         old_plan: Uuid,
         plan: Uuid,
     ) -> anyhow::Result<()> {
-        let row: (bool, Option<Uuid>, String) = sqlx::query_as(
-            "SELECT provisioned_at IS NOT NULL AND status <> 'Deactivated', assigned_ip, connection_type
+        let (provisioned, assigned_ip): (bool, Option<Uuid>) = sqlx::query_as(
+            "SELECT provisioned_at IS NOT NULL AND status <> 'Deactivated', assigned_ip
              FROM subscribers WHERE id = $1",
         )
         .bind(id)
         .fetch_one(&mut *tx)
         .await?;
-        let (provisioned, assigned_ip, connection_type) = row;
         let Some(p) = provision::plan(tx, plan).await? else {
             return Ok(());
         };
@@ -371,24 +370,9 @@ impl BillingEvents {
             None
         };
         match address_changed {
-            Some(ip) => {
+            Some(_) => {
                 radius::queue_for_open_sessions(tx, "Disconnect", id, user, None).await?;
-                let router: Option<Uuid> =
-                    sqlx::query_scalar("SELECT router FROM subscribers WHERE id = $1")
-                        .bind(id)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                isp_events::outbox::enqueue(
-                    tx,
-                    "noc",
-                    &SubscriberNetworkUpdated {
-                        subscriber_id: id,
-                        connection_type,
-                        assigned_ip: ip,
-                        router,
-                    },
-                )
-                .await?;
+                crate::events::network_updated(tx, "noc", id).await?;
             }
             None => {
                 radius::queue_for_open_sessions(tx, "CoA", id, user, Some(&rate)).await?;
@@ -482,6 +466,8 @@ async fn status_change(
                 .execute(&mut *tx)
                 .await?;
             radius::queue_for_open_sessions(tx, "Disconnect", s.subscriber_id, &user, None).await?;
+            // The released address leaves Billing's (and Support's) copies too.
+            crate::events::network_updated(tx, "noc", s.subscriber_id).await?;
         }
         _ => {}
     }

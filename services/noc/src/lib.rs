@@ -12,6 +12,7 @@
 //! - `consumers`: Core plans/staff, CRM buildings, Billing subscribers and their
 //!   status changes (suspension blocks RADIUS and disconnects).
 //! - `zabbix`: the webhook that turns Zabbix problems into `network.*` events.
+//! - `events`: `subscriber.network_updated` as NOC publishes it (with `at`).
 //! - `secrets`: RADIUS passwords encrypted at rest.
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use isp_platform::ServiceContext;
 pub mod collections;
 mod consumers;
 pub mod dynauth;
+pub mod events;
 mod provision;
 pub mod radius;
 pub mod secrets;

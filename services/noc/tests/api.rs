@@ -209,6 +209,35 @@ async fn stand_in_nas(
     (port, rx)
 }
 
+/// A Router resource that is the NAS at `ip`, answering dynauth on `port`.
+async fn router_nas(app: &TestApp, token: &str, ip: &str, secret: &str, port: u16) -> String {
+    let r = app
+        .post(
+            "/api/noc/resources",
+            token,
+            json!({"resourceName": format!("Router {ip}"), "resourceType": "Router", "status": "Deployed",
+                   "managementIp": ip, "nasSecret": secret, "dynauthPort": port}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    r.body["doc"]["id"].as_str().unwrap().to_string()
+}
+
+/// An open session in radacct, as FreeRADIUS writes it on Accounting-Start.
+async fn open_session(app: &TestApp, user: &str, nas_ip: &str, session: &str) {
+    let pool = app.admin_pool().await;
+    sqlx::query(
+        "INSERT INTO radius.radacct (acctsessionid, acctuniqueid, username, nasipaddress, acctstarttime)
+         VALUES ($1, md5($1 || $2), $2, $3::inet, now())",
+    )
+    .bind(session)
+    .bind(user)
+    .bind(nas_ip)
+    .execute(&pool)
+    .await
+    .unwrap();
+}
+
 fn attr_str(attrs: &[(u8, Vec<u8>)], t: u8) -> Option<String> {
     attrs
         .iter()
@@ -1300,12 +1329,22 @@ async fn deactivation_removes_the_radius_account_and_releases_the_static_ip_and_
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     wait_projected(&app, "SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000321' AND attribute = 'Mikrotik-Rate-Limit' AND value = '7M/20M'").await;
 
+    // Online through a router the NOC knows as a NAS.
+    let (nas_port, mut received) = stand_in_nas("nas-secret-2").await;
+    router_nas(&app, &admin, "127.0.0.1", "nas-secret-2", nas_port).await;
+    open_session(&app, "ACC-000321", "127.0.0.1", "82000001").await;
     publish(
         &app,
         "billing",
         &SubscriberDeactivated(status_change(sub, "ACC-000321")),
     )
     .await;
+    let (code, valid, attrs) = tokio::time::timeout(Duration::from_secs(15), received.recv())
+        .await
+        .expect("a Disconnect-Request reaches the NAS")
+        .unwrap();
+    assert_eq!((code, valid), (40, true), "a valid Disconnect-Request");
+    assert_eq!(attr_str(&attrs, 44).as_deref(), Some("82000001"));
     wait_projected(
         &app,
         &format!(
@@ -1347,6 +1386,18 @@ async fn deactivation_removes_the_radius_account_and_releases_the_static_ip_and_
         .await,
         1
     );
+    // Billing learns that the address is gone, in an event it can order by `at`.
+    let pool = app.admin_pool().await;
+    let last: Value = sqlx::query_scalar(
+        "SELECT payload->'data' FROM noc.outbox WHERE type = 'subscriber.network_updated'
+         ORDER BY created_at DESC LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(last["subscriberId"], sub.to_string());
+    assert!(last["assignedIp"].is_null(), "{last}");
+    assert!(last["at"].is_string(), "{last}");
 }
 
 #[tokio::test]
