@@ -202,10 +202,14 @@ impl Hooks for SubscriberHooks {
         if !(changed("connectionType") || changed("assignedIp") || changed("router")) {
             return Ok(());
         }
-        let ip = provision::ip_text(tx, doc["assignedIp"].as_str()).await?;
         if changed("assignedIp") && !doc["provisionedAt"].is_null() {
             if let Some(user) = doc["radiusUsername"].as_str() {
+                let ip = provision::ip_text(tx, doc["assignedIp"].as_str()).await?;
                 radius::set_framed_ip(tx, user, ip.as_deref()).await?;
+                // A session keeps the address it was given until it reconnects, so
+                // open sessions are disconnected (as a plan move that changes the
+                // address does); the NAS's answer is logged in dynauth_requests.
+                radius::queue_for_open_sessions(tx, "Disconnect", doc_id(doc), user, None).await?;
             }
         }
         crate::events::network_updated(tx, ctx.name, doc_id(doc))

@@ -1672,3 +1672,61 @@ async fn completing_an_order_while_billing_updates_the_subscriber_does_not_deadl
     .await;
     assert!(renamed.is_some());
 }
+
+#[tokio::test]
+async fn changing_an_online_subscribers_address_by_hand_disconnects_the_session() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (ne, _) = app.staff_token("Network Engineer").await;
+    let (_, plan) = static_plan(&app, &admin, "192.0.2.56/29", 3, 6).await;
+    let sub = Uuid::now_v7();
+    publish(
+        &app,
+        "billing",
+        &SubscriberCreated(subscriber(sub, "ACC-000660", plan.parse().unwrap())),
+    )
+    .await;
+    let order = installation_order(&app, &admin, sub).await;
+    let r = app
+        .patch(
+            &format!("/api/noc/workOrders/{}", order["id"].as_str().unwrap()),
+            &admin,
+            json!({"status": "Completed"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let (nas_port, mut received) = stand_in_nas("nas-secret-3").await;
+    router_nas(&app, &admin, "127.0.0.1", "nas-secret-3", nas_port).await;
+    open_session(&app, "ACC-000660", "127.0.0.1", "83000001").await;
+
+    // A Network Engineer moves the subscriber to another address of the pool.
+    let other = app
+        .get(
+            "/api/noc/ipAddresses?where[ipAddress][equals]=192.0.2.60",
+            &ne,
+        )
+        .await
+        .body["docs"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = app
+        .patch(
+            &format!("/api/noc/subscribers/{sub}"),
+            &ne,
+            json!({"assignedIp": other}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(
+        scalar_i64(&app, "SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000660' AND attribute = 'Framed-IP-Address' AND value = '192.0.2.60'").await,
+        1
+    );
+    let (code, valid, attrs) = tokio::time::timeout(Duration::from_secs(15), received.recv())
+        .await
+        .expect("a Disconnect-Request reaches the NAS")
+        .unwrap();
+    assert_eq!((code, valid), (40, true));
+    assert_eq!(attr_str(&attrs, 1).as_deref(), Some("ACC-000660"));
+    assert_eq!(attr_str(&attrs, 44).as_deref(), Some("83000001"));
+}
