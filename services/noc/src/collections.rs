@@ -708,6 +708,20 @@ impl Hooks for WorkOrderHooks {
             if !c.data.contains_key("status") {
                 c.data.insert("status".into(), json!("Pending"));
             }
+            if c.str("status") == Some("Completed") {
+                // Provisioning happens when an installation is completed; an order
+                // born Completed would skip it.
+                if c.str("orderType") == Some("New Installation") {
+                    return Err(ApiError::field(
+                        "status",
+                        "A New Installation order cannot be created Completed: create it, then set its status to Completed, which provisions the subscriber.",
+                    ));
+                }
+                c.data.insert(
+                    "completedAt".into(),
+                    json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                );
+            }
             if let Some(sub) = c.uuid("subscriber") {
                 let row: Option<(String, Option<String>, Option<String>)> = sqlx::query_as(
                     "SELECT first_name || ' ' || last_name, contact_phone, address_notes FROM subscribers WHERE id = $1",
@@ -749,6 +763,16 @@ impl Hooks for WorkOrderHooks {
                     None => return Err(ApiError::field("assignedTo", "No such staff member.")),
                 }
             }
+        }
+        if !c.create
+            && c.changed("orderType")
+            && c.existing.is_some_and(|e| e["status"] == "Completed")
+        {
+            // Turning a completed order into a New Installation would never provision.
+            return Err(ApiError::conflict_field(
+                "orderType",
+                "A completed work order's type cannot be changed; open a new order instead.",
+            ));
         }
         if !c.create && c.changed("status") {
             if c.existing.is_some_and(|e| e["status"] == "Completed") {

@@ -1227,6 +1227,49 @@ async fn work_orders_go_to_active_technicians_only() {
         (r.status, r.error_path()),
         (StatusCode::BAD_REQUEST, Some("subscriber"))
     );
+    // Provisioning cannot be skipped: no installation order is born Completed, and
+    // a completed order does not become one.
+    let r = app
+        .post(
+            "/api/noc/workOrders",
+            &ne,
+            json!({"orderType": "New Installation", "subscriber": sub, "status": "Completed"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::BAD_REQUEST, Some("status")),
+        "{:?}",
+        r.body
+    );
+    let r = app
+        .post(
+            "/api/noc/workOrders",
+            &ne,
+            json!({"orderType": "Site Survey", "subscriber": sub, "status": "Completed"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert!(r.body["doc"]["completedAt"].is_string());
+    let survey = r.body["doc"]["id"].as_str().unwrap().to_string();
+    let r = app
+        .patch(
+            &format!("/api/noc/workOrders/{survey}"),
+            &ne,
+            json!({"orderType": "New Installation"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::CONFLICT, Some("orderType")),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(
+        scalar_i64(&app, &format!("SELECT count(*) FROM noc.subscribers WHERE id = '{sub}' AND provisioned_at IS NULL")).await,
+        1
+    );
+
     let r = app.post("/api/noc/workOrders", &ne, json!({"orderType": "Repair", "subscriber": sub, "assignedTo": tech_id, "notes": "Loose cable"})).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     assert_eq!(r.body["doc"]["status"], "Pending");
