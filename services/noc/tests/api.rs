@@ -393,6 +393,28 @@ async fn provisioning_suspension_and_reactivation_against_real_freeradius() {
             .accepted
     );
     assert!(!fr.auth("ACC-999999", &password).await.unwrap().accepted);
+    // FreeRADIUS's post-auth log keeps who, when and the answer, never the
+    // password that was tried.
+    let logged: Vec<(String, Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT username, pass, reply FROM radius.radpostauth")
+            .fetch_all(&app.admin_pool().await)
+            .await
+            .unwrap();
+    for answer in ["Access-Accept", "Access-Reject"] {
+        assert!(
+            logged
+                .iter()
+                .any(|(u, _, r)| u == "ACC-000101" && r.as_deref() == Some(answer)),
+            "{answer} logged: {logged:?}"
+        );
+    }
+    for (_, pass, _) in &logged {
+        let pass = pass.as_deref().unwrap_or_default();
+        assert!(
+            !pass.contains(&password) && !pass.contains("wrong-password"),
+            "radpostauth.pass holds a password: {logged:?}"
+        );
+    }
 
     // The subscriber goes online through a router the NOC knows as a NAS.
     let (nas_port, mut received) = stand_in_nas("nas-secret-1").await;
