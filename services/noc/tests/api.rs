@@ -732,6 +732,7 @@ async fn ipam_subnets_are_validated_normalized_non_overlapping_and_addresses_fol
         ("10.30.16.0/20", StatusCode::CONFLICT, "network"),
         ("not-a-network", StatusCode::BAD_REQUEST, "network"),
         ("10.0.0.0/8", StatusCode::BAD_REQUEST, "network"),
+        ("2001:db8::/120", StatusCode::BAD_REQUEST, "network"),
     ] {
         let r = app
             .post(
@@ -793,6 +794,28 @@ async fn ipam_subnets_are_validated_normalized_non_overlapping_and_addresses_fol
         (r.status, r.error_path()),
         (StatusCode::CONFLICT, Some("ipAddress"))
     );
+    for (ip, why) in [
+        ("10.30.20.0", "network address"),
+        ("10.30.20.255", "broadcast address"),
+    ] {
+        let r = app
+            .post(
+                "/api/noc/ipAddresses",
+                &ne,
+                json!({"ipAddress": ip, "subnet": subnet}),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.error_path()),
+            (StatusCode::BAD_REQUEST, Some("ipAddress")),
+            "{ip}: {:?}",
+            r.body
+        );
+        assert!(r.body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains(why));
+    }
     let r = app
         .post(
             "/api/noc/ipAddresses",
