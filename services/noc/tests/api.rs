@@ -1002,7 +1002,47 @@ async fn resources_normalize_and_deduplicate_macs_validate_links_hide_the_nas_se
         );
     }
 
-    // resource.created / resource.updated reach the bus for CRM.
+    // One NAS per management IP: a second Router with the same IP (however
+    // written) is refused, on create and on update.
+    let r = app
+        .post(
+            "/api/noc/resources",
+            &ne,
+            json!({"resourceName": "Spare router", "resourceType": "Router", "status": "In Stock",
+                   "managementIp": "10.0.0.1", "nasSecret": "other"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::CONFLICT, Some("managementIp")),
+        "{:?}",
+        r.body
+    );
+    let r = app
+        .post(
+            "/api/noc/resources",
+            &ne,
+            json!({"resourceName": "Spare router", "resourceType": "Router", "status": "In Stock",
+                   "managementIp": "10.0.0.2"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let spare = r.body["doc"]["id"].as_str().unwrap().to_string();
+    let r = app
+        .patch(
+            &format!("/api/noc/resources/{spare}"),
+            &ne,
+            json!({"managementIp": " 10.0.0.1"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::CONFLICT, Some("managementIp")),
+        "{:?}",
+        r.body
+    );
+
+    // resource.created / updated / deleted reach the bus for CRM.
     let r = app
         .patch(
             &format!("/api/noc/resources/{router}"),
@@ -1011,27 +1051,36 @@ async fn resources_normalize_and_deduplicate_macs_validate_links_hide_the_nas_se
         )
         .await;
     assert_eq!(r.status, StatusCode::OK);
+    let r = app
+        .delete(&format!("/api/noc/resources/{spare}"), &ne)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let pool = app.admin_pool().await;
-    let types = eventually(10, || {
+    let events = eventually(10, || {
         let pool = pool.clone();
         async move {
-            let t: Vec<String> = sqlx::query_scalar(
-                "SELECT type FROM noc.outbox WHERE type LIKE 'resource.%' AND published_at IS NOT NULL ORDER BY created_at",
+            let t: Vec<(String, Value)> = sqlx::query_as(
+                "SELECT type, payload->'data' FROM noc.outbox WHERE type LIKE 'resource.%' AND published_at IS NOT NULL ORDER BY created_at",
             )
             .fetch_all(&pool)
             .await
             .unwrap();
-            (t.len() == 2).then_some(t)
+            (t.len() == 4).then_some(t)
         }
     })
-    .await;
+    .await
+    .expect("four resource events published");
+    let types: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(
         types,
-        Some(vec![
-            "resource.created".to_string(),
-            "resource.updated".to_string()
-        ])
+        [
+            "resource.created",
+            "resource.created",
+            "resource.updated",
+            "resource.deleted"
+        ]
     );
+    assert_eq!(events[3].1["id"], spare.as_str());
 }
 
 #[tokio::test]
