@@ -474,29 +474,32 @@ async fn status_change(
     Ok(())
 }
 
+#[derive(sqlx::FromRow)]
+struct EarlyStatus {
+    status: String,
+    account_number: String,
+    reason: Option<String>,
+    at: chrono::DateTime<chrono::Utc>,
+    event_id: Uuid,
+}
+
 /// Applies the status event kept for a subscriber that had not arrived yet.
 async fn apply_early_status(tx: &mut PgConnection, subscriber: Uuid) -> anyhow::Result<()> {
-    let early: Option<(
-        String,
-        String,
-        Option<String>,
-        chrono::DateTime<chrono::Utc>,
-        Uuid,
-    )> = sqlx::query_as(
+    let early: Option<EarlyStatus> = sqlx::query_as(
         "DELETE FROM early_status_events WHERE subscriber = $1
-             RETURNING status, account_number, reason, at, event_id",
+         RETURNING status, account_number, reason, at, event_id",
     )
     .bind(subscriber)
     .fetch_optional(&mut *tx)
     .await?;
-    if let Some((status, account_number, reason, at, event_id)) = early {
+    if let Some(e) = early {
         let change = SubscriberStatusChange {
             subscriber_id: subscriber,
-            account_number,
-            reason,
-            at,
+            account_number: e.account_number,
+            reason: e.reason,
+            at: e.at,
         };
-        status_change(tx, event_id, &change, &status).await?;
+        status_change(tx, e.event_id, &change, &e.status).await?;
     }
     Ok(())
 }

@@ -161,15 +161,26 @@ async fn technician(app: &TestApp) -> (String, String) {
     (token, id)
 }
 
-/// A stand-in NAS: answers each Disconnect/CoA-Request with an ACK after checking
-/// its Request Authenticator with the shared secret; reports what it received.
-async fn stand_in_nas(
-    secret: &'static str,
-) -> (
-    u16,
-    tokio::sync::mpsc::UnboundedReceiver<(u8, bool, Vec<(u8, Vec<u8>)>)>,
-) {
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+/// How a stand-in NAS answers.
+#[derive(Clone, Copy)]
+enum Answer {
+    Ack,
+    /// NAK with this Error-Cause.
+    Nak(u32),
+    /// Never answers.
+    Silent,
+}
+
+/// A stand-in NAS on 127.0.0.1 that ACKs; see [`stand_in_nas_at`].
+async fn stand_in_nas(secret: &'static str) -> (u16, NasInbox) {
+    stand_in_nas_at("127.0.0.1", secret, Answer::Ack).await
+}
+
+/// A stand-in NAS on `ip`: checks each Disconnect/CoA-Request's Request
+/// Authenticator with the shared secret, reports what it received and answers as
+/// told (ACK or NAK code for the request, with a correct Response Authenticator).
+async fn stand_in_nas_at(ip: &str, secret: &'static str, answer: Answer) -> (u16, NasInbox) {
+    let sock = tokio::net::UdpSocket::bind((ip, 0)).await.unwrap();
     let port = sock.local_addr().unwrap().port();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -197,16 +208,43 @@ async fn stand_in_nas(
             if !valid {
                 continue; // a NAS silently drops what it cannot authenticate
             }
-            let mut resp = vec![pkt[0] + 1, pkt[1], 0, 20];
+            let (code, reply_attrs) = match answer {
+                Answer::Silent => continue,
+                Answer::Ack => (pkt[0] + 1, vec![]),
+                Answer::Nak(cause) => {
+                    let mut a = vec![101u8, 6];
+                    a.extend_from_slice(&cause.to_be_bytes());
+                    (pkt[0] + 2, a)
+                }
+            };
+            let len = (20 + reply_attrs.len()) as u16;
+            let mut resp = vec![code, pkt[1]];
+            resp.extend_from_slice(&len.to_be_bytes());
             let mut h = Md5::new();
             h.update(&resp);
             h.update(&pkt[4..20]);
+            h.update(&reply_attrs);
             h.update(secret.as_bytes());
             resp.extend_from_slice(&h.finalize());
+            resp.extend_from_slice(&reply_attrs);
             let _ = sock.send_to(&resp, peer).await;
         }
     });
     (port, rx)
+}
+
+type NasInbox = tokio::sync::mpsc::UnboundedReceiver<(u8, bool, Vec<(u8, Vec<u8>)>)>;
+
+/// The next request a stand-in NAS received: valid, for `session`; its code and
+/// attributes.
+async fn next_request(rx: &mut NasInbox, session: &str) -> (u8, Vec<(u8, Vec<u8>)>) {
+    let (code, valid, attrs) = tokio::time::timeout(Duration::from_secs(15), rx.recv())
+        .await
+        .expect("a request reaches the NAS")
+        .unwrap();
+    assert!(valid, "the Request Authenticator verifies");
+    assert_eq!(attr_str(&attrs, 44).as_deref(), Some(session));
+    (code, attrs)
 }
 
 /// A Router resource that is the NAS at `ip`, answering dynauth on `port`.
@@ -1224,6 +1262,20 @@ async fn technical_subscriber_fields_follow_the_rules_and_billing_fields_are_rea
         (r.status, r.error_path()),
         (StatusCode::CONFLICT, Some("assignedIp"))
     );
+    // One MAC per subscriber, compared after normalizing.
+    let r = app
+        .patch(
+            &format!("/api/noc/subscribers/{other}"),
+            &ne,
+            json!({"macAddress": "001A.2B3C.4D5E"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::CONFLICT, Some("macAddress")),
+        "{:?}",
+        r.body
+    );
     let r = app.patch(&path, &ne, json!({"assignedIp": a2})).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(
@@ -1640,6 +1692,10 @@ async fn moving_between_dynamic_and_static_plans_takes_and_frees_the_static_addr
         0,
         "dynamic plans get no Framed-IP-Address"
     );
+    // Online through a router the NOC knows as a NAS.
+    let (nas_port, mut received) = stand_in_nas("nas-secret-4").await;
+    router_nas(&app, &admin, "127.0.0.1", "nas-secret-4", nas_port).await;
+    open_session(&app, "ACC-000555", "127.0.0.1", "86000001").await;
 
     snap.service_plan = static_plan_id.parse().unwrap();
     snap.updated_at = chrono::Utc::now();
@@ -1657,16 +1713,27 @@ async fn moving_between_dynamic_and_static_plans_takes_and_frees_the_static_addr
         scalar_i64(&app, "SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000555' AND value = '4M/8M'").await,
         1
     );
+    // A new address needs a new session.
+    assert_eq!(
+        next_request(&mut received, "86000001").await.0,
+        40,
+        "Disconnect-Request"
+    );
 
     snap.service_plan = dynamic.parse().unwrap();
     snap.updated_at = chrono::Utc::now();
-    publish(&app, "billing", &SubscriberUpdated(snap)).await;
+    publish(&app, "billing", &SubscriberUpdated(snap.clone())).await;
     wait_projected(
         &app,
         "SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000555' AND value = '5M/10M'",
     )
     .await;
     assert_eq!(scalar_i64(&app, framed).await, 0);
+    assert_eq!(
+        next_request(&mut received, "86000001").await.0,
+        40,
+        "Disconnect-Request"
+    );
     assert_eq!(
         scalar_i64(
             &app,
@@ -1683,6 +1750,38 @@ async fn moving_between_dynamic_and_static_plans_takes_and_frees_the_static_addr
             )
         )
         .await,
+        1
+    );
+
+    // Between two dynamic plans the address stays: a CoA-Request carries the new
+    // rate limit to the open session.
+    let r = app
+        .post(
+            "/api/core/plans",
+            &admin,
+            json!({"name": "Home 20", "downloadSpeed": 20, "uploadSpeed": 10, "price": 3500, "billingCycle": "Monthly"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let faster = r.body["doc"]["id"].as_str().unwrap().to_string();
+    wait_projected(
+        &app,
+        &format!("SELECT count(*) FROM noc.plans WHERE id = '{faster}'"),
+    )
+    .await;
+    snap.service_plan = faster.parse().unwrap();
+    snap.updated_at = chrono::Utc::now();
+    publish(&app, "billing", &SubscriberUpdated(snap)).await;
+    let (code, attrs) = next_request(&mut received, "86000001").await;
+    assert_eq!(code, 43, "CoA-Request");
+    let vsa = attrs
+        .iter()
+        .find(|(t, _)| *t == 26)
+        .map(|(_, v)| v.clone())
+        .expect("Vendor-Specific");
+    assert_eq!(&vsa[6..], b"10M/20M");
+    assert_eq!(
+        scalar_i64(&app, "SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000555' AND value = '10M/20M'").await,
         1
     );
 }
@@ -1866,4 +1965,74 @@ async fn changing_an_online_subscribers_address_by_hand_disconnects_the_session(
     assert_eq!((code, valid), (40, true));
     assert_eq!(attr_str(&attrs, 1).as_deref(), Some("ACC-000660"));
     assert_eq!(attr_str(&attrs, 44).as_deref(), Some("83000001"));
+}
+
+#[tokio::test]
+async fn a_naks_error_cause_and_a_silent_nas_timeout_are_recorded_in_the_request_log() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (_, plan) = static_plan(&app, &admin, "192.0.2.64/29", 3, 6).await;
+    let sub = Uuid::now_v7();
+    publish(
+        &app,
+        "billing",
+        &SubscriberCreated(subscriber(sub, "ACC-000670", plan.parse().unwrap())),
+    )
+    .await;
+    let order = installation_order(&app, &admin, sub).await;
+    let r = app
+        .patch(
+            &format!("/api/noc/workOrders/{}", order["id"].as_str().unwrap()),
+            &admin,
+            json!({"status": "Completed"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    // Two sessions on two routers: one NAKs (Session Context Not Found), one never
+    // answers.
+    let (nak_port, _) = stand_in_nas_at("127.0.0.2", "nak-secret", Answer::Nak(503)).await;
+    let (silent_port, mut silent) =
+        stand_in_nas_at("127.0.0.3", "silent-secret", Answer::Silent).await;
+    router_nas(&app, &admin, "127.0.0.2", "nak-secret", nak_port).await;
+    router_nas(&app, &admin, "127.0.0.3", "silent-secret", silent_port).await;
+    open_session(&app, "ACC-000670", "127.0.0.2", "85000001").await;
+    open_session(&app, "ACC-000670", "127.0.0.3", "85000002").await;
+
+    publish(
+        &app,
+        "billing",
+        &SubscriberSuspended(status_change(sub, "ACC-000670")),
+    )
+    .await;
+    let pool = app.admin_pool().await;
+    let log = eventually(20, || {
+        let pool = pool.clone();
+        async move {
+            let rows: Vec<(String, String, Option<i32>, i32)> = sqlx::query_as(
+                "SELECT acct_session_id, result, error_cause, attempts FROM noc.dynauth_requests
+                 WHERE kind = 'Disconnect' ORDER BY acct_session_id",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            (rows.len() == 2 && rows.iter().all(|r| r.1 != "Pending")).then_some(rows)
+        }
+    })
+    .await
+    .expect("both requests answered or given up");
+    assert_eq!(
+        log,
+        vec![
+            ("85000001".to_string(), "NAK".to_string(), Some(503), 1),
+            ("85000002".to_string(), "Timeout".to_string(), None, 3),
+        ]
+    );
+    let mut seen = 0;
+    while let Ok(Some((code, valid, _))) =
+        tokio::time::timeout(Duration::from_millis(200), silent.recv()).await
+    {
+        assert_eq!((code, valid), (40, true));
+        seen += 1;
+    }
+    assert_eq!(seen, 3, "the silent NAS got every retransmission");
 }
