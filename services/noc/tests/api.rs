@@ -1838,9 +1838,10 @@ async fn a_status_event_that_arrives_before_its_subscriber_is_applied_when_the_s
     );
 }
 
-/// Waits until a statement of this test's database matching `like` waits on a lock.
-async fn waiting_on_lock(pool: &sqlx::PgPool, like: &str) {
-    let ok = eventually(15, || async {
+/// Whether, within `secs`, a statement of this test's database matching `like`
+/// waits on a lock.
+async fn lock_waiter(pool: &sqlx::PgPool, like: &str, secs: u64) -> bool {
+    eventually(secs, || async {
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity
              WHERE datname = current_database() AND wait_event_type = 'Lock' AND query ILIKE $1",
@@ -1851,9 +1852,14 @@ async fn waiting_on_lock(pool: &sqlx::PgPool, like: &str) {
         .unwrap();
         (n > 0).then_some(())
     })
-    .await;
+    .await
+    .is_some()
+}
+
+/// Waits until a statement of this test's database matching `like` waits on a lock.
+async fn waiting_on_lock(pool: &sqlx::PgPool, like: &str) {
     assert!(
-        ok.is_some(),
+        lock_waiter(pool, like, 15).await,
         "nothing waits on a lock in a statement like {like}"
     );
 }
@@ -2035,4 +2041,70 @@ async fn a_naks_error_cause_and_a_silent_nas_timeout_are_recorded_in_the_request
         seen += 1;
     }
     assert_eq!(seen, 3, "the silent NAS got every retransmission");
+}
+
+#[tokio::test]
+async fn a_pool_is_not_full_while_its_last_address_is_only_locked_by_a_transaction_that_rolls_back()
+{
+    let app = app().await;
+    let admin = app.admin_token().await;
+    // A /30: two usable addresses; one Reserved leaves a pool of one.
+    let (subnet, plan) = static_plan(&app, &admin, "198.51.100.8/30", 1, 2).await;
+    let first = app
+        .get(
+            &format!("/api/noc/ipAddresses?where[subnet][equals]={subnet}&sort=ipAddress"),
+            &admin,
+        )
+        .await
+        .body["docs"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = app
+        .patch(
+            &format!("/api/noc/ipAddresses/{first}"),
+            &admin,
+            json!({"status": "Reserved"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let sub = Uuid::now_v7();
+    publish(
+        &app,
+        "billing",
+        &SubscriberCreated(subscriber(sub, "ACC-000680", plan.parse().unwrap())),
+    )
+    .await;
+    let order = installation_order(&app, &admin, sub).await;
+
+    // Another transaction holds the last Available address, then rolls back.
+    let pool = app.admin_pool().await;
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM noc.ip_addresses WHERE status = 'Available' FOR UPDATE")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let order_path = format!("/api/noc/workOrders/{}", order["id"].as_str().unwrap());
+    let complete = app.patch(&order_path, &admin, json!({"status": "Completed"}));
+    let roll_back = async {
+        // (Before the fix the completion did not wait: it answered 409 at once.)
+        lock_waiter(&pool, "%ip_addresses%", 5).await;
+        other.rollback().await.unwrap();
+    };
+    let (r, ()) = tokio::join!(complete, roll_back);
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let s = app
+        .get(&format!("/api/noc/subscribers/{sub}"), &admin)
+        .await
+        .body;
+    let ip = app
+        .get(
+            &format!("/api/noc/ipAddresses/{}", s["assignedIp"].as_str().unwrap()),
+            &admin,
+        )
+        .await
+        .body;
+    assert_ne!(ip["id"], first.as_str(), "not the Reserved one");
+    assert_eq!(ip["status"], "Assigned");
+    assert_eq!(ip["assignedTo"], sub.to_string());
 }
