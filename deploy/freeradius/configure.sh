@@ -12,6 +12,9 @@
 #   - enables rlm_sql for PostgreSQL against the NOC's `radius` schema. The queries
 #     are the shipped ones with unqualified table names: they resolve through the
 #     login role's search_path (`ALTER ROLE isp_radius SET search_path = radius`);
+#   - the post-auth log (radpostauth) keeps user, answer and time but never the
+#     password tried: the shipped query stores User-Password (or the CHAP
+#     response) in radpostauth.pass in cleartext; ours stores '';
 #   - clients.conf: one client, 127.0.0.1, secret $RADIUS_CLIENT_SECRET (plus
 #     $RADIUS_CLIENT_NETWORK if set, e.g. the routers' subnet in a deployment);
 #   - makes sure the MikroTik dictionary is loaded;
@@ -206,6 +209,17 @@ sql {
 EOF
 chmod 0640 "$OUT/mods-available/sql"
 ln -sfn ../mods-available/sql "$OUT/mods-enabled/sql"
+
+# The shipped post-auth query logs every attempted password (PAP User-Password, or
+# the CHAP response) into radpostauth.pass. Store '' instead; username, reply
+# (Access-Accept/Reject) and authdate stay, which is what an operator looks up.
+queries="$OUT/mods-config/sql/main/postgresql/queries.conf"
+[ -L "$queries" ] && cp --remove-destination "$(readlink -f "$queries")" "$queries"
+edit "$queries" "'%\\{%\\{User-Password\\}:-%\\{Chap-Password\\}\\}'" \
+    "s/'%\\{%\\{User-Password\\}:-%\\{Chap-Password\\}\\}'/''/"
+if grep -Eq 'User-Password|Chap-Password' "$queries"; then
+    die "$queries still refers to the password after the post-auth edit"
+fi
 
 # --- 5. Clients --------------------------------------------------------------------
 {

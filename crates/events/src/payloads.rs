@@ -382,7 +382,9 @@ plain_event!(
 );
 
 /// `subscriber.network_updated`: technical fields changed (Support projects the
-/// router for bulk-compose filters).
+/// router for bulk-compose filters). NOC also sends `at` (RFC 3339), when the
+/// change was made, so consumers can order updates (`svc_noc::events::NetworkUpdated`;
+/// events from before it lack `at`: fall back to the envelope's `time`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SubscriberNetworkUpdated {

@@ -3,7 +3,6 @@
 use std::net::IpAddr;
 
 use async_trait::async_trait;
-use isp_events::outbox::enqueue;
 use isp_events::payloads::*;
 use isp_platform::auth::{Principal, Role, Roles};
 use isp_platform::collection::{
@@ -203,27 +202,19 @@ impl Hooks for SubscriberHooks {
         if !(changed("connectionType") || changed("assignedIp") || changed("router")) {
             return Ok(());
         }
-        let ip = provision::ip_text(tx, doc["assignedIp"].as_str()).await?;
         if changed("assignedIp") && !doc["provisionedAt"].is_null() {
             if let Some(user) = doc["radiusUsername"].as_str() {
+                let ip = provision::ip_text(tx, doc["assignedIp"].as_str()).await?;
                 radius::set_framed_ip(tx, user, ip.as_deref()).await?;
+                // A session keeps the address it was given until it reconnects, so
+                // open sessions are disconnected (as a plan move that changes the
+                // address does); the NAS's answer is logged in dynauth_requests.
+                radius::queue_for_open_sessions(tx, "Disconnect", doc_id(doc), user, None).await?;
             }
         }
-        enqueue(
-            tx,
-            ctx.name,
-            &SubscriberNetworkUpdated {
-                subscriber_id: doc_id(doc),
-                connection_type: doc["connectionType"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                assigned_ip: ip,
-                router: doc["router"].as_str().and_then(|s| Uuid::parse_str(s).ok()),
-            },
-        )
-        .await
-        .map_err(internal)?;
+        crate::events::network_updated(tx, ctx.name, doc_id(doc))
+            .await
+            .map_err(internal)?;
         Ok(())
     }
 
@@ -441,13 +432,23 @@ pub fn ip_subnets() -> Collection {
     .hooks(SubnetHooks)
 }
 
-/// Parses and normalizes a CIDR (host bits cleared), refusing what is too large to
-/// populate address by address.
+/// Parses and normalizes a CIDR (host bits cleared), refusing IPv6 and what is
+/// too large to populate address by address.
+///
+/// IPv4 only: an address from a pool reaches the NAS as Framed-IP-Address, which is
+/// IPv4 (an IPv6 subscriber would need Framed-IPv6-Address or a delegated prefix,
+/// which provisioning does not write), so an IPv6 subnet would be a pool whose
+/// addresses RADIUS cannot hand out.
 pub fn parse_subnet(s: &str) -> Result<ipnet::IpNet, String> {
     let net: ipnet::IpNet = s
         .trim()
         .parse()
         .map_err(|_| "Must be a network in CIDR notation, e.g. 10.30.20.0/24.".to_string())?;
+    if let ipnet::IpNet::V6(_) = net {
+        return Err(format!(
+            "{net} is an IPv6 network: IPAM manages IPv4 subnets only, since static addresses reach the router as Framed-IP-Address (IPv4). Use an IPv4 network, e.g. 10.30.20.0/24."
+        ));
+    }
     let net = net.trunc();
     let host_bits = net.max_prefix_len() - net.prefix_len();
     if host_bits > 12 || (1u128 << host_bits) > MAX_SUBNET_ADDRESSES {
@@ -461,11 +462,40 @@ pub fn parse_subnet(s: &str) -> Result<ipnet::IpNet, String> {
 }
 
 /// Usable host addresses: IPv4 leaves out the network and broadcast addresses
-/// (except /31 and /32); IPv6 leaves out the subnet-router anycast address.
+/// (except /31 and /32); IPv6 (which `parse_subnet` refuses, kept correct anyway)
+/// leaves out the subnet-router anycast address, which ipnet's `hosts()` includes.
 pub fn usable_hosts(net: &ipnet::IpNet) -> Vec<String> {
     match net {
         ipnet::IpNet::V4(n) => n.hosts().map(|a| a.to_string()).collect(),
-        ipnet::IpNet::V6(n) => n.hosts().map(|a| a.to_string()).collect(),
+        ipnet::IpNet::V6(n) => n
+            .hosts()
+            .filter(|a| n.prefix_len() >= 127 || *a != n.network())
+            .map(|a| a.to_string())
+            .collect(),
+    }
+}
+
+/// Why `ip`, inside `net`, is not a host address (the network or broadcast address
+/// of an IPv4 subnet larger than /31, IPv6's subnet-router anycast address).
+pub fn not_a_host(net: &ipnet::IpNet, ip: IpAddr) -> Option<String> {
+    match net {
+        ipnet::IpNet::V4(n) if n.prefix_len() < 31 => {
+            if ip == IpAddr::V4(n.network()) {
+                Some(format!(
+                    "{ip} is the network address of {net}, not a host address."
+                ))
+            } else if ip == IpAddr::V4(n.broadcast()) {
+                Some(format!(
+                    "{ip} is the broadcast address of {net}, not a host address."
+                ))
+            } else {
+                None
+            }
+        }
+        ipnet::IpNet::V6(n) if n.prefix_len() < 127 && ip == IpAddr::V6(n.network()) => Some(
+            format!("{ip} is the subnet-router anycast address of {net}, not a host address."),
+        ),
+        _ => None,
     }
 }
 
@@ -620,7 +650,11 @@ impl Hooks for AddressHooks {
                         "ipAddress",
                         format!("{ip} is not inside the subnet {net}."),
                     )),
-                    _ => {}
+                    Some(net) => {
+                        if let Some(why) = not_a_host(&net, ip) {
+                            errors.push(FieldError::new("ipAddress", why));
+                        }
+                    }
                 }
             }
             if c.str("status") == Some("Assigned") {
@@ -717,6 +751,20 @@ impl Hooks for WorkOrderHooks {
             if !c.data.contains_key("status") {
                 c.data.insert("status".into(), json!("Pending"));
             }
+            if c.str("status") == Some("Completed") {
+                // Provisioning happens when an installation is completed; an order
+                // born Completed would skip it.
+                if c.str("orderType") == Some("New Installation") {
+                    return Err(ApiError::field(
+                        "status",
+                        "A New Installation order cannot be created Completed: create it, then set its status to Completed, which provisions the subscriber.",
+                    ));
+                }
+                c.data.insert(
+                    "completedAt".into(),
+                    json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                );
+            }
             if let Some(sub) = c.uuid("subscriber") {
                 let row: Option<(String, Option<String>, Option<String>)> = sqlx::query_as(
                     "SELECT first_name || ' ' || last_name, contact_phone, address_notes FROM subscribers WHERE id = $1",
@@ -758,6 +806,16 @@ impl Hooks for WorkOrderHooks {
                     None => return Err(ApiError::field("assignedTo", "No such staff member.")),
                 }
             }
+        }
+        if !c.create
+            && c.changed("orderType")
+            && c.existing.is_some_and(|e| e["status"] == "Completed")
+        {
+            // Turning a completed order into a New Installation would never provision.
+            return Err(ApiError::conflict_field(
+                "orderType",
+                "A completed work order's type cannot be changed; open a new order instead.",
+            ));
         }
         if !c.create && c.changed("status") {
             if c.existing.is_some_and(|e| e["status"] == "Completed") {
@@ -823,7 +881,37 @@ mod tests {
             usable_hosts(&parse_subnet("192.0.2.0/24").unwrap()).len(),
             254
         );
-        assert!(parse_subnet("2001:db8::/116").is_ok());
+        let e = parse_subnet("2001:db8::/120").unwrap_err();
+        assert!(e.contains("IPv6") && e.contains("IPv4"), "{e}");
         assert!(parse_subnet("2001:db8::/64").is_err());
+        assert_eq!(
+            usable_hosts(&parse_subnet("192.0.2.0/31").unwrap()),
+            vec!["192.0.2.0", "192.0.2.1"]
+        );
+    }
+
+    #[test]
+    fn ipv6_hosts_leave_out_the_subnet_router_anycast_address() {
+        let net: ipnet::IpNet = "2001:db8::/126".parse().unwrap();
+        assert_eq!(
+            usable_hosts(&net),
+            vec!["2001:db8::1", "2001:db8::2", "2001:db8::3"]
+        );
+        let p2p: ipnet::IpNet = "2001:db8::/127".parse().unwrap();
+        assert_eq!(usable_hosts(&p2p).len(), 2, "RFC 6164 point-to-point");
+    }
+
+    #[test]
+    fn network_and_broadcast_addresses_are_not_hosts() {
+        let net = parse_subnet("10.30.20.0/24").unwrap();
+        let why = |ip: &str| not_a_host(&net, ip.parse().unwrap());
+        assert!(why("10.30.20.0").unwrap().contains("network address"));
+        assert!(why("10.30.20.255").unwrap().contains("broadcast address"));
+        assert_eq!(why("10.30.20.1"), None);
+        assert_eq!(why("10.30.20.254"), None);
+        let p2p = parse_subnet("10.0.0.0/31").unwrap();
+        assert_eq!(not_a_host(&p2p, "10.0.0.0".parse().unwrap()), None);
+        let v6: ipnet::IpNet = "2001:db8::/120".parse().unwrap();
+        assert!(not_a_host(&v6, "2001:db8::".parse().unwrap()).is_some());
     }
 }

@@ -151,16 +151,16 @@ impl EventHandler for BillingEvents {
                 return self.upsert(tx, &s, false).await;
             }
             if let Some(s) = ev.payload::<SubscriberSuspended>()? {
-                return status_change(tx, &s, "Suspended").await;
+                return status_change(tx, ev.id, &s, "Suspended").await;
             }
             if let Some(s) = ev.payload::<SubscriberReactivated>()? {
-                return status_change(tx, &s, "Active").await;
+                return status_change(tx, ev.id, &s, "Active").await;
             }
             if let Some(s) = ev.payload::<SubscriberActivated>()? {
-                return status_change(tx, &s, "Active").await;
+                return status_change(tx, ev.id, &s, "Active").await;
             }
             if let Some(s) = ev.payload::<SubscriberDeactivated>()? {
-                return status_change(tx, &s, "Deactivated").await;
+                return status_change(tx, ev.id, &s, "Deactivated").await;
             }
             Ok(())
         })
@@ -189,6 +189,14 @@ impl BillingEvents {
         s: &SubscriberSnapshot,
         created: bool,
     ) -> anyhow::Result<()> {
+        // Lock order: the subscriber's work orders, then the subscriber, as a
+        // completion takes them (the update locks the order, provisioning then the
+        // subscriber). Locking the subscriber first and the orders when rewriting
+        // their copy of the name made a cycle with a concurrent completion.
+        sqlx::query("SELECT id FROM work_orders WHERE subscriber = $1 ORDER BY id FOR UPDATE")
+            .bind(s.id)
+            .execute(&mut *tx)
+            .await?;
         let existing: Option<(Uuid, chrono::DateTime<chrono::Utc>, String)> = sqlx::query_as(
             "SELECT service_plan, billing_updated_at, radius_username FROM subscribers WHERE id = $1 FOR UPDATE",
         )
@@ -235,6 +243,7 @@ impl BillingEvents {
                 .bind(&password)
                 .execute(&mut *tx)
                 .await?;
+                apply_early_status(tx, s.id).await?;
             }
             Some((_, seen, _)) if seen > s.updated_at => {
                 // Stale: a newer snapshot is already here (events can arrive out of order).
@@ -314,14 +323,13 @@ impl BillingEvents {
         old_plan: Uuid,
         plan: Uuid,
     ) -> anyhow::Result<()> {
-        let row: (bool, Option<Uuid>, String) = sqlx::query_as(
-            "SELECT provisioned_at IS NOT NULL AND status <> 'Deactivated', assigned_ip, connection_type
+        let (provisioned, assigned_ip): (bool, Option<Uuid>) = sqlx::query_as(
+            "SELECT provisioned_at IS NOT NULL AND status <> 'Deactivated', assigned_ip
              FROM subscribers WHERE id = $1",
         )
         .bind(id)
         .fetch_one(&mut *tx)
         .await?;
-        let (provisioned, assigned_ip, connection_type) = row;
         let Some(p) = provision::plan(tx, plan).await? else {
             return Ok(());
         };
@@ -362,24 +370,9 @@ impl BillingEvents {
             None
         };
         match address_changed {
-            Some(ip) => {
+            Some(_) => {
                 radius::queue_for_open_sessions(tx, "Disconnect", id, user, None).await?;
-                let router: Option<Uuid> =
-                    sqlx::query_scalar("SELECT router FROM subscribers WHERE id = $1")
-                        .bind(id)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                isp_events::outbox::enqueue(
-                    tx,
-                    "noc",
-                    &SubscriberNetworkUpdated {
-                        subscriber_id: id,
-                        connection_type,
-                        assigned_ip: ip,
-                        router,
-                    },
-                )
-                .await?;
+                crate::events::network_updated(tx, "noc", id).await?;
             }
             None => {
                 radius::queue_for_open_sessions(tx, "CoA", id, user, Some(&rate)).await?;
@@ -389,24 +382,66 @@ impl BillingEvents {
     }
 }
 
+/// Applies a Billing status event. The RADIUS block state follows the newest status
+/// event (by its `at`, then its time-ordered id): an older one arriving late, e.g.
+/// a redelivered `subscriber.suspended` after `subscriber.reactivated`, changes
+/// nothing. An event for a subscriber not projected yet is kept and applied when
+/// its `subscriber.created` arrives.
 async fn status_change(
     tx: &mut PgConnection,
+    event_id: Uuid,
     s: &SubscriberStatusChange,
     status: &str,
 ) -> anyhow::Result<()> {
-    let row: Option<(String, chrono::DateTime<chrono::Utc>, Option<Uuid>)> = sqlx::query_as(
-        "SELECT radius_username, billing_updated_at, assigned_ip FROM subscribers WHERE id = $1 FOR UPDATE",
+    type Row = (
+        String,
+        chrono::DateTime<chrono::Utc>,
+        Option<Uuid>,
+        Option<chrono::DateTime<chrono::Utc>>,
+        Option<Uuid>,
+    );
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT radius_username, billing_updated_at, assigned_ip, status_event_at, status_event_id
+         FROM subscribers WHERE id = $1 FOR UPDATE",
     )
     .bind(s.subscriber_id)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((user, seen, ip)) = row else {
-        tracing::warn!(subscriber = %s.subscriber_id, status, "status change for a subscriber the NOC does not know");
+    let Some((user, seen, ip, last_at, last_id)) = row else {
+        tracing::info!(subscriber = %s.subscriber_id, status, "status change before subscriber.created: kept until the subscriber arrives");
+        sqlx::query(
+            "INSERT INTO early_status_events (subscriber, status, account_number, reason, at, event_id)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (subscriber) DO UPDATE SET status = EXCLUDED.status,
+               account_number = EXCLUDED.account_number, reason = EXCLUDED.reason,
+               at = EXCLUDED.at, event_id = EXCLUDED.event_id, received_at = now()
+             WHERE (early_status_events.at, early_status_events.event_id) < (EXCLUDED.at, EXCLUDED.event_id)",
+        )
+        .bind(s.subscriber_id)
+        .bind(status)
+        .bind(&s.account_number)
+        .bind(&s.reason)
+        .bind(s.at)
+        .bind(event_id)
+        .execute(&mut *tx)
+        .await?;
         return Ok(());
     };
-    // The projected status follows the newest information; the RADIUS effect
-    // follows the event itself (status events arrive in the order Billing made them,
-    // and a snapshot written in the same transaction may carry a later updatedAt).
+    if let (Some(last_at), Some(last_id)) = (last_at, last_id) {
+        if (s.at, event_id) < (last_at, last_id) {
+            tracing::info!(subscriber = %s.subscriber_id, status, at = %s.at, newer = %last_at,
+                "stale status event: a newer one was already applied; no RADIUS change");
+            return Ok(());
+        }
+    }
+    sqlx::query("UPDATE subscribers SET status_event_at = $2, status_event_id = $3 WHERE id = $1")
+        .bind(s.subscriber_id)
+        .bind(s.at)
+        .bind(event_id)
+        .execute(&mut *tx)
+        .await?;
+    // The projected status follows the newest information, which may be a snapshot
+    // written in the same Billing transaction with a later updatedAt.
     if seen <= s.at {
         sqlx::query("UPDATE subscribers SET status = $2, billing_updated_at = $3, updated_at = now() WHERE id = $1")
             .bind(s.subscriber_id)
@@ -431,8 +466,40 @@ async fn status_change(
                 .execute(&mut *tx)
                 .await?;
             radius::queue_for_open_sessions(tx, "Disconnect", s.subscriber_id, &user, None).await?;
+            // The released address leaves Billing's (and Support's) copies too.
+            crate::events::network_updated(tx, "noc", s.subscriber_id).await?;
         }
         _ => {}
+    }
+    Ok(())
+}
+
+#[derive(sqlx::FromRow)]
+struct EarlyStatus {
+    status: String,
+    account_number: String,
+    reason: Option<String>,
+    at: chrono::DateTime<chrono::Utc>,
+    event_id: Uuid,
+}
+
+/// Applies the status event kept for a subscriber that had not arrived yet.
+async fn apply_early_status(tx: &mut PgConnection, subscriber: Uuid) -> anyhow::Result<()> {
+    let early: Option<EarlyStatus> = sqlx::query_as(
+        "DELETE FROM early_status_events WHERE subscriber = $1
+         RETURNING status, account_number, reason, at, event_id",
+    )
+    .bind(subscriber)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(e) = early {
+        let change = SubscriberStatusChange {
+            subscriber_id: subscriber,
+            account_number: e.account_number,
+            reason: e.reason,
+            at: e.at,
+        };
+        status_change(tx, e.event_id, &change, &e.status).await?;
     }
     Ok(())
 }

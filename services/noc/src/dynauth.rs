@@ -102,15 +102,31 @@ pub struct Answer {
     pub error_cause: Option<u32>,
 }
 
-/// Checks length, Identifier and the Response Authenticator
-/// MD5(Code|Id|Length|RequestAuth|Attributes|Secret); returns None for anything
-/// that is not a genuine answer to `request`.
+/// The answer codes RFC 5176 allows for a request code: Disconnect-ACK/NAK for a
+/// Disconnect-Request, CoA-ACK/NAK for a CoA-Request.
+fn answers_to(request_code: u8) -> &'static [u8] {
+    match request_code {
+        DISCONNECT_REQUEST => &[DISCONNECT_ACK, DISCONNECT_NAK],
+        COA_REQUEST => &[COA_ACK, COA_NAK],
+        _ => &[],
+    }
+}
+
+/// Checks length, Identifier, that the code answers the request's code, the
+/// Response Authenticator MD5(Code|Id|Length|RequestAuth|Attributes|Secret) and,
+/// when the NAS sent one, the Message-Authenticator (RFC 3579 section 3.2:
+/// HMAC-MD5 over the response with the Request Authenticator in place of its own
+/// and the attribute zeroed). Returns None for anything that is not a genuine
+/// answer to `request`.
 pub fn verify_response(request: &[u8], response: &[u8], secret: &[u8]) -> Option<Answer> {
     if response.len() < 20 || request.len() < 20 {
         return None;
     }
     let len = u16::from_be_bytes([response[2], response[3]]) as usize;
     if len < 20 || len > response.len() || response[1] != request[1] {
+        return None;
+    }
+    if !answers_to(request[0]).contains(&response[0]) {
         return None;
     }
     let response = &response[..len];
@@ -123,17 +139,36 @@ pub fn verify_response(request: &[u8], response: &[u8], secret: &[u8]) -> Option
         return None;
     }
     let mut error_cause = None;
+    let mut message_authenticator = None;
     let mut i = 20;
     while i + 2 <= response.len() {
         let (t, l) = (response[i], response[i + 1] as usize);
         if l < 2 || i + l > response.len() {
             return None;
         }
-        if t == ERROR_CAUSE && l == 6 {
-            let v = &response[i + 2..i + 6];
-            error_cause = Some(u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
+        match t {
+            ERROR_CAUSE if l == 6 => {
+                let v = &response[i + 2..i + 6];
+                error_cause = Some(u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
+            }
+            MESSAGE_AUTHENTICATOR => {
+                if l != 18 || message_authenticator.is_some() {
+                    return None;
+                }
+                message_authenticator = Some(i + 2);
+            }
+            _ => {}
         }
         i += l;
+    }
+    if let Some(at) = message_authenticator {
+        let mut zeroed = response.to_vec();
+        zeroed[4..20].copy_from_slice(&request[4..20]);
+        zeroed[at..at + 16].fill(0);
+        let mut mac =
+            <Hmac<Md5> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
+        mac.update(&zeroed);
+        mac.verify_slice(&response[at..at + 16]).ok()?;
     }
     Some(Answer {
         code: response[0],
@@ -141,14 +176,33 @@ pub fn verify_response(request: &[u8], response: &[u8], secret: &[u8]) -> Option
     })
 }
 
-/// Sends `packet` up to `attempts` times, waiting `timeout` for a verified answer.
+/// How an exchange with a NAS ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// The verified answer, if one came.
+    pub answer: Option<Answer>,
+    /// Transmissions made (1 when the first one was answered).
+    pub attempts: u32,
+    /// Attempts answered by ICMP port unreachable (nothing listening there).
+    pub refused: u32,
+}
+
+fn refused(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::ConnectionRefused
+}
+
+/// Sends `packet` up to `attempts` times, waiting `timeout` for a verified answer
+/// each time. A refusal (ICMP port unreachable, reported on the connected socket)
+/// ends an attempt but not its wait: the next transmission still waits for the
+/// attempt's deadline, so a NAS that is restarting gets the whole retry window
+/// rather than every retry within a millisecond.
 pub async fn exchange(
     nas: SocketAddr,
     packet: &[u8],
     secret: &[u8],
     attempts: u32,
     timeout: Duration,
-) -> std::io::Result<(Option<Answer>, u32)> {
+) -> std::io::Result<Outcome> {
     let bind: SocketAddr = if nas.is_ipv4() {
         "0.0.0.0:0".parse().expect("addr")
     } else {
@@ -157,24 +211,47 @@ pub async fn exchange(
     let sock = UdpSocket::bind(bind).await?;
     sock.connect(nas).await?;
     let mut buf = [0u8; 4096];
+    let mut refusals = 0;
     for attempt in 1..=attempts {
-        sock.send(packet).await?;
         let deadline = tokio::time::Instant::now() + timeout;
+        // An earlier attempt's ICMP error can surface on this send instead of a recv.
+        let sent = match sock.send(packet).await {
+            Err(e) if refused(&e) => false,
+            Err(e) => return Err(e),
+            Ok(_) => true,
+        };
         loop {
+            if !sent {
+                refusals += 1;
+                tokio::time::sleep_until(deadline).await;
+                break;
+            }
             match tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
                 Err(_) => break, // timed out: retransmit
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+                Ok(Err(e)) if refused(&e) => {
+                    refusals += 1;
+                    tokio::time::sleep_until(deadline).await;
+                    break;
+                }
                 Ok(Err(e)) => return Err(e),
                 Ok(Ok(n)) => {
                     if let Some(a) = verify_response(packet, &buf[..n], secret) {
-                        return Ok((Some(a), attempt));
+                        return Ok(Outcome {
+                            answer: Some(a),
+                            attempts: attempt,
+                            refused: refusals,
+                        });
                     }
                     // A forged or stray datagram: keep waiting for the real answer.
                 }
             }
         }
     }
-    Ok((None, attempts))
+    Ok(Outcome {
+        answer: None,
+        attempts,
+        refused: refusals,
+    })
 }
 
 /// `ISP_NOC_DYNAUTH_TIMEOUT_MS` (default 1000) per attempt and
@@ -317,17 +394,37 @@ async fn send_one(
     )
     .await
     {
-        Ok((Some(a), n)) => match a.code {
+        Ok(Outcome {
+            answer: Some(a),
+            attempts: n,
+            ..
+        }) => match a.code {
+            // verify_response lets through only the ACK/NAK of the request's code.
             DISCONNECT_ACK | COA_ACK => ("ACK", None, None, n),
-            DISCONNECT_NAK | COA_NAK => ("NAK", a.error_cause, None, n),
-            other => (
-                "Error",
-                None,
-                Some(format!("unexpected reply code {other}")),
-                n,
-            ),
+            _ => ("NAK", a.error_cause, None, n),
         },
-        Ok((None, n)) => ("Timeout", None, None, n),
+        Ok(Outcome {
+            answer: None,
+            attempts: n,
+            refused,
+        }) if refused == n => (
+            "Error",
+            None,
+            Some(format!(
+                "nothing listens on {ip} port {port}: every attempt was refused (ICMP port unreachable)"
+            )),
+            n,
+        ),
+        Ok(Outcome {
+            answer: None,
+            attempts: n,
+            refused,
+        }) => (
+            "Timeout",
+            None,
+            (refused > 0).then(|| format!("{refused} of {n} attempts refused (ICMP port unreachable)")),
+            n,
+        ),
         Err(e) => ("Error", None, Some(e.to_string()), 0),
     }
 }
@@ -446,10 +543,10 @@ mod tests {
             }
             n
         });
-        let (a, attempts) = exchange(addr, &request(b"k"), b"k", 3, Duration::from_millis(60))
+        let out = exchange(addr, &request(b"k"), b"k", 3, Duration::from_millis(60))
             .await
             .unwrap();
-        assert_eq!((a, attempts), (None, 3));
+        assert_eq!((out.answer, out.attempts, out.refused), (None, 3, 0));
         assert_eq!(counter.await.unwrap(), 3, "the NAS saw three transmissions");
     }
 
@@ -471,16 +568,128 @@ mod tests {
             .await
             .unwrap();
         });
-        let (a, attempts) = exchange(addr, &request(b"k"), b"k", 3, Duration::from_millis(500))
+        let out = exchange(addr, &request(b"k"), b"k", 3, Duration::from_millis(500))
             .await
             .unwrap();
-        assert_eq!(attempts, 1);
+        assert_eq!(out.attempts, 1);
         assert_eq!(
-            a,
+            out.answer,
             Some(Answer {
                 code: DISCONNECT_NAK,
                 error_cause: Some(503)
             })
+        );
+    }
+
+    /// An answer carrying Message-Authenticator, computed as a NAS does (RFC 3579
+    /// section 3.2: over the response with the Request Authenticator in its place).
+    fn answer_with_ma(req: &[u8], code: u8, secret: &[u8], ma_key: &[u8]) -> Vec<u8> {
+        let attrs_len = 18;
+        let mut resp = vec![code, req[1]];
+        resp.extend_from_slice(&((20 + attrs_len) as u16).to_be_bytes());
+        resp.extend_from_slice(&req[4..20]);
+        resp.extend_from_slice(&[MESSAGE_AUTHENTICATOR, 18]);
+        resp.extend_from_slice(&[0u8; 16]);
+        let mut mac = <Hmac<Md5> as Mac>::new_from_slice(ma_key).unwrap();
+        mac.update(&resp);
+        let ma = mac.finalize().into_bytes();
+        resp[22..38].copy_from_slice(&ma);
+        let auth = md5(&[&resp[..4], &req[4..20], &resp[20..], secret]);
+        resp[4..20].copy_from_slice(&auth);
+        resp
+    }
+
+    #[test]
+    fn only_the_answers_to_the_request_code_are_accepted() {
+        let secret = b"k";
+        let disconnect = request(secret);
+        assert!(verify_response(
+            &disconnect,
+            &answer(&disconnect, DISCONNECT_ACK, &[], secret),
+            secret
+        )
+        .is_some());
+        assert!(verify_response(
+            &disconnect,
+            &answer(&disconnect, DISCONNECT_NAK, &[], secret),
+            secret
+        )
+        .is_some());
+        for wrong in [COA_ACK, COA_NAK, DISCONNECT_REQUEST, 2] {
+            assert_eq!(
+                verify_response(
+                    &disconnect,
+                    &answer(&disconnect, wrong, &[], secret),
+                    secret
+                ),
+                None,
+                "code {wrong} does not answer a Disconnect-Request"
+            );
+        }
+        let coa = encode(
+            &Request {
+                code: COA_REQUEST,
+                identifier: 4,
+                username: "ACC-1",
+                acct_session_id: "s-1",
+                nas_ip: None,
+                rate_limit: Some("1M/2M"),
+            },
+            secret,
+        );
+        assert!(verify_response(&coa, &answer(&coa, COA_ACK, &[], secret), secret).is_some());
+        assert!(verify_response(&coa, &answer(&coa, COA_NAK, &[], secret), secret).is_some());
+        for wrong in [DISCONNECT_ACK, DISCONNECT_NAK] {
+            assert_eq!(
+                verify_response(&coa, &answer(&coa, wrong, &[], secret), secret),
+                None
+            );
+        }
+    }
+
+    #[test]
+    fn a_message_authenticator_in_the_answer_is_verified() {
+        let secret = b"k";
+        let req = request(secret);
+        let good = answer_with_ma(&req, DISCONNECT_ACK, secret, secret);
+        assert_eq!(
+            verify_response(&req, &good, secret),
+            Some(Answer {
+                code: DISCONNECT_ACK,
+                error_cause: None
+            })
+        );
+        // Right Response Authenticator, but an HMAC made with another key.
+        let forged = answer_with_ma(&req, DISCONNECT_ACK, secret, b"other");
+        assert_eq!(verify_response(&req, &forged, secret), None);
+        // A Message-Authenticator of the wrong length is malformed.
+        let short = answer(
+            &req,
+            DISCONNECT_ACK,
+            &[MESSAGE_AUTHENTICATOR, 6, 0, 0, 0, 0],
+            secret,
+        );
+        assert_eq!(verify_response(&req, &short, secret), None);
+    }
+
+    #[tokio::test]
+    async fn a_refusing_port_is_retried_after_each_timeout_not_at_once() {
+        // A port nobody listens on: the kernel answers ICMP port unreachable.
+        let addr = {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.local_addr().unwrap()
+        };
+        let started = std::time::Instant::now();
+        let out = exchange(addr, &request(b"k"), b"k", 3, Duration::from_millis(150))
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        assert_eq!(out.answer, None);
+        assert_eq!(out.attempts, 3);
+        assert_eq!(out.refused, 3, "{out:?}");
+        assert!(
+            took >= Duration::from_millis(400),
+            "three attempts spread over the timeouts, took {took:?}"
         );
     }
 }

@@ -12,6 +12,7 @@
 //! - `consumers`: Core plans/staff, CRM buildings, Billing subscribers and their
 //!   status changes (suspension blocks RADIUS and disconnects).
 //! - `zabbix`: the webhook that turns Zabbix problems into `network.*` events.
+//! - `events`: `subscriber.network_updated` as NOC publishes it (with `at`).
 //! - `secrets`: RADIUS passwords encrypted at rest.
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use isp_platform::ServiceContext;
 pub mod collections;
 mod consumers;
 pub mod dynauth;
+pub mod events;
 mod provision;
 pub mod radius;
 pub mod secrets;
@@ -43,7 +45,12 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/
 
 pub async fn start(ctx: Arc<ServiceContext>) -> anyhow::Result<Router> {
     ctx.migrate_and_relay(&MIGRATOR).await?;
-    let secrets = secrets::SecretBox::load_or_create(&ctx.config.data_dir)?;
+    // One stored ciphertext, if any, proves the key is the one in use.
+    let stored: Option<String> =
+        sqlx::query_scalar("SELECT radius_password FROM subscribers ORDER BY created_at LIMIT 1")
+            .fetch_optional(&ctx.pool)
+            .await?;
+    let secrets = secrets::SecretBox::load_or_create(&ctx.config.data_dir, stored.as_deref())?;
     let zabbix_token = zabbix::load_token(&ctx.config.data_dir)?;
     let colls: Vec<Arc<Collection>> = vec![
         Arc::new(collections::subscribers(secrets.clone())),

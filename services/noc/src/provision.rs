@@ -72,21 +72,32 @@ pub async fn release_ip(tx: &mut PgConnection, id: Uuid) -> sqlx::Result<()> {
 /// Takes the lowest Available address of `pool` that nobody else is taking right
 /// now and links it to the subscriber (both sides). Concurrent allocations skip
 /// each other's locked rows instead of queueing on them, so they never get the
-/// same address. None when the pool has no Available address left.
+/// same address. When every Available address left is locked by other
+/// allocations, it waits for them (one of them may roll back and leave its
+/// address free) instead of calling the pool full. None when the pool has no
+/// Available address left.
 pub async fn allocate(
     tx: &mut PgConnection,
     subscriber: Uuid,
     pool: Option<Uuid>,
 ) -> sqlx::Result<Option<(Uuid, String)>> {
     let Some(pool) = pool else { return Ok(None) };
-    let row: Option<(Uuid, String)> = sqlx::query_as(
-        "SELECT id, ip_address FROM ip_addresses
+    const PICK: &str = "SELECT id, ip_address FROM ip_addresses
          WHERE subnet = $1 AND status = 'Available'
-         ORDER BY ip_address::inet LIMIT 1 FOR UPDATE SKIP LOCKED",
-    )
-    .bind(pool)
-    .fetch_optional(&mut *tx)
-    .await?;
+         ORDER BY ip_address::inet LIMIT 1 FOR UPDATE";
+    let mut row: Option<(Uuid, String)> = sqlx::query_as(&format!("{PICK} SKIP LOCKED"))
+        .bind(pool)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if row.is_none() {
+        // Without SKIP LOCKED the query waits for each locked candidate's
+        // transaction; a row taken by a commit fails the re-check and is passed
+        // over, one left by a rollback is ours.
+        row = sqlx::query_as(PICK)
+            .bind(pool)
+            .fetch_optional(&mut *tx)
+            .await?;
+    }
     if let Some((addr, _)) = &row {
         sqlx::query(
             "UPDATE ip_addresses SET status = 'Assigned', assigned_to = $2, updated_at = now() WHERE id = $1",

@@ -6,7 +6,8 @@
 //! (ring's AEAD, already our crypto dependency) under a key from
 //! `ISP_NOC_SECRET_KEY` (base64, 32 bytes) or, like the JWT key, a key file
 //! `ISP_NOC_SECRET_KEY_FILE` (default `<data>/keys/noc-secret.key`) created on
-//! first start.
+//! first start. Never created later: with encrypted passwords in the database and
+//! no key (or a key that does not decrypt them) the NOC refuses to start.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -42,27 +43,59 @@ impl SecretBox {
         })
     }
 
-    pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Self> {
-        if let Some(k) = isp_platform::config::env_opt("ISP_NOC_SECRET_KEY") {
-            return Self::from_key(&B64.decode(k.trim()).context("ISP_NOC_SECRET_KEY")?);
-        }
+    /// The configured key, or a new one (written to the key file) on a first
+    /// start. `stored` is a ciphertext already in the database, if any: then the
+    /// key must exist and decrypt it. Generating a new key there would leave every
+    /// stored password unreadable, so the start fails with what to restore.
+    pub fn load_or_create(data_dir: &Path, stored: Option<&str>) -> anyhow::Result<Self> {
         let file = isp_platform::config::env_opt("ISP_NOC_SECRET_KEY_FILE")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| data_dir.join("keys").join("noc-secret.key"));
-        if file.exists() {
-            let text = std::fs::read_to_string(&file)?;
-            return Self::from_key(&B64.decode(text.trim()).context("NOC secret key file")?);
+        Self::resolve(
+            isp_platform::config::env_opt("ISP_NOC_SECRET_KEY"),
+            &file,
+            stored,
+        )
+    }
+
+    fn resolve(env_key: Option<String>, file: &Path, stored: Option<&str>) -> anyhow::Result<Self> {
+        let (loaded, source) = if let Some(k) = env_key {
+            let key = Self::from_key(&B64.decode(k.trim()).context("ISP_NOC_SECRET_KEY")?)?;
+            (Some(key), "ISP_NOC_SECRET_KEY".to_string())
+        } else if file.exists() {
+            let text = std::fs::read_to_string(file)?;
+            let key = Self::from_key(&B64.decode(text.trim()).context("NOC secret key file")?)?;
+            (Some(key), file.display().to_string())
+        } else {
+            (None, String::new())
+        };
+        match (loaded, stored) {
+            (Some(key), Some(ciphertext)) => {
+                if key.decrypt(ciphertext).is_err() {
+                    bail!(
+                        "the NOC secret key from {source} does not decrypt the RADIUS passwords already stored in noc.subscribers: it is not the key they were encrypted with. Configure the original key (ISP_NOC_SECRET_KEY, or the key file ISP_NOC_SECRET_KEY_FILE) and start again."
+                    );
+                }
+                Ok(key)
+            }
+            (Some(key), None) => Ok(key),
+            (None, Some(_)) => bail!(
+                "no NOC secret key: ISP_NOC_SECRET_KEY is not set and {} does not exist, but noc.subscribers holds RADIUS passwords encrypted with a key. Restore that key (ISP_NOC_SECRET_KEY, or the key file at ISP_NOC_SECRET_KEY_FILE) and start again; a new key would leave every stored password unreadable, so none is generated.",
+                file.display()
+            ),
+            (None, None) => {
+                let mut raw = [0u8; 32];
+                SystemRandom::new()
+                    .fill(&mut raw)
+                    .map_err(|_| anyhow::anyhow!("no randomness"))?;
+                if let Some(dir) = file.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                write_private(file, &B64.encode(raw))?;
+                tracing::info!(path = %file.display(), "generated a new NOC secret key");
+                Self::from_key(&raw)
+            }
         }
-        let mut raw = [0u8; 32];
-        SystemRandom::new()
-            .fill(&mut raw)
-            .map_err(|_| anyhow::anyhow!("no randomness"))?;
-        if let Some(dir) = file.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        write_private(&file, &B64.encode(raw))?;
-        tracing::info!(path = %file.display(), "generated a new NOC secret key");
-        Self::from_key(&raw)
     }
 
     /// base64(nonce || ciphertext || tag), a fresh random nonce each time.
@@ -141,6 +174,34 @@ mod tests {
         let other = SecretBox::from_key(&[8u8; 32]).unwrap();
         assert!(other.decrypt(&a).is_err());
         assert!(SecretBox::from_key(&[1u8; 16]).is_err());
+    }
+
+    #[test]
+    fn a_key_is_generated_only_while_no_password_is_encrypted() {
+        let dir = std::env::temp_dir().join(format!("noc-key-{}", uuid::Uuid::new_v4().simple()));
+        let file = dir.join("keys").join("noc-secret.key");
+        // First start: a new key, written to the file, and loaded from it after.
+        let first = SecretBox::resolve(None, &file, None).unwrap();
+        let ct = first.encrypt("pw").unwrap();
+        let again = SecretBox::resolve(None, &file, Some(&ct)).unwrap();
+        assert_eq!(again.decrypt(&ct).unwrap(), "pw");
+        // The key file is lost while passwords exist: no silent new key.
+        std::fs::remove_file(&file).unwrap();
+        let e = SecretBox::resolve(None, &file, Some(&ct))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no NOC secret key") && e.contains("Restore"),
+            "{e}"
+        );
+        assert!(!file.exists(), "no key was generated");
+        // Another key than the one the passwords were encrypted with.
+        let other = B64.encode([9u8; 32]);
+        let e = SecretBox::resolve(Some(other), &file, Some(&ct))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not decrypt"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -24,7 +24,8 @@ async fn app() -> TestApp {
     TestApp::spawn(&[core(), noc()]).await
 }
 
-async fn publish<P: EventPayload>(app: &TestApp, source: &str, payload: &P) {
+/// Publishes as the producing service would; returns the event id.
+async fn publish<P: EventPayload>(app: &TestApp, source: &str, payload: &P) -> Uuid {
     let js = async_nats::jetstream::new(app.shared.nats.clone());
     isp_events::ensure_stream(&js).await.unwrap();
     let ev = CloudEvent::new(source, payload).unwrap();
@@ -35,6 +36,16 @@ async fn publish<P: EventPayload>(app: &TestApp, source: &str, payload: &P) {
         .unwrap()
         .await
         .unwrap();
+    ev.id
+}
+
+/// Waits until NOC's consumers have applied (or deliberately ignored) an event.
+async fn processed(app: &TestApp, event: Uuid) {
+    wait_projected(
+        app,
+        &format!("SELECT count(*) FROM noc.processed_events WHERE event_id = '{event}'"),
+    )
+    .await;
 }
 
 fn subscriber(id: Uuid, account: &str, plan: Uuid) -> SubscriberSnapshot {
@@ -150,15 +161,26 @@ async fn technician(app: &TestApp) -> (String, String) {
     (token, id)
 }
 
-/// A stand-in NAS: answers each Disconnect/CoA-Request with an ACK after checking
-/// its Request Authenticator with the shared secret; reports what it received.
-async fn stand_in_nas(
-    secret: &'static str,
-) -> (
-    u16,
-    tokio::sync::mpsc::UnboundedReceiver<(u8, bool, Vec<(u8, Vec<u8>)>)>,
-) {
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+/// How a stand-in NAS answers.
+#[derive(Clone, Copy)]
+enum Answer {
+    Ack,
+    /// NAK with this Error-Cause.
+    Nak(u32),
+    /// Never answers.
+    Silent,
+}
+
+/// A stand-in NAS on 127.0.0.1 that ACKs; see [`stand_in_nas_at`].
+async fn stand_in_nas(secret: &'static str) -> (u16, NasInbox) {
+    stand_in_nas_at("127.0.0.1", secret, Answer::Ack).await
+}
+
+/// A stand-in NAS on `ip`: checks each Disconnect/CoA-Request's Request
+/// Authenticator with the shared secret, reports what it received and answers as
+/// told (ACK or NAK code for the request, with a correct Response Authenticator).
+async fn stand_in_nas_at(ip: &str, secret: &'static str, answer: Answer) -> (u16, NasInbox) {
+    let sock = tokio::net::UdpSocket::bind((ip, 0)).await.unwrap();
     let port = sock.local_addr().unwrap().port();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -186,16 +208,72 @@ async fn stand_in_nas(
             if !valid {
                 continue; // a NAS silently drops what it cannot authenticate
             }
-            let mut resp = vec![pkt[0] + 1, pkt[1], 0, 20];
+            let (code, reply_attrs) = match answer {
+                Answer::Silent => continue,
+                Answer::Ack => (pkt[0] + 1, vec![]),
+                Answer::Nak(cause) => {
+                    let mut a = vec![101u8, 6];
+                    a.extend_from_slice(&cause.to_be_bytes());
+                    (pkt[0] + 2, a)
+                }
+            };
+            let len = (20 + reply_attrs.len()) as u16;
+            let mut resp = vec![code, pkt[1]];
+            resp.extend_from_slice(&len.to_be_bytes());
             let mut h = Md5::new();
             h.update(&resp);
             h.update(&pkt[4..20]);
+            h.update(&reply_attrs);
             h.update(secret.as_bytes());
             resp.extend_from_slice(&h.finalize());
+            resp.extend_from_slice(&reply_attrs);
             let _ = sock.send_to(&resp, peer).await;
         }
     });
     (port, rx)
+}
+
+type NasInbox = tokio::sync::mpsc::UnboundedReceiver<(u8, bool, Vec<(u8, Vec<u8>)>)>;
+
+/// The next request a stand-in NAS received: valid, for `session`; its code and
+/// attributes.
+async fn next_request(rx: &mut NasInbox, session: &str) -> (u8, Vec<(u8, Vec<u8>)>) {
+    let (code, valid, attrs) = tokio::time::timeout(Duration::from_secs(15), rx.recv())
+        .await
+        .expect("a request reaches the NAS")
+        .unwrap();
+    assert!(valid, "the Request Authenticator verifies");
+    assert_eq!(attr_str(&attrs, 44).as_deref(), Some(session));
+    (code, attrs)
+}
+
+/// A Router resource that is the NAS at `ip`, answering dynauth on `port`.
+async fn router_nas(app: &TestApp, token: &str, ip: &str, secret: &str, port: u16) -> String {
+    let r = app
+        .post(
+            "/api/noc/resources",
+            token,
+            json!({"resourceName": format!("Router {ip}"), "resourceType": "Router", "status": "Deployed",
+                   "managementIp": ip, "nasSecret": secret, "dynauthPort": port}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    r.body["doc"]["id"].as_str().unwrap().to_string()
+}
+
+/// An open session in radacct, as FreeRADIUS writes it on Accounting-Start.
+async fn open_session(app: &TestApp, user: &str, nas_ip: &str, session: &str) {
+    let pool = app.admin_pool().await;
+    sqlx::query(
+        "INSERT INTO radius.radacct (acctsessionid, acctuniqueid, username, nasipaddress, acctstarttime)
+         VALUES ($1, md5($1 || $2), $2, $3::inet, now())",
+    )
+    .bind(session)
+    .bind(user)
+    .bind(nas_ip)
+    .execute(&pool)
+    .await
+    .unwrap();
 }
 
 fn attr_str(attrs: &[(u8, Vec<u8>)], t: u8) -> Option<String> {
@@ -353,6 +431,28 @@ async fn provisioning_suspension_and_reactivation_against_real_freeradius() {
             .accepted
     );
     assert!(!fr.auth("ACC-999999", &password).await.unwrap().accepted);
+    // FreeRADIUS's post-auth log keeps who, when and the answer, never the
+    // password that was tried.
+    let logged: Vec<(String, Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT username, pass, reply FROM radius.radpostauth")
+            .fetch_all(&app.admin_pool().await)
+            .await
+            .unwrap();
+    for answer in ["Access-Accept", "Access-Reject"] {
+        assert!(
+            logged
+                .iter()
+                .any(|(u, _, r)| u == "ACC-000101" && r.as_deref() == Some(answer)),
+            "{answer} logged: {logged:?}"
+        );
+    }
+    for (_, pass, _) in &logged {
+        let pass = pass.as_deref().unwrap_or_default();
+        assert!(
+            !pass.contains(&password) && !pass.contains("wrong-password"),
+            "radpostauth.pass holds a password: {logged:?}"
+        );
+    }
 
     // The subscriber goes online through a router the NOC knows as a NAS.
     let (nas_port, mut received) = stand_in_nas("nas-secret-1").await;
@@ -422,10 +522,11 @@ async fn provisioning_suspension_and_reactivation_against_real_freeradius() {
     assert_eq!(s["status"], "Suspended");
 
     // Paid up: accepted again.
+    let reactivation = status_change(sub, "ACC-000101");
     publish(
         &app,
         "billing",
-        &SubscriberReactivated(status_change(sub, "ACC-000101")),
+        &SubscriberReactivated(reactivation.clone()),
     )
     .await;
     let back = eventually(10, || async {
@@ -434,6 +535,32 @@ async fn provisioning_suspension_and_reactivation_against_real_freeradius() {
     })
     .await;
     assert!(back.is_some(), "reactivated users are accepted again");
+
+    // A suspension older than that reactivation, delivered late (a redelivery),
+    // changes nothing: the account stays enabled and no Disconnect is sent.
+    let mut stale = status_change(sub, "ACC-000101");
+    stale.at = reactivation.at - chrono::Duration::seconds(30);
+    let late = publish(&app, "billing", &SubscriberSuspended(stale)).await;
+    processed(&app, late).await;
+    let reply = fr.auth("ACC-000101", &password).await.unwrap();
+    assert!(
+        reply.accepted,
+        "a stale suspension must not block a paying customer"
+    );
+    let s = app
+        .get(&format!("/api/noc/subscribers/{sub}"), &admin)
+        .await
+        .body;
+    assert_eq!(s["status"], "Active");
+    assert_eq!(
+        scalar_i64(
+            &app,
+            "SELECT count(*) FROM noc.dynauth_requests WHERE kind = 'Disconnect'"
+        )
+        .await,
+        1,
+        "only the real suspension disconnected"
+    );
 
     // New plan speeds: the reply changes and the NAS gets a CoA-Request for the
     // open session, carrying the new Mikrotik-Rate-Limit.
@@ -643,6 +770,7 @@ async fn ipam_subnets_are_validated_normalized_non_overlapping_and_addresses_fol
         ("10.30.16.0/20", StatusCode::CONFLICT, "network"),
         ("not-a-network", StatusCode::BAD_REQUEST, "network"),
         ("10.0.0.0/8", StatusCode::BAD_REQUEST, "network"),
+        ("2001:db8::/120", StatusCode::BAD_REQUEST, "network"),
     ] {
         let r = app
             .post(
@@ -704,6 +832,28 @@ async fn ipam_subnets_are_validated_normalized_non_overlapping_and_addresses_fol
         (r.status, r.error_path()),
         (StatusCode::CONFLICT, Some("ipAddress"))
     );
+    for (ip, why) in [
+        ("10.30.20.0", "network address"),
+        ("10.30.20.255", "broadcast address"),
+    ] {
+        let r = app
+            .post(
+                "/api/noc/ipAddresses",
+                &ne,
+                json!({"ipAddress": ip, "subnet": subnet}),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.error_path()),
+            (StatusCode::BAD_REQUEST, Some("ipAddress")),
+            "{ip}: {:?}",
+            r.body
+        );
+        assert!(r.body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains(why));
+    }
     let r = app
         .post(
             "/api/noc/ipAddresses",
@@ -890,7 +1040,47 @@ async fn resources_normalize_and_deduplicate_macs_validate_links_hide_the_nas_se
         );
     }
 
-    // resource.created / resource.updated reach the bus for CRM.
+    // One NAS per management IP: a second Router with the same IP (however
+    // written) is refused, on create and on update.
+    let r = app
+        .post(
+            "/api/noc/resources",
+            &ne,
+            json!({"resourceName": "Spare router", "resourceType": "Router", "status": "In Stock",
+                   "managementIp": "10.0.0.1", "nasSecret": "other"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::CONFLICT, Some("managementIp")),
+        "{:?}",
+        r.body
+    );
+    let r = app
+        .post(
+            "/api/noc/resources",
+            &ne,
+            json!({"resourceName": "Spare router", "resourceType": "Router", "status": "In Stock",
+                   "managementIp": "10.0.0.2"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let spare = r.body["doc"]["id"].as_str().unwrap().to_string();
+    let r = app
+        .patch(
+            &format!("/api/noc/resources/{spare}"),
+            &ne,
+            json!({"managementIp": " 10.0.0.1"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::CONFLICT, Some("managementIp")),
+        "{:?}",
+        r.body
+    );
+
+    // resource.created / updated / deleted reach the bus for CRM.
     let r = app
         .patch(
             &format!("/api/noc/resources/{router}"),
@@ -899,27 +1089,36 @@ async fn resources_normalize_and_deduplicate_macs_validate_links_hide_the_nas_se
         )
         .await;
     assert_eq!(r.status, StatusCode::OK);
+    let r = app
+        .delete(&format!("/api/noc/resources/{spare}"), &ne)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let pool = app.admin_pool().await;
-    let types = eventually(10, || {
+    let events = eventually(10, || {
         let pool = pool.clone();
         async move {
-            let t: Vec<String> = sqlx::query_scalar(
-                "SELECT type FROM noc.outbox WHERE type LIKE 'resource.%' AND published_at IS NOT NULL ORDER BY created_at",
+            let t: Vec<(String, Value)> = sqlx::query_as(
+                "SELECT type, payload->'data' FROM noc.outbox WHERE type LIKE 'resource.%' AND published_at IS NOT NULL ORDER BY created_at",
             )
             .fetch_all(&pool)
             .await
             .unwrap();
-            (t.len() == 2).then_some(t)
+            (t.len() == 4).then_some(t)
         }
     })
-    .await;
+    .await
+    .expect("four resource events published");
+    let types: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(
         types,
-        Some(vec![
-            "resource.created".to_string(),
-            "resource.updated".to_string()
-        ])
+        [
+            "resource.created",
+            "resource.created",
+            "resource.updated",
+            "resource.deleted"
+        ]
     );
+    assert_eq!(events[3].1["id"], spare.as_str());
 }
 
 #[tokio::test]
@@ -1063,6 +1262,20 @@ async fn technical_subscriber_fields_follow_the_rules_and_billing_fields_are_rea
         (r.status, r.error_path()),
         (StatusCode::CONFLICT, Some("assignedIp"))
     );
+    // One MAC per subscriber, compared after normalizing.
+    let r = app
+        .patch(
+            &format!("/api/noc/subscribers/{other}"),
+            &ne,
+            json!({"macAddress": "001A.2B3C.4D5E"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::CONFLICT, Some("macAddress")),
+        "{:?}",
+        r.body
+    );
     let r = app.patch(&path, &ne, json!({"assignedIp": a2})).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(
@@ -1160,6 +1373,49 @@ async fn work_orders_go_to_active_technicians_only() {
         (r.status, r.error_path()),
         (StatusCode::BAD_REQUEST, Some("subscriber"))
     );
+    // Provisioning cannot be skipped: no installation order is born Completed, and
+    // a completed order does not become one.
+    let r = app
+        .post(
+            "/api/noc/workOrders",
+            &ne,
+            json!({"orderType": "New Installation", "subscriber": sub, "status": "Completed"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::BAD_REQUEST, Some("status")),
+        "{:?}",
+        r.body
+    );
+    let r = app
+        .post(
+            "/api/noc/workOrders",
+            &ne,
+            json!({"orderType": "Site Survey", "subscriber": sub, "status": "Completed"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert!(r.body["doc"]["completedAt"].is_string());
+    let survey = r.body["doc"]["id"].as_str().unwrap().to_string();
+    let r = app
+        .patch(
+            &format!("/api/noc/workOrders/{survey}"),
+            &ne,
+            json!({"orderType": "New Installation"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::CONFLICT, Some("orderType")),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(
+        scalar_i64(&app, &format!("SELECT count(*) FROM noc.subscribers WHERE id = '{sub}' AND provisioned_at IS NULL")).await,
+        1
+    );
+
     let r = app.post("/api/noc/workOrders", &ne, json!({"orderType": "Repair", "subscriber": sub, "assignedTo": tech_id, "notes": "Loose cable"})).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     assert_eq!(r.body["doc"]["status"], "Pending");
@@ -1262,12 +1518,22 @@ async fn deactivation_removes_the_radius_account_and_releases_the_static_ip_and_
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     wait_projected(&app, "SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000321' AND attribute = 'Mikrotik-Rate-Limit' AND value = '7M/20M'").await;
 
+    // Online through a router the NOC knows as a NAS.
+    let (nas_port, mut received) = stand_in_nas("nas-secret-2").await;
+    router_nas(&app, &admin, "127.0.0.1", "nas-secret-2", nas_port).await;
+    open_session(&app, "ACC-000321", "127.0.0.1", "82000001").await;
     publish(
         &app,
         "billing",
         &SubscriberDeactivated(status_change(sub, "ACC-000321")),
     )
     .await;
+    let (code, valid, attrs) = tokio::time::timeout(Duration::from_secs(15), received.recv())
+        .await
+        .expect("a Disconnect-Request reaches the NAS")
+        .unwrap();
+    assert_eq!((code, valid), (40, true), "a valid Disconnect-Request");
+    assert_eq!(attr_str(&attrs, 44).as_deref(), Some("82000001"));
     wait_projected(
         &app,
         &format!(
@@ -1309,6 +1575,18 @@ async fn deactivation_removes_the_radius_account_and_releases_the_static_ip_and_
         .await,
         1
     );
+    // Billing learns that the address is gone, in an event it can order by `at`.
+    let pool = app.admin_pool().await;
+    let last: Value = sqlx::query_scalar(
+        "SELECT payload->'data' FROM noc.outbox WHERE type = 'subscriber.network_updated'
+         ORDER BY created_at DESC LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(last["subscriberId"], sub.to_string());
+    assert!(last["assignedIp"].is_null(), "{last}");
+    assert!(last["at"].is_string(), "{last}");
 }
 
 #[tokio::test]
@@ -1414,6 +1692,10 @@ async fn moving_between_dynamic_and_static_plans_takes_and_frees_the_static_addr
         0,
         "dynamic plans get no Framed-IP-Address"
     );
+    // Online through a router the NOC knows as a NAS.
+    let (nas_port, mut received) = stand_in_nas("nas-secret-4").await;
+    router_nas(&app, &admin, "127.0.0.1", "nas-secret-4", nas_port).await;
+    open_session(&app, "ACC-000555", "127.0.0.1", "86000001").await;
 
     snap.service_plan = static_plan_id.parse().unwrap();
     snap.updated_at = chrono::Utc::now();
@@ -1431,16 +1713,27 @@ async fn moving_between_dynamic_and_static_plans_takes_and_frees_the_static_addr
         scalar_i64(&app, "SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000555' AND value = '4M/8M'").await,
         1
     );
+    // A new address needs a new session.
+    assert_eq!(
+        next_request(&mut received, "86000001").await.0,
+        40,
+        "Disconnect-Request"
+    );
 
     snap.service_plan = dynamic.parse().unwrap();
     snap.updated_at = chrono::Utc::now();
-    publish(&app, "billing", &SubscriberUpdated(snap)).await;
+    publish(&app, "billing", &SubscriberUpdated(snap.clone())).await;
     wait_projected(
         &app,
         "SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000555' AND value = '5M/10M'",
     )
     .await;
     assert_eq!(scalar_i64(&app, framed).await, 0);
+    assert_eq!(
+        next_request(&mut received, "86000001").await.0,
+        40,
+        "Disconnect-Request"
+    );
     assert_eq!(
         scalar_i64(
             &app,
@@ -1459,4 +1752,359 @@ async fn moving_between_dynamic_and_static_plans_takes_and_frees_the_static_addr
         .await,
         1
     );
+
+    // Between two dynamic plans the address stays: a CoA-Request carries the new
+    // rate limit to the open session.
+    let r = app
+        .post(
+            "/api/core/plans",
+            &admin,
+            json!({"name": "Home 20", "downloadSpeed": 20, "uploadSpeed": 10, "price": 3500, "billingCycle": "Monthly"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let faster = r.body["doc"]["id"].as_str().unwrap().to_string();
+    wait_projected(
+        &app,
+        &format!("SELECT count(*) FROM noc.plans WHERE id = '{faster}'"),
+    )
+    .await;
+    snap.service_plan = faster.parse().unwrap();
+    snap.updated_at = chrono::Utc::now();
+    publish(&app, "billing", &SubscriberUpdated(snap)).await;
+    let (code, attrs) = next_request(&mut received, "86000001").await;
+    assert_eq!(code, 43, "CoA-Request");
+    let vsa = attrs
+        .iter()
+        .find(|(t, _)| *t == 26)
+        .map(|(_, v)| v.clone())
+        .expect("Vendor-Specific");
+    assert_eq!(&vsa[6..], b"10M/20M");
+    assert_eq!(
+        scalar_i64(&app, "SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000555' AND value = '10M/20M'").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_status_event_that_arrives_before_its_subscriber_is_applied_when_the_subscriber_arrives()
+{
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (_, plan) = static_plan(&app, &admin, "192.0.2.32/29", 2, 4).await;
+    let sub = Uuid::now_v7();
+    let snap = subscriber(sub, "ACC-000640", plan.parse().unwrap());
+    // Billing suspended the subscriber right after creating it, and NOC sees the
+    // suspension first.
+    let early = publish(
+        &app,
+        "billing",
+        &SubscriberSuspended(status_change(sub, "ACC-000640")),
+    )
+    .await;
+    processed(&app, early).await;
+    assert_eq!(
+        scalar_i64(&app, "SELECT count(*) FROM noc.early_status_events").await,
+        1,
+        "kept, not dropped"
+    );
+    publish(&app, "billing", &SubscriberCreated(snap)).await;
+    let order = installation_order(&app, &admin, sub).await;
+    let s = app
+        .get(&format!("/api/noc/subscribers/{sub}"), &admin)
+        .await
+        .body;
+    assert_eq!(s["status"], "Suspended");
+    assert_eq!(
+        scalar_i64(&app, "SELECT count(*) FROM noc.early_status_events").await,
+        0
+    );
+    // Installed while suspended: the account is written, and blocked.
+    let r = app
+        .patch(
+            &format!("/api/noc/workOrders/{}", order["id"].as_str().unwrap()),
+            &admin,
+            json!({"status": "Completed"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(
+        scalar_i64(
+            &app,
+            "SELECT count(*) FROM radius.radusergroup WHERE username = 'ACC-000640' AND groupname = 'suspended'"
+        )
+        .await,
+        1
+    );
+}
+
+/// Whether, within `secs`, a statement of this test's database matching `like`
+/// waits on a lock.
+async fn lock_waiter(pool: &sqlx::PgPool, like: &str, secs: u64) -> bool {
+    eventually(secs, || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock' AND query ILIKE $1",
+        )
+        .bind(like)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        (n > 0).then_some(())
+    })
+    .await
+    .is_some()
+}
+
+/// Waits until a statement of this test's database matching `like` waits on a lock.
+async fn waiting_on_lock(pool: &sqlx::PgPool, like: &str) {
+    assert!(
+        lock_waiter(pool, like, 15).await,
+        "nothing waits on a lock in a statement like {like}"
+    );
+}
+
+#[tokio::test]
+async fn completing_an_order_while_billing_updates_the_subscriber_does_not_deadlock() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (_, tech_id) = technician(&app).await;
+    let (_, plan) = static_plan(&app, &admin, "192.0.2.48/29", 2, 4).await;
+    let sub = Uuid::now_v7();
+    let mut snap = subscriber(sub, "ACC-000650", plan.parse().unwrap());
+    publish(&app, "billing", &SubscriberCreated(snap.clone())).await;
+    let order = installation_order(&app, &admin, sub).await;
+    let order_id = order["id"].as_str().unwrap().to_string();
+
+    // Interleave the two transactions the way that deadlocked: the completion
+    // holds the order and is held up (by a lock on the staff table, which it
+    // reads to check the assignee) before it locks the subscriber, while Billing's
+    // subscriber.updated is applied.
+    let pool = app.admin_pool().await;
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE noc.staff IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let order_path = format!("/api/noc/workOrders/{order_id}");
+    let complete = app.patch(
+        &order_path,
+        &admin,
+        json!({"assignedTo": tech_id, "status": "Completed"}),
+    );
+    let interleave = async {
+        waiting_on_lock(&pool, "%FROM staff%").await;
+        snap.first_name = "Amina W.".into();
+        snap.updated_at = chrono::Utc::now();
+        publish(&app, "billing", &SubscriberUpdated(snap.clone())).await;
+        waiting_on_lock(&pool, "%work_orders%").await;
+        // Past deadlock_timeout (1 s), so the waiting consumer has run its check.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        blocker.commit().await.unwrap();
+    };
+    let (r, ()) = tokio::join!(complete, interleave);
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    // Billing's update is applied too, after the completion.
+    let renamed = eventually(15, || async {
+        let r = app
+            .get(&format!("/api/noc/workOrders/{order_id}"), &admin)
+            .await;
+        (r.body["subscriberName"] == "Amina W. Otieno").then_some(())
+    })
+    .await;
+    assert!(renamed.is_some());
+}
+
+#[tokio::test]
+async fn changing_an_online_subscribers_address_by_hand_disconnects_the_session() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (ne, _) = app.staff_token("Network Engineer").await;
+    let (_, plan) = static_plan(&app, &admin, "192.0.2.56/29", 3, 6).await;
+    let sub = Uuid::now_v7();
+    publish(
+        &app,
+        "billing",
+        &SubscriberCreated(subscriber(sub, "ACC-000660", plan.parse().unwrap())),
+    )
+    .await;
+    let order = installation_order(&app, &admin, sub).await;
+    let r = app
+        .patch(
+            &format!("/api/noc/workOrders/{}", order["id"].as_str().unwrap()),
+            &admin,
+            json!({"status": "Completed"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let (nas_port, mut received) = stand_in_nas("nas-secret-3").await;
+    router_nas(&app, &admin, "127.0.0.1", "nas-secret-3", nas_port).await;
+    open_session(&app, "ACC-000660", "127.0.0.1", "83000001").await;
+
+    // A Network Engineer moves the subscriber to another address of the pool.
+    let other = app
+        .get(
+            "/api/noc/ipAddresses?where[ipAddress][equals]=192.0.2.60",
+            &ne,
+        )
+        .await
+        .body["docs"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = app
+        .patch(
+            &format!("/api/noc/subscribers/{sub}"),
+            &ne,
+            json!({"assignedIp": other}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(
+        scalar_i64(&app, "SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000660' AND attribute = 'Framed-IP-Address' AND value = '192.0.2.60'").await,
+        1
+    );
+    let (code, valid, attrs) = tokio::time::timeout(Duration::from_secs(15), received.recv())
+        .await
+        .expect("a Disconnect-Request reaches the NAS")
+        .unwrap();
+    assert_eq!((code, valid), (40, true));
+    assert_eq!(attr_str(&attrs, 1).as_deref(), Some("ACC-000660"));
+    assert_eq!(attr_str(&attrs, 44).as_deref(), Some("83000001"));
+}
+
+#[tokio::test]
+async fn a_naks_error_cause_and_a_silent_nas_timeout_are_recorded_in_the_request_log() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (_, plan) = static_plan(&app, &admin, "192.0.2.64/29", 3, 6).await;
+    let sub = Uuid::now_v7();
+    publish(
+        &app,
+        "billing",
+        &SubscriberCreated(subscriber(sub, "ACC-000670", plan.parse().unwrap())),
+    )
+    .await;
+    let order = installation_order(&app, &admin, sub).await;
+    let r = app
+        .patch(
+            &format!("/api/noc/workOrders/{}", order["id"].as_str().unwrap()),
+            &admin,
+            json!({"status": "Completed"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    // Two sessions on two routers: one NAKs (Session Context Not Found), one never
+    // answers.
+    let (nak_port, _) = stand_in_nas_at("127.0.0.2", "nak-secret", Answer::Nak(503)).await;
+    let (silent_port, mut silent) =
+        stand_in_nas_at("127.0.0.3", "silent-secret", Answer::Silent).await;
+    router_nas(&app, &admin, "127.0.0.2", "nak-secret", nak_port).await;
+    router_nas(&app, &admin, "127.0.0.3", "silent-secret", silent_port).await;
+    open_session(&app, "ACC-000670", "127.0.0.2", "85000001").await;
+    open_session(&app, "ACC-000670", "127.0.0.3", "85000002").await;
+
+    publish(
+        &app,
+        "billing",
+        &SubscriberSuspended(status_change(sub, "ACC-000670")),
+    )
+    .await;
+    let pool = app.admin_pool().await;
+    let log = eventually(20, || {
+        let pool = pool.clone();
+        async move {
+            let rows: Vec<(String, String, Option<i32>, i32)> = sqlx::query_as(
+                "SELECT acct_session_id, result, error_cause, attempts FROM noc.dynauth_requests
+                 WHERE kind = 'Disconnect' ORDER BY acct_session_id",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            (rows.len() == 2 && rows.iter().all(|r| r.1 != "Pending")).then_some(rows)
+        }
+    })
+    .await
+    .expect("both requests answered or given up");
+    assert_eq!(
+        log,
+        vec![
+            ("85000001".to_string(), "NAK".to_string(), Some(503), 1),
+            ("85000002".to_string(), "Timeout".to_string(), None, 3),
+        ]
+    );
+    let mut seen = 0;
+    while let Ok(Some((code, valid, _))) =
+        tokio::time::timeout(Duration::from_millis(200), silent.recv()).await
+    {
+        assert_eq!((code, valid), (40, true));
+        seen += 1;
+    }
+    assert_eq!(seen, 3, "the silent NAS got every retransmission");
+}
+
+#[tokio::test]
+async fn a_pool_is_not_full_while_its_last_address_is_only_locked_by_a_transaction_that_rolls_back()
+{
+    let app = app().await;
+    let admin = app.admin_token().await;
+    // A /30: two usable addresses; one Reserved leaves a pool of one.
+    let (subnet, plan) = static_plan(&app, &admin, "198.51.100.8/30", 1, 2).await;
+    let first = app
+        .get(
+            &format!("/api/noc/ipAddresses?where[subnet][equals]={subnet}&sort=ipAddress"),
+            &admin,
+        )
+        .await
+        .body["docs"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = app
+        .patch(
+            &format!("/api/noc/ipAddresses/{first}"),
+            &admin,
+            json!({"status": "Reserved"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let sub = Uuid::now_v7();
+    publish(
+        &app,
+        "billing",
+        &SubscriberCreated(subscriber(sub, "ACC-000680", plan.parse().unwrap())),
+    )
+    .await;
+    let order = installation_order(&app, &admin, sub).await;
+
+    // Another transaction holds the last Available address, then rolls back.
+    let pool = app.admin_pool().await;
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM noc.ip_addresses WHERE status = 'Available' FOR UPDATE")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let order_path = format!("/api/noc/workOrders/{}", order["id"].as_str().unwrap());
+    let complete = app.patch(&order_path, &admin, json!({"status": "Completed"}));
+    let roll_back = async {
+        // (Before the fix the completion did not wait: it answered 409 at once.)
+        lock_waiter(&pool, "%ip_addresses%", 5).await;
+        other.rollback().await.unwrap();
+    };
+    let (r, ()) = tokio::join!(complete, roll_back);
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let s = app
+        .get(&format!("/api/noc/subscribers/{sub}"), &admin)
+        .await
+        .body;
+    let ip = app
+        .get(
+            &format!("/api/noc/ipAddresses/{}", s["assignedIp"].as_str().unwrap()),
+            &admin,
+        )
+        .await
+        .body;
+    assert_ne!(ip["id"], first.as_str(), "not the Reserved one");
+    assert_eq!(ip["status"], "Assigned");
+    assert_eq!(ip["assignedTo"], sub.to_string());
 }
