@@ -461,6 +461,51 @@ async fn two_consumer_replicas_apply_each_of_200_events_exactly_once() {
     replica_b.close().await;
 }
 
+/// The worst case for two replicas: both hold the same event at the same moment
+/// (JetStream redelivered it to the second after the first's ack wait ran out while
+/// its slow handler was still working). The second blocks on the first's
+/// `processed_events` row, then finds it and applies nothing.
+#[tokio::test]
+async fn two_replicas_holding_the_same_event_at_once_apply_it_once() {
+    let db = TestDb::create().await.unwrap();
+    let replica_a = schema_pool(&db, "t").await;
+    let replica_b = schema_pool_reuse(&db, "t").await;
+    let event = CloudEvent::new("crm", &lead_converted()).unwrap();
+    let slow = |replica: &'static str| {
+        handler_fn(move |tx, ev| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO effects (event_id, lead_id, replica) VALUES ($1, $2, $3)")
+                    .bind(ev.id)
+                    .bind(Uuid::nil())
+                    .bind(replica)
+                    .execute(&mut *tx)
+                    .await?;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok(())
+            })
+        })
+    };
+    let (handler_a, handler_b) = (slow("a"), slow("b"));
+    for _ in 0..5 {
+        let (a, b) = tokio::join!(
+            isp_events::consumer::apply(&replica_a, "t-proj", &handler_a, &event),
+            isp_events::consumer::apply(&replica_b, "t-proj", &handler_b, &event),
+        );
+        let applied = [a.unwrap(), b.unwrap()];
+        assert!(
+            applied.iter().filter(|x| **x).count() <= 1,
+            "both replicas applied the event: {applied:?}"
+        );
+    }
+    assert_eq!(count(&replica_a, "SELECT count(*) FROM effects").await, 1);
+    assert_eq!(
+        count(&replica_a, "SELECT count(*) FROM processed_events WHERE consumer = 't-proj'").await,
+        1
+    );
+    replica_a.close().await;
+    replica_b.close().await;
+}
+
 /// Another pool on an already prepared schema (a second replica of a service).
 async fn schema_pool_reuse(db: &TestDb, schema: &str) -> PgPool {
     let opts: PgConnectOptions = db.admin_url.parse().unwrap();

@@ -368,8 +368,11 @@ async fn process<H: EventHandler>(
     }
 }
 
-/// Ok(true): applied now; Ok(false): was already applied.
-async fn apply<H: EventHandler>(
+/// Applies `event` through `handler` at most once per `consumer`, in one
+/// transaction with its `processed_events` row. Ok(true): applied now; Ok(false):
+/// was already applied (by this or another replica). Public so that the replica
+/// race can be tested directly.
+pub async fn apply<H: EventHandler>(
     pool: &PgPool,
     consumer: &str,
     handler: &H,
