@@ -59,7 +59,8 @@ const DUE_SQL: &str = r#"
 CREATE TEMP TABLE billing_run_due ON COMMIT DROP AS
 SELECT s.id, s.account_number, s.next_due_date AS ps,
        add_cycle(s.next_due_date, s.billing_cycle, s.billing_anchor_day) AS pe,
-       p.price, p.name, s.account_balance AS bal
+       period_price(p.price, p.billing_cycle, s.billing_cycle) AS price,
+       p.name, s.account_balance AS bal
 FROM subscribers s JOIN plans p ON p.id = s.service_plan
 WHERE s.status = 'Active' AND s.next_due_date <= $1
   AND (s.trial_end_date IS NULL OR s.trial_end_date < $1)

@@ -283,10 +283,15 @@ async fn insert(
     let uuid = |k: &str| s(k).and_then(|v| Uuid::parse_str(&v).ok());
     let day = |k: &str| s(k).and_then(|v| NaiveDate::parse_from_str(&v, "%Y-%m-%d").ok());
     let plan_id = uuid("servicePlan").unwrap_or_default();
+    let cycle = s("billingCycle").unwrap_or_else(|| "Monthly".into());
+    // The plan's price is for the plan's cycle; the first period is one of the
+    // subscriber's cycle (docs/billing.md, "Period prices").
     let plan: Option<(String, Decimal, bool, bool, bool)> = sqlx::query_as(
-        "SELECT name, price, plan_enabled, active_for_new_signups, deleted FROM plans WHERE id = $1",
+        "SELECT name, period_price(price, billing_cycle, $2), plan_enabled, active_for_new_signups, deleted
+         FROM plans WHERE id = $1",
     )
     .bind(plan_id)
+    .bind(&cycle)
     .fetch_optional(&mut *tx)
     .await?;
     let (plan_name, price) = match plan {
@@ -320,7 +325,6 @@ async fn insert(
             ));
         }
     }
-    let cycle = s("billingCycle").unwrap_or_else(|| "Monthly".into());
     let today = ctx.today();
     // Provisional until activation (see docs/billing.md).
     let start = first_period_start(today, day("trialEndDate"));
