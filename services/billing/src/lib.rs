@@ -82,16 +82,25 @@ pub async fn start(ctx: Arc<ServiceContext>) -> anyhow::Result<Router> {
             payments: colls.payments.clone(),
         },
     );
-    daily::spawn_scheduler(ctx.clone(), daily::Schedule::from_env()?);
+    let settings = daily::Settings::from_env()?;
+    daily::spawn_scheduler(ctx.clone(), daily::Schedule::from_env()?, settings);
 
     let routes = Router::new()
-        .merge(subscribers::routes(ctx.clone(), colls.subscribers.clone()))
+        .merge(subscribers::routes(
+            ctx.clone(),
+            colls.subscribers.clone(),
+            settings,
+        ))
         .merge(collection::routes(colls.invoices.clone(), ctx.clone()))
         .merge(collection::routes(colls.payments.clone(), ctx.clone()))
         .merge(collection::routes(colls.expenses.clone(), ctx.clone()))
         .merge(collection::routes(colls.daily_runs.clone(), ctx.clone()))
         .merge(expenses::routes(ctx.clone(), colls.expenses.clone(), store))
-        .merge(daily::routes(ctx.clone(), colls.daily_runs.clone()));
+        .merge(daily::routes(
+            ctx.clone(),
+            colls.daily_runs.clone(),
+            settings,
+        ));
     let mut doc = isp_platform::openapi::collections_doc(
         "billing",
         "ISP Billing & Finance: subscribers, invoices, payments, expenses, daily run",

@@ -30,6 +30,7 @@ use crate::collections::{self as c, internal, snapshot, LineItem, FIN};
 struct St {
     ctx: Arc<ServiceContext>,
     coll: Arc<Collection>,
+    settings: crate::daily::Settings,
 }
 
 impl HasKeys for St {
@@ -38,14 +39,22 @@ impl HasKeys for St {
     }
 }
 
-pub fn routes(ctx: Arc<ServiceContext>, coll: Arc<Collection>) -> Router {
+pub fn routes(
+    ctx: Arc<ServiceContext>,
+    coll: Arc<Collection>,
+    settings: crate::daily::Settings,
+) -> Router {
     Router::new()
         .route("/api/billing/subscribers", get(list).post(create))
         .route(
             "/api/billing/subscribers/{id}",
             get(get_one).patch(update).delete(delete),
         )
-        .with_state(St { ctx, coll })
+        .with_state(St {
+            ctx,
+            coll,
+            settings,
+        })
 }
 
 #[derive(OpenApi)]
@@ -169,7 +178,7 @@ async fn create(
             return Ok((status, Json(stored)));
         }
     }
-    let (sub, invoice) = insert(&mut tx, &s.ctx, &input).await?;
+    let (sub, invoice) = insert(&mut tx, &s.ctx, s.settings, &input).await?;
     let answer = json!({
         "doc": s.coll.present(&p, &sub),
         "invoice": invoice,
@@ -276,6 +285,7 @@ pub fn first_period_start(activation: NaiveDate, trial_end: Option<NaiveDate>) -
 async fn insert(
     tx: &mut PgConnection,
     ctx: &ServiceContext,
+    settings: crate::daily::Settings,
     input: &NewSubscriber,
 ) -> ApiResult<(Value, Value)> {
     let d = &input.data;
@@ -326,8 +336,10 @@ async fn insert(
         }
     }
     let today = ctx.today();
-    // Provisional until activation (see docs/billing.md).
+    // Provisional until activation (see docs/billing.md). With a trial the first
+    // period, and so the first invoice's due date, starts the day after it.
     let start = first_period_start(today, day("trialEndDate"));
+    let due = settings.due_date(start, today);
     let next_due: NaiveDate = sqlx::query_scalar("SELECT add_cycle($1, $2, $3)")
         .bind(start)
         .bind(&cycle)
@@ -384,7 +396,7 @@ async fn insert(
     .bind(c::invoice_number(inv_n))
     .bind(id)
     .bind(amount)
-    .bind(today)
+    .bind(due)
     .bind(Value::Array(items.iter().map(LineItem::to_json).collect()))
     .execute(&mut *tx)
     .await?;

@@ -882,18 +882,18 @@ async fn daily_run_invoices_each_due_subscriber_once_per_period_even_when_repeat
     let app = app().await;
     let admin = app.admin_token().await;
     let plan = plan(&app, &admin, json!({"price": 1000})).await;
-    let (due, _) = active_sub(&app, &admin, &plan, "2026-11-25").await;
-    let (missed, _) = active_sub(&app, &admin, &plan, "2026-11-20").await; // a missed day
-    let (later, _) = active_sub(&app, &admin, &plan, "2026-11-26").await;
-    let (trial, _) = active_sub(&app, &admin, &plan, "2026-11-25").await;
+    let (due, _) = active_sub(&app, &admin, &plan, "2026-10-25").await;
+    let (missed, _) = active_sub(&app, &admin, &plan, "2026-10-20").await; // a missed day
+    let (later, _) = active_sub(&app, &admin, &plan, "2026-10-26").await;
+    let (trial, _) = active_sub(&app, &admin, &plan, "2026-10-25").await;
     sql(
         &app,
         &format!(
-            "UPDATE billing.subscribers SET trial_end_date = '2026-11-30' WHERE id = '{trial}'"
+            "UPDATE billing.subscribers SET trial_end_date = '2026-10-30' WHERE id = '{trial}'"
         ),
     )
     .await;
-    let (suspended, _) = active_sub(&app, &admin, &plan, "2026-11-25").await;
+    let (suspended, _) = active_sub(&app, &admin, &plan, "2026-10-25").await;
     sql(
         &app,
         &format!("UPDATE billing.subscribers SET status = 'Suspended' WHERE id = '{suspended}'"),
@@ -906,19 +906,19 @@ async fn daily_run_invoices_each_due_subscriber_once_per_period_even_when_repeat
     sql(
         &app,
         &format!(
-            "UPDATE billing.subscribers SET next_due_date = '2026-11-01' WHERE id = '{pending}'"
+            "UPDATE billing.subscribers SET next_due_date = '2026-10-01' WHERE id = '{pending}'"
         ),
     )
     .await;
 
     // Two runs at once (two replicas), then the same date again.
     let (a, b) = tokio::join!(
-        run(&app, &admin, "2026-11-25"),
-        run(&app, &admin, "2026-11-25")
+        run(&app, &admin, "2026-10-25"),
+        run(&app, &admin, "2026-10-25")
     );
     let created = a["invoicesCreated"].as_i64().unwrap() + b["invoicesCreated"].as_i64().unwrap();
     assert_eq!(created, 2);
-    assert_eq!(run(&app, &admin, "2026-11-25").await["invoicesCreated"], 0);
+    assert_eq!(run(&app, &admin, "2026-10-25").await["invoicesCreated"], 0);
     let count = |id: String| {
         let app = &app;
         async move {
@@ -936,20 +936,28 @@ async fn daily_run_invoices_each_due_subscriber_once_per_period_even_when_repeat
         sqlx::query_as(&format!("SELECT period_start, period_end, due_date, amount_due::text FROM billing.invoices WHERE subscriber_id = '{missed}' AND period_start IS NOT NULL"))
             .fetch_one(&pool).await.unwrap()
     };
+    // The missed period keeps its dates but is due on the run date (payment terms
+    // 0), so the catch-up cannot make it Overdue in the run that creates it.
     assert_eq!(
         (ps, pe, due_date, amount.as_str()),
-        (d("2026-11-20"), d("2026-12-20"), d("2026-11-20"), "1000.00")
+        (d("2026-10-20"), d("2026-11-20"), d("2026-10-25"), "1000.00")
     );
     assert_eq!(outbox_count(&app, "invoice.created").await, 6 + 2);
-    // After the trial the subscriber is billed from their due date.
+    // After the trial the subscriber is billed from the day after it: a period
+    // never starts inside the trial.
     assert_eq!(
-        run(&app, &admin, "2026-12-01").await["invoicesCreated"]
+        run(&app, &admin, "2026-11-01").await["invoicesCreated"]
             .as_i64()
             .unwrap()
             >= 1,
         true
     );
-    assert_eq!(count(trial).await, 1);
+    assert_eq!(count(trial.clone()).await, 1);
+    let (amount, end, due_date, _) = period_invoice(&app, &trial, "2026-10-31").await;
+    assert_eq!(
+        (amount.as_str(), end, due_date),
+        ("1000.00", d("2026-11-30"), d("2026-11-01"))
+    );
     // Invoice numbers stay unique and sequential.
     let dupes: i64 = scalar(
         &app,
@@ -967,11 +975,11 @@ async fn daily_run_marks_overdue_suspends_unless_grace_and_logs_each_run() {
     let (plain, _) = active_sub(&app, &admin, &plan, "2026-12-20").await;
     let (graced, _) = active_sub(&app, &admin, &plan, "2026-12-20").await;
     let (grace_over, _) = active_sub(&app, &admin, &plan, "2026-12-20").await;
-    sql(&app, &format!("UPDATE billing.subscribers SET grace_period_end_date = '2026-11-30' WHERE id = '{graced}'")).await;
-    sql(&app, &format!("UPDATE billing.subscribers SET grace_period_end_date = '2026-11-26' WHERE id = '{grace_over}'")).await;
-    // Their first invoices were due today (2026-11-25 or the real today): run the day after.
-    sql(&app, "UPDATE billing.invoices SET due_date = '2026-11-25'").await;
-    let report = run(&app, &admin, "2026-11-25").await;
+    sql(&app, &format!("UPDATE billing.subscribers SET grace_period_end_date = '2026-10-31' WHERE id = '{graced}'")).await;
+    sql(&app, &format!("UPDATE billing.subscribers SET grace_period_end_date = '2026-10-26' WHERE id = '{grace_over}'")).await;
+    // Their first invoices fell due on 2026-10-25: Overdue from the day after.
+    sql(&app, "UPDATE billing.invoices SET due_date = '2026-10-25'").await;
+    let report = run(&app, &admin, "2026-10-25").await;
     assert_eq!(
         (
             report["invoicesOverdue"].as_i64(),
@@ -979,10 +987,10 @@ async fn daily_run_marks_overdue_suspends_unless_grace_and_logs_each_run() {
         ),
         (Some(0), Some(0))
     );
-    let report = run(&app, &admin, "2026-11-26").await;
+    let report = run(&app, &admin, "2026-10-26").await;
     assert_eq!(report["invoicesOverdue"], 3);
     assert_eq!(report["subscribersSuspended"], 2);
-    assert_eq!(report["runDate"], "2026-11-26");
+    assert_eq!(report["runDate"], "2026-10-26");
     assert!(report["durationMs"].as_i64().is_some());
     let status = |id: String| {
         let app = &app;
@@ -1016,7 +1024,7 @@ async fn daily_run_marks_overdue_suspends_unless_grace_and_logs_each_run() {
     assert_eq!(ev["source"], "/isp/billing");
     // Once the grace period passes, the next run suspends.
     assert_eq!(
-        run(&app, &admin, "2026-12-01").await["subscribersSuspended"],
+        run(&app, &admin, "2026-11-01").await["subscribersSuspended"],
         1
     );
     assert_eq!(status(graced).await, "Suspended");
@@ -1024,7 +1032,7 @@ async fn daily_run_marks_overdue_suspends_unless_grace_and_logs_each_run() {
     let (bm, _) = app.staff_token("Billing Manager").await;
     let log = get(&app, &bm, "/api/billing/dailyRuns?sort=-runDate").await;
     assert_eq!(log["totalDocs"], 3);
-    assert_eq!(log["docs"][0]["runDate"], "2026-12-01");
+    assert_eq!(log["docs"][0]["runDate"], "2026-11-01");
     let r = app
         .post(
             "/api/billing/jobs/daily-run",
@@ -1351,7 +1359,7 @@ async fn scheduler_catches_up_at_start_when_todays_run_time_has_passed() {
         at: chrono::NaiveTime::from_hms_opt(0, 0, 0).unwrap(),
         enabled: true,
     };
-    svc_billing::daily::spawn_scheduler(app.ctx("billing"), schedule);
+    svc_billing::daily::spawn_scheduler(app.ctx("billing"), schedule, Default::default());
     let today = chrono::Utc::now()
         .with_timezone(&chrono_tz::Africa::Nairobi)
         .date_naive();
@@ -1369,7 +1377,7 @@ async fn scheduler_catches_up_at_start_when_todays_run_time_has_passed() {
     .await;
     assert!(ran.is_some(), "no catch-up run for {today}");
     // A second scheduler (another replica) finds today's run logged and waits for tomorrow.
-    svc_billing::daily::spawn_scheduler(app.ctx("billing"), schedule);
+    svc_billing::daily::spawn_scheduler(app.ctx("billing"), schedule, Default::default());
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM billing.daily_runs")
         .fetch_one(&pool)
@@ -1485,5 +1493,147 @@ async fn a_period_costs_the_plan_price_scaled_from_the_plan_cycle_to_the_subscri
         (amount.as_str(), end),
         ("2500.00", d("2026-10-01")),
         "Monthly plan, billed monthly after the quarter already invoiced"
+    );
+}
+
+// ---- due dates, catch-up and trials ---------------------------------------------------
+
+fn today() -> NaiveDate {
+    chrono::Utc::now()
+        .with_timezone(&chrono_tz::Africa::Nairobi)
+        .date_naive()
+}
+
+async fn status_of(app: &TestApp, id: &str) -> String {
+    scalar(
+        app,
+        &format!("SELECT status FROM billing.subscribers WHERE id = '{id}'"),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_caught_up_period_is_due_on_the_run_date_so_the_same_run_does_not_suspend() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (bm, _) = app.staff_token("Billing Manager").await;
+    let plan = plan(&app, &admin, json!({"price": 1000})).await;
+    // Paid up, then the runs of 20 to 24 October were missed.
+    let (sub, first) = active_sub(&app, &admin, &plan, "2026-10-20").await;
+    pay(&app, &bm, &first, json!(1000), "C1", "Cash").await;
+    let report = run(&app, &admin, "2026-10-25").await;
+    assert_eq!(
+        (
+            report["invoicesCreated"].as_i64(),
+            report["invoicesOverdue"].as_i64(),
+            report["subscribersSuspended"].as_i64()
+        ),
+        (Some(1), Some(0), Some(0))
+    );
+    let (_, end, due, status) = period_invoice(&app, &sub, "2026-10-20").await;
+    assert_eq!(
+        (end, due, status.as_str()),
+        (d("2026-11-20"), d("2026-10-25"), "Unpaid")
+    );
+    assert_eq!(status_of(&app, &sub).await, "Active");
+    // Unpaid the day after its due date: Overdue, and the subscriber is suspended.
+    let report = run(&app, &admin, "2026-10-26").await;
+    assert_eq!(report["subscribersSuspended"], 1);
+    assert_eq!(status_of(&app, &sub).await, "Suspended");
+}
+
+#[tokio::test]
+async fn payment_terms_push_due_dates_of_invoices_billing_creates() {
+    std::env::set_var("ISP_BILLING_PAYMENT_TERMS_DAYS", "3");
+    let app = app().await;
+    std::env::remove_var("ISP_BILLING_PAYMENT_TERMS_DAYS");
+    let admin = app.admin_token().await;
+    let (bm, _) = app.staff_token("Billing Manager").await;
+    let plan = plan(&app, &admin, json!({"price": 1000})).await;
+    let (sub, first) = active_sub(&app, &admin, &plan, "2026-10-20").await;
+    // The first invoice: three days after its creation day.
+    let inv = get(&app, &bm, &format!("/api/billing/invoices/{first}")).await;
+    assert_eq!(inv["dueDate"], (today() + chrono::Days::new(3)).to_string());
+    pay(&app, &bm, &first, json!(1000), "C1", "Cash").await;
+    // A caught-up period: three days after the run date; on time: after its start.
+    run(&app, &admin, "2026-10-22").await;
+    assert_eq!(
+        period_invoice(&app, &sub, "2026-10-20").await.2,
+        d("2026-10-25")
+    );
+    assert_eq!(run(&app, &admin, "2026-10-25").await["invoicesOverdue"], 0);
+    assert_eq!(run(&app, &admin, "2026-10-26").await["invoicesOverdue"], 1);
+    assert_eq!(status_of(&app, &sub).await, "Suspended");
+}
+
+#[tokio::test]
+async fn trials_delay_the_first_due_date_protect_from_suspension_and_start_the_next_period_after_them(
+) {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let plan = plan(&app, &admin, json!({"price": 1000})).await;
+    // A trial ending in ten days: the first invoice is due the day after it.
+    let trial_end = today() + chrono::Days::new(10);
+    let mut body = sub_body(&plan);
+    body["trialEndDate"] = json!(trial_end.to_string());
+    let r = create_sub(&app, &admin, body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(
+        r.body["invoice"]["dueDate"],
+        (trial_end + chrono::Days::new(1)).to_string()
+    );
+    // A trial that already ended changes nothing: due on the creation day.
+    let mut body = sub_body(&plan);
+    body["trialEndDate"] = json!("2026-01-31");
+    let r = create_sub(&app, &admin, body).await;
+    assert_eq!(r.body["invoice"]["dueDate"], today().to_string());
+
+    // An Active subscriber with an overdue invoice is not suspended while the
+    // trial lasts, and is once it has ended.
+    let (sub, _) = active_sub(&app, &admin, &plan, "2026-10-01").await;
+    sql(
+        &app,
+        &format!("UPDATE billing.subscribers SET trial_end_date = '2026-10-10' WHERE id = '{sub}'"),
+    )
+    .await;
+    sql(
+        &app,
+        &format!(
+            "UPDATE billing.invoices SET due_date = '2026-10-01' WHERE subscriber_id = '{sub}'"
+        ),
+    )
+    .await;
+    let report = run(&app, &admin, "2026-10-05").await;
+    assert_eq!(
+        (
+            report["invoicesCreated"].as_i64(),
+            report["invoicesOverdue"].as_i64(),
+            report["subscribersSuspended"].as_i64()
+        ),
+        (Some(0), Some(1), Some(0))
+    );
+    assert_eq!(
+        run(&app, &admin, "2026-10-10").await["subscribersSuspended"],
+        0
+    );
+    assert_eq!(status_of(&app, &sub).await, "Active");
+    // The recurring period starts the day after the trial, not at nextDueDate
+    // (which fell inside it); the anchor day moves with it.
+    let report = run(&app, &admin, "2026-10-11").await;
+    assert_eq!(report["invoicesCreated"], 1);
+    assert_eq!(report["subscribersSuspended"], 1);
+    assert_eq!(
+        scalar::<i64>(&app, &format!("SELECT count(*) FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start <= '2026-10-10'")).await,
+        0
+    );
+    let (_, end, due, _) = period_invoice(&app, &sub, "2026-10-11").await;
+    assert_eq!((end, due), (d("2026-11-11"), d("2026-10-11")));
+    let doc = get(&app, &admin, &format!("/api/billing/subscribers/{sub}")).await;
+    assert_eq!(
+        (
+            doc["nextDueDate"].as_str(),
+            doc["billingAnchorDay"].as_i64()
+        ),
+        (Some("2026-10-11"), Some(11))
     );
 }
