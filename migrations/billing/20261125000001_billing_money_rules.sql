@@ -18,3 +18,10 @@ CREATE FUNCTION period_price(price numeric, plan_cycle text, subscriber_cycle te
 LANGUAGE sql IMMUTABLE STRICT AS $$
     SELECT round(price * cycle_months(subscriber_cycle) / cycle_months(plan_cycle), 2)
 $$;
+
+-- Why a Suspended subscriber is suspended: 'Non-payment' (the daily run) or
+-- 'Manual' (Admin / Billing Manager). Payments reactivate only the former.
+ALTER TABLE subscribers ADD COLUMN suspension_reason text
+    CONSTRAINT subscribers_suspension_reason_check CHECK (suspension_reason IN ('Non-payment', 'Manual'));
+-- Until now every suspension was lifted by a payment: keep that for existing ones.
+UPDATE subscribers SET suspension_reason = 'Non-payment' WHERE status = 'Suspended';

@@ -39,6 +39,9 @@ pub const SUB_READ: Roles = Roles::of(&[
 pub const SUBSCRIBER_STATUS: &[&str] =
     &["Pending Installation", "Active", "Suspended", "Deactivated"];
 pub const BILLING_CYCLES: &[&str] = &["Monthly", "Quarterly"];
+/// Why a subscriber is Suspended: the daily run ('Non-payment', lifted by paying
+/// up) or staff ('Manual', lifted only by staff).
+pub const SUSPENSION_REASONS: &[&str] = &["Non-payment", "Manual"];
 pub const CONNECTION_TYPES: &[&str] = &["PPPoE", "IPoE/DHCP", "Static IP", "Hotspot"];
 pub const INVOICE_STATUS: &[&str] = &["Draft", "Unpaid", "Paid", "Overdue", "Cancelled"];
 pub const PAYMENT_METHODS: &[&str] = &["Mpesa", "Bank Transfer", "Cash"];
@@ -79,6 +82,17 @@ fn money(v: Option<&Value>) -> Decimal {
 fn date(v: Option<&Value>) -> Option<NaiveDate> {
     v.and_then(Value::as_str)
         .and_then(|s| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok())
+}
+
+/// Takes the subscriber's row lock. Every write that touches a subscriber's
+/// invoices and balance takes it before any invoice lock, so they queue on the
+/// subscriber instead of deadlocking on each other's invoices.
+pub(crate) async fn lock_subscriber(tx: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1 FROM subscribers WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
 
 // ---- subscribers ----------------------------------------------------------------
@@ -148,6 +162,13 @@ pub fn subscribers() -> Collection {
             )
             .system(),
             Field::new("assignedIp", "assigned_ip", Kind::TEXT).system(),
+            Field::new(
+                "suspensionReason",
+                "suspension_reason",
+                Kind::Select(SUSPENSION_REASONS),
+            )
+            .read(FIN)
+            .system(),
             Field::new("serviceLocation", "service_location", Kind::Relation).system(),
             Field::new("building", "building", Kind::Relation).system(),
             Field::new("lead", "lead_id", Kind::Relation).system(),
@@ -174,7 +195,8 @@ impl Hooks for SubscriberHooks {
             ));
         }
         if c.changed("status") {
-            let new = c.str("status").unwrap_or_default();
+            let new = c.str("status").unwrap_or_default().to_string();
+            let new = new.as_str();
             match (old, new) {
                 ("Active", "Suspended") | ("Suspended", "Active") | (_, "Deactivated") => {}
                 ("Pending Installation", "Active") => {
@@ -190,6 +212,9 @@ impl Hooks for SubscriberHooks {
                     ))
                 }
             }
+            if new != "Suspended" {
+                c.data.insert("suspensionReason".into(), Value::Null);
+            }
             if old == "Suspended" && new == "Active" {
                 // Reactivated by hand: the next period starts no earlier than today.
                 let today = c.ctx.today();
@@ -198,6 +223,10 @@ impl Hooks for SubscriberHooks {
                         .insert("nextDueDate".into(), json!(today.to_string()));
                 }
             }
+        }
+        if c.data.get("status").and_then(Value::as_str) == Some("Suspended") {
+            // Staff suspending (or confirming a run's suspension): only staff lift it.
+            c.data.insert("suspensionReason".into(), json!("Manual"));
         }
         if c.changed("servicePlan") {
             let plan = c.uuid("servicePlan").unwrap_or_default();
@@ -617,14 +646,21 @@ impl Hooks for PaymentHooks {
             return Ok(()); // required check names it
         };
         crate::daily::wait_for_run(tx).await?;
-        let row: Option<(String, Uuid)> =
-            sqlx::query_as("SELECT status, subscriber_id FROM invoices WHERE id = $1 FOR UPDATE")
+        // Lock order: the subscriber, then its invoices (see ledger::settle).
+        let subscriber: Option<Uuid> =
+            sqlx::query_scalar("SELECT subscriber_id FROM invoices WHERE id = $1")
                 .bind(invoice)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let Some((status, subscriber)) = row else {
+        let Some(subscriber) = subscriber else {
             return Err(ApiError::field("invoice", "Unknown invoice."));
         };
+        lock_subscriber(tx, subscriber).await?;
+        let status: String =
+            sqlx::query_scalar("SELECT status FROM invoices WHERE id = $1 FOR UPDATE")
+                .bind(invoice)
+                .fetch_one(&mut *tx)
+                .await?;
         if matches!(status.as_str(), "Draft" | "Cancelled") {
             return Err(ApiError::conflict_field(
                 "invoice",

@@ -7,8 +7,9 @@
 //!    key makes a repeated run, a second replica or a catch-up after a missed day
 //!    create nothing twice; credit in `accountBalance` settles the new invoice;
 //! 2. mark Unpaid invoices past their due date Overdue;
-//! 3. suspend Active subscribers with an Overdue invoice unless their
-//!    `gracePeriodEndDate` is after the run date.
+//! 3. suspend Active subscribers who owe money (`accountBalance` < 0) and have an
+//!    Overdue invoice, unless their `gracePeriodEndDate` is after the run date or
+//!    their trial is still running; the suspension's reason is 'Non-payment'.
 //!
 //! Events (`invoice.created`, `invoice.overdue`, `subscriber.suspended`,
 //! `subscriber.updated`) are written to the outbox by the same statements. A
@@ -166,10 +167,11 @@ SELECT count(*) FROM od
 
 const SUSPEND_SQL: &str = r#"
 WITH su AS (
-    UPDATE subscribers s SET status = 'Suspended', updated_at = now()
+    UPDATE subscribers s SET status = 'Suspended', suspension_reason = 'Non-payment', updated_at = now()
     WHERE s.status = 'Active'
       AND (s.grace_period_end_date IS NULL OR s.grace_period_end_date <= $1)
       AND (s.trial_end_date IS NULL OR s.trial_end_date < $1)
+      AND s.account_balance < 0
       AND EXISTS (SELECT 1 FROM invoices i WHERE i.subscriber_id = s.id AND i.status = 'Overdue')
     RETURNING s.id, s.account_number, subscriber_snapshot(s) AS snap,
               (SELECT min(i.invoice_number) FROM invoices i WHERE i.subscriber_id = s.id AND i.status = 'Overdue') AS inv
