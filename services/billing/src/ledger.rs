@@ -61,8 +61,9 @@ pub async fn publish_subscriber_change(
 /// A subscriber suspended for non-payment becomes Active again once nothing is
 /// overdue (no Overdue invoice, no Unpaid one past its due date) or the balance is
 /// no longer negative. A manual suspension is never lifted here. The next period
-/// starts no earlier than `today`: time after the last invoiced period spent
-/// suspended is not billed.
+/// starts no earlier than `today`: time spent suspended after the end of the last
+/// invoiced period is not billed (days inside an invoiced period are: periods are
+/// prepaid calendar periods, see docs/billing.md).
 pub async fn maybe_reactivate(
     tx: &mut PgConnection,
     ctx: &ServiceContext,

@@ -1862,3 +1862,38 @@ async fn payments_lift_only_suspensions_for_non_payment_never_manual_ones() {
     let r = app.patch(&upath, &bm, json!({"status": "Suspended"})).await;
     assert_eq!(r.body["doc"]["suspensionReason"], "Manual");
 }
+
+#[tokio::test]
+async fn suspended_days_inside_an_invoiced_period_are_owed_and_the_period_keeps_its_end() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (bm, _) = app.staff_token("Billing Manager").await;
+    let plan = plan(&app, &admin, json!({"price": 1000})).await;
+    let start = today() - chrono::Days::new(10);
+    let (sub, first) = active_sub(&app, &admin, &plan, &start.to_string()).await;
+    pay(&app, &bm, &first, json!(1000), "C1", "Cash").await;
+    run(&app, &admin, &start.to_string()).await;
+    let day_after = (start + chrono::Days::new(1)).to_string();
+    assert_eq!(
+        run(&app, &admin, &day_after).await["subscribersSuspended"],
+        1
+    );
+    // Nine days suspended inside the period, then paid today.
+    let (period, end): (String, NaiveDate) = {
+        let pool = app.admin_pool().await;
+        sqlx::query_as(&format!("SELECT id::text, period_end FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start = '{start}'"))
+            .fetch_one(&pool).await.unwrap()
+    };
+    assert!(end > today());
+    assert_eq!(
+        pay(&app, &bm, &period, json!(1000), "C2", "Cash")
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let doc = get(&app, &bm, &format!("/api/billing/subscribers/{sub}")).await;
+    assert_eq!(doc["status"], "Active");
+    // The period is owed in full and ends where it always did: no days added.
+    assert_eq!(doc["nextDueDate"], end.to_string());
+    assert_eq!(doc["accountBalance"], "0.00");
+}
