@@ -64,6 +64,10 @@ impl Collections {
 /// Migrates, starts the relay, the consumers and the daily-run scheduler, and
 /// returns the service's router.
 pub async fn start(ctx: Arc<ServiceContext>) -> anyhow::Result<Router> {
+    // Settings first: a bad value stops the start before anything runs.
+    let settings = daily::Settings::from_env()?;
+    let receipt_max_bytes = expenses::receipt_max_bytes()?;
+    let schedule = daily::Schedule::from_env()?;
     ctx.migrate_and_relay(&MIGRATOR).await?;
     let store = storage::from_env(&ctx.config.data_dir)?;
     let colls = Arc::new(Collections::new(store.clone()));
@@ -82,8 +86,7 @@ pub async fn start(ctx: Arc<ServiceContext>) -> anyhow::Result<Router> {
             payments: colls.payments.clone(),
         },
     );
-    let settings = daily::Settings::from_env()?;
-    daily::spawn_scheduler(ctx.clone(), daily::Schedule::from_env()?, settings);
+    daily::spawn_scheduler(ctx.clone(), schedule, settings);
 
     let routes = Router::new()
         .merge(subscribers::routes(
@@ -95,7 +98,12 @@ pub async fn start(ctx: Arc<ServiceContext>) -> anyhow::Result<Router> {
         .merge(collection::routes(colls.payments.clone(), ctx.clone()))
         .merge(collection::routes(colls.expenses.clone(), ctx.clone()))
         .merge(collection::routes(colls.daily_runs.clone(), ctx.clone()))
-        .merge(expenses::routes(ctx.clone(), colls.expenses.clone(), store))
+        .merge(expenses::routes(
+            ctx.clone(),
+            colls.expenses.clone(),
+            store,
+            receipt_max_bytes,
+        ))
         .merge(daily::routes(
             ctx.clone(),
             colls.daily_runs.clone(),

@@ -1182,6 +1182,7 @@ fn multipart(filename: &str, data: &[u8]) -> (String, Vec<u8>) {
 async fn expenses_keep_receipts_that_only_finance_can_upload_and_download() {
     std::env::set_var("ISP_BILLING_RECEIPT_MAX_BYTES", "200000");
     let app = app().await;
+    std::env::remove_var("ISP_BILLING_RECEIPT_MAX_BYTES");
     let admin = app.admin_token().await;
     let (bm, _) = app.staff_token("Billing Manager").await;
     let r = app
@@ -1251,8 +1252,12 @@ async fn expenses_keep_receipts_that_only_finance_can_upload_and_download() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
     let mut big = b"%PDF-1.7\n".to_vec();
     big.resize(300_000, b'x');
-    let (s, _) = upload(bm.clone(), "big.pdf", big).await;
+    let (s, b) = upload(bm.clone(), "big.pdf", big).await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        b["errors"][0]["message"],
+        "The receipt is too large: at most 200000 bytes is accepted."
+    );
     let (s, _) = upload(bm.clone(), "x.pdf", b"%PDF-1.4 ok".to_vec()).await;
     assert_eq!(s, StatusCode::OK);
     let res = app
@@ -1896,4 +1901,52 @@ async fn suspended_days_inside_an_invoiced_period_are_owed_and_the_period_keeps_
     // The period is owed in full and ends where it always did: no days added.
     assert_eq!(doc["nextDueDate"], end.to_string());
     assert_eq!(doc["accountBalance"], "0.00");
+}
+
+#[tokio::test]
+async fn receipts_up_to_the_default_5_mib_are_accepted_and_larger_ones_refused_clearly() {
+    let app = app().await;
+    let (bm, _) = app.staff_token("Billing Manager").await;
+    let r = app
+        .post(
+            "/api/billing/expenses",
+            &bm,
+            json!({"expenseDate": "2026-11-01", "category": "Equipment", "amount": 1200}),
+        )
+        .await;
+    let url = format!(
+        "{}/api/billing/expenses/{}/receipt",
+        app.base,
+        r.body["doc"]["id"].as_str().unwrap()
+    );
+    let upload = |size: usize| {
+        let mut pdf = b"%PDF-1.7\n".to_vec();
+        pdf.resize(size, b'x');
+        let (ct, body) = multipart("scan.pdf", &pdf);
+        let req = app
+            .http
+            .post(&url)
+            .header("authorization", format!("JWT {bm}"))
+            .header("content-type", ct)
+            .body(body);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    // Above axum's 2 MiB default, within the 5 MiB default limit.
+    let (s, b) = upload(3 * 1024 * 1024).await;
+    assert_eq!(s, StatusCode::OK, "{b:?}");
+    assert_eq!(b["doc"]["receipt"]["size"], 3 * 1024 * 1024);
+    let (s, _) = upload(5 * 1024 * 1024).await;
+    assert_eq!(s, StatusCode::OK);
+    // One byte over, and far over: 413 saying what the limit is.
+    for size in [5 * 1024 * 1024 + 1, 8 * 1024 * 1024] {
+        let (s, b) = upload(size).await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{size}: {b:?}");
+        assert_eq!(
+            b["errors"][0]["message"], "The receipt is too large: at most 5 MiB is accepted.",
+            "{size}"
+        );
+    }
 }
