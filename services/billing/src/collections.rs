@@ -5,7 +5,9 @@
 //! invoices, payments (append-only, see docs/billing.md) and expenses, and edits
 //! only the financial fields of subscribers. Sales Agent, Support Agent and Network
 //! Engineer read basic subscriber info (never `accountBalance` or other financial
-//! fields) and nothing else here; Technician nothing at all.
+//! fields) and nothing else here; Technician nothing at all. Network data
+//! (`connectionType`, `assignedIp`) is for Admin, Network Engineer and Support
+//! Agent only.
 
 use std::sync::Arc;
 
@@ -35,6 +37,10 @@ pub const SUB_READ: Roles = Roles::of(&[
     Role::SupportAgent,
     Role::NetworkEngineer,
 ]);
+
+/// Who may read a subscriber's network data (`connectionType`, `assignedIp`):
+/// Sales Agent and Billing Manager have no access to network data (SPEC 2).
+pub const NET_READ: Roles = Roles::of(&[Role::Admin, Role::NetworkEngineer, Role::SupportAgent]);
 
 pub const SUBSCRIBER_STATUS: &[&str] =
     &["Pending Installation", "Active", "Suspended", "Deactivated"];
@@ -160,8 +166,11 @@ pub fn subscribers() -> Collection {
                 "connection_type",
                 Kind::Select(CONNECTION_TYPES),
             )
+            .read(NET_READ)
             .system(),
-            Field::new("assignedIp", "assigned_ip", Kind::TEXT).system(),
+            Field::new("assignedIp", "assigned_ip", Kind::TEXT)
+                .read(NET_READ)
+                .system(),
             Field::new(
                 "suspensionReason",
                 "suspension_reason",

@@ -1950,3 +1950,44 @@ async fn receipts_up_to_the_default_5_mib_are_accepted_and_larger_ones_refused_c
         );
     }
 }
+
+#[tokio::test]
+async fn network_fields_are_hidden_from_sales_agents_and_billing_managers() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let plan = plan(&app, &admin, json!({})).await;
+    let (sub, _) = active_sub(&app, &admin, &plan, "2027-01-01").await;
+    sql(&app, &format!("UPDATE billing.subscribers SET connection_type = 'PPPoE', assigned_ip = '100.64.0.9' WHERE id = '{sub}'")).await;
+    let path = format!("/api/billing/subscribers/{sub}");
+    for role in ["Sales Agent", "Billing Manager"] {
+        let (t, _) = app.staff_token(role).await;
+        let doc = get(&app, &t, &path).await;
+        assert_eq!(doc["firstName"], "Amina", "{role}");
+        for hidden in ["connectionType", "assignedIp"] {
+            assert!(doc.get(hidden).is_none(), "{role} sees {hidden}");
+        }
+        let list = get(&app, &t, "/api/billing/subscribers").await;
+        assert!(list["docs"][0].get("assignedIp").is_none(), "{role}");
+        // Nor can they filter or sort on it.
+        let r = app
+            .get(
+                "/api/billing/subscribers?where[assignedIp][equals]=100.64.0.9",
+                &t,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{role}");
+        let r = app
+            .get("/api/billing/subscribers?sort=connectionType", &t)
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{role}");
+    }
+    let (ne, _) = app.staff_token("Network Engineer").await;
+    let (support, _) = app.staff_token("Support Agent").await;
+    for t in [&admin, &ne, &support] {
+        let doc = get(&app, t, &path).await;
+        assert_eq!(
+            (doc["connectionType"].as_str(), doc["assignedIp"].as_str()),
+            (Some("PPPoE"), Some("100.64.0.9"))
+        );
+    }
+}
