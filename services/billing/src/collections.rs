@@ -67,6 +67,22 @@ pub(crate) fn internal(e: anyhow::Error) -> ApiError {
     ApiError::Internal(e)
 }
 
+/// The largest amount a `numeric(14,2)` column holds: 999,999,999,999.99.
+pub(crate) fn money_max() -> Decimal {
+    Decimal::new(99_999_999_999_999, 2)
+}
+
+/// A numeric overflow (SQLSTATE 22003) inside `e` is the client's amount being too
+/// large for what it adds up to: 400 naming `field`. Anything else is internal.
+pub(crate) fn overflow_is_bad_input(field: &str, e: anyhow::Error) -> ApiError {
+    if let Some(sqlx::Error::Database(db)) = e.downcast_ref::<sqlx::Error>() {
+        if db.code().as_deref() == Some("22003") {
+            return ApiError::field(field, "The amount is too large for this account.");
+        }
+    }
+    ApiError::Internal(e)
+}
+
 pub(crate) fn snapshot<T: serde::de::DeserializeOwned>(doc: &Value) -> ApiResult<T> {
     serde_json::from_value(doc.clone())
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("snapshot: {e}")))
@@ -401,6 +417,15 @@ pub fn parse_line_items(v: &Value, path: &str, allow_empty: bool) -> ApiResult<V
             _ => {}
         }
     }
+    if errors.is_empty() && total(&out) > money_max() {
+        errors.push(FieldError::new(
+            path,
+            format!(
+                "The total of the line items is too large (at most {}).",
+                money_max()
+            ),
+        ));
+    }
     if errors.is_empty() {
         Ok(out)
     } else {
@@ -541,7 +566,8 @@ impl Hooks for InvoiceHooks {
             .bind(sub)
             .bind(after - before)
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(|e| overflow_is_bad_input("lineItems", e.into()))?;
         }
         let snap: InvoiceSnapshot = snapshot(doc)?;
         if previous.is_none() {
@@ -627,8 +653,15 @@ struct PaymentHooks;
 impl Hooks for PaymentHooks {
     async fn before_change(&self, tx: &mut PgConnection, c: &mut Change<'_>) -> ApiResult<()> {
         let mut errors = vec![];
-        if c.data.contains_key("amountPaid") && money(c.data.get("amountPaid")) <= Decimal::ZERO {
+        let amount = money(c.data.get("amountPaid"));
+        if c.data.contains_key("amountPaid") && amount <= Decimal::ZERO {
             errors.push(FieldError::new("amountPaid", "Must be more than 0 KES."));
+        }
+        if amount > money_max() {
+            errors.push(FieldError::new(
+                "amountPaid",
+                format!("At most {} KES.", money_max()),
+            ));
         }
         if let Some(d) = date(c.data.get("paymentDate")) {
             if d > c.ctx.today() {
@@ -665,6 +698,17 @@ impl Hooks for PaymentHooks {
             return Err(ApiError::field("invoice", "Unknown invoice."));
         };
         lock_subscriber(tx, subscriber).await?;
+        let balance: Decimal =
+            sqlx::query_scalar("SELECT account_balance FROM subscribers WHERE id = $1")
+                .bind(subscriber)
+                .fetch_one(&mut *tx)
+                .await?;
+        if balance.checked_add(amount).is_none_or(|b| b > money_max()) {
+            return Err(ApiError::field(
+                "amountPaid",
+                "This payment would take the account's credit beyond what can be recorded.",
+            ));
+        }
         let status: String =
             sqlx::query_scalar("SELECT status FROM invoices WHERE id = $1 FOR UPDATE")
                 .bind(invoice)
@@ -708,7 +752,7 @@ impl Hooks for PaymentHooks {
     ) -> ApiResult<()> {
         ledger::apply_payment(tx, ctx, doc)
             .await
-            .map_err(internal)?;
+            .map_err(|e| overflow_is_bad_input("amountPaid", e))?;
         Ok(())
     }
 }
@@ -743,6 +787,12 @@ impl Hooks for ExpenseHooks {
     async fn before_change(&self, _tx: &mut PgConnection, c: &mut Change<'_>) -> ApiResult<()> {
         if c.data.contains_key("amount") && money(c.data.get("amount")) <= Decimal::ZERO {
             return Err(ApiError::field("amount", "Must be more than 0 KES."));
+        }
+        if money(c.data.get("amount")) > money_max() {
+            return Err(ApiError::field(
+                "amount",
+                format!("At most {} KES.", money_max()),
+            ));
         }
         Ok(())
     }

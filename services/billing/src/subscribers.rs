@@ -357,6 +357,15 @@ async fn insert(
     }];
     items.extend(input.charges.iter().cloned());
     let amount = c::total(&items);
+    if amount > c::money_max() {
+        return Err(ApiError::field(
+            "oneOffCharges",
+            format!(
+                "The first invoice would be too large (at most {}).",
+                c::money_max()
+            ),
+        ));
+    }
     sqlx::query(
         "INSERT INTO subscribers (id, account_number, first_name, last_name, mpesa_number, contact_phone, email,
              status, service_plan, billing_cycle, next_due_date, billing_anchor_day, account_balance,
