@@ -9,8 +9,6 @@
 //! (`connectionType`, `assignedIp`) is for Admin, Network Engineer and Support
 //! Agent only.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use chrono::{Datelike, NaiveDate};
 use isp_events::outbox::enqueue;
@@ -24,7 +22,6 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::ledger;
-use crate::storage::Storage;
 
 pub const ADMIN: Roles = Roles::of(&[Role::Admin]);
 /// Admin and Billing Manager: finance.
@@ -205,6 +202,20 @@ pub fn subscribers() -> Collection {
 
 struct SubscriberHooks;
 
+/// The end of the last period invoiced for a subscriber (Cancelled invoices
+/// withdrew theirs), if any.
+async fn last_invoiced_end(
+    tx: &mut PgConnection,
+    subscriber: Uuid,
+) -> Result<Option<NaiveDate>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT max(period_end) FROM invoices WHERE subscriber_id = $1 AND status <> 'Cancelled'",
+    )
+    .bind(subscriber)
+    .fetch_one(&mut *tx)
+    .await
+}
+
 #[async_trait]
 impl Hooks for SubscriberHooks {
     async fn before_change(&self, tx: &mut PgConnection, c: &mut Change<'_>) -> ApiResult<()> {
@@ -240,10 +251,16 @@ impl Hooks for SubscriberHooks {
             if new != "Suspended" {
                 c.data.insert("suspensionReason".into(), Value::Null);
             }
-            if old == "Suspended" && new == "Active" {
-                // Reactivated by hand: the next period starts no earlier than today.
+            if old == "Suspended" && new == "Active" && !c.data.contains_key("nextDueDate") {
+                // Reactivated by hand: the next period starts no earlier than
+                // today, unless an invoiced period still runs past today.
                 let today = c.ctx.today();
-                if date(c.value("nextDueDate")).is_some_and(|d| d < today) {
+                let id = id_of(existing)?;
+                if date(c.value("nextDueDate")).is_some_and(|d| d < today)
+                    && last_invoiced_end(tx, id)
+                        .await?
+                        .is_none_or(|end| end <= today)
+                {
                     c.data
                         .insert("nextDueDate".into(), json!(today.to_string()));
                 }
@@ -275,6 +292,32 @@ impl Hooks for SubscriberHooks {
         }
         if c.changed("nextDueDate") {
             if let Some(d) = date(c.value("nextDueDate")) {
+                // Never back into time already invoiced: that period would be
+                // invoiced twice.
+                let id = id_of(existing)?;
+                if let Some(end) = last_invoiced_end(tx, id).await? {
+                    if d < end {
+                        return Err(ApiError::field(
+                            "nextDueDate",
+                            format!(
+                                "Must be on or after {end}, the end of the last invoiced period."
+                            ),
+                        ));
+                    }
+                }
+                let taken: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM invoices WHERE subscriber_id = $1 AND period_start = $2)",
+                )
+                .bind(id)
+                .bind(d)
+                .fetch_one(&mut *tx)
+                .await?;
+                if taken {
+                    return Err(ApiError::field(
+                        "nextDueDate",
+                        format!("A period starting on {d} was already invoiced (and cancelled); choose another day."),
+                    ));
+                }
                 c.data.insert("billingAnchorDay".into(), json!(d.day()));
             }
         }
@@ -509,11 +552,23 @@ impl Hooks for InvoiceHooks {
                     };
                     return Err(ApiError::conflict_field("status", why));
                 }
-                if new == "Cancelled" && money(c.value("amountPaid")) > Decimal::ZERO {
-                    return Err(ApiError::conflict_field(
-                        "status",
-                        "An invoice with payments cannot be cancelled.",
-                    ));
+                if new == "Cancelled" {
+                    let id = c.existing.map(id_of).transpose()?.unwrap_or_default();
+                    let named: bool = sqlx::query_scalar(
+                        "SELECT EXISTS (SELECT 1 FROM payments WHERE invoice_id = $1)",
+                    )
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    if named {
+                        return Err(ApiError::conflict_field(
+                            "status",
+                            "An invoice with payments recorded against it cannot be cancelled.",
+                        ));
+                    }
+                    // What credit or another payment's surplus settled on it goes
+                    // back to the balance as credit (the charge is withdrawn).
+                    c.data.insert("amountPaid".into(), json!("0.00"));
                 }
             }
         }
@@ -534,6 +589,37 @@ impl Hooks for InvoiceHooks {
                 "amountDue".into(),
                 json!(isp_platform::money::format(amount)),
             );
+        }
+        let status = c.str("status").unwrap_or_default().to_string();
+        if (c.data.contains_key("amountDue") || c.changed("status"))
+            && matches!(status.as_str(), "Unpaid" | "Overdue")
+        {
+            let due = money(c.value("amountDue"));
+            let mut paid = money(c.value("amountPaid"));
+            // Newly charged, or charged more: credit in the balance settles it, as
+            // the daily run does with the invoices it creates.
+            let charged_before = match c.existing {
+                Some(e) if charged(e["status"].as_str().unwrap_or_default()) => {
+                    money(e.get("amountDue"))
+                }
+                _ => Decimal::ZERO,
+            };
+            if due > charged_before && paid < due {
+                let balance: Decimal =
+                    sqlx::query_scalar("SELECT account_balance FROM subscribers WHERE id = $1")
+                        .bind(c.uuid("subscriber").unwrap_or_default())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                paid += balance.max(Decimal::ZERO).min(due - paid);
+                c.data.insert(
+                    "amountPaid".into(),
+                    json!(isp_platform::money::format(paid)),
+                );
+            }
+            // Covered (an edit down to what was paid, or credit): Paid.
+            if paid >= due {
+                c.data.insert("status".into(), json!("Paid"));
+            }
         }
         Ok(())
     }
@@ -579,10 +665,36 @@ impl Hooks for InvoiceHooks {
                 .await
                 .map_err(internal)?;
         }
-        if doc["status"] == "Cancelled" {
-            ledger::maybe_reactivate(tx, ctx, sub, ctx.today())
+        // Paid by an edit or by credit: the next period is the one after it.
+        // Cancelled: that period is withdrawn, not to be invoiced again (its
+        // start stays taken), so billing goes on after it.
+        let was = previous.and_then(|p| p["status"].as_str()).unwrap_or("");
+        let now = doc["status"].as_str().unwrap_or("");
+        if was != now && matches!(now, "Paid" | "Cancelled") {
+            let mut moved = false;
+            if let Some(end) = date(doc.get("periodEnd")) {
+                moved = sqlx::query(
+                    "UPDATE subscribers SET next_due_date = $2, updated_at = now()
+                     WHERE id = $1 AND next_due_date < $2",
+                )
+                .bind(sub)
+                .bind(end)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    > 0;
+            }
+            let reactivated = ledger::maybe_reactivate(tx, ctx, sub, ctx.today())
                 .await
                 .map_err(internal)?;
+            if moved && !reactivated {
+                let snap = ledger::subscriber_snapshot(tx, sub)
+                    .await
+                    .map_err(internal)?;
+                enqueue(tx, ctx.name, &SubscriberUpdated(snap))
+                    .await
+                    .map_err(internal)?;
+            }
         }
         Ok(())
     }
@@ -759,7 +871,7 @@ impl Hooks for PaymentHooks {
 
 // ---- expenses -------------------------------------------------------------------
 
-pub fn expenses(storage: Arc<dyn Storage>) -> Collection {
+pub fn expenses() -> Collection {
     Collection::new(
         "billing",
         "expenses",
@@ -775,12 +887,12 @@ pub fn expenses(storage: Arc<dyn Storage>) -> Collection {
         ],
     )
     .access(FIN, FIN, FIN, FIN)
-    .hooks(ExpenseHooks { storage })
+    .hooks(ExpenseHooks)
 }
 
-struct ExpenseHooks {
-    storage: Arc<dyn Storage>,
-}
+/// The receipt file of a deleted expense is removed after the deletion commits
+/// (see `routes.rs`).
+struct ExpenseHooks;
 
 #[async_trait]
 impl Hooks for ExpenseHooks {
@@ -793,27 +905,6 @@ impl Hooks for ExpenseHooks {
                 "amount",
                 format!("At most {} KES.", money_max()),
             ));
-        }
-        Ok(())
-    }
-
-    async fn before_delete(
-        &self,
-        tx: &mut PgConnection,
-        _p: &Principal,
-        doc: &Value,
-    ) -> ApiResult<()> {
-        let key: Option<String> =
-            sqlx::query_scalar("SELECT receipt_key FROM expenses WHERE id = $1")
-                .bind(id_of(doc)?)
-                .fetch_one(&mut *tx)
-                .await?;
-        if let Some(key) = key {
-            // A file left behind by a later rollback is only wasted space; a row
-            // pointing at a deleted file would be worse, so delete first.
-            if let Err(e) = self.storage.delete(&key).await {
-                tracing::warn!(error = ?e, key, "could not delete a receipt file");
-            }
         }
         Ok(())
     }

@@ -52,7 +52,7 @@ pub fn receipt_max_bytes() -> anyhow::Result<usize> {
 
 /// "5 MiB" or "200000 bytes".
 fn size_text(n: usize) -> String {
-    if n % (1024 * 1024) == 0 {
+    if n.is_multiple_of(1024 * 1024) {
         format!("{} MiB", n / (1024 * 1024))
     } else {
         format!("{n} bytes")

@@ -70,12 +70,21 @@ pub async fn maybe_reactivate(
     subscriber: Uuid,
     today: NaiveDate,
 ) -> anyhow::Result<bool> {
+    // The next period restarts today only if nextDueDate is past and no invoiced
+    // period runs past today (else it would be invoiced twice over).
     let done = sqlx::query(
-        "UPDATE subscribers s SET status = 'Active', suspension_reason = NULL, updated_at = now(),
-                next_due_date = GREATEST(s.next_due_date, $2),
-                billing_anchor_day = CASE WHEN s.next_due_date < $2 THEN extract(day FROM $2::date)::int
+        "WITH c AS (
+             SELECT s.id, s.next_due_date < $2
+                    AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.subscriber_id = s.id
+                                    AND i.status <> 'Cancelled' AND i.period_end > $2) AS restart
+             FROM subscribers s WHERE s.id = $1
+         )
+         UPDATE subscribers s SET status = 'Active', suspension_reason = NULL, updated_at = now(),
+                next_due_date = CASE WHEN c.restart THEN $2 ELSE s.next_due_date END,
+                billing_anchor_day = CASE WHEN c.restart THEN extract(day FROM $2::date)::int
                                           ELSE s.billing_anchor_day END
-         WHERE s.id = $1 AND s.status = 'Suspended' AND s.suspension_reason = 'Non-payment'
+         FROM c
+         WHERE s.id = c.id AND s.status = 'Suspended' AND s.suspension_reason = 'Non-payment'
            AND (s.account_balance >= 0
                 OR NOT EXISTS (SELECT 1 FROM invoices i WHERE i.subscriber_id = s.id
                                AND (i.status = 'Overdue' OR (i.status = 'Unpaid' AND i.due_date < $2))))",

@@ -108,6 +108,10 @@ async fn update(
     let id = parse_id(&id)?;
     let data = s.coll.validate_input(&p, &parse_body(&body)?, false)?;
     let mut tx = s.ctx.pool.begin().await?;
+    // The daily-run lock before the subscriber's row, as payments take them: an
+    // edit of nextDueDate, trialEndDate, billingCycle or status waits for a
+    // running run instead of racing it (or deadlocking with it).
+    crate::daily::wait_for_run(&mut tx).await?;
     let existing = s.coll.find_scoped(&mut tx, &p, id, true).await?;
     let doc = s
         .coll
