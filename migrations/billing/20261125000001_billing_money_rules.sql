@@ -25,3 +25,7 @@ ALTER TABLE subscribers ADD COLUMN suspension_reason text
     CONSTRAINT subscribers_suspension_reason_check CHECK (suspension_reason IN ('Non-payment', 'Manual'));
 -- Until now every suspension was lifted by a payment: keep that for existing ones.
 UPDATE subscribers SET suspension_reason = 'Non-payment' WHERE status = 'Suspended';
+
+-- Active subscribers due for billing that a run skipped because their plan is
+-- unknown to Billing (no plan.* event seen yet): counted, never silently.
+ALTER TABLE daily_runs ADD COLUMN skipped_unknown_plan integer NOT NULL DEFAULT 0;

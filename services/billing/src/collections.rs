@@ -929,6 +929,7 @@ pub fn daily_runs() -> Collection {
             Field::new("invoicesCreated", "invoices_created", INT).system(),
             Field::new("invoicesOverdue", "invoices_overdue", INT).system(),
             Field::new("subscribersSuspended", "subscribers_suspended", INT).system(),
+            Field::new("skippedUnknownPlan", "skipped_unknown_plan", INT).system(),
             Field::new("durationMs", "duration_ms", INT).system(),
             Field::new("startedAt", "started_at", Kind::Timestamp).system(),
         ],

@@ -14,7 +14,8 @@
 //! Events (`invoice.created`, `invoice.overdue`, `subscriber.suspended`,
 //! `subscriber.updated`) are written to the outbox by the same statements. A
 //! transaction-level advisory lock makes concurrent runs take turns; the second
-//! finds nothing left to do. Each run is logged in `daily_runs`.
+//! finds nothing left to do. Each run is logged in `daily_runs`, with the due
+//! subscribers it could not invoice because their plan is unknown to Billing.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -45,6 +46,8 @@ pub struct RunReport {
     pub invoices_created: i64,
     pub invoices_overdue: i64,
     pub subscribers_suspended: i64,
+    /// Due subscribers not invoiced because Billing does not know their plan.
+    pub skipped_unknown_plan: i64,
     pub duration_ms: i64,
 }
 
@@ -147,6 +150,14 @@ WITH ins AS (
 SELECT count(*) FROM ins
 "#;
 
+/// Due subscribers step 1 cannot invoice: their plan never reached Billing.
+const UNKNOWN_PLAN_SQL: &str = r#"
+SELECT count(*) FROM subscribers s
+WHERE s.status = 'Active' AND s.next_due_date <= $1
+  AND (s.trial_end_date IS NULL OR s.trial_end_date < $1)
+  AND NOT EXISTS (SELECT 1 FROM plans p WHERE p.id = s.service_plan)
+"#;
+
 const OVERDUE_SQL: &str = r#"
 WITH od AS (
     UPDATE invoices SET status = 'Overdue', updated_at = now()
@@ -222,6 +233,17 @@ pub async fn run(
         .execute(&mut *tx)
         .await?;
     let invoices_created = invoice_due(&mut tx, date, settings).await?;
+    let skipped_unknown_plan: i64 = sqlx::query_scalar(UNKNOWN_PLAN_SQL)
+        .bind(date)
+        .fetch_one(&mut *tx)
+        .await?;
+    if skipped_unknown_plan > 0 {
+        tracing::warn!(
+            %date,
+            skipped_unknown_plan,
+            "due subscribers not invoiced: their plan is unknown to Billing"
+        );
+    }
     let invoices_overdue: i64 = sqlx::query_scalar(OVERDUE_SQL)
         .bind(date)
         .fetch_one(&mut *tx)
@@ -234,7 +256,8 @@ pub async fn run(
     let duration_ms = started.elapsed().as_millis() as i64;
     sqlx::query(
         "INSERT INTO daily_runs (id, run_date, trigger, invoices_created, invoices_overdue,
-             subscribers_suspended, duration_ms, started_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             subscribers_suspended, skipped_unknown_plan, duration_ms, started_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(id)
     .bind(date)
@@ -242,6 +265,7 @@ pub async fn run(
     .bind(invoices_created as i32)
     .bind(invoices_overdue as i32)
     .bind(subscribers_suspended as i32)
+    .bind(skipped_unknown_plan as i32)
     .bind(duration_ms as i32)
     .bind(started_at)
     .execute(&mut *tx)
@@ -253,6 +277,7 @@ pub async fn run(
         invoices_created,
         invoices_overdue,
         subscribers_suspended,
+        skipped_unknown_plan,
         duration_ms,
     };
     tracing::info!(?report, "daily run done");
@@ -404,7 +429,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunInput {
-    /// `YYYY-MM-DD`; default today in the ISP's time zone.
+    /// `YYYY-MM-DD`, today or earlier (a catch-up); default today in the ISP's
+    /// time zone. A future date is a 400.
     #[serde(default)]
     date: Option<String>,
 }
@@ -419,11 +445,22 @@ async fn run_now(
     ApiJson(input): ApiJson<RunInput>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     p.require_roles(ADMIN)?;
+    let today = s.ctx.today();
     let date = match input.date.as_deref() {
-        None => s.ctx.today(),
+        None => today,
         Some(d) => NaiveDate::parse_from_str(d, "%Y-%m-%d")
             .map_err(|_| ApiError::field("date", "Must be a date (YYYY-MM-DD)."))?,
     };
+    if date > today {
+        // A future run would invoice, mark overdue and suspend ahead of time.
+        return Err(ApiError::field(
+            "date",
+            format!(
+                "The run date cannot be in the future (today is {today} in {}).",
+                s.ctx.config.timezone
+            ),
+        ));
+    }
     let report = run(&s.ctx.pool, date, "Manual", s.settings)
         .await
         .map_err(ApiError::Internal)?;

@@ -1061,6 +1061,25 @@ async fn daily_run_marks_overdue_suspends_unless_grace_and_logs_each_run() {
             .await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {:?}", r.body);
     }
+    // Not ahead of time: tomorrow (in the ISP's time zone) is refused, naming date.
+    let tomorrow = (today() + chrono::Days::new(1)).to_string();
+    let r = app
+        .post(
+            "/api/billing/jobs/daily-run",
+            &admin,
+            json!({ "date": tomorrow }),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::BAD_REQUEST, Some("date")),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(
+        run(&app, &admin, &today().to_string()).await["runDate"],
+        today().to_string()
+    );
     let r = app.post("/api/billing/dailyRuns", &admin, json!({})).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     // Events written by set-based SQL honour the same contract as the typed ones.
@@ -2402,4 +2421,37 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+#[tokio::test]
+async fn the_run_log_counts_due_subscribers_skipped_because_their_plan_is_unknown() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let plan = plan(&app, &admin, json!({"price": 1000})).await;
+    let (known, _) = active_sub(&app, &admin, &plan, "2026-10-01").await;
+    let (orphan, _) = active_sub(&app, &admin, &plan, "2026-10-01").await;
+    // Its plan never reached Billing (say, Core's event is still on its way).
+    sql(
+        &app,
+        &format!(
+            "UPDATE billing.subscribers SET service_plan = gen_random_uuid() WHERE id = '{orphan}'"
+        ),
+    )
+    .await;
+    let report = run(&app, &admin, "2026-10-01").await;
+    assert_eq!(
+        (
+            report["invoicesCreated"].as_i64(),
+            report["skippedUnknownPlan"].as_i64()
+        ),
+        (Some(1), Some(1))
+    );
+    let _ = period_invoice(&app, &known, "2026-10-01").await;
+    let log = get(&app, &admin, "/api/billing/dailyRuns").await;
+    assert_eq!(log["docs"][0]["skippedUnknownPlan"], 1);
+    // Still counted on the next run, until the plan arrives.
+    assert_eq!(
+        run(&app, &admin, "2026-10-02").await["skippedUnknownPlan"],
+        1
+    );
 }
