@@ -2455,3 +2455,200 @@ async fn the_run_log_counts_due_subscribers_skipped_because_their_plan_is_unknow
         1
     );
 }
+
+#[tokio::test]
+async fn bad_input_on_invoice_and_expense_edits_is_400_naming_the_field() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (bm, _) = app.staff_token("Billing Manager").await;
+    let plan = plan(&app, &admin, json!({"price": 1000})).await;
+    let r = create_sub(&app, &admin, sub_body(&plan)).await;
+    let inv = r.body["invoice"]["id"].as_str().unwrap().to_string();
+    let inv_path = format!("/api/billing/invoices/{inv}");
+    let item = |extra: Value| {
+        let mut i = json!({"description": "Cable", "quantity": 1, "price": 100});
+        i.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        json!({ "lineItems": [i] })
+    };
+    let cases: Vec<(Value, StatusCode, &str)> = vec![
+        (
+            json!({"lineItems": []}),
+            StatusCode::BAD_REQUEST,
+            "lineItems",
+        ),
+        (
+            json!({"lineItems": "x"}),
+            StatusCode::BAD_REQUEST,
+            "lineItems",
+        ),
+        (
+            json!({"lineItems": null}),
+            StatusCode::BAD_REQUEST,
+            "lineItems",
+        ),
+        (
+            json!({"lineItems": [5]}),
+            StatusCode::BAD_REQUEST,
+            "lineItems.0",
+        ),
+        (
+            item(json!({"quantity": 0})),
+            StatusCode::BAD_REQUEST,
+            "lineItems.0.quantity",
+        ),
+        (
+            item(json!({"quantity": "2"})),
+            StatusCode::BAD_REQUEST,
+            "lineItems.0.quantity",
+        ),
+        (
+            item(json!({"quantity": 10001})),
+            StatusCode::BAD_REQUEST,
+            "lineItems.0.quantity",
+        ),
+        (
+            item(json!({"price": -1})),
+            StatusCode::BAD_REQUEST,
+            "lineItems.0.price",
+        ),
+        (
+            item(json!({"price": "9.999"})),
+            StatusCode::BAD_REQUEST,
+            "lineItems.0.price",
+        ),
+        (
+            item(json!({"price": "lots"})),
+            StatusCode::BAD_REQUEST,
+            "lineItems.0.price",
+        ),
+        (
+            item(json!({"price": 10000001})),
+            StatusCode::BAD_REQUEST,
+            "lineItems.0.price",
+        ),
+        (
+            item(json!({"price": null})),
+            StatusCode::BAD_REQUEST,
+            "lineItems.0.price",
+        ),
+        (
+            item(json!({"description": " "})),
+            StatusCode::BAD_REQUEST,
+            "lineItems.0.description",
+        ),
+        (
+            item(json!({"colour": "red"})),
+            StatusCode::BAD_REQUEST,
+            "lineItems.0.colour",
+        ),
+        (
+            json!({"dueDate": "soon"}),
+            StatusCode::BAD_REQUEST,
+            "dueDate",
+        ),
+        (json!({"dueDate": null}), StatusCode::BAD_REQUEST, "dueDate"),
+        (
+            json!({"status": "Bogus"}),
+            StatusCode::BAD_REQUEST,
+            "status",
+        ),
+        (json!({"nope": 1}), StatusCode::BAD_REQUEST, "nope"),
+        (json!({"amountDue": 1}), StatusCode::FORBIDDEN, "amountDue"),
+        (
+            json!({"amountPaid": 1}),
+            StatusCode::FORBIDDEN,
+            "amountPaid",
+        ),
+        (
+            json!({"subscriber": Uuid::new_v4()}),
+            StatusCode::FORBIDDEN,
+            "subscriber",
+        ),
+    ];
+    for (body, status, path) in cases {
+        let r = app.patch(&inv_path, &bm, body.clone()).await;
+        assert_eq!(r.status, status, "{body}: {:?}", r.body);
+        assert!(
+            r.error_paths().iter().any(|p| p == path),
+            "{body}: {:?}",
+            r.body
+        );
+    }
+    let doc = get(&app, &bm, &inv_path).await;
+    assert_eq!(
+        (doc["amountDue"].as_str(), doc["status"].as_str()),
+        (Some("1000.00"), Some("Unpaid"))
+    );
+
+    let r = app
+        .post(
+            "/api/billing/expenses",
+            &bm,
+            json!({"expenseDate": "2026-11-01", "category": "Rent", "amount": 100}),
+        )
+        .await;
+    let exp_path = format!(
+        "/api/billing/expenses/{}",
+        r.body["doc"]["id"].as_str().unwrap()
+    );
+    let cases: Vec<(Value, StatusCode, &str)> = vec![
+        (json!({"amount": 0}), StatusCode::BAD_REQUEST, "amount"),
+        (json!({"amount": -5}), StatusCode::BAD_REQUEST, "amount"),
+        (json!({"amount": "abc"}), StatusCode::BAD_REQUEST, "amount"),
+        (
+            json!({"amount": "1.001"}),
+            StatusCode::BAD_REQUEST,
+            "amount",
+        ),
+        (
+            json!({"amount": "1000000000000"}),
+            StatusCode::BAD_REQUEST,
+            "amount",
+        ),
+        (json!({"amount": null}), StatusCode::BAD_REQUEST, "amount"),
+        (
+            json!({"category": "Snacks"}),
+            StatusCode::BAD_REQUEST,
+            "category",
+        ),
+        (
+            json!({"expenseDate": "2026-13-01"}),
+            StatusCode::BAD_REQUEST,
+            "expenseDate",
+        ),
+        (
+            json!({"expenseDate": null}),
+            StatusCode::BAD_REQUEST,
+            "expenseDate",
+        ),
+        (
+            json!({"vendor": "v".repeat(501)}),
+            StatusCode::BAD_REQUEST,
+            "vendor",
+        ),
+        (json!({"vendor": 7}), StatusCode::BAD_REQUEST, "vendor"),
+        (
+            json!({"description": "d".repeat(20_001)}),
+            StatusCode::BAD_REQUEST,
+            "description",
+        ),
+        (json!({"receipt": {}}), StatusCode::FORBIDDEN, "receipt"),
+        (json!({"nope": 1}), StatusCode::BAD_REQUEST, "nope"),
+    ];
+    for (body, status, path) in cases {
+        let r = app.patch(&exp_path, &bm, body.clone()).await;
+        assert_eq!(r.status, status, "{body}: {:?}", r.body);
+        assert!(
+            r.error_paths().iter().any(|p| p == path),
+            "{body}: {:?}",
+            r.body
+        );
+    }
+    let doc = get(&app, &bm, &exp_path).await;
+    assert_eq!(
+        (doc["amount"].as_str(), doc["category"].as_str()),
+        (Some("100.00"), Some("Rent"))
+    );
+}
