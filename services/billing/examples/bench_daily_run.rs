@@ -72,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
     println!("bare INSERT ... SELECT of {bare} invoice rows: {bare_time:.2?}");
 
     let t = Instant::now();
-    let r = svc_billing::daily::run(&pool, day, "Manual").await?;
+    let r = svc_billing::daily::run(&pool, day, "Manual", Default::default()).await?;
     let run_time = t.elapsed();
     println!(
         "daily run {day}: {} invoices created (+ {} invoice.created events, balances), {} overdue, {} suspended in {run_time:.2?}",
@@ -81,7 +81,7 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(r.invoices_created == n, "expected {n} invoices");
 
     let t = Instant::now();
-    let again = svc_billing::daily::run(&pool, day, "Manual").await?;
+    let again = svc_billing::daily::run(&pool, day, "Manual", Default::default()).await?;
     println!(
         "same day again: {} invoices created in {:.2?}",
         again.invoices_created,
@@ -91,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
 
     let next = day.succ_opt().expect("date");
     let t = Instant::now();
-    let r = svc_billing::daily::run(&pool, next, "Manual").await?;
+    let r = svc_billing::daily::run(&pool, next, "Manual", Default::default()).await?;
     println!(
         "next day {next} (nobody paid): {} invoices overdue, {} subscribers suspended (+ events) in {:.2?}",
         r.invoices_overdue,

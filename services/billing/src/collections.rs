@@ -5,9 +5,9 @@
 //! invoices, payments (append-only, see docs/billing.md) and expenses, and edits
 //! only the financial fields of subscribers. Sales Agent, Support Agent and Network
 //! Engineer read basic subscriber info (never `accountBalance` or other financial
-//! fields) and nothing else here; Technician nothing at all.
-
-use std::sync::Arc;
+//! fields) and nothing else here; Technician nothing at all. Network data
+//! (`connectionType`, `assignedIp`) is for Admin, Network Engineer and Support
+//! Agent only.
 
 use async_trait::async_trait;
 use chrono::{Datelike, NaiveDate};
@@ -22,7 +22,6 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::ledger;
-use crate::storage::Storage;
 
 pub const ADMIN: Roles = Roles::of(&[Role::Admin]);
 /// Admin and Billing Manager: finance.
@@ -36,9 +35,16 @@ pub const SUB_READ: Roles = Roles::of(&[
     Role::NetworkEngineer,
 ]);
 
+/// Who may read a subscriber's network data (`connectionType`, `assignedIp`):
+/// Sales Agent and Billing Manager have no access to network data (SPEC 2).
+pub const NET_READ: Roles = Roles::of(&[Role::Admin, Role::NetworkEngineer, Role::SupportAgent]);
+
 pub const SUBSCRIBER_STATUS: &[&str] =
     &["Pending Installation", "Active", "Suspended", "Deactivated"];
 pub const BILLING_CYCLES: &[&str] = &["Monthly", "Quarterly"];
+/// Why a subscriber is Suspended: the daily run ('Non-payment', lifted by paying
+/// up) or staff ('Manual', lifted only by staff).
+pub const SUSPENSION_REASONS: &[&str] = &["Non-payment", "Manual"];
 pub const CONNECTION_TYPES: &[&str] = &["PPPoE", "IPoE/DHCP", "Static IP", "Hotspot"];
 pub const INVOICE_STATUS: &[&str] = &["Draft", "Unpaid", "Paid", "Overdue", "Cancelled"];
 pub const PAYMENT_METHODS: &[&str] = &["Mpesa", "Bank Transfer", "Cash"];
@@ -55,6 +61,22 @@ pub const EXPENSE_CATEGORIES: &[&str] = &[
 ];
 
 pub(crate) fn internal(e: anyhow::Error) -> ApiError {
+    ApiError::Internal(e)
+}
+
+/// The largest amount a `numeric(14,2)` column holds: 999,999,999,999.99.
+pub(crate) fn money_max() -> Decimal {
+    Decimal::new(99_999_999_999_999, 2)
+}
+
+/// A numeric overflow (SQLSTATE 22003) inside `e` is the client's amount being too
+/// large for what it adds up to: 400 naming `field`. Anything else is internal.
+pub(crate) fn overflow_is_bad_input(field: &str, e: anyhow::Error) -> ApiError {
+    if let Some(sqlx::Error::Database(db)) = e.downcast_ref::<sqlx::Error>() {
+        if db.code().as_deref() == Some("22003") {
+            return ApiError::field(field, "The amount is too large for this account.");
+        }
+    }
     ApiError::Internal(e)
 }
 
@@ -79,6 +101,17 @@ fn money(v: Option<&Value>) -> Decimal {
 fn date(v: Option<&Value>) -> Option<NaiveDate> {
     v.and_then(Value::as_str)
         .and_then(|s| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok())
+}
+
+/// Takes the subscriber's row lock. Every write that touches a subscriber's
+/// invoices and balance takes it before any invoice lock, so they queue on the
+/// subscriber instead of deadlocking on each other's invoices.
+pub(crate) async fn lock_subscriber(tx: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1 FROM subscribers WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
 
 // ---- subscribers ----------------------------------------------------------------
@@ -146,8 +179,18 @@ pub fn subscribers() -> Collection {
                 "connection_type",
                 Kind::Select(CONNECTION_TYPES),
             )
+            .read(NET_READ)
             .system(),
-            Field::new("assignedIp", "assigned_ip", Kind::TEXT).system(),
+            Field::new("assignedIp", "assigned_ip", Kind::TEXT)
+                .read(NET_READ)
+                .system(),
+            Field::new(
+                "suspensionReason",
+                "suspension_reason",
+                Kind::Select(SUSPENSION_REASONS),
+            )
+            .read(FIN)
+            .system(),
             Field::new("serviceLocation", "service_location", Kind::Relation).system(),
             Field::new("building", "building", Kind::Relation).system(),
             Field::new("lead", "lead_id", Kind::Relation).system(),
@@ -158,6 +201,20 @@ pub fn subscribers() -> Collection {
 }
 
 struct SubscriberHooks;
+
+/// The end of the last period invoiced for a subscriber (Cancelled invoices
+/// withdrew theirs), if any.
+async fn last_invoiced_end(
+    tx: &mut PgConnection,
+    subscriber: Uuid,
+) -> Result<Option<NaiveDate>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT max(period_end) FROM invoices WHERE subscriber_id = $1 AND status <> 'Cancelled'",
+    )
+    .bind(subscriber)
+    .fetch_one(&mut *tx)
+    .await
+}
 
 #[async_trait]
 impl Hooks for SubscriberHooks {
@@ -174,7 +231,8 @@ impl Hooks for SubscriberHooks {
             ));
         }
         if c.changed("status") {
-            let new = c.str("status").unwrap_or_default();
+            let new = c.str("status").unwrap_or_default().to_string();
+            let new = new.as_str();
             match (old, new) {
                 ("Active", "Suspended") | ("Suspended", "Active") | (_, "Deactivated") => {}
                 ("Pending Installation", "Active") => {
@@ -190,14 +248,27 @@ impl Hooks for SubscriberHooks {
                     ))
                 }
             }
-            if old == "Suspended" && new == "Active" {
-                // Reactivated by hand: the next period starts no earlier than today.
+            if new != "Suspended" {
+                c.data.insert("suspensionReason".into(), Value::Null);
+            }
+            if old == "Suspended" && new == "Active" && !c.data.contains_key("nextDueDate") {
+                // Reactivated by hand: the next period starts no earlier than
+                // today, unless an invoiced period still runs past today.
                 let today = c.ctx.today();
-                if date(c.value("nextDueDate")).is_some_and(|d| d < today) {
+                let id = id_of(existing)?;
+                if date(c.value("nextDueDate")).is_some_and(|d| d < today)
+                    && last_invoiced_end(tx, id)
+                        .await?
+                        .is_none_or(|end| end <= today)
+                {
                     c.data
                         .insert("nextDueDate".into(), json!(today.to_string()));
                 }
             }
+        }
+        if c.data.get("status").and_then(Value::as_str) == Some("Suspended") {
+            // Staff suspending (or confirming a run's suspension): only staff lift it.
+            c.data.insert("suspensionReason".into(), json!("Manual"));
         }
         if c.changed("servicePlan") {
             let plan = c.uuid("servicePlan").unwrap_or_default();
@@ -221,6 +292,32 @@ impl Hooks for SubscriberHooks {
         }
         if c.changed("nextDueDate") {
             if let Some(d) = date(c.value("nextDueDate")) {
+                // Never back into time already invoiced: that period would be
+                // invoiced twice.
+                let id = id_of(existing)?;
+                if let Some(end) = last_invoiced_end(tx, id).await? {
+                    if d < end {
+                        return Err(ApiError::field(
+                            "nextDueDate",
+                            format!(
+                                "Must be on or after {end}, the end of the last invoiced period."
+                            ),
+                        ));
+                    }
+                }
+                let taken: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM invoices WHERE subscriber_id = $1 AND period_start = $2)",
+                )
+                .bind(id)
+                .bind(d)
+                .fetch_one(&mut *tx)
+                .await?;
+                if taken {
+                    return Err(ApiError::field(
+                        "nextDueDate",
+                        format!("A period starting on {d} was already invoiced (and cancelled); choose another day."),
+                    ));
+                }
                 c.data.insert("billingAnchorDay".into(), json!(d.day()));
             }
         }
@@ -363,6 +460,15 @@ pub fn parse_line_items(v: &Value, path: &str, allow_empty: bool) -> ApiResult<V
             _ => {}
         }
     }
+    if errors.is_empty() && total(&out) > money_max() {
+        errors.push(FieldError::new(
+            path,
+            format!(
+                "The total of the line items is too large (at most {}).",
+                money_max()
+            ),
+        ));
+    }
     if errors.is_empty() {
         Ok(out)
     } else {
@@ -446,11 +552,23 @@ impl Hooks for InvoiceHooks {
                     };
                     return Err(ApiError::conflict_field("status", why));
                 }
-                if new == "Cancelled" && money(c.value("amountPaid")) > Decimal::ZERO {
-                    return Err(ApiError::conflict_field(
-                        "status",
-                        "An invoice with payments cannot be cancelled.",
-                    ));
+                if new == "Cancelled" {
+                    let id = c.existing.map(id_of).transpose()?.unwrap_or_default();
+                    let named: bool = sqlx::query_scalar(
+                        "SELECT EXISTS (SELECT 1 FROM payments WHERE invoice_id = $1)",
+                    )
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    if named {
+                        return Err(ApiError::conflict_field(
+                            "status",
+                            "An invoice with payments recorded against it cannot be cancelled.",
+                        ));
+                    }
+                    // What credit or another payment's surplus settled on it goes
+                    // back to the balance as credit (the charge is withdrawn).
+                    c.data.insert("amountPaid".into(), json!("0.00"));
                 }
             }
         }
@@ -471,6 +589,37 @@ impl Hooks for InvoiceHooks {
                 "amountDue".into(),
                 json!(isp_platform::money::format(amount)),
             );
+        }
+        let status = c.str("status").unwrap_or_default().to_string();
+        if (c.data.contains_key("amountDue") || c.changed("status"))
+            && matches!(status.as_str(), "Unpaid" | "Overdue")
+        {
+            let due = money(c.value("amountDue"));
+            let mut paid = money(c.value("amountPaid"));
+            // Newly charged, or charged more: credit in the balance settles it, as
+            // the daily run does with the invoices it creates.
+            let charged_before = match c.existing {
+                Some(e) if charged(e["status"].as_str().unwrap_or_default()) => {
+                    money(e.get("amountDue"))
+                }
+                _ => Decimal::ZERO,
+            };
+            if due > charged_before && paid < due {
+                let balance: Decimal =
+                    sqlx::query_scalar("SELECT account_balance FROM subscribers WHERE id = $1")
+                        .bind(c.uuid("subscriber").unwrap_or_default())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                paid += balance.max(Decimal::ZERO).min(due - paid);
+                c.data.insert(
+                    "amountPaid".into(),
+                    json!(isp_platform::money::format(paid)),
+                );
+            }
+            // Covered (an edit down to what was paid, or credit): Paid.
+            if paid >= due {
+                c.data.insert("status".into(), json!("Paid"));
+            }
         }
         Ok(())
     }
@@ -503,7 +652,8 @@ impl Hooks for InvoiceHooks {
             .bind(sub)
             .bind(after - before)
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(|e| overflow_is_bad_input("lineItems", e.into()))?;
         }
         let snap: InvoiceSnapshot = snapshot(doc)?;
         if previous.is_none() {
@@ -515,10 +665,36 @@ impl Hooks for InvoiceHooks {
                 .await
                 .map_err(internal)?;
         }
-        if doc["status"] == "Cancelled" {
-            ledger::maybe_reactivate(tx, ctx, sub, ctx.today())
+        // Paid by an edit or by credit: the next period is the one after it.
+        // Cancelled: that period is withdrawn, not to be invoiced again (its
+        // start stays taken), so billing goes on after it.
+        let was = previous.and_then(|p| p["status"].as_str()).unwrap_or("");
+        let now = doc["status"].as_str().unwrap_or("");
+        if was != now && matches!(now, "Paid" | "Cancelled") {
+            let mut moved = false;
+            if let Some(end) = date(doc.get("periodEnd")) {
+                moved = sqlx::query(
+                    "UPDATE subscribers SET next_due_date = $2, updated_at = now()
+                     WHERE id = $1 AND next_due_date < $2",
+                )
+                .bind(sub)
+                .bind(end)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    > 0;
+            }
+            let reactivated = ledger::maybe_reactivate(tx, ctx, sub, ctx.today())
                 .await
                 .map_err(internal)?;
+            if moved && !reactivated {
+                let snap = ledger::subscriber_snapshot(tx, sub)
+                    .await
+                    .map_err(internal)?;
+                enqueue(tx, ctx.name, &SubscriberUpdated(snap))
+                    .await
+                    .map_err(internal)?;
+            }
         }
         Ok(())
     }
@@ -589,8 +765,15 @@ struct PaymentHooks;
 impl Hooks for PaymentHooks {
     async fn before_change(&self, tx: &mut PgConnection, c: &mut Change<'_>) -> ApiResult<()> {
         let mut errors = vec![];
-        if c.data.contains_key("amountPaid") && money(c.data.get("amountPaid")) <= Decimal::ZERO {
+        let amount = money(c.data.get("amountPaid"));
+        if c.data.contains_key("amountPaid") && amount <= Decimal::ZERO {
             errors.push(FieldError::new("amountPaid", "Must be more than 0 KES."));
+        }
+        if amount > money_max() {
+            errors.push(FieldError::new(
+                "amountPaid",
+                format!("At most {} KES.", money_max()),
+            ));
         }
         if let Some(d) = date(c.data.get("paymentDate")) {
             if d > c.ctx.today() {
@@ -617,14 +800,32 @@ impl Hooks for PaymentHooks {
             return Ok(()); // required check names it
         };
         crate::daily::wait_for_run(tx).await?;
-        let row: Option<(String, Uuid)> =
-            sqlx::query_as("SELECT status, subscriber_id FROM invoices WHERE id = $1 FOR UPDATE")
+        // Lock order: the subscriber, then its invoices (see ledger::settle).
+        let subscriber: Option<Uuid> =
+            sqlx::query_scalar("SELECT subscriber_id FROM invoices WHERE id = $1")
                 .bind(invoice)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let Some((status, subscriber)) = row else {
+        let Some(subscriber) = subscriber else {
             return Err(ApiError::field("invoice", "Unknown invoice."));
         };
+        lock_subscriber(tx, subscriber).await?;
+        let balance: Decimal =
+            sqlx::query_scalar("SELECT account_balance FROM subscribers WHERE id = $1")
+                .bind(subscriber)
+                .fetch_one(&mut *tx)
+                .await?;
+        if balance.checked_add(amount).is_none_or(|b| b > money_max()) {
+            return Err(ApiError::field(
+                "amountPaid",
+                "This payment would take the account's credit beyond what can be recorded.",
+            ));
+        }
+        let status: String =
+            sqlx::query_scalar("SELECT status FROM invoices WHERE id = $1 FOR UPDATE")
+                .bind(invoice)
+                .fetch_one(&mut *tx)
+                .await?;
         if matches!(status.as_str(), "Draft" | "Cancelled") {
             return Err(ApiError::conflict_field(
                 "invoice",
@@ -663,14 +864,14 @@ impl Hooks for PaymentHooks {
     ) -> ApiResult<()> {
         ledger::apply_payment(tx, ctx, doc)
             .await
-            .map_err(internal)?;
+            .map_err(|e| overflow_is_bad_input("amountPaid", e))?;
         Ok(())
     }
 }
 
 // ---- expenses -------------------------------------------------------------------
 
-pub fn expenses(storage: Arc<dyn Storage>) -> Collection {
+pub fn expenses() -> Collection {
     Collection::new(
         "billing",
         "expenses",
@@ -686,12 +887,12 @@ pub fn expenses(storage: Arc<dyn Storage>) -> Collection {
         ],
     )
     .access(FIN, FIN, FIN, FIN)
-    .hooks(ExpenseHooks { storage })
+    .hooks(ExpenseHooks)
 }
 
-struct ExpenseHooks {
-    storage: Arc<dyn Storage>,
-}
+/// The receipt file of a deleted expense is removed after the deletion commits
+/// (see `routes.rs`).
+struct ExpenseHooks;
 
 #[async_trait]
 impl Hooks for ExpenseHooks {
@@ -699,26 +900,11 @@ impl Hooks for ExpenseHooks {
         if c.data.contains_key("amount") && money(c.data.get("amount")) <= Decimal::ZERO {
             return Err(ApiError::field("amount", "Must be more than 0 KES."));
         }
-        Ok(())
-    }
-
-    async fn before_delete(
-        &self,
-        tx: &mut PgConnection,
-        _p: &Principal,
-        doc: &Value,
-    ) -> ApiResult<()> {
-        let key: Option<String> =
-            sqlx::query_scalar("SELECT receipt_key FROM expenses WHERE id = $1")
-                .bind(id_of(doc)?)
-                .fetch_one(&mut *tx)
-                .await?;
-        if let Some(key) = key {
-            // A file left behind by a later rollback is only wasted space; a row
-            // pointing at a deleted file would be worse, so delete first.
-            if let Err(e) = self.storage.delete(&key).await {
-                tracing::warn!(error = ?e, key, "could not delete a receipt file");
-            }
+        if money(c.data.get("amount")) > money_max() {
+            return Err(ApiError::field(
+                "amount",
+                format!("At most {} KES.", money_max()),
+            ));
         }
         Ok(())
     }
@@ -743,6 +929,7 @@ pub fn daily_runs() -> Collection {
             Field::new("invoicesCreated", "invoices_created", INT).system(),
             Field::new("invoicesOverdue", "invoices_overdue", INT).system(),
             Field::new("subscribersSuspended", "subscribers_suspended", INT).system(),
+            Field::new("skippedUnknownPlan", "skipped_unknown_plan", INT).system(),
             Field::new("durationMs", "duration_ms", INT).system(),
             Field::new("startedAt", "started_at", Kind::Timestamp).system(),
         ],

@@ -7,13 +7,15 @@
 //!    key makes a repeated run, a second replica or a catch-up after a missed day
 //!    create nothing twice; credit in `accountBalance` settles the new invoice;
 //! 2. mark Unpaid invoices past their due date Overdue;
-//! 3. suspend Active subscribers with an Overdue invoice unless their
-//!    `gracePeriodEndDate` is after the run date.
+//! 3. suspend Active subscribers who owe money (`accountBalance` < 0) and have an
+//!    Overdue invoice, unless their `gracePeriodEndDate` is after the run date or
+//!    their trial is still running; the suspension's reason is 'Non-payment'.
 //!
 //! Events (`invoice.created`, `invoice.overdue`, `subscriber.suspended`,
 //! `subscriber.updated`) are written to the outbox by the same statements. A
 //! transaction-level advisory lock makes concurrent runs take turns; the second
-//! finds nothing left to do. Each run is logged in `daily_runs`.
+//! finds nothing left to do. Each run is logged in `daily_runs`, with the due
+//! subscribers it could not invoice because their plan is unknown to Billing.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -44,7 +46,36 @@ pub struct RunReport {
     pub invoices_created: i64,
     pub invoices_overdue: i64,
     pub subscribers_suspended: i64,
+    /// Due subscribers not invoiced because Billing does not know their plan.
+    pub skipped_unknown_plan: i64,
     pub duration_ms: i64,
+}
+
+/// Billing's run settings, read once at start.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Settings {
+    /// `ISP_BILLING_PAYMENT_TERMS_DAYS` (default 0): an invoice Billing creates
+    /// for a period is due this many days after the later of the period's start
+    /// and the day the invoice is created.
+    pub payment_terms_days: u32,
+}
+
+impl Settings {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let days: u32 = isp_platform::config::env_parse("ISP_BILLING_PAYMENT_TERMS_DAYS", 0)?;
+        anyhow::ensure!(
+            days <= 365,
+            "ISP_BILLING_PAYMENT_TERMS_DAYS={days}: at most 365 days"
+        );
+        Ok(Self {
+            payment_terms_days: days,
+        })
+    }
+
+    /// When an invoice for a period starting `start`, created on `today`, is due.
+    pub fn due_date(&self, start: NaiveDate, today: NaiveDate) -> NaiveDate {
+        start.max(today) + chrono::Days::new(self.payment_terms_days.into())
+    }
 }
 
 /// Most periods one run catches up per subscriber (credit covering several
@@ -57,13 +88,23 @@ const MAX_CATCH_UP: usize = 24;
 /// keeps every step a hash or merge join.)
 const DUE_SQL: &str = r#"
 CREATE TEMP TABLE billing_run_due ON COMMIT DROP AS
-SELECT s.id, s.account_number, s.next_due_date AS ps,
-       add_cycle(s.next_due_date, s.billing_cycle, s.billing_anchor_day) AS pe,
-       p.price, p.name, s.account_balance AS bal
-FROM subscribers s JOIN plans p ON p.id = s.service_plan
+SELECT s.id, s.account_number, s.next_due_date AS nd, x.ps, x.anchor,
+       add_cycle(x.ps, s.billing_cycle, x.anchor) AS pe,
+       GREATEST(x.ps, $1::date) + $2::integer AS due,
+       period_price(p.price, p.billing_cycle, s.billing_cycle) AS price,
+       p.name, s.account_balance AS bal
+FROM subscribers s
+JOIN plans p ON p.id = s.service_plan
+CROSS JOIN LATERAL (
+    -- A period never starts inside a trial: it starts the day after the trial
+    -- ends (and the anchor day moves there), else at nextDueDate.
+    SELECT t.ps, CASE WHEN t.ps = s.next_due_date THEN s.billing_anchor_day
+                      ELSE extract(day FROM t.ps)::integer END AS anchor
+    FROM (SELECT GREATEST(s.next_due_date, s.trial_end_date + 1) AS ps) t
+) x
 WHERE s.status = 'Active' AND s.next_due_date <= $1
   AND (s.trial_end_date IS NULL OR s.trial_end_date < $1)
-  AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.subscriber_id = s.id AND i.period_start = s.next_due_date)
+  AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.subscriber_id = s.id AND i.period_start = x.ps)
 "#;
 
 const INVOICE_SQL: &str = r#"
@@ -71,7 +112,7 @@ WITH ins AS (
     INSERT INTO invoices (id, invoice_number, subscriber_id, amount_due, amount_paid, due_date, status,
                           line_items, period_start, period_end)
     SELECT uuid_v7(), 'INV-' || lpad(nextval('invoice_number_seq')::text, 6, '0'), d.id, d.price,
-           LEAST(d.price, GREATEST(d.bal, 0)), d.ps,
+           LEAST(d.price, GREATEST(d.bal, 0)), d.due,
            CASE WHEN d.bal >= d.price THEN 'Paid' ELSE 'Unpaid' END,
            jsonb_build_array(jsonb_build_object(
                'description', d.name || ' ' || to_char(d.ps, 'YYYY-MM-DD') || ' to ' || to_char(d.pe - 1, 'YYYY-MM-DD'),
@@ -83,11 +124,13 @@ WITH ins AS (
 ), sub AS (
     UPDATE subscribers s
        SET account_balance = s.account_balance - i.amount_due,
-           next_due_date = CASE WHEN i.status = 'Paid' THEN i.period_end ELSE s.next_due_date END,
-           updated_at = CASE WHEN i.status = 'Paid' THEN now() ELSE s.updated_at END
-      FROM ins i WHERE s.id = i.subscriber_id
-    RETURNING s.id, i.status = 'Paid' AS moved,
-              CASE WHEN i.status = 'Paid' THEN subscriber_snapshot(s) END AS snap
+           next_due_date = CASE WHEN i.status = 'Paid' THEN i.period_end ELSE d.ps END,
+           billing_anchor_day = d.anchor,
+           updated_at = CASE WHEN i.status = 'Paid' OR d.ps <> d.nd THEN now() ELSE s.updated_at END
+      FROM ins i JOIN billing_run_due d ON d.id = i.subscriber_id
+     WHERE s.id = i.subscriber_id
+    RETURNING s.id, (i.status = 'Paid' OR d.ps <> d.nd) AS moved,
+              CASE WHEN i.status = 'Paid' OR d.ps <> d.nd THEN subscriber_snapshot(s) END AS snap
 ), ev AS (
     INSERT INTO outbox (id, subject, type, payload)
     SELECT e.id, 'isp.billing.invoice.created', 'invoice.created',
@@ -105,6 +148,14 @@ WITH ins AS (
     WHERE u.moved
 )
 SELECT count(*) FROM ins
+"#;
+
+/// Due subscribers step 1 cannot invoice: their plan never reached Billing.
+const UNKNOWN_PLAN_SQL: &str = r#"
+SELECT count(*) FROM subscribers s
+WHERE s.status = 'Active' AND s.next_due_date <= $1
+  AND (s.trial_end_date IS NULL OR s.trial_end_date < $1)
+  AND NOT EXISTS (SELECT 1 FROM plans p WHERE p.id = s.service_plan)
 "#;
 
 const OVERDUE_SQL: &str = r#"
@@ -127,9 +178,11 @@ SELECT count(*) FROM od
 
 const SUSPEND_SQL: &str = r#"
 WITH su AS (
-    UPDATE subscribers s SET status = 'Suspended', updated_at = now()
+    UPDATE subscribers s SET status = 'Suspended', suspension_reason = 'Non-payment', updated_at = now()
     WHERE s.status = 'Active'
       AND (s.grace_period_end_date IS NULL OR s.grace_period_end_date <= $1)
+      AND (s.trial_end_date IS NULL OR s.trial_end_date < $1)
+      AND s.account_balance < 0
       AND EXISTS (SELECT 1 FROM invoices i WHERE i.subscriber_id = s.id AND i.status = 'Overdue')
     RETURNING s.id, s.account_number, subscriber_snapshot(s) AS snap,
               (SELECT min(i.invoice_number) FROM invoices i WHERE i.subscriber_id = s.id AND i.status = 'Overdue') AS inv
@@ -167,14 +220,30 @@ pub async fn wait_for_run(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
 
 /// Runs the daily job for `date` and logs it. Safe to call concurrently and
 /// repeatedly.
-pub async fn run(pool: &PgPool, date: NaiveDate, trigger: &str) -> anyhow::Result<RunReport> {
+pub async fn run(
+    pool: &PgPool,
+    date: NaiveDate,
+    trigger: &str,
+    settings: Settings,
+) -> anyhow::Result<RunReport> {
     let started = Instant::now();
     let started_at = Utc::now();
     let mut tx = pool.begin().await?;
     sqlx::query(&format!("SELECT pg_advisory_xact_lock({RUN_LOCK})"))
         .execute(&mut *tx)
         .await?;
-    let invoices_created = invoice_due(&mut tx, date).await?;
+    let invoices_created = invoice_due(&mut tx, date, settings).await?;
+    let skipped_unknown_plan: i64 = sqlx::query_scalar(UNKNOWN_PLAN_SQL)
+        .bind(date)
+        .fetch_one(&mut *tx)
+        .await?;
+    if skipped_unknown_plan > 0 {
+        tracing::warn!(
+            %date,
+            skipped_unknown_plan,
+            "due subscribers not invoiced: their plan is unknown to Billing"
+        );
+    }
     let invoices_overdue: i64 = sqlx::query_scalar(OVERDUE_SQL)
         .bind(date)
         .fetch_one(&mut *tx)
@@ -187,7 +256,8 @@ pub async fn run(pool: &PgPool, date: NaiveDate, trigger: &str) -> anyhow::Resul
     let duration_ms = started.elapsed().as_millis() as i64;
     sqlx::query(
         "INSERT INTO daily_runs (id, run_date, trigger, invoices_created, invoices_overdue,
-             subscribers_suspended, duration_ms, started_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             subscribers_suspended, skipped_unknown_plan, duration_ms, started_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(id)
     .bind(date)
@@ -195,6 +265,7 @@ pub async fn run(pool: &PgPool, date: NaiveDate, trigger: &str) -> anyhow::Resul
     .bind(invoices_created as i32)
     .bind(invoices_overdue as i32)
     .bind(subscribers_suspended as i32)
+    .bind(skipped_unknown_plan as i32)
     .bind(duration_ms as i32)
     .bind(started_at)
     .execute(&mut *tx)
@@ -206,6 +277,7 @@ pub async fn run(pool: &PgPool, date: NaiveDate, trigger: &str) -> anyhow::Resul
         invoices_created,
         invoices_overdue,
         subscribers_suspended,
+        skipped_unknown_plan,
         duration_ms,
     };
     tracing::info!(?report, "daily run done");
@@ -213,13 +285,21 @@ pub async fn run(pool: &PgPool, date: NaiveDate, trigger: &str) -> anyhow::Resul
 }
 
 /// Step 1, repeated while credit keeps settling whole periods (catch-up).
-pub async fn invoice_due(tx: &mut PgConnection, date: NaiveDate) -> anyhow::Result<i64> {
+pub async fn invoice_due(
+    tx: &mut PgConnection,
+    date: NaiveDate,
+    settings: Settings,
+) -> anyhow::Result<i64> {
     let mut total = 0;
     for _ in 0..MAX_CATCH_UP {
         sqlx::query("DROP TABLE IF EXISTS billing_run_due")
             .execute(&mut *tx)
             .await?;
-        sqlx::query(DUE_SQL).bind(date).execute(&mut *tx).await?;
+        sqlx::query(DUE_SQL)
+            .bind(date)
+            .bind(settings.payment_terms_days as i32)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("ANALYZE billing_run_due")
             .execute(&mut *tx)
             .await?;
@@ -277,7 +357,7 @@ pub fn next_fire(
 /// once if today's run time has passed and no run is logged for today (the
 /// process was down at run time): nothing is ever skipped, and the run itself
 /// catches up on every due date up to today.
-pub fn spawn_scheduler(ctx: Arc<ServiceContext>, schedule: Schedule) {
+pub fn spawn_scheduler(ctx: Arc<ServiceContext>, schedule: Schedule, settings: Settings) {
     if !schedule.enabled {
         return;
     }
@@ -294,7 +374,7 @@ pub fn spawn_scheduler(ctx: Arc<ServiceContext>, schedule: Schedule) {
                 .fetch_one(&ctx.pool)
                 .await;
         if todays_time.is_some_and(|t| t <= Utc::now()) && matches!(ran_today, Ok(false)) {
-            if let Err(e) = run(&ctx.pool, today, "Scheduler").await {
+            if let Err(e) = run(&ctx.pool, today, "Scheduler", settings).await {
                 tracing::error!(error = ?e, "catch-up daily run failed");
             }
         }
@@ -306,7 +386,7 @@ pub fn spawn_scheduler(ctx: Arc<ServiceContext>, schedule: Schedule) {
                 _ = tokio::time::sleep(wait) => {}
             }
             let date = ctx.today();
-            if let Err(e) = run(&ctx.pool, date, "Scheduler").await {
+            if let Err(e) = run(&ctx.pool, date, "Scheduler", settings).await {
                 tracing::error!(error = ?e, %date, "daily run failed");
             }
         }
@@ -319,6 +399,7 @@ pub fn spawn_scheduler(ctx: Arc<ServiceContext>, schedule: Schedule) {
 struct St {
     ctx: Arc<ServiceContext>,
     runs: Arc<Collection>,
+    settings: Settings,
 }
 
 impl HasKeys for St {
@@ -327,10 +408,14 @@ impl HasKeys for St {
     }
 }
 
-pub fn routes(ctx: Arc<ServiceContext>, runs: Arc<Collection>) -> Router {
+pub fn routes(ctx: Arc<ServiceContext>, runs: Arc<Collection>, settings: Settings) -> Router {
     Router::new()
         .route("/api/billing/jobs/daily-run", post(run_now))
-        .with_state(St { ctx, runs })
+        .with_state(St {
+            ctx,
+            runs,
+            settings,
+        })
 }
 
 #[derive(OpenApi)]
@@ -344,7 +429,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunInput {
-    /// `YYYY-MM-DD`; default today in the ISP's time zone.
+    /// `YYYY-MM-DD`, today or earlier (a catch-up); default today in the ISP's
+    /// time zone. A future date is a 400.
     #[serde(default)]
     date: Option<String>,
 }
@@ -359,12 +445,23 @@ async fn run_now(
     ApiJson(input): ApiJson<RunInput>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     p.require_roles(ADMIN)?;
+    let today = s.ctx.today();
     let date = match input.date.as_deref() {
-        None => s.ctx.today(),
+        None => today,
         Some(d) => NaiveDate::parse_from_str(d, "%Y-%m-%d")
             .map_err(|_| ApiError::field("date", "Must be a date (YYYY-MM-DD)."))?,
     };
-    let report = run(&s.ctx.pool, date, "Manual")
+    if date > today {
+        // A future run would invoice, mark overdue and suspend ahead of time.
+        return Err(ApiError::field(
+            "date",
+            format!(
+                "The run date cannot be in the future (today is {today} in {}).",
+                s.ctx.config.timezone
+            ),
+        ));
+    }
+    let report = run(&s.ctx.pool, date, "Manual", s.settings)
         .await
         .map_err(ApiError::Internal)?;
     let mut conn = s.ctx.pool.acquire().await?;

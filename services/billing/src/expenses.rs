@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Multipart, Path, State};
+use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -35,18 +35,47 @@ impl HasKeys for St {
     }
 }
 
+/// Default largest receipt: 5 MiB.
+pub const DEFAULT_RECEIPT_MAX_BYTES: usize = 5 * 1024 * 1024;
+/// Room for the multipart framing around the file (boundaries, part headers).
+const MULTIPART_OVERHEAD: usize = 64 * 1024;
+
+/// `ISP_BILLING_RECEIPT_MAX_BYTES` (default 5 MiB); a bad value stops the start.
+pub fn receipt_max_bytes() -> anyhow::Result<usize> {
+    let n = isp_platform::config::env_parse(
+        "ISP_BILLING_RECEIPT_MAX_BYTES",
+        DEFAULT_RECEIPT_MAX_BYTES,
+    )?;
+    anyhow::ensure!(n > 0, "ISP_BILLING_RECEIPT_MAX_BYTES must be more than 0");
+    Ok(n)
+}
+
+/// "5 MiB" or "200000 bytes".
+fn size_text(n: usize) -> String {
+    if n.is_multiple_of(1024 * 1024) {
+        format!("{} MiB", n / (1024 * 1024))
+    } else {
+        format!("{n} bytes")
+    }
+}
+
 pub fn routes(
     ctx: Arc<ServiceContext>,
     coll: Arc<Collection>,
     storage: Arc<dyn Storage>,
+    max_bytes: usize,
 ) -> Router {
-    let max_bytes =
-        isp_platform::config::env_parse("ISP_BILLING_RECEIPT_MAX_BYTES", 5 * 1024 * 1024)
-            .unwrap_or(5 * 1024 * 1024);
+    // axum caps extracted bodies (Multipart included) at 2 MiB unless the route
+    // says otherwise: allow the configured receipt size plus the multipart framing.
+    // (The platform's outer request limit, 12 MiB, still applies above that.)
     Router::new()
         .route(
             "/api/billing/expenses/{id}/receipt",
-            post(upload).get(download),
+            post(upload)
+                .layer(DefaultBodyLimit::max(
+                    max_bytes.saturating_add(MULTIPART_OVERHEAD),
+                ))
+                .get(download),
         )
         .with_state(St {
             ctx,
@@ -108,9 +137,15 @@ async fn upload(
 ) -> ApiResult<Json<Value>> {
     p.require(FIN, "billing.expenses.update")?;
     let id = parse_id(&id)?;
+    let too_large = || {
+        ApiError::TooLarge(format!(
+            "The receipt is too large: at most {} is accepted.",
+            size_text(s.max_bytes)
+        ))
+    };
     let bad = |e: axum::extract::multipart::MultipartError| {
         if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge("The file is too large.".into())
+            too_large()
         } else {
             ApiError::field("file", format!("Could not read the upload: {e}"))
         }
@@ -124,10 +159,7 @@ async fn upload(
         let mut buf = BytesMut::new();
         while let Some(chunk) = field.chunk().await.map_err(bad)? {
             if buf.len() + chunk.len() > s.max_bytes {
-                return Err(ApiError::TooLarge(format!(
-                    "A receipt may be at most {} bytes.",
-                    s.max_bytes
-                )));
+                return Err(too_large());
             }
             buf.extend_from_slice(&chunk);
         }

@@ -58,22 +58,36 @@ pub async fn publish_subscriber_change(
     Ok(())
 }
 
-/// A Suspended subscriber with nothing overdue left becomes Active again. The next
-/// period starts no earlier than `today`: the days spent suspended are not billed.
+/// A subscriber suspended for non-payment becomes Active again once nothing is
+/// overdue (no Overdue invoice, no Unpaid one past its due date) or the balance is
+/// no longer negative. A manual suspension is never lifted here. The next period
+/// starts no earlier than `today`: time spent suspended after the end of the last
+/// invoiced period is not billed (days inside an invoiced period are: periods are
+/// prepaid calendar periods, see docs/billing.md).
 pub async fn maybe_reactivate(
     tx: &mut PgConnection,
     ctx: &ServiceContext,
     subscriber: Uuid,
     today: NaiveDate,
 ) -> anyhow::Result<bool> {
+    // The next period restarts today only if nextDueDate is past and no invoiced
+    // period runs past today (else it would be invoiced twice over).
     let done = sqlx::query(
-        "UPDATE subscribers s SET status = 'Active', updated_at = now(),
-                next_due_date = GREATEST(s.next_due_date, $2),
-                billing_anchor_day = CASE WHEN s.next_due_date < $2 THEN extract(day FROM $2::date)::int
+        "WITH c AS (
+             SELECT s.id, s.next_due_date < $2
+                    AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.subscriber_id = s.id
+                                    AND i.status <> 'Cancelled' AND i.period_end > $2) AS restart
+             FROM subscribers s WHERE s.id = $1
+         )
+         UPDATE subscribers s SET status = 'Active', suspension_reason = NULL, updated_at = now(),
+                next_due_date = CASE WHEN c.restart THEN $2 ELSE s.next_due_date END,
+                billing_anchor_day = CASE WHEN c.restart THEN extract(day FROM $2::date)::int
                                           ELSE s.billing_anchor_day END
-         WHERE s.id = $1 AND s.status = 'Suspended'
-           AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.subscriber_id = s.id
-                           AND (i.status = 'Overdue' OR (i.status = 'Unpaid' AND i.due_date < $2)))",
+         FROM c
+         WHERE s.id = c.id AND s.status = 'Suspended' AND s.suspension_reason = 'Non-payment'
+           AND (s.account_balance >= 0
+                OR NOT EXISTS (SELECT 1 FROM invoices i WHERE i.subscriber_id = s.id
+                               AND (i.status = 'Overdue' OR (i.status = 'Unpaid' AND i.due_date < $2))))",
     )
     .bind(subscriber)
     .bind(today)
@@ -95,8 +109,136 @@ pub async fn maybe_reactivate(
     Ok(done)
 }
 
-/// Applies a stored payment (its document) to its invoice (locked by the caller)
-/// and to the subscriber; publishes `payment.received`.
+/// Which open invoices [`settle`] may use money on.
+#[derive(Debug, Clone, Copy)]
+pub enum Settle {
+    /// Only this invoice.
+    Only(Uuid),
+    /// Every open invoice of the subscriber but this one.
+    AllBut(Uuid),
+}
+
+/// An invoice a settlement made Paid.
+#[derive(Debug, Clone, Copy)]
+pub struct Settled {
+    pub invoice: Uuid,
+    pub period_end: Option<NaiveDate>,
+}
+
+/// Records up to `amount` as paid on `subscriber`'s open (Unpaid or Overdue)
+/// invoices, oldest due date first, each up to what it still owes; an invoice
+/// fully covered becomes Paid. Returns what is left and the invoices that became
+/// Paid. The caller holds the subscriber's row lock (payments take it before any
+/// invoice lock, so two settlements never wait on each other's invoices), and
+/// changes the balance itself.
+pub async fn settle(
+    tx: &mut PgConnection,
+    subscriber: Uuid,
+    which: Settle,
+    amount: Decimal,
+) -> anyhow::Result<(Decimal, Vec<Settled>)> {
+    let mut left = amount;
+    let mut paid = vec![];
+    if left <= Decimal::ZERO {
+        return Ok((left, paid));
+    }
+    let (only, but) = match which {
+        Settle::Only(i) => (Some(i), None),
+        Settle::AllBut(i) => (None, Some(i)),
+    };
+    let open: Vec<(Uuid, Decimal)> = sqlx::query_as(
+        "SELECT id, amount_due - amount_paid FROM invoices
+         WHERE subscriber_id = $1 AND status IN ('Unpaid', 'Overdue') AND amount_paid < amount_due
+           AND ($2::uuid IS NULL OR id = $2) AND ($3::uuid IS NULL OR id <> $3)
+         ORDER BY due_date, created_at, id
+         FOR UPDATE",
+    )
+    .bind(subscriber)
+    .bind(only)
+    .bind(but)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (invoice, owed) in open {
+        if left <= Decimal::ZERO {
+            break;
+        }
+        let take = left.min(owed);
+        let (status, period_end): (String, Option<NaiveDate>) = sqlx::query_as(
+            "UPDATE invoices SET amount_paid = amount_paid + $2, updated_at = now(),
+                    status = CASE WHEN amount_paid + $2 >= amount_due THEN 'Paid' ELSE status END
+             WHERE id = $1 RETURNING status, period_end",
+        )
+        .bind(invoice)
+        .bind(take)
+        .fetch_one(&mut *tx)
+        .await?;
+        left -= take;
+        if status == "Paid" {
+            paid.push(Settled {
+                invoice,
+                period_end,
+            });
+        }
+    }
+    Ok((left, paid))
+}
+
+/// After invoices became Paid: `nextDueDate` moves to the end of the latest period
+/// paid (prepaid calendar periods), and each invoice publishes `invoice.updated`.
+/// Returns whether `nextDueDate` moved.
+pub async fn after_settled(
+    tx: &mut PgConnection,
+    ctx: &ServiceContext,
+    subscriber: Uuid,
+    changed: &[Settled],
+) -> anyhow::Result<bool> {
+    let end = changed.iter().filter_map(|s| s.period_end).max();
+    let moved = match end {
+        Some(end) => {
+            sqlx::query(
+                "UPDATE subscribers SET next_due_date = $2, updated_at = now()
+                 WHERE id = $1 AND next_due_date < $2",
+            )
+            .bind(subscriber)
+            .bind(end)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                > 0
+        }
+        None => false,
+    };
+    for s in changed {
+        publish_invoice_updated(tx, ctx, s.invoice).await?;
+    }
+    Ok(moved)
+}
+
+pub async fn publish_invoice_updated(
+    tx: &mut PgConnection,
+    ctx: &ServiceContext,
+    invoice: Uuid,
+) -> anyhow::Result<()> {
+    let v: Value = sqlx::query_scalar(
+        "SELECT jsonb_build_object('id', id, 'invoiceNumber', invoice_number, 'subscriber', subscriber_id,
+                'amountDue', to_char(amount_due, 'FM999999999990.00'), 'dueDate', due_date, 'status', status,
+                'updatedAt', to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))
+         FROM invoices WHERE id = $1",
+    )
+    .bind(invoice)
+    .fetch_one(&mut *tx)
+    .await?;
+    enqueue(tx, ctx.name, &InvoiceUpdated(serde_json::from_value(v)?)).await?;
+    Ok(())
+}
+
+/// Applies a stored payment (its document) to its invoice and to the subscriber
+/// (both locked by the caller, subscriber first); publishes `payment.received`.
+///
+/// The named invoice takes what it still owes; a surplus settles the
+/// subscriber's other open invoices oldest first (their `amountPaid` records it;
+/// the payment row stays attached to the invoice the payer named); what is left
+/// after that is credit in `accountBalance`, used by the next invoices.
 pub async fn apply_payment(
     tx: &mut PgConnection,
     ctx: &ServiceContext,
@@ -106,33 +248,19 @@ pub async fn apply_payment(
     let id: Uuid = p("id").parse()?;
     let invoice: Uuid = p("invoice").parse()?;
     let amount: Decimal = p("amountPaid").parse()?;
-    let (old_status, new_status, period_end, subscriber): (String, String, Option<NaiveDate>, Uuid) =
-        sqlx::query_as(
-            "WITH old AS (SELECT status FROM invoices WHERE id = $1)
-             UPDATE invoices i SET amount_paid = i.amount_paid + $2, updated_at = now(),
-                    status = CASE WHEN i.status IN ('Unpaid', 'Overdue') AND i.amount_paid + $2 >= i.amount_due
-                                  THEN 'Paid' ELSE i.status END
-             WHERE i.id = $1
-             RETURNING (SELECT status FROM old), i.status, i.period_end, i.subscriber_id",
-        )
+    let subscriber: Uuid = sqlx::query_scalar("SELECT subscriber_id FROM invoices WHERE id = $1")
         .bind(invoice)
-        .bind(amount)
         .fetch_one(&mut *tx)
         .await?;
-    let became_paid = old_status != "Paid" && new_status == "Paid";
-    // Paying a period's invoice moves the next due date to the end of that period.
-    let (balance, due_before, due_after): (Decimal, NaiveDate, NaiveDate) = sqlx::query_as(
-        "WITH old AS (SELECT next_due_date FROM subscribers WHERE id = $1)
-         UPDATE subscribers s SET account_balance = s.account_balance + $2, updated_at = now(),
-                next_due_date = CASE WHEN $3 AND $4::date IS NOT NULL THEN GREATEST(s.next_due_date, $4::date)
-                                     ELSE s.next_due_date END
-         WHERE s.id = $1
-         RETURNING s.account_balance, (SELECT next_due_date FROM old), s.next_due_date",
+    let (left, mut changed) = settle(tx, subscriber, Settle::Only(invoice), amount).await?;
+    let (_, more) = settle(tx, subscriber, Settle::AllBut(invoice), left).await?;
+    changed.extend(more);
+    let balance: Decimal = sqlx::query_scalar(
+        "UPDATE subscribers SET account_balance = account_balance + $2, updated_at = now()
+         WHERE id = $1 RETURNING account_balance",
     )
     .bind(subscriber)
     .bind(amount)
-    .bind(became_paid)
-    .bind(period_end)
     .fetch_one(&mut *tx)
     .await?;
     enqueue(
@@ -150,20 +278,9 @@ pub async fn apply_payment(
         },
     )
     .await?;
-    if old_status != new_status {
-        let v: Value = sqlx::query_scalar(
-            "SELECT jsonb_build_object('id', id, 'invoiceNumber', invoice_number, 'subscriber', subscriber_id,
-                    'amountDue', to_char(amount_due, 'FM999999999990.00'), 'dueDate', due_date, 'status', status,
-                    'updatedAt', to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))
-             FROM invoices WHERE id = $1",
-        )
-        .bind(invoice)
-        .fetch_one(&mut *tx)
-        .await?;
-        enqueue(tx, ctx.name, &InvoiceUpdated(serde_json::from_value(v)?)).await?;
-    }
+    let moved = after_settled(tx, ctx, subscriber, &changed).await?;
     let reactivated = maybe_reactivate(tx, ctx, subscriber, ctx.today()).await?;
-    if !reactivated && due_before != due_after {
+    if !reactivated && moved {
         let snap = subscriber_snapshot(tx, subscriber).await?;
         enqueue(tx, ctx.name, &SubscriberUpdated(snap)).await?;
     }

@@ -10,6 +10,8 @@
 //! - [`daily`]: the daily run (set-based SQL: invoices, overdue, suspensions) and
 //!   its scheduler.
 //! - [`storage`]: where expense receipts live (a trait; local folder by default).
+//! - `routes`: the REST routes of invoices and expenses (the generic ones, with
+//!   the lock order and the after-commit file deletion Billing needs).
 //! - `consumers`: Core's `plan.*` (the local plans projection), NOC's
 //!   provisioning events, M-Pesa's confirmed payments.
 //!
@@ -27,6 +29,7 @@ mod consumers;
 pub mod daily;
 mod expenses;
 pub mod ledger;
+mod routes;
 pub mod storage;
 mod subscribers;
 
@@ -49,13 +52,19 @@ pub struct Collections {
     pub daily_runs: Arc<collection::Collection>,
 }
 
+impl Default for Collections {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Collections {
-    pub fn new(storage: Arc<dyn storage::Storage>) -> Self {
+    pub fn new() -> Self {
         Self {
             subscribers: Arc::new(collections::subscribers()),
             invoices: Arc::new(collections::invoices()),
             payments: Arc::new(collections::payments()),
-            expenses: Arc::new(collections::expenses(storage)),
+            expenses: Arc::new(collections::expenses()),
             daily_runs: Arc::new(collections::daily_runs()),
         }
     }
@@ -64,9 +73,13 @@ impl Collections {
 /// Migrates, starts the relay, the consumers and the daily-run scheduler, and
 /// returns the service's router.
 pub async fn start(ctx: Arc<ServiceContext>) -> anyhow::Result<Router> {
+    // Settings first: a bad value stops the start before anything runs.
+    let settings = daily::Settings::from_env()?;
+    let receipt_max_bytes = expenses::receipt_max_bytes()?;
+    let schedule = daily::Schedule::from_env()?;
     ctx.migrate_and_relay(&MIGRATOR).await?;
     let store = storage::from_env(&ctx.config.data_dir)?;
-    let colls = Arc::new(Collections::new(store.clone()));
+    let colls = Arc::new(Collections::new());
 
     ctx.consume("billing-core", "isp.core.>", consumers::CoreEvents);
     ctx.consume(
@@ -82,16 +95,33 @@ pub async fn start(ctx: Arc<ServiceContext>) -> anyhow::Result<Router> {
             payments: colls.payments.clone(),
         },
     );
-    daily::spawn_scheduler(ctx.clone(), daily::Schedule::from_env()?);
+    daily::spawn_scheduler(ctx.clone(), schedule, settings);
 
     let routes = Router::new()
-        .merge(subscribers::routes(ctx.clone(), colls.subscribers.clone()))
-        .merge(collection::routes(colls.invoices.clone(), ctx.clone()))
+        .merge(subscribers::routes(
+            ctx.clone(),
+            colls.subscribers.clone(),
+            settings,
+        ))
+        .merge(routes::invoices(ctx.clone(), colls.invoices.clone()))
         .merge(collection::routes(colls.payments.clone(), ctx.clone()))
-        .merge(collection::routes(colls.expenses.clone(), ctx.clone()))
+        .merge(routes::expenses(
+            ctx.clone(),
+            colls.expenses.clone(),
+            store.clone(),
+        ))
         .merge(collection::routes(colls.daily_runs.clone(), ctx.clone()))
-        .merge(expenses::routes(ctx.clone(), colls.expenses.clone(), store))
-        .merge(daily::routes(ctx.clone(), colls.daily_runs.clone()));
+        .merge(expenses::routes(
+            ctx.clone(),
+            colls.expenses.clone(),
+            store,
+            receipt_max_bytes,
+        ))
+        .merge(daily::routes(
+            ctx.clone(),
+            colls.daily_runs.clone(),
+            settings,
+        ));
     let mut doc = isp_platform::openapi::collections_doc(
         "billing",
         "ISP Billing & Finance: subscribers, invoices, payments, expenses, daily run",

@@ -30,6 +30,7 @@ use crate::collections::{self as c, internal, snapshot, LineItem, FIN};
 struct St {
     ctx: Arc<ServiceContext>,
     coll: Arc<Collection>,
+    settings: crate::daily::Settings,
 }
 
 impl HasKeys for St {
@@ -38,14 +39,22 @@ impl HasKeys for St {
     }
 }
 
-pub fn routes(ctx: Arc<ServiceContext>, coll: Arc<Collection>) -> Router {
+pub fn routes(
+    ctx: Arc<ServiceContext>,
+    coll: Arc<Collection>,
+    settings: crate::daily::Settings,
+) -> Router {
     Router::new()
         .route("/api/billing/subscribers", get(list).post(create))
         .route(
             "/api/billing/subscribers/{id}",
             get(get_one).patch(update).delete(delete),
         )
-        .with_state(St { ctx, coll })
+        .with_state(St {
+            ctx,
+            coll,
+            settings,
+        })
 }
 
 #[derive(OpenApi)]
@@ -99,6 +108,10 @@ async fn update(
     let id = parse_id(&id)?;
     let data = s.coll.validate_input(&p, &parse_body(&body)?, false)?;
     let mut tx = s.ctx.pool.begin().await?;
+    // The daily-run lock before the subscriber's row, as payments take them: an
+    // edit of nextDueDate, trialEndDate, billingCycle or status waits for a
+    // running run instead of racing it (or deadlocking with it).
+    crate::daily::wait_for_run(&mut tx).await?;
     let existing = s.coll.find_scoped(&mut tx, &p, id, true).await?;
     let doc = s
         .coll
@@ -169,7 +182,7 @@ async fn create(
             return Ok((status, Json(stored)));
         }
     }
-    let (sub, invoice) = insert(&mut tx, &s.ctx, &input).await?;
+    let (sub, invoice) = insert(&mut tx, &s.ctx, s.settings, &input).await?;
     let answer = json!({
         "doc": s.coll.present(&p, &sub),
         "invoice": invoice,
@@ -276,6 +289,7 @@ pub fn first_period_start(activation: NaiveDate, trial_end: Option<NaiveDate>) -
 async fn insert(
     tx: &mut PgConnection,
     ctx: &ServiceContext,
+    settings: crate::daily::Settings,
     input: &NewSubscriber,
 ) -> ApiResult<(Value, Value)> {
     let d = &input.data;
@@ -283,10 +297,15 @@ async fn insert(
     let uuid = |k: &str| s(k).and_then(|v| Uuid::parse_str(&v).ok());
     let day = |k: &str| s(k).and_then(|v| NaiveDate::parse_from_str(&v, "%Y-%m-%d").ok());
     let plan_id = uuid("servicePlan").unwrap_or_default();
+    let cycle = s("billingCycle").unwrap_or_else(|| "Monthly".into());
+    // The plan's price is for the plan's cycle; the first period is one of the
+    // subscriber's cycle (docs/billing.md, "Period prices").
     let plan: Option<(String, Decimal, bool, bool, bool)> = sqlx::query_as(
-        "SELECT name, price, plan_enabled, active_for_new_signups, deleted FROM plans WHERE id = $1",
+        "SELECT name, period_price(price, billing_cycle, $2), plan_enabled, active_for_new_signups, deleted
+         FROM plans WHERE id = $1",
     )
     .bind(plan_id)
+    .bind(&cycle)
     .fetch_optional(&mut *tx)
     .await?;
     let (plan_name, price) = match plan {
@@ -320,10 +339,11 @@ async fn insert(
             ));
         }
     }
-    let cycle = s("billingCycle").unwrap_or_else(|| "Monthly".into());
     let today = ctx.today();
-    // Provisional until activation (see docs/billing.md).
+    // Provisional until activation (see docs/billing.md). With a trial the first
+    // period, and so the first invoice's due date, starts the day after it.
     let start = first_period_start(today, day("trialEndDate"));
+    let due = settings.due_date(start, today);
     let next_due: NaiveDate = sqlx::query_scalar("SELECT add_cycle($1, $2, $3)")
         .bind(start)
         .bind(&cycle)
@@ -341,6 +361,15 @@ async fn insert(
     }];
     items.extend(input.charges.iter().cloned());
     let amount = c::total(&items);
+    if amount > c::money_max() {
+        return Err(ApiError::field(
+            "oneOffCharges",
+            format!(
+                "The first invoice would be too large (at most {}).",
+                c::money_max()
+            ),
+        ));
+    }
     sqlx::query(
         "INSERT INTO subscribers (id, account_number, first_name, last_name, mpesa_number, contact_phone, email,
              status, service_plan, billing_cycle, next_due_date, billing_anchor_day, account_balance,
@@ -380,7 +409,7 @@ async fn insert(
     .bind(c::invoice_number(inv_n))
     .bind(id)
     .bind(amount)
-    .bind(today)
+    .bind(due)
     .bind(Value::Array(items.iter().map(LineItem::to_json).collect()))
     .execute(&mut *tx)
     .await?;

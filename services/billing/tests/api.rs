@@ -631,10 +631,16 @@ async fn partial_full_and_over_payments_settle_invoices_balance_and_next_due_dat
     };
     assert_eq!((status.as_str(), paid.as_str()), ("Unpaid", "500.00"));
     assert_eq!(get(&app, &bm, &sub_path).await["accountBalance"], "-500.00");
-    // Paying a Paid invoice again is an over-payment, kept as credit.
+    // Paying a Paid invoice again is an over-payment: it settles the open one.
     let r = pay(&app, &bm, &first, json!(50), "CASH-3", "Cash").await;
     assert_eq!(r.status, StatusCode::CREATED);
     assert_eq!(get(&app, &bm, &sub_path).await["accountBalance"], "-450.00");
+    let paid: String = scalar(&app, &format!("SELECT amount_paid::text FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start = '2026-02-28'")).await;
+    assert_eq!(paid, "550.00");
+    assert_eq!(
+        invoice_state(&app, &first).await,
+        ("Paid".into(), "1000.00".into())
+    );
 }
 
 #[tokio::test]
@@ -882,18 +888,18 @@ async fn daily_run_invoices_each_due_subscriber_once_per_period_even_when_repeat
     let app = app().await;
     let admin = app.admin_token().await;
     let plan = plan(&app, &admin, json!({"price": 1000})).await;
-    let (due, _) = active_sub(&app, &admin, &plan, "2026-11-25").await;
-    let (missed, _) = active_sub(&app, &admin, &plan, "2026-11-20").await; // a missed day
-    let (later, _) = active_sub(&app, &admin, &plan, "2026-11-26").await;
-    let (trial, _) = active_sub(&app, &admin, &plan, "2026-11-25").await;
+    let (due, _) = active_sub(&app, &admin, &plan, "2026-10-25").await;
+    let (missed, _) = active_sub(&app, &admin, &plan, "2026-10-20").await; // a missed day
+    let (later, _) = active_sub(&app, &admin, &plan, "2026-10-26").await;
+    let (trial, _) = active_sub(&app, &admin, &plan, "2026-10-25").await;
     sql(
         &app,
         &format!(
-            "UPDATE billing.subscribers SET trial_end_date = '2026-11-30' WHERE id = '{trial}'"
+            "UPDATE billing.subscribers SET trial_end_date = '2026-10-30' WHERE id = '{trial}'"
         ),
     )
     .await;
-    let (suspended, _) = active_sub(&app, &admin, &plan, "2026-11-25").await;
+    let (suspended, _) = active_sub(&app, &admin, &plan, "2026-10-25").await;
     sql(
         &app,
         &format!("UPDATE billing.subscribers SET status = 'Suspended' WHERE id = '{suspended}'"),
@@ -906,19 +912,19 @@ async fn daily_run_invoices_each_due_subscriber_once_per_period_even_when_repeat
     sql(
         &app,
         &format!(
-            "UPDATE billing.subscribers SET next_due_date = '2026-11-01' WHERE id = '{pending}'"
+            "UPDATE billing.subscribers SET next_due_date = '2026-10-01' WHERE id = '{pending}'"
         ),
     )
     .await;
 
     // Two runs at once (two replicas), then the same date again.
     let (a, b) = tokio::join!(
-        run(&app, &admin, "2026-11-25"),
-        run(&app, &admin, "2026-11-25")
+        run(&app, &admin, "2026-10-25"),
+        run(&app, &admin, "2026-10-25")
     );
     let created = a["invoicesCreated"].as_i64().unwrap() + b["invoicesCreated"].as_i64().unwrap();
     assert_eq!(created, 2);
-    assert_eq!(run(&app, &admin, "2026-11-25").await["invoicesCreated"], 0);
+    assert_eq!(run(&app, &admin, "2026-10-25").await["invoicesCreated"], 0);
     let count = |id: String| {
         let app = &app;
         async move {
@@ -936,20 +942,27 @@ async fn daily_run_invoices_each_due_subscriber_once_per_period_even_when_repeat
         sqlx::query_as(&format!("SELECT period_start, period_end, due_date, amount_due::text FROM billing.invoices WHERE subscriber_id = '{missed}' AND period_start IS NOT NULL"))
             .fetch_one(&pool).await.unwrap()
     };
+    // The missed period keeps its dates but is due on the run date (payment terms
+    // 0), so the catch-up cannot make it Overdue in the run that creates it.
     assert_eq!(
         (ps, pe, due_date, amount.as_str()),
-        (d("2026-11-20"), d("2026-12-20"), d("2026-11-20"), "1000.00")
+        (d("2026-10-20"), d("2026-11-20"), d("2026-10-25"), "1000.00")
     );
     assert_eq!(outbox_count(&app, "invoice.created").await, 6 + 2);
-    // After the trial the subscriber is billed from their due date.
-    assert_eq!(
-        run(&app, &admin, "2026-12-01").await["invoicesCreated"]
+    // After the trial the subscriber is billed from the day after it: a period
+    // never starts inside the trial.
+    assert!(
+        run(&app, &admin, "2026-11-01").await["invoicesCreated"]
             .as_i64()
             .unwrap()
-            >= 1,
-        true
+            >= 1
     );
-    assert_eq!(count(trial).await, 1);
+    assert_eq!(count(trial.clone()).await, 1);
+    let (amount, end, due_date, _) = period_invoice(&app, &trial, "2026-10-31").await;
+    assert_eq!(
+        (amount.as_str(), end, due_date),
+        ("1000.00", d("2026-11-30"), d("2026-11-01"))
+    );
     // Invoice numbers stay unique and sequential.
     let dupes: i64 = scalar(
         &app,
@@ -967,11 +980,11 @@ async fn daily_run_marks_overdue_suspends_unless_grace_and_logs_each_run() {
     let (plain, _) = active_sub(&app, &admin, &plan, "2026-12-20").await;
     let (graced, _) = active_sub(&app, &admin, &plan, "2026-12-20").await;
     let (grace_over, _) = active_sub(&app, &admin, &plan, "2026-12-20").await;
-    sql(&app, &format!("UPDATE billing.subscribers SET grace_period_end_date = '2026-11-30' WHERE id = '{graced}'")).await;
-    sql(&app, &format!("UPDATE billing.subscribers SET grace_period_end_date = '2026-11-26' WHERE id = '{grace_over}'")).await;
-    // Their first invoices were due today (2026-11-25 or the real today): run the day after.
-    sql(&app, "UPDATE billing.invoices SET due_date = '2026-11-25'").await;
-    let report = run(&app, &admin, "2026-11-25").await;
+    sql(&app, &format!("UPDATE billing.subscribers SET grace_period_end_date = '2026-10-31' WHERE id = '{graced}'")).await;
+    sql(&app, &format!("UPDATE billing.subscribers SET grace_period_end_date = '2026-10-26' WHERE id = '{grace_over}'")).await;
+    // Their first invoices fell due on 2026-10-25: Overdue from the day after.
+    sql(&app, "UPDATE billing.invoices SET due_date = '2026-10-25'").await;
+    let report = run(&app, &admin, "2026-10-25").await;
     assert_eq!(
         (
             report["invoicesOverdue"].as_i64(),
@@ -979,10 +992,10 @@ async fn daily_run_marks_overdue_suspends_unless_grace_and_logs_each_run() {
         ),
         (Some(0), Some(0))
     );
-    let report = run(&app, &admin, "2026-11-26").await;
+    let report = run(&app, &admin, "2026-10-26").await;
     assert_eq!(report["invoicesOverdue"], 3);
     assert_eq!(report["subscribersSuspended"], 2);
-    assert_eq!(report["runDate"], "2026-11-26");
+    assert_eq!(report["runDate"], "2026-10-26");
     assert!(report["durationMs"].as_i64().is_some());
     let status = |id: String| {
         let app = &app;
@@ -1016,7 +1029,7 @@ async fn daily_run_marks_overdue_suspends_unless_grace_and_logs_each_run() {
     assert_eq!(ev["source"], "/isp/billing");
     // Once the grace period passes, the next run suspends.
     assert_eq!(
-        run(&app, &admin, "2026-12-01").await["subscribersSuspended"],
+        run(&app, &admin, "2026-11-01").await["subscribersSuspended"],
         1
     );
     assert_eq!(status(graced).await, "Suspended");
@@ -1024,7 +1037,7 @@ async fn daily_run_marks_overdue_suspends_unless_grace_and_logs_each_run() {
     let (bm, _) = app.staff_token("Billing Manager").await;
     let log = get(&app, &bm, "/api/billing/dailyRuns?sort=-runDate").await;
     assert_eq!(log["totalDocs"], 3);
-    assert_eq!(log["docs"][0]["runDate"], "2026-12-01");
+    assert_eq!(log["docs"][0]["runDate"], "2026-11-01");
     let r = app
         .post(
             "/api/billing/jobs/daily-run",
@@ -1048,6 +1061,25 @@ async fn daily_run_marks_overdue_suspends_unless_grace_and_logs_each_run() {
             .await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {:?}", r.body);
     }
+    // Not ahead of time: tomorrow (in the ISP's time zone) is refused, naming date.
+    let tomorrow = (today() + chrono::Days::new(1)).to_string();
+    let r = app
+        .post(
+            "/api/billing/jobs/daily-run",
+            &admin,
+            json!({ "date": tomorrow }),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::BAD_REQUEST, Some("date")),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(
+        run(&app, &admin, &today().to_string()).await["runDate"],
+        today().to_string()
+    );
     let r = app.post("/api/billing/dailyRuns", &admin, json!({})).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     // Events written by set-based SQL honour the same contract as the typed ones.
@@ -1168,6 +1200,7 @@ fn multipart(filename: &str, data: &[u8]) -> (String, Vec<u8>) {
 async fn expenses_keep_receipts_that_only_finance_can_upload_and_download() {
     std::env::set_var("ISP_BILLING_RECEIPT_MAX_BYTES", "200000");
     let app = app().await;
+    std::env::remove_var("ISP_BILLING_RECEIPT_MAX_BYTES");
     let admin = app.admin_token().await;
     let (bm, _) = app.staff_token("Billing Manager").await;
     let r = app
@@ -1237,8 +1270,12 @@ async fn expenses_keep_receipts_that_only_finance_can_upload_and_download() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
     let mut big = b"%PDF-1.7\n".to_vec();
     big.resize(300_000, b'x');
-    let (s, _) = upload(bm.clone(), "big.pdf", big).await;
+    let (s, b) = upload(bm.clone(), "big.pdf", big).await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        b["errors"][0]["message"],
+        "The receipt is too large: at most 200000 bytes is accepted."
+    );
     let (s, _) = upload(bm.clone(), "x.pdf", b"%PDF-1.4 ok".to_vec()).await;
     assert_eq!(s, StatusCode::OK);
     let res = app
@@ -1351,7 +1388,7 @@ async fn scheduler_catches_up_at_start_when_todays_run_time_has_passed() {
         at: chrono::NaiveTime::from_hms_opt(0, 0, 0).unwrap(),
         enabled: true,
     };
-    svc_billing::daily::spawn_scheduler(app.ctx("billing"), schedule);
+    svc_billing::daily::spawn_scheduler(app.ctx("billing"), schedule, Default::default());
     let today = chrono::Utc::now()
         .with_timezone(&chrono_tz::Africa::Nairobi)
         .date_naive();
@@ -1369,11 +1406,1249 @@ async fn scheduler_catches_up_at_start_when_todays_run_time_has_passed() {
     .await;
     assert!(ran.is_some(), "no catch-up run for {today}");
     // A second scheduler (another replica) finds today's run logged and waits for tomorrow.
-    svc_billing::daily::spawn_scheduler(app.ctx("billing"), schedule);
+    svc_billing::daily::spawn_scheduler(app.ctx("billing"), schedule, Default::default());
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM billing.daily_runs")
         .fetch_one(&pool)
         .await
         .unwrap();
     assert_eq!(n, 1);
+}
+
+// ---- period prices follow the plan's billing cycle -------------------------------------
+
+/// (amountDue, periodEnd, dueDate, status) of a subscriber's invoice for the period
+/// starting `start`.
+async fn period_invoice(
+    app: &TestApp,
+    sub: &str,
+    start: &str,
+) -> (String, NaiveDate, NaiveDate, String) {
+    let pool = app.admin_pool().await;
+    sqlx::query_as(&format!(
+        "SELECT amount_due::text, period_end, due_date, status FROM billing.invoices
+         WHERE subscriber_id = '{sub}' AND period_start = '{start}'"
+    ))
+    .fetch_one(&pool)
+    .await
+    .unwrap_or_else(|e| panic!("no invoice for {sub} from {start}: {e}"))
+}
+
+#[tokio::test]
+async fn a_period_costs_the_plan_price_scaled_from_the_plan_cycle_to_the_subscriber_cycle() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let monthly = plan(
+        &app,
+        &admin,
+        json!({"price": 2500, "billingCycle": "Monthly"}),
+    )
+    .await;
+    let quarterly = plan(
+        &app,
+        &admin,
+        json!({"price": 7000, "billingCycle": "Quarterly"}),
+    )
+    .await;
+    // First invoices: a Monthly plan bought quarterly costs 3 x 2500; a Quarterly
+    // plan bought monthly costs 7000 / 3, rounded half-up to cents.
+    let mut body = sub_body(&monthly);
+    body["billingCycle"] = json!("Quarterly");
+    let r = create_sub(&app, &admin, body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.body["invoice"]["amountDue"], "7500.00");
+    assert_eq!(r.body["invoice"]["lineItems"][0]["price"], "7500.00");
+    let r = create_sub(&app, &admin, sub_body(&quarterly)).await;
+    assert_eq!(r.body["invoice"]["amountDue"], "2333.33");
+    let mut body = sub_body(&quarterly);
+    body["billingCycle"] = json!("Quarterly");
+    assert_eq!(
+        create_sub(&app, &admin, body).await.body["invoice"]["amountDue"],
+        "7000.00"
+    );
+
+    // The daily run prices each period the same way.
+    let (m_m, _) = active_sub(&app, &admin, &monthly, "2026-06-01").await;
+    let (m_q, _) = active_sub(&app, &admin, &monthly, "2026-06-01").await;
+    let (q_m, _) = active_sub(&app, &admin, &quarterly, "2026-06-01").await;
+    sql(
+        &app,
+        &format!("UPDATE billing.subscribers SET billing_cycle = 'Quarterly' WHERE id = '{m_q}'"),
+    )
+    .await;
+    run(&app, &admin, "2026-06-01").await;
+    let (amount, end, ..) = period_invoice(&app, &m_m, "2026-06-01").await;
+    assert_eq!((amount.as_str(), end), ("2500.00", d("2026-07-01")));
+    let (amount, end, ..) = period_invoice(&app, &m_q, "2026-06-01").await;
+    assert_eq!((amount.as_str(), end), ("7500.00", d("2026-09-01")));
+    let (amount, end, ..) = period_invoice(&app, &q_m, "2026-06-01").await;
+    assert_eq!((amount.as_str(), end), ("2333.33", d("2026-07-01")));
+
+    // Changing the subscriber's cycle applies from the next period: the invoiced
+    // one keeps its price and length.
+    let (bm, _) = app.staff_token("Billing Manager").await;
+    for (sub, cycle) in [(&m_m, "Quarterly"), (&q_m, "Quarterly"), (&m_q, "Monthly")] {
+        let r = app
+            .patch(
+                &format!("/api/billing/subscribers/{sub}"),
+                &bm,
+                json!({ "billingCycle": cycle }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    }
+    assert_eq!(period_invoice(&app, &m_m, "2026-06-01").await.0, "2500.00");
+    assert_eq!(period_invoice(&app, &m_q, "2026-06-01").await.0, "7500.00");
+    for (sub, amount) in [(&m_m, "2500"), (&q_m, "2333.33"), (&m_q, "7500")] {
+        let inv: String = scalar(&app, &format!("SELECT id::text FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start = '2026-06-01'")).await;
+        let r = pay(&app, &bm, &inv, json!(amount), &format!("C-{sub}"), "Cash").await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    }
+    run(&app, &admin, "2026-09-01").await;
+    let (amount, end, ..) = period_invoice(&app, &m_m, "2026-07-01").await;
+    assert_eq!(
+        (amount.as_str(), end),
+        ("7500.00", d("2026-10-01")),
+        "Monthly plan, now billed quarterly"
+    );
+    let (amount, end, ..) = period_invoice(&app, &q_m, "2026-07-01").await;
+    assert_eq!(
+        (amount.as_str(), end),
+        ("7000.00", d("2026-10-01")),
+        "Quarterly plan, now billed quarterly"
+    );
+    let (amount, end, ..) = period_invoice(&app, &m_q, "2026-09-01").await;
+    assert_eq!(
+        (amount.as_str(), end),
+        ("2500.00", d("2026-10-01")),
+        "Monthly plan, billed monthly after the quarter already invoiced"
+    );
+}
+
+// ---- due dates, catch-up and trials ---------------------------------------------------
+
+fn today() -> NaiveDate {
+    chrono::Utc::now()
+        .with_timezone(&chrono_tz::Africa::Nairobi)
+        .date_naive()
+}
+
+async fn status_of(app: &TestApp, id: &str) -> String {
+    scalar(
+        app,
+        &format!("SELECT status FROM billing.subscribers WHERE id = '{id}'"),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_caught_up_period_is_due_on_the_run_date_so_the_same_run_does_not_suspend() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (bm, _) = app.staff_token("Billing Manager").await;
+    let plan = plan(&app, &admin, json!({"price": 1000})).await;
+    // Paid up, then the runs of 20 to 24 October were missed.
+    let (sub, first) = active_sub(&app, &admin, &plan, "2026-10-20").await;
+    pay(&app, &bm, &first, json!(1000), "C1", "Cash").await;
+    let report = run(&app, &admin, "2026-10-25").await;
+    assert_eq!(
+        (
+            report["invoicesCreated"].as_i64(),
+            report["invoicesOverdue"].as_i64(),
+            report["subscribersSuspended"].as_i64()
+        ),
+        (Some(1), Some(0), Some(0))
+    );
+    let (_, end, due, status) = period_invoice(&app, &sub, "2026-10-20").await;
+    assert_eq!(
+        (end, due, status.as_str()),
+        (d("2026-11-20"), d("2026-10-25"), "Unpaid")
+    );
+    assert_eq!(status_of(&app, &sub).await, "Active");
+    // Unpaid the day after its due date: Overdue, and the subscriber is suspended.
+    let report = run(&app, &admin, "2026-10-26").await;
+    assert_eq!(report["subscribersSuspended"], 1);
+    assert_eq!(status_of(&app, &sub).await, "Suspended");
+}
+
+#[tokio::test]
+async fn payment_terms_push_due_dates_of_invoices_billing_creates() {
+    std::env::set_var("ISP_BILLING_PAYMENT_TERMS_DAYS", "3");
+    let app = app().await;
+    std::env::remove_var("ISP_BILLING_PAYMENT_TERMS_DAYS");
+    let admin = app.admin_token().await;
+    let (bm, _) = app.staff_token("Billing Manager").await;
+    let plan = plan(&app, &admin, json!({"price": 1000})).await;
+    let (sub, first) = active_sub(&app, &admin, &plan, "2026-10-20").await;
+    // The first invoice: three days after its creation day.
+    let inv = get(&app, &bm, &format!("/api/billing/invoices/{first}")).await;
+    assert_eq!(inv["dueDate"], (today() + chrono::Days::new(3)).to_string());
+    pay(&app, &bm, &first, json!(1000), "C1", "Cash").await;
+    // A caught-up period: three days after the run date; on time: after its start.
+    run(&app, &admin, "2026-10-22").await;
+    assert_eq!(
+        period_invoice(&app, &sub, "2026-10-20").await.2,
+        d("2026-10-25")
+    );
+    assert_eq!(run(&app, &admin, "2026-10-25").await["invoicesOverdue"], 0);
+    assert_eq!(run(&app, &admin, "2026-10-26").await["invoicesOverdue"], 1);
+    assert_eq!(status_of(&app, &sub).await, "Suspended");
+}
+
+#[tokio::test]
+async fn trials_delay_the_first_due_date_protect_from_suspension_and_start_the_next_period_after_them(
+) {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let plan = plan(&app, &admin, json!({"price": 1000})).await;
+    // A trial ending in ten days: the first invoice is due the day after it.
+    let trial_end = today() + chrono::Days::new(10);
+    let mut body = sub_body(&plan);
+    body["trialEndDate"] = json!(trial_end.to_string());
+    let r = create_sub(&app, &admin, body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(
+        r.body["invoice"]["dueDate"],
+        (trial_end + chrono::Days::new(1)).to_string()
+    );
+    // A trial that already ended changes nothing: due on the creation day.
+    let mut body = sub_body(&plan);
+    body["trialEndDate"] = json!("2026-01-31");
+    let r = create_sub(&app, &admin, body).await;
+    assert_eq!(r.body["invoice"]["dueDate"], today().to_string());
+
+    // An Active subscriber with an overdue invoice is not suspended while the
+    // trial lasts, and is once it has ended.
+    let (sub, _) = active_sub(&app, &admin, &plan, "2026-10-01").await;
+    sql(
+        &app,
+        &format!("UPDATE billing.subscribers SET trial_end_date = '2026-10-10' WHERE id = '{sub}'"),
+    )
+    .await;
+    sql(
+        &app,
+        &format!(
+            "UPDATE billing.invoices SET due_date = '2026-10-01' WHERE subscriber_id = '{sub}'"
+        ),
+    )
+    .await;
+    let report = run(&app, &admin, "2026-10-05").await;
+    assert_eq!(
+        (
+            report["invoicesCreated"].as_i64(),
+            report["invoicesOverdue"].as_i64(),
+            report["subscribersSuspended"].as_i64()
+        ),
+        (Some(0), Some(1), Some(0))
+    );
+    assert_eq!(
+        run(&app, &admin, "2026-10-10").await["subscribersSuspended"],
+        0
+    );
+    assert_eq!(status_of(&app, &sub).await, "Active");
+    // The recurring period starts the day after the trial, not at nextDueDate
+    // (which fell inside it); the anchor day moves with it.
+    let report = run(&app, &admin, "2026-10-11").await;
+    assert_eq!(report["invoicesCreated"], 1);
+    assert_eq!(report["subscribersSuspended"], 1);
+    assert_eq!(
+        scalar::<i64>(&app, &format!("SELECT count(*) FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start <= '2026-10-10'")).await,
+        0
+    );
+    let (_, end, due, _) = period_invoice(&app, &sub, "2026-10-11").await;
+    assert_eq!((end, due), (d("2026-11-11"), d("2026-10-11")));
+    let doc = get(&app, &admin, &format!("/api/billing/subscribers/{sub}")).await;
+    assert_eq!(
+        (
+            doc["nextDueDate"].as_str(),
+            doc["billingAnchorDay"].as_i64()
+        ),
+        (Some("2026-10-11"), Some(11))
+    );
+}
+
+// ---- credit, surplus and suspension reasons ---------------------------------------------
+
+async fn invoice_state(app: &TestApp, id: &str) -> (String, String) {
+    let pool = app.admin_pool().await;
+    sqlx::query_as(&format!(
+        "SELECT status, amount_paid::text FROM billing.invoices WHERE id = '{id}'"
+    ))
+    .fetch_one(&pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_overpayment_settles_other_open_invoices_oldest_first_and_the_rest_is_credit() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (bm, _) = app.staff_token("Billing Manager").await;
+    let plan = plan(&app, &admin, json!({"price": 1000})).await;
+    let (sub, first) = active_sub(&app, &admin, &plan, "2026-09-01").await;
+    sql(
+        &app,
+        &format!("UPDATE billing.invoices SET due_date = '2026-08-01' WHERE id = '{first}'"),
+    )
+    .await;
+    // The first invoice is overdue on 1 September; the September period is invoiced.
+    let report = run(&app, &admin, "2026-09-01").await;
+    assert_eq!(report["subscribersSuspended"], 1);
+    let period: String = scalar(&app, &format!("SELECT id::text FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start = '2026-09-01'")).await;
+    // A manual charge, due mid-September.
+    let r = app
+        .post(
+            "/api/billing/invoices",
+            &bm,
+            json!({"subscriber": sub, "dueDate": "2026-09-15",
+                   "lineItems": [{"description": "Relocation", "quantity": 1, "price": 300}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let manual = r.body["doc"]["id"].as_str().unwrap().to_string();
+    let path = format!("/api/billing/subscribers/{sub}");
+    assert_eq!(get(&app, &bm, &path).await["accountBalance"], "-2300.00");
+    // 2,100 paid against the September invoice: it takes 1,000, the surplus pays
+    // the oldest open invoice (the first one, 1,000) and 100 of the manual one.
+    let r = pay(&app, &bm, &period, json!(2100), "C1", "Cash").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.body["doc"]["invoice"], period.as_str());
+    assert_eq!(r.body["doc"]["amountPaid"], "2100.00");
+    assert_eq!(
+        invoice_state(&app, &period).await,
+        ("Paid".into(), "1000.00".into())
+    );
+    assert_eq!(
+        invoice_state(&app, &first).await,
+        ("Paid".into(), "1000.00".into())
+    );
+    assert_eq!(
+        invoice_state(&app, &manual).await,
+        ("Unpaid".into(), "100.00".into())
+    );
+    assert_eq!(
+        scalar::<i64>(
+            &app,
+            "SELECT count(*) FROM billing.outbox WHERE type = 'invoice.updated'"
+        )
+        .await,
+        2
+    );
+    let doc = get(&app, &bm, &path).await;
+    assert_eq!(doc["accountBalance"], "-200.00");
+    // Still owes, and the manual invoice is past due: still suspended.
+    assert_eq!(doc["status"], "Suspended");
+    // 500 more on the manual invoice: it takes 200, 300 is credit; reactivated.
+    let r = pay(&app, &bm, &manual, json!(500), "C2", "Cash").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(
+        invoice_state(&app, &manual).await,
+        ("Paid".into(), "300.00".into())
+    );
+    let doc = get(&app, &bm, &path).await;
+    assert_eq!(
+        (
+            doc["accountBalance"].as_str(),
+            doc["status"].as_str(),
+            doc["suspensionReason"].as_str()
+        ),
+        (Some("300.00"), Some("Active"), None)
+    );
+    // The credit settles the next period's invoice in part.
+    sql(&app, &format!("UPDATE billing.subscribers SET next_due_date = '2026-10-01', billing_anchor_day = 1 WHERE id = '{sub}'")).await;
+    run(&app, &admin, "2026-10-01").await;
+    let next: String = scalar(&app, &format!("SELECT id::text FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start = '2026-10-01'")).await;
+    assert_eq!(
+        invoice_state(&app, &next).await,
+        ("Unpaid".into(), "300.00".into())
+    );
+}
+
+#[tokio::test]
+async fn credit_prevents_suspension_and_a_non_negative_balance_reactivates() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (bm, _) = app.staff_token("Billing Manager").await;
+    let plan = plan(&app, &admin, json!({"price": 1000})).await;
+    let (sub, first) = active_sub(&app, &admin, &plan, "2027-06-01").await;
+    let path = format!("/api/billing/subscribers/{sub}");
+    // An overdue invoice while the balance is in credit (older data, or credit
+    // given by hand): no suspension, the subscriber owes nothing overall.
+    pay(&app, &bm, &first, json!(1000), "C1", "Cash").await;
+    sql(
+        &app,
+        &format!("UPDATE billing.subscribers SET account_balance = 500 WHERE id = '{sub}'"),
+    )
+    .await;
+    sql(&app, &format!("INSERT INTO billing.invoices (id, invoice_number, subscriber_id, amount_due, due_date, status, line_items)
+         VALUES (gen_random_uuid(), 'INV-X1', '{sub}', 400, '2026-10-01', 'Unpaid', '[]')")).await;
+    let report = run(&app, &admin, "2026-10-05").await;
+    assert_eq!(
+        (
+            report["invoicesOverdue"].as_i64(),
+            report["subscribersSuspended"].as_i64()
+        ),
+        (Some(1), Some(0))
+    );
+    assert_eq!(get(&app, &bm, &path).await["status"], "Active");
+    // Once the balance is negative the same overdue invoice suspends.
+    sql(
+        &app,
+        &format!("UPDATE billing.subscribers SET account_balance = -400 WHERE id = '{sub}'"),
+    )
+    .await;
+    assert_eq!(
+        run(&app, &admin, "2026-10-06").await["subscribersSuspended"],
+        1
+    );
+    let doc = get(&app, &bm, &path).await;
+    assert_eq!(
+        (doc["status"].as_str(), doc["suspensionReason"].as_str()),
+        (Some("Suspended"), Some("Non-payment"))
+    );
+    // A payment that brings the balance to zero reactivates even though an
+    // overdue invoice still owes (its charge was covered by credit set by hand,
+    // which no invoice records).
+    sql(
+        &app,
+        &format!("UPDATE billing.subscribers SET account_balance = -50 WHERE id = '{sub}'"),
+    )
+    .await;
+    let r = pay(&app, &bm, &first, json!(50), "C2", "Cash").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let overdue: i64 = scalar(&app, &format!("SELECT count(*) FROM billing.invoices WHERE subscriber_id = '{sub}' AND status = 'Overdue'")).await;
+    assert_eq!(
+        overdue, 1,
+        "50 went to the overdue invoice, which still owes 350"
+    );
+    let doc = get(&app, &bm, &path).await;
+    assert_eq!(
+        (doc["accountBalance"].as_str(), doc["status"].as_str()),
+        (Some("0.00"), Some("Active"))
+    );
+}
+
+#[tokio::test]
+async fn payments_lift_only_suspensions_for_non_payment_never_manual_ones() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (bm, _) = app.staff_token("Billing Manager").await;
+    let plan = plan(&app, &admin, json!({"price": 1000})).await;
+    let (manual, manual_inv) = active_sub(&app, &admin, &plan, "2027-06-01").await;
+    let (unpaid, unpaid_inv) = active_sub(&app, &admin, &plan, "2027-06-01").await;
+    sql(&app, "UPDATE billing.invoices SET due_date = '2026-10-01'").await;
+    // Billing Manager suspends one by hand (say, abuse); the run suspends the other.
+    let mpath = format!("/api/billing/subscribers/{manual}");
+    let r = app.patch(&mpath, &bm, json!({"status": "Suspended"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["doc"]["suspensionReason"], "Manual");
+    assert_eq!(
+        run(&app, &admin, "2026-10-02").await["subscribersSuspended"],
+        1
+    );
+    let upath = format!("/api/billing/subscribers/{unpaid}");
+    assert_eq!(
+        get(&app, &bm, &upath).await["suspensionReason"],
+        "Non-payment"
+    );
+    // Both pay everything: only the non-payment suspension is lifted.
+    pay(&app, &bm, &manual_inv, json!(1000), "C1", "Cash").await;
+    pay(&app, &bm, &unpaid_inv, json!(1000), "C2", "Cash").await;
+    let doc = get(&app, &bm, &mpath).await;
+    assert_eq!(
+        (doc["status"].as_str(), doc["suspensionReason"].as_str()),
+        (Some("Suspended"), Some("Manual"))
+    );
+    let doc = get(&app, &bm, &upath).await;
+    assert_eq!(
+        (doc["status"].as_str(), doc["suspensionReason"].as_str()),
+        (Some("Active"), None)
+    );
+    // Staff lift the manual one; the reason is read-only and finance-only.
+    let r = app
+        .patch(&mpath, &bm, json!({"suspensionReason": null}))
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::FORBIDDEN, Some("suspensionReason"))
+    );
+    let r = app.patch(&mpath, &admin, json!({"status": "Active"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert!(r.body["doc"]["suspensionReason"].is_null());
+    let (support, _) = app.staff_token("Support Agent").await;
+    assert!(get(&app, &support, &mpath)
+        .await
+        .get("suspensionReason")
+        .is_none());
+    // Confirming a run's suspension by hand makes it manual.
+    sql(&app, &format!("UPDATE billing.subscribers SET status = 'Suspended', suspension_reason = 'Non-payment' WHERE id = '{unpaid}'")).await;
+    let r = app.patch(&upath, &bm, json!({"status": "Suspended"})).await;
+    assert_eq!(r.body["doc"]["suspensionReason"], "Manual");
+}
+
+#[tokio::test]
+async fn suspended_days_inside_an_invoiced_period_are_owed_and_the_period_keeps_its_end() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (bm, _) = app.staff_token("Billing Manager").await;
+    let plan = plan(&app, &admin, json!({"price": 1000})).await;
+    let start = today() - chrono::Days::new(10);
+    let (sub, first) = active_sub(&app, &admin, &plan, &start.to_string()).await;
+    pay(&app, &bm, &first, json!(1000), "C1", "Cash").await;
+    run(&app, &admin, &start.to_string()).await;
+    let day_after = (start + chrono::Days::new(1)).to_string();
+    assert_eq!(
+        run(&app, &admin, &day_after).await["subscribersSuspended"],
+        1
+    );
+    // Nine days suspended inside the period, then paid today.
+    let (period, end): (String, NaiveDate) = {
+        let pool = app.admin_pool().await;
+        sqlx::query_as(&format!("SELECT id::text, period_end FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start = '{start}'"))
+            .fetch_one(&pool).await.unwrap()
+    };
+    assert!(end > today());
+    assert_eq!(
+        pay(&app, &bm, &period, json!(1000), "C2", "Cash")
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let doc = get(&app, &bm, &format!("/api/billing/subscribers/{sub}")).await;
+    assert_eq!(doc["status"], "Active");
+    // The period is owed in full and ends where it always did: no days added.
+    assert_eq!(doc["nextDueDate"], end.to_string());
+    assert_eq!(doc["accountBalance"], "0.00");
+}
+
+#[tokio::test]
+async fn receipts_up_to_the_default_5_mib_are_accepted_and_larger_ones_refused_clearly() {
+    let app = app().await;
+    let (bm, _) = app.staff_token("Billing Manager").await;
+    let r = app
+        .post(
+            "/api/billing/expenses",
+            &bm,
+            json!({"expenseDate": "2026-11-01", "category": "Equipment", "amount": 1200}),
+        )
+        .await;
+    let url = format!(
+        "{}/api/billing/expenses/{}/receipt",
+        app.base,
+        r.body["doc"]["id"].as_str().unwrap()
+    );
+    let upload = |size: usize| {
+        let mut pdf = b"%PDF-1.7\n".to_vec();
+        pdf.resize(size, b'x');
+        let (ct, body) = multipart("scan.pdf", &pdf);
+        let req = app
+            .http
+            .post(&url)
+            .header("authorization", format!("JWT {bm}"))
+            .header("content-type", ct)
+            .body(body);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    // Above axum's 2 MiB default, within the 5 MiB default limit.
+    let (s, b) = upload(3 * 1024 * 1024).await;
+    assert_eq!(s, StatusCode::OK, "{b:?}");
+    assert_eq!(b["doc"]["receipt"]["size"], 3 * 1024 * 1024);
+    let (s, _) = upload(5 * 1024 * 1024).await;
+    assert_eq!(s, StatusCode::OK);
+    // One byte over, and far over: 413 saying what the limit is.
+    for size in [5 * 1024 * 1024 + 1, 8 * 1024 * 1024] {
+        let (s, b) = upload(size).await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{size}: {b:?}");
+        assert_eq!(
+            b["errors"][0]["message"], "The receipt is too large: at most 5 MiB is accepted.",
+            "{size}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn network_fields_are_hidden_from_sales_agents_and_billing_managers() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let plan = plan(&app, &admin, json!({})).await;
+    let (sub, _) = active_sub(&app, &admin, &plan, "2027-01-01").await;
+    sql(&app, &format!("UPDATE billing.subscribers SET connection_type = 'PPPoE', assigned_ip = '100.64.0.9' WHERE id = '{sub}'")).await;
+    let path = format!("/api/billing/subscribers/{sub}");
+    for role in ["Sales Agent", "Billing Manager"] {
+        let (t, _) = app.staff_token(role).await;
+        let doc = get(&app, &t, &path).await;
+        assert_eq!(doc["firstName"], "Amina", "{role}");
+        for hidden in ["connectionType", "assignedIp"] {
+            assert!(doc.get(hidden).is_none(), "{role} sees {hidden}");
+        }
+        let list = get(&app, &t, "/api/billing/subscribers").await;
+        assert!(list["docs"][0].get("assignedIp").is_none(), "{role}");
+        // Nor can they filter or sort on it.
+        let r = app
+            .get(
+                "/api/billing/subscribers?where[assignedIp][equals]=100.64.0.9",
+                &t,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{role}");
+        let r = app
+            .get("/api/billing/subscribers?sort=connectionType", &t)
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{role}");
+    }
+    let (ne, _) = app.staff_token("Network Engineer").await;
+    let (support, _) = app.staff_token("Support Agent").await;
+    for t in [&admin, &ne, &support] {
+        let doc = get(&app, t, &path).await;
+        assert_eq!(
+            (doc["connectionType"].as_str(), doc["assignedIp"].as_str()),
+            (Some("PPPoE"), Some("100.64.0.9"))
+        );
+    }
+}
+
+// ---- amounts too large for the ledger are bad input, not server errors ------------------
+
+#[tokio::test]
+async fn amounts_that_would_overflow_the_ledger_are_400_naming_the_field() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (bm, _) = app.staff_token("Billing Manager").await;
+    let plan = plan(&app, &admin, json!({"price": 1000})).await;
+    let r = create_sub(&app, &admin, sub_body(&plan)).await;
+    let sub = r.body["doc"]["id"].as_str().unwrap().to_string();
+    let inv = r.body["invoice"]["id"].as_str().unwrap().to_string();
+    // More than numeric(14,2) holds.
+    let r = pay(&app, &bm, &inv, json!("1000000000000"), "BIG-0", "Cash").await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::BAD_REQUEST, Some("amountPaid")),
+        "{:?}",
+        r.body
+    );
+    // Each fits, but the credit they add up to would not.
+    let r = pay(&app, &bm, &inv, json!("999999999999.99"), "BIG-1", "Cash").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(
+        invoice_state(&app, &inv).await,
+        ("Paid".into(), "1000.00".into())
+    );
+    let r = pay(&app, &bm, &inv, json!("999999999999.99"), "BIG-2", "Cash").await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::BAD_REQUEST, Some("amountPaid")),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(
+        scalar::<i64>(&app, "SELECT count(*) FROM billing.payments").await,
+        1
+    );
+    // Line items: 100 lines of 10,000 x 10,000,000 add up to more than fits.
+    let huge: Vec<Value> = (0..100)
+        .map(|_| json!({"description": "Fibre", "quantity": 10000, "price": 10000000}))
+        .collect();
+    let r = app
+        .post(
+            "/api/billing/invoices",
+            &bm,
+            json!({"subscriber": sub, "dueDate": "2026-12-01", "lineItems": huge}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::BAD_REQUEST, Some("lineItems")),
+        "{:?}",
+        r.body
+    );
+    let r = app
+        .post(
+            "/api/billing/invoices",
+            &bm,
+            json!({"subscriber": sub, "dueDate": "2026-12-01", "status": "Draft",
+                   "lineItems": [{"description": "Cable", "quantity": 1, "price": 100}]}),
+        )
+        .await;
+    let small = r.body["doc"]["id"].as_str().unwrap().to_string();
+    let r = app
+        .patch(
+            &format!("/api/billing/invoices/{small}"),
+            &bm,
+            json!({ "lineItems": huge }),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::BAD_REQUEST, Some("lineItems")),
+        "{:?}",
+        r.body
+    );
+    // Each invoice fits, but the balance they add up to would not.
+    let big: Vec<Value> = (0..100)
+        .map(|_| json!({"description": "Fibre", "quantity": 900, "price": 10000000}))
+        .collect();
+    let r = app
+        .post(
+            "/api/billing/invoices",
+            &bm,
+            json!({"subscriber": sub, "dueDate": "2026-12-01", "lineItems": big}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let r = app
+        .post(
+            "/api/billing/invoices",
+            &bm,
+            json!({"subscriber": sub, "dueDate": "2026-12-01", "lineItems": big}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let r = app
+        .post(
+            "/api/billing/invoices",
+            &bm,
+            json!({"subscriber": sub, "dueDate": "2026-12-01", "lineItems": big}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::BAD_REQUEST, Some("lineItems")),
+        "{:?}",
+        r.body
+    );
+    // A first invoice whose one-off charges overflow it.
+    let mut body = sub_body(&plan);
+    body["oneOffCharges"] = json!(huge);
+    let r = create_sub(&app, &admin, body).await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::BAD_REQUEST, Some("oneOffCharges")),
+        "{:?}",
+        r.body
+    );
+}
+
+// ---- edits that move dates or money wait for the run and respect invoiced time ----------
+
+/// Holds the daily run's lock (as a running run does) on its own connection.
+async fn hold_run_lock(app: &TestApp) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
+    let pool = app.admin_pool().await;
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended('billing.daily_run', 0))")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    conn
+}
+
+/// Whether another transaction holds a lock on the row.
+async fn row_locked(app: &TestApp, table: &str, id: &str) -> bool {
+    let pool = app.admin_pool().await;
+    let mut tx = pool.begin().await.unwrap();
+    let r = sqlx::query(&format!(
+        "SELECT 1 FROM billing.{table} WHERE id = '{id}' FOR UPDATE NOWAIT"
+    ))
+    .execute(&mut *tx)
+    .await;
+    tx.rollback().await.unwrap();
+    r.is_err()
+}
+
+#[tokio::test]
+async fn date_edits_wait_for_a_running_daily_run_and_never_reach_back_into_invoiced_time() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (bm, _) = app.staff_token("Billing Manager").await;
+    let plan = plan(&app, &admin, json!({"price": 1000})).await;
+    let (sub, _) = active_sub(&app, &admin, &plan, "2026-10-01").await;
+    run(&app, &admin, "2026-10-01").await;
+    let path = format!("/api/billing/subscribers/{sub}");
+    let period: String = scalar(&app, &format!("SELECT id::text FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start = '2026-10-01'")).await;
+
+    // While a run holds its lock, edits of nextDueDate / trialEndDate (and invoice
+    // edits) wait, without holding the row the run may need meanwhile.
+    for (target, body) in [
+        (path.clone(), json!({"trialEndDate": "2026-09-30"})),
+        (path.clone(), json!({"nextDueDate": "2026-11-01"})),
+        (
+            format!("/api/billing/invoices/{period}"),
+            json!({"dueDate": "2026-10-02"}),
+        ),
+    ] {
+        let mut lock = hold_run_lock(&app).await;
+        let req = app
+            .http
+            .patch(format!("{}{target}", app.base))
+            .header("authorization", format!("JWT {bm}"))
+            .json(&body);
+        let edit = tokio::spawn(async move { req.send().await.unwrap().status() });
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        assert!(!edit.is_finished(), "{body} did not wait for the run");
+        assert!(!row_locked(&app, "subscribers", &sub).await, "{body}");
+        assert!(!row_locked(&app, "invoices", &period).await, "{body}");
+        sqlx::query("SELECT pg_advisory_unlock(hashtextextended('billing.daily_run', 0))")
+            .execute(&mut *lock)
+            .await
+            .unwrap();
+        assert_eq!(edit.await.unwrap(), StatusCode::OK, "{body}");
+    }
+    assert_eq!(get(&app, &bm, &path).await["nextDueDate"], "2026-11-01");
+
+    // October is invoiced: nextDueDate cannot go back into it (it would be
+    // invoiced twice), whoever asks.
+    for day in ["2026-10-15", "2026-10-01", "2026-09-01"] {
+        let r = app.patch(&path, &bm, json!({ "nextDueDate": day })).await;
+        assert_eq!(
+            (r.status, r.error_path()),
+            (StatusCode::BAD_REQUEST, Some("nextDueDate")),
+            "{day}: {:?}",
+            r.body
+        );
+    }
+    let r = app
+        .patch(&path, &admin, json!({"nextDueDate": "2026-11-05"}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["doc"]["billingAnchorDay"], 5);
+
+    // Cancelling October withdraws it: billing goes on after it, and a period may
+    // start inside it again, but not on the day the cancelled one started.
+    let r = app
+        .patch(
+            &format!("/api/billing/invoices/{period}"),
+            &bm,
+            json!({"status": "Cancelled"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(get(&app, &bm, &path).await["nextDueDate"], "2026-11-05");
+    let r = app
+        .patch(&path, &bm, json!({"nextDueDate": "2026-10-01"}))
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::BAD_REQUEST, Some("nextDueDate"))
+    );
+    let r = app
+        .patch(&path, &bm, json!({"nextDueDate": "2026-10-20"}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(run(&app, &admin, "2026-10-20").await["invoicesCreated"], 1);
+}
+
+#[tokio::test]
+async fn an_invoice_covered_by_an_edit_or_by_credit_is_paid_and_a_withdrawn_one_returns_its_settlement_as_credit(
+) {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (bm, _) = app.staff_token("Billing Manager").await;
+    let plan = plan(&app, &admin, json!({"price": 1000})).await;
+    let (sub, first) = active_sub(&app, &admin, &plan, "2026-10-01").await;
+    let path = format!("/api/billing/subscribers/{sub}");
+    run(&app, &admin, "2026-10-01").await;
+    let period: String = scalar(&app, &format!("SELECT id::text FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start = '2026-10-01'")).await;
+    // 600 paid on October's 1,000; a discount brings it down to 600: Paid, and the
+    // next period is November.
+    pay(&app, &bm, &period, json!(600), "C1", "Cash").await;
+    let r = app
+        .patch(
+            &format!("/api/billing/invoices/{period}"),
+            &bm,
+            json!({"lineItems": [{"description": "October, discounted", "quantity": 1, "price": 600}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(
+        (
+            r.body["doc"]["status"].as_str(),
+            r.body["doc"]["amountPaid"].as_str()
+        ),
+        (Some("Paid"), Some("600.00"))
+    );
+    let doc = get(&app, &bm, &path).await;
+    assert_eq!(doc["nextDueDate"], "2026-11-01");
+    assert_eq!(doc["accountBalance"], "-1000.00");
+    // A manual charge is settled in part by another payment's surplus; withdrawn,
+    // what settled it is credit again. An invoice a payment names stays.
+    let r = app
+        .post(
+            "/api/billing/invoices",
+            &bm,
+            json!({"subscriber": sub, "dueDate": "2026-11-10",
+                   "lineItems": [{"description": "Relocation", "quantity": 1, "price": 300}]}),
+        )
+        .await;
+    let manual = r.body["doc"]["id"].as_str().unwrap().to_string();
+    pay(&app, &bm, &first, json!(1100), "C2", "Cash").await;
+    assert_eq!(
+        invoice_state(&app, &manual).await,
+        ("Unpaid".into(), "100.00".into())
+    );
+    let r = app
+        .patch(
+            &format!("/api/billing/invoices/{manual}"),
+            &bm,
+            json!({"status": "Cancelled"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(
+        invoice_state(&app, &manual).await,
+        ("Cancelled".into(), "0.00".into())
+    );
+    assert_eq!(get(&app, &bm, &path).await["accountBalance"], "100.00");
+    // With credit, a new charge is settled from it at once.
+    let r = app
+        .post(
+            "/api/billing/invoices",
+            &bm,
+            json!({"subscriber": sub, "dueDate": "2026-11-10",
+                   "lineItems": [{"description": "Cable", "quantity": 1, "price": 80}]}),
+        )
+        .await;
+    assert_eq!(
+        (
+            r.body["doc"]["status"].as_str(),
+            r.body["doc"]["amountPaid"].as_str()
+        ),
+        (Some("Paid"), Some("80.00"))
+    );
+    assert_eq!(get(&app, &bm, &path).await["accountBalance"], "20.00");
+    let r = app
+        .post(
+            "/api/billing/invoices",
+            &bm,
+            json!({"subscriber": sub, "dueDate": "2026-11-10", "status": "Draft",
+                   "lineItems": [{"description": "Cable", "quantity": 1, "price": 50}]}),
+        )
+        .await;
+    let draft = r.body["doc"]["id"].as_str().unwrap().to_string();
+    let r = app
+        .patch(
+            &format!("/api/billing/invoices/{draft}"),
+            &bm,
+            json!({"status": "Unpaid"}),
+        )
+        .await;
+    assert_eq!(
+        (
+            r.body["doc"]["status"].as_str(),
+            r.body["doc"]["amountPaid"].as_str()
+        ),
+        (Some("Unpaid"), Some("20.00"))
+    );
+    let r = pay(&app, &bm, &draft, json!(10), "C3", "Cash").await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let r = app
+        .patch(
+            &format!("/api/billing/invoices/{draft}"),
+            &bm,
+            json!({"status": "Cancelled"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::CONFLICT, Some("status"))
+    );
+}
+
+#[tokio::test]
+async fn a_receipt_file_is_deleted_only_once_its_expense_row_is_gone_for_good() {
+    let app = app().await;
+    let (bm, _) = app.staff_token("Billing Manager").await;
+    let r = app
+        .post(
+            "/api/billing/expenses",
+            &bm,
+            json!({"expenseDate": "2026-11-01", "category": "Rent", "amount": 30000}),
+        )
+        .await;
+    let id = r.body["doc"]["id"].as_str().unwrap().to_string();
+    let url = format!("{}/api/billing/expenses/{id}/receipt", app.base);
+    let (ct, body) = multipart("lease.pdf", b"%PDF-1.4 lease");
+    let res = app
+        .http
+        .post(&url)
+        .header("authorization", format!("JWT {bm}"))
+        .header("content-type", ct)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let files = app.shared.config.data_dir.join("billing").join("files");
+    let count = || {
+        walk(&files)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "pdf"))
+            .count()
+    };
+    assert_eq!(count(), 1);
+    // The row's deletion fails and rolls back: the file is still there.
+    sql(&app, "CREATE FUNCTION billing.no_delete() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$").await;
+    sql(&app, "CREATE TRIGGER no_delete BEFORE DELETE ON billing.expenses FOR EACH ROW EXECUTE FUNCTION billing.no_delete()").await;
+    let path = format!("/api/billing/expenses/{id}");
+    assert_ne!(app.delete(&path, &bm).await.status, StatusCode::OK);
+    assert_eq!(count(), 1);
+    let res = app
+        .http
+        .get(&url)
+        .header("authorization", format!("JWT {bm}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.bytes().await.unwrap().to_vec(), b"%PDF-1.4 lease");
+    // Deleted for good: the file goes too.
+    sql(&app, "DROP TRIGGER no_delete ON billing.expenses").await;
+    assert_eq!(app.delete(&path, &bm).await.status, StatusCode::OK);
+    assert_eq!(count(), 0);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_run_log_counts_due_subscribers_skipped_because_their_plan_is_unknown() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let plan = plan(&app, &admin, json!({"price": 1000})).await;
+    let (known, _) = active_sub(&app, &admin, &plan, "2026-10-01").await;
+    let (orphan, _) = active_sub(&app, &admin, &plan, "2026-10-01").await;
+    // Its plan never reached Billing (say, Core's event is still on its way).
+    sql(
+        &app,
+        &format!(
+            "UPDATE billing.subscribers SET service_plan = gen_random_uuid() WHERE id = '{orphan}'"
+        ),
+    )
+    .await;
+    let report = run(&app, &admin, "2026-10-01").await;
+    assert_eq!(
+        (
+            report["invoicesCreated"].as_i64(),
+            report["skippedUnknownPlan"].as_i64()
+        ),
+        (Some(1), Some(1))
+    );
+    let _ = period_invoice(&app, &known, "2026-10-01").await;
+    let log = get(&app, &admin, "/api/billing/dailyRuns").await;
+    assert_eq!(log["docs"][0]["skippedUnknownPlan"], 1);
+    // Still counted on the next run, until the plan arrives.
+    assert_eq!(
+        run(&app, &admin, "2026-10-02").await["skippedUnknownPlan"],
+        1
+    );
+}
+
+#[tokio::test]
+async fn bad_input_on_invoice_and_expense_edits_is_400_naming_the_field() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let (bm, _) = app.staff_token("Billing Manager").await;
+    let plan = plan(&app, &admin, json!({"price": 1000})).await;
+    let r = create_sub(&app, &admin, sub_body(&plan)).await;
+    let inv = r.body["invoice"]["id"].as_str().unwrap().to_string();
+    let inv_path = format!("/api/billing/invoices/{inv}");
+    let item = |extra: Value| {
+        let mut i = json!({"description": "Cable", "quantity": 1, "price": 100});
+        i.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        json!({ "lineItems": [i] })
+    };
+    let cases: Vec<(Value, StatusCode, &str)> = vec![
+        (
+            json!({"lineItems": []}),
+            StatusCode::BAD_REQUEST,
+            "lineItems",
+        ),
+        (
+            json!({"lineItems": "x"}),
+            StatusCode::BAD_REQUEST,
+            "lineItems",
+        ),
+        (
+            json!({"lineItems": null}),
+            StatusCode::BAD_REQUEST,
+            "lineItems",
+        ),
+        (
+            json!({"lineItems": [5]}),
+            StatusCode::BAD_REQUEST,
+            "lineItems.0",
+        ),
+        (
+            item(json!({"quantity": 0})),
+            StatusCode::BAD_REQUEST,
+            "lineItems.0.quantity",
+        ),
+        (
+            item(json!({"quantity": "2"})),
+            StatusCode::BAD_REQUEST,
+            "lineItems.0.quantity",
+        ),
+        (
+            item(json!({"quantity": 10001})),
+            StatusCode::BAD_REQUEST,
+            "lineItems.0.quantity",
+        ),
+        (
+            item(json!({"price": -1})),
+            StatusCode::BAD_REQUEST,
+            "lineItems.0.price",
+        ),
+        (
+            item(json!({"price": "9.999"})),
+            StatusCode::BAD_REQUEST,
+            "lineItems.0.price",
+        ),
+        (
+            item(json!({"price": "lots"})),
+            StatusCode::BAD_REQUEST,
+            "lineItems.0.price",
+        ),
+        (
+            item(json!({"price": 10000001})),
+            StatusCode::BAD_REQUEST,
+            "lineItems.0.price",
+        ),
+        (
+            item(json!({"price": null})),
+            StatusCode::BAD_REQUEST,
+            "lineItems.0.price",
+        ),
+        (
+            item(json!({"description": " "})),
+            StatusCode::BAD_REQUEST,
+            "lineItems.0.description",
+        ),
+        (
+            item(json!({"colour": "red"})),
+            StatusCode::BAD_REQUEST,
+            "lineItems.0.colour",
+        ),
+        (
+            json!({"dueDate": "soon"}),
+            StatusCode::BAD_REQUEST,
+            "dueDate",
+        ),
+        (json!({"dueDate": null}), StatusCode::BAD_REQUEST, "dueDate"),
+        (
+            json!({"status": "Bogus"}),
+            StatusCode::BAD_REQUEST,
+            "status",
+        ),
+        (json!({"nope": 1}), StatusCode::BAD_REQUEST, "nope"),
+        (json!({"amountDue": 1}), StatusCode::FORBIDDEN, "amountDue"),
+        (
+            json!({"amountPaid": 1}),
+            StatusCode::FORBIDDEN,
+            "amountPaid",
+        ),
+        (
+            json!({"subscriber": Uuid::new_v4()}),
+            StatusCode::FORBIDDEN,
+            "subscriber",
+        ),
+    ];
+    for (body, status, path) in cases {
+        let r = app.patch(&inv_path, &bm, body.clone()).await;
+        assert_eq!(r.status, status, "{body}: {:?}", r.body);
+        assert!(
+            r.error_paths().iter().any(|p| p == path),
+            "{body}: {:?}",
+            r.body
+        );
+    }
+    let doc = get(&app, &bm, &inv_path).await;
+    assert_eq!(
+        (doc["amountDue"].as_str(), doc["status"].as_str()),
+        (Some("1000.00"), Some("Unpaid"))
+    );
+
+    let r = app
+        .post(
+            "/api/billing/expenses",
+            &bm,
+            json!({"expenseDate": "2026-11-01", "category": "Rent", "amount": 100}),
+        )
+        .await;
+    let exp_path = format!(
+        "/api/billing/expenses/{}",
+        r.body["doc"]["id"].as_str().unwrap()
+    );
+    let cases: Vec<(Value, StatusCode, &str)> = vec![
+        (json!({"amount": 0}), StatusCode::BAD_REQUEST, "amount"),
+        (json!({"amount": -5}), StatusCode::BAD_REQUEST, "amount"),
+        (json!({"amount": "abc"}), StatusCode::BAD_REQUEST, "amount"),
+        (
+            json!({"amount": "1.001"}),
+            StatusCode::BAD_REQUEST,
+            "amount",
+        ),
+        (
+            json!({"amount": "1000000000000"}),
+            StatusCode::BAD_REQUEST,
+            "amount",
+        ),
+        (json!({"amount": null}), StatusCode::BAD_REQUEST, "amount"),
+        (
+            json!({"category": "Snacks"}),
+            StatusCode::BAD_REQUEST,
+            "category",
+        ),
+        (
+            json!({"expenseDate": "2026-13-01"}),
+            StatusCode::BAD_REQUEST,
+            "expenseDate",
+        ),
+        (
+            json!({"expenseDate": null}),
+            StatusCode::BAD_REQUEST,
+            "expenseDate",
+        ),
+        (
+            json!({"vendor": "v".repeat(501)}),
+            StatusCode::BAD_REQUEST,
+            "vendor",
+        ),
+        (json!({"vendor": 7}), StatusCode::BAD_REQUEST, "vendor"),
+        (
+            json!({"description": "d".repeat(20_001)}),
+            StatusCode::BAD_REQUEST,
+            "description",
+        ),
+        (json!({"receipt": {}}), StatusCode::FORBIDDEN, "receipt"),
+        (json!({"nope": 1}), StatusCode::BAD_REQUEST, "nope"),
+    ];
+    for (body, status, path) in cases {
+        let r = app.patch(&exp_path, &bm, body.clone()).await;
+        assert_eq!(r.status, status, "{body}: {:?}", r.body);
+        assert!(
+            r.error_paths().iter().any(|p| p == path),
+            "{body}: {:?}",
+            r.body
+        );
+    }
+    let doc = get(&app, &bm, &exp_path).await;
+    assert_eq!(
+        (doc["amount"].as_str(), doc["category"].as_str()),
+        (Some("100.00"), Some("Rent"))
+    );
 }
