@@ -153,15 +153,18 @@ async fn an_overdue_subscriber_is_suspended_disconnected_and_restored_after_payi
         .unwrap();
     assert_eq!(acct.code, "Accounting-Response", "{}", fr.log());
 
-    // The day after the first invoice fell due, the daily run suspends.
-    let day_after = (chrono::NaiveDate::parse_from_str(&due, "%Y-%m-%d").unwrap()
-        + chrono::Days::new(1))
-    .to_string();
+    // The first invoice fell due yesterday (a run cannot be dated in the future,
+    // so its due date moves back a day): today's run suspends.
+    sqlx::query("UPDATE billing.invoices SET due_date = due_date - 1 WHERE id = $1::uuid")
+        .bind(&invoice)
+        .execute(&app.admin_pool().await)
+        .await
+        .unwrap();
     let r = app
         .post(
             "/api/billing/jobs/daily-run",
             &admin,
-            json!({"date": day_after}),
+            json!({"date": due}),
         )
         .await;
     assert!(r.status.is_success(), "{:?}", r.body);
