@@ -41,7 +41,10 @@ pub async fn init_deployment(
         isp_platform::db::provision(admin, &dbs, &[runtime::radius_reader()])
             .await
             .context("provisioning the services' roles and schemas")?;
-        tracing::info!(services = dbs.len(), "database roles and schemas provisioned");
+        tracing::info!(
+            services = dbs.len(),
+            "database roles and schemas provisioned"
+        );
     }
     let keys = isp_platform::auth::Keys::load_or_create(&cfg.data_dir)?;
     anyhow::ensure!(
@@ -152,7 +155,11 @@ mod tests {
                 .unwrap();
             assert_eq!(health.status(), StatusCode::OK, "{name} health");
         }
-        let nf = http.get(format!("{base}/api/nowhere")).send().await.unwrap();
+        let nf = http
+            .get(format!("{base}/api/nowhere"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(nf.status(), StatusCode::NOT_FOUND);
     }
 
@@ -199,11 +206,12 @@ mod tests {
                 .unwrap();
             assert_eq!(schema, info.schema);
         }
-        let radius: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'isp_radius')")
-                .fetch_one(&app.admin_pool().await)
-                .await
-                .unwrap();
+        let radius: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'isp_radius')",
+        )
+        .fetch_one(&app.admin_pool().await)
+        .await
+        .unwrap();
         assert!(radius);
     }
 }

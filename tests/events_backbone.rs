@@ -499,7 +499,11 @@ async fn two_replicas_holding_the_same_event_at_once_apply_it_once() {
     }
     assert_eq!(count(&replica_a, "SELECT count(*) FROM effects").await, 1);
     assert_eq!(
-        count(&replica_a, "SELECT count(*) FROM processed_events WHERE consumer = 't-proj'").await,
+        count(
+            &replica_a,
+            "SELECT count(*) FROM processed_events WHERE consumer = 't-proj'"
+        )
+        .await,
         1
     );
     replica_a.close().await;

@@ -338,7 +338,10 @@ async fn crm_buildings_reach_core_and_noc_and_noc_equipment_shows_in_crm() {
         (r.body["buildings"] == json!([building])).then_some(())
     })
     .await;
-    assert!(listed.is_some(), "Core never listed the CRM building on its caretaker");
+    assert!(
+        listed.is_some(),
+        "Core never listed the CRM building on its caretaker"
+    );
     // Taking the caretaker off the building in CRM takes the building off the partner.
     let r = w
         .app
@@ -357,7 +360,10 @@ async fn crm_buildings_reach_core_and_noc_and_noc_equipment_shows_in_crm() {
         (r.body["buildings"] == json!([])).then_some(())
     })
     .await;
-    assert!(unlisted.is_some(), "Core kept the building on its former caretaker");
+    assert!(
+        unlisted.is_some(),
+        "Core kept the building on its former caretaker"
+    );
     // Staff may still link a building by hand; Core checks it against its
     // projection of CRM's buildings.
     let linked = eventually(15, || async {

@@ -161,11 +161,7 @@ async fn an_overdue_subscriber_is_suspended_disconnected_and_restored_after_payi
         .await
         .unwrap();
     let r = app
-        .post(
-            "/api/billing/jobs/daily-run",
-            &admin,
-            json!({"date": due}),
-        )
+        .post("/api/billing/jobs/daily-run", &admin, json!({"date": due}))
         .await;
     assert!(r.status.is_success(), "{:?}", r.body);
     assert!(

@@ -227,6 +227,23 @@ pub trait Hooks: Send + Sync + 'static {
     ) -> ApiResult<()> {
         Ok(())
     }
+    /// Runs first in an update's or a delete's transaction, before the document's
+    /// row is locked. Locks that other writers take before this row belong here, so
+    /// that every writer takes them in one order (a lock taken later, in
+    /// `before_change`, could deadlock against them).
+    async fn before_lock(
+        &self,
+        _tx: &mut PgConnection,
+        _op: Operation,
+        _id: Uuid,
+    ) -> ApiResult<()> {
+        Ok(())
+    }
+    /// Runs once a create, update or delete has committed, with the stored
+    /// document (for a delete, the last one): effects outside the database that
+    /// must not happen for a rolled-back write, such as removing a stored file. It
+    /// cannot fail the request, which has already succeeded.
+    async fn after_commit(&self, _op: Operation, _doc: &Value) {}
     /// Last look at a document before it is sent (after field access is applied).
     fn present(&self, _principal: &Principal, _doc: &mut Map<String, Value>) {}
 }
@@ -1339,6 +1356,7 @@ async fn create_handler(
     let mut tx = s.ctx.pool.begin().await?;
     let doc = s.coll.create_in(&mut tx, &s.ctx, &p, data).await?;
     tx.commit().await?;
+    s.coll.hooks.after_commit(Operation::Create, &doc).await;
     Ok((
         StatusCode::CREATED,
         Json(
@@ -1357,12 +1375,17 @@ async fn update_handler(
     let id = parse_id(&id)?;
     let data = s.coll.validate_input(&p, &parse_body(&body)?, false)?;
     let mut tx = s.ctx.pool.begin().await?;
+    s.coll
+        .hooks
+        .before_lock(&mut tx, Operation::Update, id)
+        .await?;
     let existing = s.coll.find_scoped(&mut tx, &p, id, true).await?;
     let doc = s
         .coll
         .update_in(&mut tx, &s.ctx, &p, &existing, data)
         .await?;
     tx.commit().await?;
+    s.coll.hooks.after_commit(Operation::Update, &doc).await;
     Ok(Json(
         json!({ "doc": s.coll.present(&p, &doc), "message": format!("{} successfully updated.", s.coll.label) }),
     ))
@@ -1376,6 +1399,10 @@ async fn delete_handler(
     s.coll.check(&p, Operation::Delete)?;
     let id = parse_id(&id)?;
     let mut tx = s.ctx.pool.begin().await?;
+    s.coll
+        .hooks
+        .before_lock(&mut tx, Operation::Delete, id)
+        .await?;
     let existing = s.coll.find_scoped(&mut tx, &p, id, true).await?;
     s.coll.hooks.before_delete(&mut tx, &p, &existing).await?;
     sqlx::query(&format!("DELETE FROM {} WHERE id = $1", s.coll.table))
@@ -1396,6 +1423,10 @@ async fn delete_handler(
         .after_delete(&mut tx, &s.ctx, &existing)
         .await?;
     tx.commit().await?;
+    s.coll
+        .hooks
+        .after_commit(Operation::Delete, &existing)
+        .await;
     Ok(Json(
         json!({ "doc": s.coll.present(&p, &existing), "message": format!("{} successfully deleted.", s.coll.label) }),
     ))
@@ -1477,7 +1508,10 @@ mod tests {
     #[test]
     fn nul_characters_are_refused_in_every_kind() {
         let text = Field::new("name", "name", Kind::TEXT);
-        assert_eq!(canonical(&text, &json!("a\u{0}b")).unwrap_err(), NUL_MESSAGE);
+        assert_eq!(
+            canonical(&text, &json!("a\u{0}b")).unwrap_err(),
+            NUL_MESSAGE
+        );
         let email = Field::new("email", "email", Kind::Email);
         assert!(canonical(&email, &json!("a\u{0}@b.co")).is_err());
         let j = Field::new("items", "items", Kind::Json);
@@ -1527,7 +1561,10 @@ mod tests {
         c.apply_defaults(&mut data).unwrap();
         assert_eq!(data["status"], "Active");
         assert_eq!(data["rate"], "1500.00");
-        assert!(c.check_required(&data, None).is_err(), "name is still required");
+        assert!(
+            c.check_required(&data, None).is_err(),
+            "name is still required"
+        );
         let mut given = Map::new();
         given.insert("status".into(), json!("Inactive"));
         c.apply_defaults(&mut given).unwrap();

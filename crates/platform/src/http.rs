@@ -82,7 +82,9 @@ pub fn parse_json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError>
             .and_then(|r| r.split_once('`'))
             .map(|(name, _)| name.to_string());
         match missing {
-            Some(name) if at.is_empty() => ApiError::field(name.clone(), format!("{name} is required.")),
+            Some(name) if at.is_empty() => {
+                ApiError::field(name.clone(), format!("{name} is required."))
+            }
             Some(name) => ApiError::field(format!("{at}.{name}"), format!("{name} is required.")),
             None if at.is_empty() => ApiError::bad_request(msg),
             None => ApiError::field(at, msg),

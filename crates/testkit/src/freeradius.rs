@@ -140,7 +140,12 @@ impl TestFreeRadius {
             .stderr(Stdio::null())
             .status()
             .await
-            .with_context(|| format!("running {} -v (is freeradius-utils installed?)", radclient_bin()))?;
+            .with_context(|| {
+                format!(
+                    "running {} -v (is freeradius-utils installed?)",
+                    radclient_bin()
+                )
+            })?;
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
             match Self::try_start(&params).await {

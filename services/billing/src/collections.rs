@@ -9,12 +9,14 @@
 //! (`connectionType`, `assignedIp`) is for Admin, Network Engineer and Support
 //! Agent only.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{Datelike, NaiveDate};
 use isp_events::outbox::enqueue;
 use isp_events::payloads::*;
 use isp_platform::auth::{Principal, Role, Roles};
-use isp_platform::collection::{Change, Collection, Field, Hooks, Kind};
+use isp_platform::collection::{Change, Collection, Field, Hooks, Kind, Operation};
 use isp_platform::{ApiError, ApiResult, FieldError, ServiceContext};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
@@ -22,6 +24,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::ledger;
+use crate::storage::Storage;
 
 pub const ADMIN: Roles = Roles::of(&[Role::Admin]);
 /// Admin and Billing Manager: finance.
@@ -492,6 +495,22 @@ struct InvoiceHooks;
 
 #[async_trait]
 impl Hooks for InvoiceHooks {
+    /// Payments and the daily run take the run lock, then the subscriber, then its
+    /// invoices; an invoice edit takes them in that order too, before the generic
+    /// update locks the invoice row.
+    async fn before_lock(&self, tx: &mut PgConnection, _op: Operation, id: Uuid) -> ApiResult<()> {
+        crate::daily::wait_for_run(tx).await?;
+        let sub: Option<Uuid> =
+            sqlx::query_scalar("SELECT subscriber_id FROM invoices WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(sub) = sub {
+            lock_subscriber(tx, sub).await?;
+        }
+        Ok(())
+    }
+
     async fn before_change(&self, tx: &mut PgConnection, c: &mut Change<'_>) -> ApiResult<()> {
         crate::daily::wait_for_run(tx).await?;
         let old = c
@@ -871,7 +890,7 @@ impl Hooks for PaymentHooks {
 
 // ---- expenses -------------------------------------------------------------------
 
-pub fn expenses() -> Collection {
+pub fn expenses(store: Arc<dyn Storage>) -> Collection {
     Collection::new(
         "billing",
         "expenses",
@@ -887,12 +906,12 @@ pub fn expenses() -> Collection {
         ],
     )
     .access(FIN, FIN, FIN, FIN)
-    .hooks(ExpenseHooks)
+    .hooks(ExpenseHooks { store })
 }
 
-/// The receipt file of a deleted expense is removed after the deletion commits
-/// (see `routes.rs`).
-struct ExpenseHooks;
+struct ExpenseHooks {
+    store: Arc<dyn Storage>,
+}
 
 #[async_trait]
 impl Hooks for ExpenseHooks {
@@ -907,6 +926,18 @@ impl Hooks for ExpenseHooks {
             ));
         }
         Ok(())
+    }
+
+    /// A deleted expense's receipts (every file under its folder) go only once the
+    /// deletion has committed: a rolled-back delete keeps row and file together.
+    async fn after_commit(&self, op: Operation, doc: &Value) {
+        if op != Operation::Delete {
+            return;
+        }
+        let Some(id) = doc["id"].as_str() else { return };
+        if let Err(e) = self.store.delete_prefix(&format!("expenses/{id}")).await {
+            tracing::warn!(error = ?e, expense = id, "could not delete a deleted expense's receipt files");
+        }
     }
 }
 

@@ -29,7 +29,6 @@ mod consumers;
 pub mod daily;
 mod expenses;
 pub mod ledger;
-mod routes;
 pub mod storage;
 mod subscribers;
 
@@ -52,19 +51,14 @@ pub struct Collections {
     pub daily_runs: Arc<collection::Collection>,
 }
 
-impl Default for Collections {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Collections {
-    pub fn new() -> Self {
+    /// `store` holds expense receipts (removed once their expense's deletion commits).
+    pub fn new(store: Arc<dyn storage::Storage>) -> Self {
         Self {
             subscribers: Arc::new(collections::subscribers()),
             invoices: Arc::new(collections::invoices()),
             payments: Arc::new(collections::payments()),
-            expenses: Arc::new(collections::expenses()),
+            expenses: Arc::new(collections::expenses(store)),
             daily_runs: Arc::new(collections::daily_runs()),
         }
     }
@@ -79,7 +73,7 @@ pub async fn start(ctx: Arc<ServiceContext>) -> anyhow::Result<Router> {
     let schedule = daily::Schedule::from_env()?;
     ctx.migrate_and_relay(&MIGRATOR).await?;
     let store = storage::from_env(&ctx.config.data_dir)?;
-    let colls = Arc::new(Collections::new());
+    let colls = Arc::new(Collections::new(store.clone()));
 
     ctx.consume("billing-core", "isp.core.>", consumers::CoreEvents);
     ctx.consume(
@@ -103,13 +97,9 @@ pub async fn start(ctx: Arc<ServiceContext>) -> anyhow::Result<Router> {
             colls.subscribers.clone(),
             settings,
         ))
-        .merge(routes::invoices(ctx.clone(), colls.invoices.clone()))
+        .merge(collection::routes(colls.invoices.clone(), ctx.clone()))
         .merge(collection::routes(colls.payments.clone(), ctx.clone()))
-        .merge(routes::expenses(
-            ctx.clone(),
-            colls.expenses.clone(),
-            store.clone(),
-        ))
+        .merge(collection::routes(colls.expenses.clone(), ctx.clone()))
         .merge(collection::routes(colls.daily_runs.clone(), ctx.clone()))
         .merge(expenses::routes(
             ctx.clone(),

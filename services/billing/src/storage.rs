@@ -18,6 +18,8 @@ pub trait Storage: Send + Sync + 'static {
     /// The file under `key`, or None.
     async fn get(&self, key: &str) -> anyhow::Result<Option<Bytes>>;
     async fn delete(&self, key: &str) -> anyhow::Result<()>;
+    /// Deletes every object whose key starts with `prefix/`.
+    async fn delete_prefix(&self, prefix: &str) -> anyhow::Result<()>;
 }
 
 /// Files in a local folder. Writes go to a temporary name first and are renamed
@@ -69,6 +71,14 @@ impl Storage for LocalStorage {
 
     async fn delete(&self, key: &str) -> anyhow::Result<()> {
         match tokio::fs::remove_file(self.path(key)?).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> anyhow::Result<()> {
+        match tokio::fs::remove_dir_all(self.path(prefix)?).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e.into()),

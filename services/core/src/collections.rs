@@ -329,8 +329,7 @@ pub fn partners() -> Collection {
             Field::new("mpesaNumber", "mpesa_number", Kind::Phone).required(),
             Field::new("status", "status", Kind::Select(PARTNER_STATUS)).required(),
             Field::new("buildings", "buildings", Kind::Relations),
-            Field::new("commissionRate", "commission_rate", Kind::Money)
-                .default_value(json!(1500)),
+            Field::new("commissionRate", "commission_rate", Kind::Money).default_value(json!(1500)),
             Field::new(
                 "referralCount",
                 "referral_count",

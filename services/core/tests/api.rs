@@ -793,8 +793,14 @@ async fn ending_a_session_revokes_the_old_token_on_core_and_on_other_services() 
         let staff = format!("/api/core/staff/{id}");
         let r = match how {
             "logout" => app.post("/api/core/staff/logout", &token, json!({})).await,
-            "deactivate" => app.patch(&staff, &admin, json!({"status": "Inactive"})).await,
-            "role" => app.patch(&staff, &admin, json!({"role": "Support Agent"})).await,
+            "deactivate" => {
+                app.patch(&staff, &admin, json!({"status": "Inactive"}))
+                    .await
+            }
+            "role" => {
+                app.patch(&staff, &admin, json!({"role": "Support Agent"}))
+                    .await
+            }
             "password" => {
                 app.patch(&staff, &admin, json!({"password": "another-password-1"}))
                     .await
@@ -804,7 +810,12 @@ async fn ending_a_session_revokes_the_old_token_on_core_and_on_other_services() 
         assert_eq!(r.status, StatusCode::OK, "{how}: {:?}", r.body);
         // Core decides on its own staff table: at once.
         let c = app.get("/api/core/partners", &token).await;
-        assert_eq!(c.status, StatusCode::UNAUTHORIZED, "{how}: core {:?}", c.body);
+        assert_eq!(
+            c.status,
+            StatusCode::UNAUTHORIZED,
+            "{how}: core {:?}",
+            c.body
+        );
         let c = app
             .patch(
                 &format!("/api/core/staff/{id}"),
@@ -819,7 +830,11 @@ async fn ending_a_session_revokes_the_old_token_on_core_and_on_other_services() 
             "{how}: CRM still accepts the old token"
         );
         let w = app
-            .post("/api/crm/buildings", &token, json!({"name": "B", "address": "A", "status": "Prospecting"}))
+            .post(
+                "/api/crm/buildings",
+                &token,
+                json!({"name": "B", "address": "A", "status": "Prospecting"}),
+            )
             .await;
         assert_eq!(w.status, StatusCode::UNAUTHORIZED, "{how}: CRM write");
         // A new login gets a token that works again (where the member still may).
@@ -861,11 +876,10 @@ async fn ending_a_session_revokes_the_old_token_on_core_and_on_other_services() 
     );
     // The staff events carry the version the projections compare against.
     let pool = app.admin_pool().await;
-    let max: Option<i32> =
-        sqlx::query_scalar("SELECT max(token_version) FROM crm.staff_access")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let max: Option<i32> = sqlx::query_scalar("SELECT max(token_version) FROM crm.staff_access")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert!(max.unwrap_or(0) >= 1);
 }
 
@@ -1032,7 +1046,10 @@ async fn staff_status_defaults_to_active_and_patches_with_bad_input_name_the_fie
         .await
         .body;
     let input = &spec["components"]["schemas"]["StaffmemberInput"];
-    assert_eq!(input["properties"]["status"]["default"], "Active", "{input}");
+    assert_eq!(
+        input["properties"]["status"]["default"], "Active",
+        "{input}"
+    );
     assert!(!input["required"]
         .as_array()
         .unwrap()
@@ -1137,7 +1154,10 @@ async fn only_admin_reads_updates_or_deletes_staff_and_collections_need_a_token(
             );
         }
         // Nothing changed.
-        let doc = app.get(&format!("/api/core/staff/{own}"), &admin).await.body;
+        let doc = app
+            .get(&format!("/api/core/staff/{own}"), &admin)
+            .await
+            .body;
         assert_eq!(doc["role"], role);
     }
     let plan = app.post("/api/core/plans", &admin, plan_body()).await.body["doc"]["id"]
@@ -1162,11 +1182,17 @@ async fn only_admin_reads_updates_or_deletes_staff_and_collections_need_a_token(
             let r = app
                 .request(method.clone(), path, Some("not.a.token"), Some(&json!({})))
                 .await;
-            assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{method} {path} bad token");
+            assert_eq!(
+                r.status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} bad token"
+            );
         }
     }
     assert_eq!(
-        app.get(&format!("/api/core/plans/{plan}"), &admin).await.status,
+        app.get(&format!("/api/core/plans/{plan}"), &admin)
+            .await
+            .status,
         StatusCode::OK
     );
 }
@@ -1202,17 +1228,24 @@ async fn a_locked_account_unlocks_itself_when_the_lock_time_has_passed() {
             .unwrap();
     let until = until.expect("locked until");
     let minutes = (until - chrono::Utc::now()).num_seconds();
-    assert!((590..=600).contains(&minutes), "default lock time: {minutes}s");
-    sqlx::query("UPDATE core.staff SET lock_until = now() - interval '1 second' WHERE id = $1::uuid")
-        .bind(&id)
-        .execute(&pool)
-        .await
-        .unwrap();
+    assert!(
+        (590..=600).contains(&minutes),
+        "default lock time: {minutes}s"
+    );
+    sqlx::query(
+        "UPDATE core.staff SET lock_until = now() - interval '1 second' WHERE id = $1::uuid",
+    )
+    .bind(&id)
+    .execute(&pool)
+    .await
+    .unwrap();
     // One more failure after the lock is not a new lock: the count started over.
-    assert!(!app.login(&email, "wrong-password").await.body["errors"][0]["message"]
-        .as_str()
-        .unwrap()
-        .contains("locked"));
+    assert!(
+        !app.login(&email, "wrong-password").await.body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("locked")
+    );
     let ok = app.login(&email, "password-123").await;
     assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.body);
 }
