@@ -381,10 +381,8 @@ plain_event!(
     |e| e.subscriber_id
 );
 
-/// `subscriber.network_updated`: technical fields changed (Support projects the
-/// router for bulk-compose filters). NOC also sends `at` (RFC 3339), when the
-/// change was made, so consumers can order updates (`svc_noc::events::NetworkUpdated`;
-/// events from before it lack `at`: fall back to the envelope's `time`).
+/// `subscriber.network_updated`: technical fields changed (Billing mirrors them;
+/// Support projects the router for bulk-compose filters).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SubscriberNetworkUpdated {
@@ -395,6 +393,11 @@ pub struct SubscriberNetworkUpdated {
     /// The router resource.
     #[serde(default)]
     pub router: Option<Uuid>,
+    /// When NOC made the change, so consumers can put updates in order (a late,
+    /// older one must not undo a newer one). Absent in events from before it was
+    /// added: fall back to the envelope's `time`.
+    #[serde(default)]
+    pub at: Option<DateTime<Utc>>,
 }
 plain_event!(
     SubscriberNetworkUpdated,

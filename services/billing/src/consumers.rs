@@ -79,17 +79,36 @@ impl EventHandler for NocEvents {
                 return self.provisioned(tx, &p).await;
             }
             if let Some(n) = ev.payload::<SubscriberNetworkUpdated>()? {
-                let found = sqlx::query(
-                    "UPDATE subscribers SET connection_type = $2, assigned_ip = $3, updated_at = now() WHERE id = $1",
+                let at = n.at.unwrap_or(ev.time);
+                let known: Option<bool> = sqlx::query_scalar(
+                    "SELECT network_updated_at IS NULL OR network_updated_at <= $2
+                     FROM subscribers WHERE id = $1 FOR UPDATE",
                 )
                 .bind(n.subscriber_id)
-                .bind(&n.connection_type)
-                .bind(&n.assigned_ip)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if found == 0 {
-                    tracing::warn!(subscriber = %n.subscriber_id, "network_updated for an unknown subscriber");
+                .bind(at)
+                .fetch_optional(&mut *tx)
+                .await?;
+                match known {
+                    None => {
+                        // Billing creates subscribers before NOC hears of them, so
+                        // this is a stray; retrying would not help.
+                        tracing::warn!(subscriber = %n.subscriber_id, "network_updated for an unknown subscriber");
+                    }
+                    Some(false) => {
+                        tracing::debug!(subscriber = %n.subscriber_id, "older network_updated ignored");
+                    }
+                    Some(true) => {
+                        sqlx::query(
+                            "UPDATE subscribers SET connection_type = $2, assigned_ip = $3,
+                                    network_updated_at = $4, updated_at = now() WHERE id = $1",
+                        )
+                        .bind(n.subscriber_id)
+                        .bind(&n.connection_type)
+                        .bind(&n.assigned_ip)
+                        .bind(at)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
                 }
             }
             Ok(())
@@ -116,12 +135,17 @@ impl NocEvents {
             tracing::warn!(subscriber = %p.subscriber_id, "provisioned event for an unknown subscriber");
             return Ok(());
         };
+        // A later network_updated may have been applied already (events can
+        // arrive out of order): then the mirrored fields stay as they are.
         sqlx::query(
-            "UPDATE subscribers SET connection_type = $2, assigned_ip = $3, updated_at = now() WHERE id = $1",
+            "UPDATE subscribers SET connection_type = $2, assigned_ip = $3, network_updated_at = $4,
+                    updated_at = now()
+             WHERE id = $1 AND (network_updated_at IS NULL OR network_updated_at <= $4)",
         )
         .bind(p.subscriber_id)
         .bind(&p.connection_type)
         .bind(&p.assigned_ip)
+        .bind(p.at)
         .execute(&mut *tx)
         .await?;
         if status == "Pending Installation" {

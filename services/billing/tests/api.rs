@@ -550,6 +550,7 @@ async fn noc_provisioning_activates_the_subscriber_and_mirrors_network_fields() 
             connection_type: "Static IP".into(),
             assigned_ip: Some("41.90.1.2".into()),
             router: None,
+            at: Some(chrono::Utc::now()),
         },
     )
     .await;
@@ -558,6 +559,44 @@ async fn noc_provisioning_activates_the_subscriber_and_mirrors_network_fields() 
     })
     .await;
     assert!(ok.is_some());
+    // NOC releases the address; an older change (from an hour ago) arrives late
+    // and must not bring the address back.
+    let pool = app.admin_pool().await;
+    let processed = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM billing.processed_events WHERE consumer = 'billing-noc'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let before = processed().await;
+    for (ip, ago) in [(None, 0), (Some("41.90.1.99"), 3600)] {
+        publish(
+            &app,
+            "noc",
+            &isp_events::payloads::SubscriberNetworkUpdated {
+                subscriber_id: id,
+                connection_type: "Static IP".into(),
+                assigned_ip: ip.map(Into::into),
+                router: None,
+                at: Some(chrono::Utc::now() - chrono::Duration::seconds(ago)),
+            },
+        )
+        .await;
+    }
+    let all_processed = eventually(15, || async {
+        (processed().await == before + 2).then_some(())
+    })
+    .await;
+    assert!(
+        all_processed.is_some(),
+        "NOC's events were not all processed"
+    );
+    assert!(
+        get(&app, &admin, &path).await["assignedIp"].is_null(),
+        "a stale network_updated brought back a released address"
+    );
 }
 
 // ---- invoices and payments ----------------------------------------------------------
