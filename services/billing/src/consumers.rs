@@ -212,7 +212,7 @@ impl MpesaEvents {
         .bind(&m.receipt)
         .fetch_one(&mut *tx)
         .await?;
-        if seen {
+        if seen || crate::unallocated::is_kept(tx, &m.receipt).await? {
             return Ok(());
         }
         let invoice: Option<Uuid> = match m.invoice {
@@ -241,8 +241,12 @@ impl MpesaEvents {
             }
         };
         let Some(invoice) = invoice else {
-            tracing::warn!(receipt = %m.receipt, account = %m.account_reference, "M-Pesa payment for no known subscriber or invoice; not recorded");
-            return Ok(());
+            return crate::unallocated::keep(
+                tx,
+                m,
+                "The account number matches no subscriber with an invoice.",
+            )
+            .await;
         };
         let date = m
             .transaction_time
@@ -261,15 +265,26 @@ impl MpesaEvents {
             name: "mpesa".into(),
             scopes: vec![],
         };
+        // In a savepoint: a refused payment leaves nothing behind but is kept as
+        // unallocated money in the same transaction.
+        let mut sp = sqlx::Connection::begin(&mut *tx).await?;
         match self
             .payments
-            .create_in(tx, &self.ctx, &principal, data)
+            .create_in(&mut sp, &self.ctx, &principal, data)
             .await
         {
-            Ok(_) => Ok(()),
-            Err(ApiError::BadRequest(e)) | Err(ApiError::Conflict(e)) => {
-                tracing::warn!(receipt = %m.receipt, errors = ?e, "M-Pesa payment not recorded");
+            Ok(_) => {
+                sp.commit().await?;
                 Ok(())
+            }
+            Err(ApiError::BadRequest(e)) | Err(ApiError::Conflict(e)) => {
+                sp.rollback().await?;
+                let why = e
+                    .iter()
+                    .map(|f| f.message.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                crate::unallocated::keep(tx, m, &format!("Refused by the invoice: {why}")).await
             }
             Err(e) => Err(anyhow::anyhow!("recording M-Pesa payment: {e:?}")),
         }

@@ -31,6 +31,7 @@ mod expenses;
 pub mod ledger;
 pub mod storage;
 mod subscribers;
+pub mod unallocated;
 
 pub const INFO: ServiceInfo = ServiceInfo {
     name: "billing",
@@ -49,6 +50,7 @@ pub struct Collections {
     pub payments: Arc<collection::Collection>,
     pub expenses: Arc<collection::Collection>,
     pub daily_runs: Arc<collection::Collection>,
+    pub unallocated: Arc<collection::Collection>,
 }
 
 impl Collections {
@@ -60,6 +62,7 @@ impl Collections {
             payments: Arc::new(collections::payments()),
             expenses: Arc::new(collections::expenses(store)),
             daily_runs: Arc::new(collections::daily_runs()),
+            unallocated: Arc::new(unallocated::collection()),
         }
     }
 }
@@ -101,6 +104,12 @@ pub async fn start(ctx: Arc<ServiceContext>) -> anyhow::Result<Router> {
         .merge(collection::routes(colls.payments.clone(), ctx.clone()))
         .merge(collection::routes(colls.expenses.clone(), ctx.clone()))
         .merge(collection::routes(colls.daily_runs.clone(), ctx.clone()))
+        .merge(collection::routes(colls.unallocated.clone(), ctx.clone()))
+        .merge(unallocated::routes(
+            ctx.clone(),
+            colls.unallocated.clone(),
+            colls.payments.clone(),
+        ))
         .merge(expenses::routes(
             ctx.clone(),
             colls.expenses.clone(),
@@ -121,10 +130,12 @@ pub async fn start(ctx: Arc<ServiceContext>) -> anyhow::Result<Router> {
             &colls.payments,
             &colls.expenses,
             &colls.daily_runs,
+            &colls.unallocated,
         ],
     );
     doc.merge(subscribers::openapi());
     doc.merge(expenses::openapi());
     doc.merge(daily::openapi());
+    doc.merge(unallocated::openapi());
     Ok(isp_platform::http::service_router(ctx, routes, doc))
 }
