@@ -70,15 +70,7 @@ impl CrmEvents {
             .bind(partner)
             .execute(&mut *tx)
             .await?;
-        let doc = self
-            .partners
-            .fetch(tx, partner, false)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?
-            .ok_or_else(|| anyhow::anyhow!("partner vanished"))?;
-        isp_events::outbox::enqueue(tx, "core", &PartnerUpdated(serde_json::from_value(doc)?))
-            .await?;
-        Ok(())
+        publish_partner(tx, &self.partners, partner).await
     }
 }
 
@@ -147,13 +139,22 @@ async fn upsert_building(
         );
     }
     for partner in changed {
-        let doc = partners
-            .fetch(tx, partner, false)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?
-            .ok_or_else(|| anyhow::anyhow!("partner vanished"))?;
-        isp_events::outbox::enqueue(tx, "core", &PartnerUpdated(serde_json::from_value(doc)?))
-            .await?;
+        publish_partner(tx, partners, partner).await?;
     }
+    Ok(())
+}
+
+/// `partner.updated` with the partner as it now stands in `tx`.
+async fn publish_partner(
+    tx: &mut PgConnection,
+    partners: &Collection,
+    partner: Uuid,
+) -> anyhow::Result<()> {
+    let doc = partners
+        .fetch(tx, partner, false)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?
+        .ok_or_else(|| anyhow::anyhow!("partner vanished"))?;
+    isp_events::outbox::enqueue(tx, "core", &PartnerUpdated(serde_json::from_value(doc)?)).await?;
     Ok(())
 }
