@@ -71,9 +71,49 @@ impl Collections {
 /// returns the service's router.
 pub async fn start(ctx: Arc<ServiceContext>) -> anyhow::Result<Router> {
     // Settings first: a bad value stops the start before anything runs.
-    let settings = daily::Settings::from_env()?;
-    let receipt_max_bytes = expenses::receipt_max_bytes()?;
-    let schedule = daily::Schedule::from_env()?;
+    start_with(ctx, Options::from_env()?).await
+}
+
+/// Billing's own settings (docs/billing.md, *Settings*).
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub settings: daily::Settings,
+    pub receipt_max_bytes: usize,
+    pub schedule: daily::Schedule,
+}
+
+impl Default for Options {
+    /// What an empty environment gives.
+    fn default() -> Self {
+        Self {
+            settings: daily::Settings::default(),
+            receipt_max_bytes: expenses::DEFAULT_RECEIPT_MAX_BYTES,
+            schedule: daily::Schedule {
+                at: chrono::NaiveTime::from_hms_opt(0, 30, 0).expect("valid time"),
+                enabled: true,
+            },
+        }
+    }
+}
+
+impl Options {
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            settings: daily::Settings::from_env()?,
+            receipt_max_bytes: expenses::receipt_max_bytes()?,
+            schedule: daily::Schedule::from_env()?,
+        })
+    }
+}
+
+/// [`start`] with settings given rather than read from the environment (tests
+/// start services with their own settings side by side in one process).
+pub async fn start_with(ctx: Arc<ServiceContext>, options: Options) -> anyhow::Result<Router> {
+    let Options {
+        settings,
+        receipt_max_bytes,
+        schedule,
+    } = options;
     ctx.migrate_and_relay(&MIGRATOR).await?;
     let store = storage::from_env(&ctx.config.data_dir)?;
     let colls = Arc::new(Collections::new(store.clone()));

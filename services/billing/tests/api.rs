@@ -12,14 +12,27 @@ use uuid::Uuid;
 fn core() -> (ServiceInfo, StartFn) {
     (svc_core::INFO, |c| Box::pin(svc_core::start(c)))
 }
+/// Billing's defaults, but runs are started by the tests, not by the clock.
+fn options() -> svc_billing::Options {
+    let mut o = svc_billing::Options::default();
+    o.schedule.enabled = false;
+    o
+}
+
 fn billing() -> (ServiceInfo, StartFn) {
-    (svc_billing::INFO, |c| Box::pin(svc_billing::start(c)))
+    (svc_billing::INFO, |c| {
+        Box::pin(svc_billing::start_with(c, options()))
+    })
 }
 
 async fn app() -> TestApp {
-    // Runs are started by the tests, not by the clock.
-    std::env::set_var("ISP_BILLING_SCHEDULER", "off");
     TestApp::spawn(&[core(), billing()]).await
+}
+
+/// Billing started with other settings (given per app, never through the
+/// process's environment, which tests running side by side share).
+async fn app_with(billing: StartFn) -> TestApp {
+    TestApp::spawn(&[core(), (svc_billing::INFO, billing)]).await
 }
 
 fn d(s: &str) -> NaiveDate {
@@ -1237,9 +1250,16 @@ fn multipart(filename: &str, data: &[u8]) -> (String, Vec<u8>) {
 
 #[tokio::test]
 async fn expenses_keep_receipts_that_only_finance_can_upload_and_download() {
-    std::env::set_var("ISP_BILLING_RECEIPT_MAX_BYTES", "200000");
-    let app = app().await;
-    std::env::remove_var("ISP_BILLING_RECEIPT_MAX_BYTES");
+    let app = app_with(|c| {
+        Box::pin(svc_billing::start_with(
+            c,
+            svc_billing::Options {
+                receipt_max_bytes: 200_000,
+                ..options()
+            },
+        ))
+    })
+    .await;
     let admin = app.admin_token().await;
     let (bm, _) = app.staff_token("Billing Manager").await;
     let r = app
@@ -1681,9 +1701,12 @@ async fn a_caught_up_period_is_due_on_the_run_date_so_the_same_run_does_not_susp
 
 #[tokio::test]
 async fn payment_terms_push_due_dates_of_invoices_billing_creates() {
-    std::env::set_var("ISP_BILLING_PAYMENT_TERMS_DAYS", "3");
-    let app = app().await;
-    std::env::remove_var("ISP_BILLING_PAYMENT_TERMS_DAYS");
+    let app = app_with(|c| {
+        let mut o = options();
+        o.settings.payment_terms_days = 3;
+        Box::pin(svc_billing::start_with(c, o))
+    })
+    .await;
     let admin = app.admin_token().await;
     let (bm, _) = app.staff_token("Billing Manager").await;
     let plan = plan(&app, &admin, json!({"price": 1000})).await;

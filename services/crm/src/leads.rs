@@ -217,7 +217,15 @@ impl ConvertInput {
             Some(Value::Array(items)) => {
                 let item_fields = [
                     Field::new("description", "", Kind::TEXT).required(),
-                    Field::new("quantity", "", Kind::Int { min: 1, max: 10_000 }).required(),
+                    Field::new(
+                        "quantity",
+                        "",
+                        Kind::Int {
+                            min: 1,
+                            max: 10_000,
+                        },
+                    )
+                    .required(),
                     Field::new("price", "", Kind::Money).required(),
                 ];
                 for (i, item) in items.iter().enumerate() {
