@@ -412,16 +412,17 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// Converts a lead into a Billing subscriber (Pending Installation) with its first
 /// invoice (plan fee + one-off charges).
 ///
-/// The lead row is locked (`SELECT ... FOR UPDATE`) for the whole conversion, the
-/// Billing call included, so two simultaneous converts of one lead serialize: the
-/// second waits, then finds the lead Converted and answers 200 with the same
-/// subscriber (idempotent, like a retried click; we prefer that to a 409 because
-/// the caller's wish — this lead converted — is fulfilled). Billing is called with
-/// `Idempotency-Key: lead-convert-<lead id>`, so even a conversion whose local
-/// commit failed after Billing committed gets the same subscriber and invoice on
-/// retry. Billing's refusals (plan disabled or closed to new signups: 409
-/// `servicePlan`; bad fields: 400) pass through unchanged and roll back the lead,
-/// unit and event, so nothing is half-written.
+/// No database connection or row lock is held while Billing is called (its answer
+/// may take retries): the lead is read, Billing is asked with
+/// `Idempotency-Key: lead-convert-<lead id>`, then the lead is locked and marked
+/// Converted. Two simultaneous converts of one lead both get Billing's one
+/// subscriber for that key; the first to lock the lead marks it and publishes
+/// `lead.converted`, the second finds it Converted and answers 200 with the same
+/// subscriber (idempotent, like a retried click). A conversion whose local commit
+/// failed after Billing committed gets the same subscriber and invoice on retry.
+/// Billing's refusals (plan disabled or closed to new signups: 409
+/// `servicePlan`; bad fields: 400) pass through unchanged, and nothing is written
+/// here: no half-converted lead, unit or event.
 #[utoipa::path(post, path = "/api/crm/leads/{id}/convert", tag = "leads",
     params(("id" = String, Path, description = "Lead id")),
     request_body(content = Object, description = "{servicePlan, billingCycle, mpesaNumber?, contactPhone?, email?, trialEndDate?, firstName?, lastName?, addressNotes?, oneOffCharges?: [{description, quantity, price}]}"),
@@ -442,52 +443,37 @@ async fn convert(
     p.require(SALES, CONVERT_SCOPE)?;
     let id = parse_id(&id)?;
     let input = ConvertInput::parse(&parse_body(&body)?)?;
-    let mut tx = s.ctx.pool.begin().await?;
-    let lead = s
-        .leads
-        .fetch(&mut tx, id, true)
-        .await?
-        .ok_or_else(|| ApiError::not_found("Lead"))?;
-    match lead["status"].as_str().unwrap_or_default() {
-        "Converted" => {
-            let conversion: Option<Value> =
-                sqlx::query_scalar("SELECT conversion FROM leads WHERE id = $1")
-                    .bind(id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            let conversion = conversion.unwrap_or_else(
-                || json!({"subscriber": {"id": lead["subscriber"]}, "invoice": null}),
-            );
-            tx.commit().await?;
-            return Ok((
-                StatusCode::OK,
-                Json(answer(
-                    &s.leads,
-                    &p,
-                    &lead,
-                    &conversion,
-                    "This lead was already converted.",
-                )),
-            ));
+
+    // 1. Read the lead and where it is; no lock is kept past this block.
+    let (lead, unit, building, unit_number, building_name, address) = {
+        let mut conn = s.ctx.pool.acquire().await?;
+        let lead = s
+            .leads
+            .fetch(&mut conn, id, false)
+            .await?
+            .ok_or_else(|| ApiError::not_found("Lead"))?;
+        match lead["status"].as_str().unwrap_or_default() {
+            "Converted" => return already_converted(&s, &p, &mut conn, &lead).await,
+            "Lost" => {
+                return Err(ApiError::conflict_field(
+                    "status",
+                    "The lead is Lost; reopen it (set its status to New, Contacted or Site Survey) before converting.",
+                ))
+            }
+            _ => {}
         }
-        "Lost" => {
-            return Err(ApiError::conflict_field(
-                "status",
-                "The lead is Lost; reopen it (set its status to New, Contacted or Site Survey) before converting.",
-            ))
-        }
-        _ => {}
-    }
-    let unit = doc_id(&lead, "serviceLocation")
-        .ok_or_else(|| internal(anyhow::anyhow!("lead without serviceLocation")))?;
-    let (unit_number, building, building_name, address): (String, Uuid, String, String) =
-        sqlx::query_as(
-            "SELECT u.unit_number, b.id, b.name, b.address FROM building_units u
-             JOIN buildings b ON b.id = u.building WHERE u.id = $1",
-        )
-        .bind(unit)
-        .fetch_one(&mut *tx)
-        .await?;
+        let unit = doc_id(&lead, "serviceLocation")
+            .ok_or_else(|| internal(anyhow::anyhow!("lead without serviceLocation")))?;
+        let (unit_number, building, building_name, address): (String, Uuid, String, String) =
+            sqlx::query_as(
+                "SELECT u.unit_number, b.id, b.name, b.address FROM building_units u
+                 JOIN buildings b ON b.id = u.building WHERE u.id = $1",
+            )
+            .bind(unit)
+            .fetch_one(&mut *conn)
+            .await?;
+        (lead, unit, building, unit_number, building_name, address)
+    };
     let (first, last) = split_name(
         lead["subscriberName"].as_str().unwrap_or_default(),
         input.first_name.clone(),
@@ -515,11 +501,25 @@ async fn convert(
         req["trialEndDate"] = json!(d);
     }
 
+    // 2. Billing creates the subscriber (once per lead, whatever the retries).
     let client = s.ctx.client(&[BILLING_SCOPE]).map_err(internal)?;
-    let (_, res) = client
+    let res = match client
         .post(BILLING_SUBSCRIBERS, &req, &format!("lead-convert-{id}"))
         .await
-        .map_err(billing_error)?;
+    {
+        Ok((_, res)) => res,
+        Err(e) => {
+            // A simultaneous convert with other details may have won the key:
+            // then the lead is (or is about to be) Converted by it.
+            let mut conn = s.ctx.pool.acquire().await?;
+            if let Some(lead) = s.leads.fetch(&mut conn, id, false).await? {
+                if lead["status"] == "Converted" {
+                    return already_converted(&s, &p, &mut conn, &lead).await;
+                }
+            }
+            return Err(billing_error(e));
+        }
+    };
     let subscriber = doc_id(&res["doc"], "id").ok_or_else(|| {
         internal(anyhow::anyhow!(
             "Billing answered without a subscriber id: {res}"
@@ -529,6 +529,18 @@ async fn convert(
         "subscriber": subscriber_summary(&res["doc"]),
         "invoice": invoice_summary(&res["invoice"]),
     });
+
+    // 3. Mark the lead, its unit and the event, unless a simultaneous convert did.
+    let mut tx = s.ctx.pool.begin().await?;
+    let lead = s
+        .leads
+        .fetch(&mut tx, id, true)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Lead"))?;
+    if lead["status"] == "Converted" {
+        return already_converted(&s, &p, &mut tx, &lead).await;
+    }
+    // Even a lead set Lost meanwhile is converted now: Billing holds its subscriber.
     let converted_at = chrono::Utc::now();
     sqlx::query(
         "UPDATE leads SET status = 'Converted', subscriber = $2, converted_at = $3,
@@ -571,6 +583,33 @@ async fn convert(
             &doc,
             &conversion,
             &format!("Lead converted: subscriber {account} is Pending Installation."),
+        )),
+    ))
+}
+
+/// 200 with the subscriber (and invoice) the lead was converted to.
+async fn already_converted(
+    s: &LeadsState,
+    p: &Principal,
+    conn: &mut sqlx::PgConnection,
+    lead: &Value,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let id = doc_id(lead, "id").ok_or_else(|| internal(anyhow::anyhow!("lead without id")))?;
+    let conversion: Option<Value> =
+        sqlx::query_scalar("SELECT conversion FROM leads WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await?;
+    let conversion = conversion
+        .unwrap_or_else(|| json!({"subscriber": {"id": lead["subscriber"]}, "invoice": null}));
+    Ok((
+        StatusCode::OK,
+        Json(answer(
+            &s.leads,
+            p,
+            lead,
+            &conversion,
+            "This lead was already converted.",
         )),
     ))
 }
