@@ -93,6 +93,7 @@ pub struct UnlockInput {
 
 const BAD_CREDENTIALS: &str = "The email or password provided is incorrect.";
 
+#[derive(sqlx::FromRow)]
 struct StaffAuthRow {
     id: Uuid,
     full_name: String,
@@ -116,32 +117,11 @@ async fn load(
          FROM staff WHERE lower(email) = lower($1) OR id = $2{}",
         if lock { " FOR UPDATE" } else { "" }
     );
-    let row: Option<(
-        Uuid,
-        String,
-        String,
-        String,
-        String,
-        String,
-        i32,
-        Option<chrono::DateTime<Utc>>,
-        i32,
-    )> = sqlx::query_as(&sql)
+    Ok(sqlx::query_as::<_, StaffAuthRow>(&sql)
         .bind(by_email.unwrap_or(""))
         .bind(by_id.unwrap_or_default())
         .fetch_optional(&mut *conn)
-        .await?;
-    Ok(row.map(|r| StaffAuthRow {
-        id: r.0,
-        full_name: r.1,
-        email: r.2,
-        password_hash: r.3,
-        role: r.4,
-        status: r.5,
-        login_attempts: r.6,
-        lock_until: r.7,
-        token_version: r.8,
-    }))
+        .await?)
 }
 
 fn issue(keys: &Keys, s: &StaffAuthRow, ttl: i64) -> ApiResult<(String, i64)> {
