@@ -344,6 +344,13 @@ async fn process<H: EventHandler>(
     };
 
     let _enter = span.enter();
+    let result = match &outcome {
+        Ok(true) => "applied",
+        Ok(false) => "duplicate",
+        Err(_) => "failed",
+    };
+    metrics::counter!("isp_events_consumed_total", "consumer" => consumer.to_string(), "result" => result)
+        .increment(1);
     match outcome {
         Ok(applied) => {
             if !applied {

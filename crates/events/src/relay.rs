@@ -79,6 +79,26 @@ async fn run(pool: PgPool, js: jetstream::Context, cfg: RelayConfig, shutdown: C
     let mut backoff = Backoff::new(cfg.min_backoff, cfg.max_backoff);
     let mut stream_ready = false;
     let mut last_prune: Option<Instant> = None;
+    let mut last_gauge: Option<Instant> = None;
+    // Metrics are labelled with the schema (= the service) the relay drains.
+    let schema: String = loop {
+        match sqlx::query_scalar::<_, String>("SELECT current_schema()")
+            .fetch_one(&pool)
+            .await
+        {
+            Ok(s) => break s,
+            Err(_) if shutdown.is_cancelled() || pool.is_closed() => return,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?delay, "outbox relay: database unavailable");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    };
+    backoff.reset();
     tracing::debug!("outbox relay started");
 
     while !shutdown.is_cancelled() && !pool.is_closed() {
@@ -92,6 +112,13 @@ async fn run(pool: PgPool, js: jetstream::Context, cfg: RelayConfig, shutdown: C
                 Ok(n) => tracing::info!(rows = n, "pruned published outbox rows"),
                 Err(e) => tracing::warn!(error = %e, "pruning the outbox failed"),
             }
+        }
+
+        // What is still waiting (NATS down, or a backlog): the operator's view of
+        // "no event is lost, some are late". At most once per poll interval.
+        if last_gauge.is_none_or(|t| t.elapsed() >= cfg.poll_interval) {
+            last_gauge = Some(Instant::now());
+            record_backlog(&pool, &schema).await;
         }
 
         let pass = async {
@@ -110,6 +137,8 @@ async fn run(pool: PgPool, js: jetstream::Context, cfg: RelayConfig, shutdown: C
                 backoff.reset();
                 if published > 0 {
                     tracing::debug!(published, "published outbox events");
+                    metrics::counter!("isp_outbox_published_total", "schema" => schema.clone())
+                        .increment(published as u64);
                 }
                 if locked as i64 >= cfg.batch_size {
                     continue; // more waiting: no pause
@@ -120,6 +149,8 @@ async fn run(pool: PgPool, js: jetstream::Context, cfg: RelayConfig, shutdown: C
                 published,
                 ..
             }) => {
+                metrics::counter!("isp_outbox_publish_failures_total", "schema" => schema.clone())
+                    .increment(1);
                 stream_ready = false;
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %err, published, retry_in = ?delay, "outbox relay: publishing failed");
@@ -162,6 +193,21 @@ async fn run(pool: PgPool, js: jetstream::Context, cfg: RelayConfig, shutdown: C
         }
     }
     tracing::debug!("outbox relay stopped");
+}
+
+/// Gauges of the unpublished rows: how many, and the age of the oldest.
+async fn record_backlog(pool: &PgPool, schema: &str) {
+    let row: sqlx::Result<(i64, Option<f64>)> = sqlx::query_as(
+        "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8
+         FROM outbox WHERE published_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await;
+    if let Ok((pending, oldest)) = row {
+        metrics::gauge!("isp_outbox_pending", "schema" => schema.to_string()).set(pending as f64);
+        metrics::gauge!("isp_outbox_oldest_pending_seconds", "schema" => schema.to_string())
+            .set(oldest.unwrap_or(0.0));
+    }
 }
 
 async fn listen(pool: &PgPool) -> Option<PgListener> {

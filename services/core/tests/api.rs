@@ -686,6 +686,32 @@ async fn health_ready_metrics_and_openapi_are_served() {
         .await
         .unwrap();
     assert!(m.contains("http_requests_total"), "{m}");
+    // The outbox is visible to operators: what was published, what still waits.
+    let admin = app.admin_token().await;
+    let r = app
+        .post(
+            "/api/core/plans",
+            &admin,
+            json!({"name": "Metered", "downloadSpeed": 10, "uploadSpeed": 5, "price": 1000, "billingCycle": "Monthly"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let seen = eventually(10, || async {
+        let m = app
+            .http
+            .get(format!("{}/api/core/metrics", app.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        (m.contains("isp_outbox_published_total{schema=\"core\"}")
+            && m.contains("isp_outbox_pending{schema=\"core\"} 0"))
+        .then_some(())
+    })
+    .await;
+    assert!(seen.is_some(), "no outbox metrics");
     let docs = app
         .http
         .get(format!("{}/api/core/docs/", app.base))
