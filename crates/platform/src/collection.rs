@@ -353,9 +353,14 @@ impl Collection {
         if f.hidden || f.kind == Kind::Password {
             return false;
         }
-        match p {
-            Principal::Service { .. } => true,
-            Principal::Staff { role, .. } => f.read.unwrap_or(self.read).contains(*role),
+        match (p, f.read) {
+            // A field kept from some roles (a NAS secret, a balance) is kept from
+            // services too, unless their token names it: `<prefix>.<field>.read`.
+            (Principal::Service { .. }, Some(_)) => {
+                p.has_scope(&format!("{}.{}.read", self.scope_prefix, f.name))
+            }
+            (Principal::Service { .. }, None) => true,
+            (Principal::Staff { role, .. }, _) => f.read.unwrap_or(self.read).contains(*role),
         }
     }
 

@@ -973,6 +973,22 @@ async fn resources_normalize_and_deduplicate_macs_validate_links_hide_the_nas_se
         .await;
     assert_eq!(seen.status, StatusCode::OK);
     assert!(seen.body.get("nasSecret").is_none());
+    // Nor does a service reading resources, unless its token names the field.
+    let reader = app.service_token("test", &["noc.resources.read"]);
+    let seen = app
+        .get(&format!("/api/noc/resources/{router}"), &reader)
+        .await;
+    assert_eq!(seen.status, StatusCode::OK);
+    assert!(seen.body.get("nasSecret").is_none());
+    assert_eq!(seen.body["managementIp"], "10.0.0.1");
+    let named = app.service_token(
+        "test",
+        &["noc.resources.read", "noc.resources.nasSecret.read"],
+    );
+    let seen = app
+        .get(&format!("/api/noc/resources/{router}"), &named)
+        .await;
+    assert_eq!(seen.body["nasSecret"], "s3cret!");
     assert_eq!(
         app.post(
             "/api/noc/resources",
