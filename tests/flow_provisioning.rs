@@ -67,15 +67,15 @@ async fn converted_lead_is_installed_accepted_by_freeradius_and_active_in_billin
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let subnet = id(&r);
-    let r = app
-        .post(
-            "/api/core/plans",
-            &admin,
-            json!({"name": "Business 20Mbps Static", "downloadSpeed": 20, "uploadSpeed": 10, "price": 6000,
-                   "billingCycle": "Monthly", "ipAssignmentType": "Static-Public", "staticIpPool": subnet}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    // Core accepts the pool once NOC's ipSubnet.created has reached it.
+    let body = json!({"name": "Business 20Mbps Static", "downloadSpeed": 20, "uploadSpeed": 10, "price": 6000,
+                      "billingCycle": "Monthly", "ipAssignmentType": "Static-Public", "staticIpPool": subnet});
+    let r = eventually(15, || async {
+        let r = app.post("/api/core/plans", &admin, body.clone()).await;
+        (r.status == StatusCode::CREATED).then_some(r)
+    })
+    .await
+    .expect("Core never accepted the NOC subnet as a static pool");
     let plan = id(&r);
     seen_in(
         &app,

@@ -431,6 +431,27 @@ snapshot_events! { ResourceSnapshot, "noc", |r| r.id;
     ResourceDeleted = "resource.deleted";
 }
 
+/// An IPAM subnet as NOC holds it (Core checks a Static-Public plan's
+/// `staticIpPool` against these).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpSubnetSnapshot {
+    pub id: Uuid,
+    /// Normalized CIDR, e.g. `100.64.10.0/29`.
+    pub network: String,
+    pub description: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+snapshot_events! { IpSubnetSnapshot, "noc", |s| s.id;
+    /// `ipSubnet.created`
+    IpSubnetCreated = "ipSubnet.created";
+    /// `ipSubnet.updated`
+    IpSubnetUpdated = "ipSubnet.updated";
+    /// `ipSubnet.deleted`: the last snapshot before deletion.
+    IpSubnetDeleted = "ipSubnet.deleted";
+}
+
 /// A Zabbix problem or recovery, as received by the NOC webhook.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

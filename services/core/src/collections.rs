@@ -251,7 +251,7 @@ struct PlanHooks;
 
 #[async_trait]
 impl Hooks for PlanHooks {
-    async fn before_change(&self, _tx: &mut PgConnection, c: &mut Change<'_>) -> ApiResult<()> {
+    async fn before_change(&self, tx: &mut PgConnection, c: &mut Change<'_>) -> ApiResult<()> {
         let mut errors = vec![];
         if let Some(price) = c.data.get("price").and_then(Value::as_str) {
             if price
@@ -271,6 +271,20 @@ impl Hooks for PlanHooks {
                         "staticIpPool",
                         "A Static-Public plan needs a static IP pool.",
                     ));
+                } else if c.changed("staticIpPool") {
+                    let pool = c.uuid("staticIpPool").unwrap_or_default();
+                    let known: bool = sqlx::query_scalar(
+                        "SELECT EXISTS (SELECT 1 FROM noc_subnets WHERE id = $1 AND NOT deleted)",
+                    )
+                    .bind(pool)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    if !known {
+                        errors.push(FieldError::new(
+                            "staticIpPool",
+                            format!("Unknown IP subnet {pool}: create it in the NOC's IPAM first (it reaches Core within seconds)."),
+                        ));
+                    }
                 }
             }
             _ => {

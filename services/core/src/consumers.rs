@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use isp_events::payloads::{
     entity_change, BuildingCreated, BuildingDeleted, BuildingSnapshot, BuildingUpdated,
-    LeadConverted, PartnerUpdated,
+    IpSubnetCreated, IpSubnetDeleted, IpSubnetSnapshot, IpSubnetUpdated, LeadConverted,
+    PartnerUpdated,
 };
 use isp_events::{BoxFuture, CloudEvent, EventHandler};
 use isp_platform::collection::Collection;
@@ -157,4 +158,40 @@ async fn publish_partner(
         .ok_or_else(|| anyhow::anyhow!("partner vanished"))?;
     isp_events::outbox::enqueue(tx, "core", &PartnerUpdated(serde_json::from_value(doc)?)).await?;
     Ok(())
+}
+
+/// NOC's IPAM subnets, for checking plans' static IP pools.
+pub struct NocEvents;
+
+impl EventHandler for NocEvents {
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        ev: &'a CloudEvent,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let Some((s, deleted)) = entity_change::<
+                IpSubnetSnapshot,
+                IpSubnetCreated,
+                IpSubnetUpdated,
+                IpSubnetDeleted,
+            >(ev)?
+            else {
+                return Ok(());
+            };
+            sqlx::query(
+                "INSERT INTO noc_subnets (id, network, deleted, updated_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (id) DO UPDATE SET network = EXCLUDED.network, deleted = EXCLUDED.deleted,
+                     updated_at = EXCLUDED.updated_at
+                 WHERE noc_subnets.updated_at <= EXCLUDED.updated_at",
+            )
+            .bind(s.id)
+            .bind(&s.network)
+            .bind(deleted)
+            .bind(s.updated_at)
+            .execute(&mut *tx)
+            .await?;
+            Ok(())
+        })
+    }
 }

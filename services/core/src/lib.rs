@@ -63,6 +63,7 @@ pub async fn start(ctx: Arc<ServiceContext>) -> anyhow::Result<Router> {
             partners: colls.partners.clone(),
         },
     );
+    ctx.consume("core-noc", "isp.noc.>", consumers::NocEvents);
 
     let auth_settings = auth::Settings::from_env()?;
     let routes = Router::new()

@@ -237,9 +237,19 @@ async fn plans_follow_the_spec_rules() {
     let r = app.post("/api/core/plans", &admin, s.clone()).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.error_path(), Some("staticIpPool"));
+    // The pool must be a subnet NOC has announced.
     s["staticIpPool"] = json!(uuid::Uuid::new_v4().to_string());
-    let r = app.post("/api/core/plans", &admin, s).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let r = app.post("/api/core/plans", &admin, s.clone()).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    assert_eq!(r.error_path(), Some("staticIpPool"));
+    let subnet = announce_subnet(&app, "100.64.20.0/29").await;
+    s["staticIpPool"] = json!(subnet.to_string());
+    let r = eventually(10, || async {
+        let r = app.post("/api/core/plans", &admin, s.clone()).await;
+        (r.status == StatusCode::CREATED).then_some(r)
+    })
+    .await
+    .expect("Core never learnt NOC's subnet");
     // Switching it to Dynamic drops the pool.
     let id = r.body["doc"]["id"].as_str().unwrap();
     let r = app
@@ -1274,4 +1284,29 @@ async fn a_locked_account_unlocks_itself_when_the_lock_time_has_passed() {
     );
     let ok = app.login(&email, "password-123").await;
     assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.body);
+}
+
+/// Publishes NOC's `ipSubnet.created` for a new subnet, as NOC would; returns its id.
+async fn announce_subnet(app: &TestApp, network: &str) -> uuid::Uuid {
+    let js = async_nats::jetstream::new(app.shared.nats.clone());
+    isp_events::ensure_stream(&js).await.unwrap();
+    let subnet = isp_events::payloads::IpSubnetCreated(isp_events::payloads::IpSubnetSnapshot {
+        id: uuid::Uuid::now_v7(),
+        network: network.into(),
+        description: "Static customers".into(),
+        updated_at: chrono::Utc::now(),
+    });
+    let ev = CloudEvent::new("noc", &subnet).unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", ev.id.to_string().as_str());
+    js.publish_with_headers(
+        isp_events::payloads::IpSubnetCreated::nats_subject(),
+        headers,
+        ev.to_json().unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    subnet.0.id
 }

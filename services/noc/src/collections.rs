@@ -540,11 +540,12 @@ impl Hooks for SubnetHooks {
     async fn after_change(
         &self,
         tx: &mut PgConnection,
-        _ctx: &ServiceContext,
+        ctx: &ServiceContext,
         _p: &Principal,
         doc: &Value,
         previous: Option<&Value>,
     ) -> ApiResult<()> {
+        publish_change(tx, ctx, doc, previous, IpSubnetCreated, IpSubnetUpdated).await?;
         if previous.is_some() {
             return Ok(());
         }
@@ -591,6 +592,15 @@ impl Hooks for SubnetHooks {
             )));
         }
         Ok(())
+    }
+
+    async fn after_delete(
+        &self,
+        tx: &mut PgConnection,
+        ctx: &ServiceContext,
+        doc: &Value,
+    ) -> ApiResult<()> {
+        publish_doc(tx, ctx, doc, IpSubnetDeleted).await
     }
 }
 

@@ -104,15 +104,15 @@ async fn static_plan(
         .await;
     assert_eq!(s.status, StatusCode::CREATED, "{:?}", s.body);
     let subnet = s.body["doc"]["id"].as_str().unwrap().to_string();
-    let p = app
-        .post(
-            "/api/core/plans",
-            admin,
-            json!({"name": format!("Static {network}"), "downloadSpeed": down, "uploadSpeed": up, "price": 5000,
-                   "billingCycle": "Monthly", "ipAssignmentType": "Static-Public", "staticIpPool": subnet}),
-        )
-        .await;
-    assert_eq!(p.status, StatusCode::CREATED, "{:?}", p.body);
+    // Core accepts the pool once NOC's ipSubnet.created has reached it.
+    let body = json!({"name": format!("Static {network}"), "downloadSpeed": down, "uploadSpeed": up, "price": 5000,
+                      "billingCycle": "Monthly", "ipAssignmentType": "Static-Public", "staticIpPool": subnet});
+    let p = eventually(15, || async {
+        let p = app.post("/api/core/plans", admin, body.clone()).await;
+        (p.status == StatusCode::CREATED).then_some(p)
+    })
+    .await
+    .expect("Core never accepted the NOC subnet as a static pool");
     let plan = p.body["doc"]["id"].as_str().unwrap().to_string();
     wait_projected(
         app,
