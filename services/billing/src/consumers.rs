@@ -119,7 +119,8 @@ impl EventHandler for NocEvents {
 impl NocEvents {
     /// Mirrors the technical fields; a Pending Installation subscriber becomes
     /// Active and its first paid period starts on the activation day (or after the
-    /// trial), so `nextDueDate` is one cycle later.
+    /// trial), so `nextDueDate` is one cycle later: the cycle the first invoice was
+    /// priced for, even if `billingCycle` changed before installation.
     async fn provisioned(
         &self,
         tx: &mut PgConnection,
@@ -153,7 +154,8 @@ impl NocEvents {
             let start = first_period_start(activated, trial_end);
             sqlx::query(
                 "UPDATE subscribers SET status = 'Active', billing_anchor_day = $2,
-                        next_due_date = add_cycle($3, billing_cycle, $2) WHERE id = $1",
+                        next_due_date = add_cycle($3, COALESCE(first_period_cycle, billing_cycle), $2)
+                 WHERE id = $1",
             )
             .bind(p.subscriber_id)
             .bind(start.day() as i32)

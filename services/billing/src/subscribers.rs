@@ -373,8 +373,9 @@ async fn insert(
     sqlx::query(
         "INSERT INTO subscribers (id, account_number, first_name, last_name, mpesa_number, contact_phone, email,
              status, service_plan, billing_cycle, next_due_date, billing_anchor_day, account_balance,
-             grace_period_end_date, trial_end_date, address_notes, internal_notes, service_location, building, lead_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'Pending Installation', $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+             grace_period_end_date, trial_end_date, address_notes, internal_notes, service_location, building, lead_id,
+             first_period_cycle)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'Pending Installation', $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $9)",
     )
     .bind(id)
     .bind(account_number(n))

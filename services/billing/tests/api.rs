@@ -526,6 +526,52 @@ async fn roles_see_and_edit_only_their_subscriber_fields_and_finance_stays_with_
 }
 
 #[tokio::test]
+async fn a_cycle_changed_before_installation_applies_after_the_first_paid_period() {
+    let app = app().await;
+    let admin = app.admin_token().await;
+    let plan = plan(&app, &admin, json!({"price": 1000})).await;
+    // Sold Monthly: the first invoice is one month's fee.
+    let r = create_sub(&app, &admin, sub_body(&plan)).await;
+    let id: Uuid = r.body["doc"]["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(r.body["invoice"]["amountDue"], "1000.00");
+    // Before the technician comes, the customer switches to Quarterly.
+    let path = format!("/api/billing/subscribers/{id}");
+    let r = app
+        .patch(&path, &admin, json!({"billingCycle": "Quarterly"}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    // Activated 2026-01-31 (Nairobi): the paid first period is one month, not three.
+    let at = chrono::DateTime::parse_from_rfc3339("2026-01-31T07:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    publish(
+        &app,
+        "noc",
+        &isp_events::payloads::SubscriberProvisioned {
+            subscriber_id: id,
+            connection_type: "PPPoE".into(),
+            assigned_ip: None,
+            radius_username: "acct".into(),
+            at,
+        },
+    )
+    .await;
+    let doc = eventually(15, || async {
+        let doc = get(&app, &admin, &path).await;
+        (doc["status"] == "Active").then_some(doc)
+    })
+    .await
+    .expect("activated");
+    assert_eq!(doc["nextDueDate"], "2026-02-28");
+    assert_eq!(doc["billingCycle"], "Quarterly");
+    // From there on, quarterly periods at three months' fee.
+    run(&app, &admin, "2026-02-28").await;
+    let (amount, period_end, _, _) = period_invoice(&app, &id.to_string(), "2026-02-28").await;
+    assert_eq!(amount, "3000.00");
+    assert_eq!(period_end, d("2026-05-31"));
+}
+
+#[tokio::test]
 async fn noc_provisioning_activates_the_subscriber_and_mirrors_network_fields() {
     let app = app().await;
     let admin = app.admin_token().await;
