@@ -37,6 +37,8 @@ pub struct RelayConfig {
     pub retention: Duration,
     /// How often to prune.
     pub prune_every: Duration,
+    /// How often to measure the backlog for the `isp_outbox_pending` gauges.
+    pub measure_every: Duration,
 }
 
 impl Default for RelayConfig {
@@ -48,6 +50,7 @@ impl Default for RelayConfig {
             max_backoff: Duration::from_secs(30),
             retention: Duration::from_secs(7 * 24 * 3600),
             prune_every: Duration::from_secs(3600),
+            measure_every: Duration::from_secs(5),
         }
     }
 }
@@ -115,8 +118,8 @@ async fn run(pool: PgPool, js: jetstream::Context, cfg: RelayConfig, shutdown: C
         }
 
         // What is still waiting (NATS down, or a backlog): the operator's view of
-        // "no event is lost, some are late". At most once per poll interval.
-        if last_gauge.is_none_or(|t| t.elapsed() >= cfg.poll_interval) {
+        // "no event is lost, some are late".
+        if last_gauge.is_none_or(|t| t.elapsed() >= cfg.measure_every) {
             last_gauge = Some(Instant::now());
             record_backlog(&pool, &schema).await;
         }
