@@ -262,6 +262,9 @@ pub struct Collection {
     pub update: Roles,
     pub delete: Roles,
     pub hooks: Arc<dyn Hooks>,
+    /// Snapshot events published through the outbox on every change and delete
+    /// (see [`Collection::publishes`]).
+    events: Option<Arc<dyn SnapshotEvents>>,
     /// Prefix of service scopes: `<service>.<slug>`; a service token with scope
     /// `<prefix>.read|create|update|delete` may do that.
     scope_prefix: String,
@@ -305,6 +308,7 @@ impl Collection {
             update: Roles::of(&[crate::auth::Role::Admin]),
             delete: Roles::of(&[crate::auth::Role::Admin]),
             hooks: Arc::new(NoHooks),
+            events: None,
             scope_prefix: format!("{service}.{slug}"),
             select_sql: String::new(),
         };
@@ -320,6 +324,28 @@ impl Collection {
     }
     pub fn hooks(mut self, hooks: impl Hooks) -> Self {
         self.hooks = Arc::new(hooks);
+        self
+    }
+    /// Publishes the stored document as `created`/`updated` after each create and
+    /// update, and the last one as `deleted` after a delete, in the write's
+    /// transaction (after the hooks): other services keep projections from them.
+    pub fn publishes<S, C, U, D>(
+        mut self,
+        created: fn(S) -> C,
+        updated: fn(S) -> U,
+        deleted: fn(S) -> D,
+    ) -> Self
+    where
+        S: serde::de::DeserializeOwned + Send + Sync + 'static,
+        C: isp_events::EventPayload + Send + Sync + 'static,
+        U: isp_events::EventPayload + Send + Sync + 'static,
+        D: isp_events::EventPayload + Send + Sync + 'static,
+    {
+        self.events = Some(Arc::new(Snapshots {
+            created,
+            updated,
+            deleted,
+        }));
         self
     }
 
@@ -844,6 +870,9 @@ impl Collection {
         self.hooks
             .after_change(tx, ctx, principal, &doc, None)
             .await?;
+        if let Some(ev) = &self.events {
+            ev.changed(tx, ctx, &doc, None).await?;
+        }
         Ok(doc)
     }
 
@@ -894,6 +923,9 @@ impl Collection {
         self.hooks
             .after_change(tx, ctx, principal, &doc, Some(existing))
             .await?;
+        if let Some(ev) = &self.events {
+            ev.changed(tx, ctx, &doc, Some(existing)).await?;
+        }
         Ok(doc)
     }
 }
@@ -1427,6 +1459,9 @@ async fn delete_handler(
         .hooks
         .after_delete(&mut tx, &s.ctx, &existing)
         .await?;
+    if let Some(ev) = &s.coll.events {
+        ev.deleted(&mut tx, &s.ctx, &existing).await?;
+    }
     tx.commit().await?;
     s.coll
         .hooks
@@ -1457,6 +1492,57 @@ where
         .await
         .map_err(ApiError::Internal)?;
     Ok(())
+}
+
+/// Publishing of one collection's snapshot events, set with [`Collection::publishes`].
+#[async_trait]
+trait SnapshotEvents: Send + Sync {
+    async fn changed(
+        &self,
+        tx: &mut PgConnection,
+        ctx: &ServiceContext,
+        doc: &Value,
+        previous: Option<&Value>,
+    ) -> ApiResult<()>;
+    async fn deleted(
+        &self,
+        tx: &mut PgConnection,
+        ctx: &ServiceContext,
+        doc: &Value,
+    ) -> ApiResult<()>;
+}
+
+struct Snapshots<S, C, U, D> {
+    created: fn(S) -> C,
+    updated: fn(S) -> U,
+    deleted: fn(S) -> D,
+}
+
+#[async_trait]
+impl<S, C, U, D> SnapshotEvents for Snapshots<S, C, U, D>
+where
+    S: serde::de::DeserializeOwned + Send + Sync + 'static,
+    C: isp_events::EventPayload + Send + Sync + 'static,
+    U: isp_events::EventPayload + Send + Sync + 'static,
+    D: isp_events::EventPayload + Send + Sync + 'static,
+{
+    async fn changed(
+        &self,
+        tx: &mut PgConnection,
+        ctx: &ServiceContext,
+        doc: &Value,
+        previous: Option<&Value>,
+    ) -> ApiResult<()> {
+        publish_change(tx, ctx, doc, previous, self.created, self.updated).await
+    }
+    async fn deleted(
+        &self,
+        tx: &mut PgConnection,
+        ctx: &ServiceContext,
+        doc: &Value,
+    ) -> ApiResult<()> {
+        publish_doc(tx, ctx, doc, self.deleted).await
+    }
 }
 
 /// `publish_doc` with the created or updated wrapper, as `after_change` needs.

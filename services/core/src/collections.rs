@@ -4,9 +4,7 @@ use async_trait::async_trait;
 use isp_events::outbox::enqueue;
 use isp_events::payloads::*;
 use isp_platform::auth::{Principal, Role, Roles};
-use isp_platform::collection::{
-    publish_change, publish_doc, Change, Collection, Field, Hooks, Kind,
-};
+use isp_platform::collection::{Change, Collection, Field, Hooks, Kind};
 use isp_platform::{ApiError, ApiResult, FieldError, ServiceContext};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
@@ -245,6 +243,7 @@ pub fn plans() -> Collection {
     )
     .access(Roles::ALL, ADMIN, ADMIN, ADMIN)
     .hooks(PlanHooks)
+    .publishes(PlanCreated, PlanUpdated, PlanDeleted)
 }
 
 struct PlanHooks;
@@ -305,26 +304,6 @@ impl Hooks for PlanHooks {
             Err(ApiError::BadRequest(errors))
         }
     }
-
-    async fn after_change(
-        &self,
-        tx: &mut PgConnection,
-        ctx: &ServiceContext,
-        _p: &Principal,
-        doc: &Value,
-        prev: Option<&Value>,
-    ) -> ApiResult<()> {
-        publish_change(tx, ctx, doc, prev, PlanCreated, PlanUpdated).await
-    }
-
-    async fn after_delete(
-        &self,
-        tx: &mut PgConnection,
-        ctx: &ServiceContext,
-        doc: &Value,
-    ) -> ApiResult<()> {
-        publish_doc(tx, ctx, doc, PlanDeleted).await
-    }
 }
 
 // ---- partners -------------------------------------------------------------------
@@ -359,6 +338,7 @@ pub fn partners() -> Collection {
     )
     .access(SALES, SALES, SALES, SALES)
     .hooks(PartnerHooks)
+    .publishes(PartnerCreated, PartnerUpdated, PartnerDeleted)
 }
 
 struct PartnerHooks;
@@ -406,25 +386,5 @@ impl Hooks for PartnerHooks {
             }
         }
         Ok(())
-    }
-
-    async fn after_change(
-        &self,
-        tx: &mut PgConnection,
-        ctx: &ServiceContext,
-        _p: &Principal,
-        doc: &Value,
-        prev: Option<&Value>,
-    ) -> ApiResult<()> {
-        publish_change(tx, ctx, doc, prev, PartnerCreated, PartnerUpdated).await
-    }
-
-    async fn after_delete(
-        &self,
-        tx: &mut PgConnection,
-        ctx: &ServiceContext,
-        doc: &Value,
-    ) -> ApiResult<()> {
-        publish_doc(tx, ctx, doc, PartnerDeleted).await
     }
 }

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use isp_events::payloads::*;
 use isp_platform::auth::{Principal, Role, Roles};
 use isp_platform::collection::Hooks;
-use isp_platform::collection::{publish_change, publish_doc, Change, Collection, Field, Kind};
+use isp_platform::collection::{publish_doc, Change, Collection, Field, Kind};
 use isp_platform::{ApiError, ApiResult, FieldError, ServiceContext};
 use serde_json::{json, Value};
 use sqlx::PgConnection;
@@ -50,6 +50,7 @@ pub fn buildings() -> Collection {
     )
     .access(SALES, SALES, SALES, SALES)
     .hooks(BuildingHooks)
+    .publishes(BuildingCreated, BuildingUpdated, BuildingDeleted)
 }
 
 struct BuildingHooks;
@@ -88,26 +89,6 @@ impl Hooks for BuildingHooks {
             }
         }
         Ok(())
-    }
-
-    async fn after_change(
-        &self,
-        tx: &mut PgConnection,
-        ctx: &ServiceContext,
-        _p: &Principal,
-        doc: &Value,
-        prev: Option<&Value>,
-    ) -> ApiResult<()> {
-        publish_change(tx, ctx, doc, prev, BuildingCreated, BuildingUpdated).await
-    }
-
-    async fn after_delete(
-        &self,
-        tx: &mut PgConnection,
-        ctx: &ServiceContext,
-        doc: &Value,
-    ) -> ApiResult<()> {
-        publish_doc(tx, ctx, doc, BuildingDeleted).await
     }
 }
 

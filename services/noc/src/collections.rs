@@ -5,9 +5,7 @@ use std::net::IpAddr;
 use async_trait::async_trait;
 use isp_events::payloads::*;
 use isp_platform::auth::{Principal, Role, Roles};
-use isp_platform::collection::{
-    publish_change, publish_doc, Change, Collection, Field, Hooks, Kind, Scope, SqlValue,
-};
+use isp_platform::collection::{Change, Collection, Field, Hooks, Kind, Scope, SqlValue};
 use isp_platform::{ApiError, ApiResult, FieldError, ServiceContext};
 use serde_json::{json, Map, Value};
 use sqlx::PgConnection;
@@ -266,6 +264,7 @@ pub fn resources() -> Collection {
     )
     .access(NETWORK_AND_SUPPORT, NETWORK, NETWORK, NETWORK)
     .hooks(ResourceHooks)
+    .publishes(ResourceCreated, ResourceUpdated, ResourceDeleted)
 }
 
 struct ResourceHooks;
@@ -348,26 +347,25 @@ impl Hooks for ResourceHooks {
     async fn after_change(
         &self,
         tx: &mut PgConnection,
-        ctx: &ServiceContext,
+        _ctx: &ServiceContext,
         _p: &Principal,
         doc: &Value,
-        previous: Option<&Value>,
+        _previous: Option<&Value>,
     ) -> ApiResult<()> {
-        sync_nas(tx, doc).await?;
-        publish_change(tx, ctx, doc, previous, ResourceCreated, ResourceUpdated).await
+        sync_nas(tx, doc).await
     }
 
     async fn after_delete(
         &self,
         tx: &mut PgConnection,
-        ctx: &ServiceContext,
+        _ctx: &ServiceContext,
         doc: &Value,
     ) -> ApiResult<()> {
         sqlx::query("DELETE FROM radius.nas WHERE shortname = $1")
             .bind(doc_id(doc).to_string())
             .execute(&mut *tx)
             .await?;
-        publish_doc(tx, ctx, doc, ResourceDeleted).await
+        Ok(())
     }
 }
 
@@ -430,6 +428,7 @@ pub fn ip_subnets() -> Collection {
     )
     .access(NETWORK, NETWORK, NETWORK, NETWORK)
     .hooks(SubnetHooks)
+    .publishes(IpSubnetCreated, IpSubnetUpdated, IpSubnetDeleted)
 }
 
 /// Parses and normalizes a CIDR (host bits cleared), refusing IPv6 and what is
@@ -540,12 +539,11 @@ impl Hooks for SubnetHooks {
     async fn after_change(
         &self,
         tx: &mut PgConnection,
-        ctx: &ServiceContext,
+        _ctx: &ServiceContext,
         _p: &Principal,
         doc: &Value,
         previous: Option<&Value>,
     ) -> ApiResult<()> {
-        publish_change(tx, ctx, doc, previous, IpSubnetCreated, IpSubnetUpdated).await?;
         if previous.is_some() {
             return Ok(());
         }
@@ -592,15 +590,6 @@ impl Hooks for SubnetHooks {
             )));
         }
         Ok(())
-    }
-
-    async fn after_delete(
-        &self,
-        tx: &mut PgConnection,
-        ctx: &ServiceContext,
-        doc: &Value,
-    ) -> ApiResult<()> {
-        publish_doc(tx, ctx, doc, IpSubnetDeleted).await
     }
 }
 
