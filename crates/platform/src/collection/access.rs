@@ -1,0 +1,78 @@
+//! Who may do what: operation roles and scopes, field read and write limits, and
+//! the document as a principal may see it.
+
+use serde_json::{Map, Value};
+
+use super::{Collection, Field, Kind, Operation};
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult};
+
+impl Collection {
+    pub fn allowed(&self, p: &Principal, op: Operation) -> bool {
+        let roles = match op {
+            Operation::Read => self.read,
+            Operation::Create => self.create,
+            Operation::Update => self.update,
+            Operation::Delete => self.delete,
+        };
+        p.in_roles(roles) || p.has_scope(&format!("{}.{}", self.scope_prefix, op.as_str()))
+    }
+
+    pub(super) fn check(&self, p: &Principal, op: Operation) -> ApiResult<()> {
+        if self.allowed(p, op) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "You are not allowed to {} {}.",
+                op.as_str(),
+                self.slug
+            )))
+        }
+    }
+
+    pub fn can_read_field(&self, p: &Principal, f: &Field) -> bool {
+        if f.hidden || f.kind == Kind::Password {
+            return false;
+        }
+        match (p, f.read) {
+            // A field kept from some roles (a NAS secret, a balance) is kept from
+            // services too, unless their token names it: `<prefix>.<field>.read`.
+            (Principal::Service { .. }, Some(_)) => {
+                p.has_scope(&format!("{}.{}.read", self.scope_prefix, f.name))
+            }
+            (Principal::Service { .. }, None) => true,
+            (Principal::Staff { role, .. }, _) => f.read.unwrap_or(self.read).contains(*role),
+        }
+    }
+
+    pub(super) fn can_write_field(&self, p: &Principal, f: &Field, create: bool) -> bool {
+        if f.system || (!create && f.immutable) {
+            return false;
+        }
+        match p {
+            Principal::Service { .. } => true,
+            Principal::Staff { role, .. } => f
+                .write
+                .unwrap_or(if create { self.create } else { self.update })
+                .contains(*role),
+        }
+    }
+
+    /// The document as `principal` may see it.
+    pub fn present(&self, principal: &Principal, doc: &Value) -> Value {
+        let mut out = Map::new();
+        if let Value::Object(m) = doc {
+            for (k, v) in m {
+                let visible = match self.field(k) {
+                    Some(f) => self.can_read_field(principal, f),
+                    None => true, // id, createdAt, updatedAt
+                };
+                if visible {
+                    out.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        self.hooks.present(principal, &mut out);
+        Value::Object(out)
+    }
+}
