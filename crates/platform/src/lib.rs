@@ -29,6 +29,7 @@ pub mod openapi;
 pub mod phone;
 pub mod query;
 pub mod runtime;
+pub mod service;
 pub mod staff_access;
 pub mod telemetry;
 

@@ -13,7 +13,7 @@ use utoipa::openapi::{
     RefOr, ResponseBuilder, Schema,
 };
 
-use crate::collection::{Collection, Kind};
+use crate::collection::{Collection, Kind, Operation, Serve};
 use crate::query::MAX_LIMIT;
 
 fn kind_schema(kind: Kind) -> RefOr<Schema> {
@@ -279,22 +279,50 @@ pub fn collections_doc(service: &str, title: &str, collections: &[&Collection]) 
             patch = patch.response(code, r.clone());
             delete = delete.response(code, r);
         }
-        paths = paths
-            .path(
-                &base,
-                PathItemBuilder::new()
-                    .operation(HttpMethod::Get, list.build())
-                    .operation(HttpMethod::Post, create.build())
-                    .build(),
-            )
-            .path(
-                format!("{base}/{{id}}"),
-                PathItemBuilder::new()
-                    .operation(HttpMethod::Get, get.build())
-                    .operation(HttpMethod::Patch, patch.build())
-                    .operation(HttpMethod::Delete, delete.build())
-                    .build(),
+        if c.is_idempotent_create() {
+            create = create.parameter(
+                ParameterBuilder::new()
+                    .name("Idempotency-Key")
+                    .parameter_in(ParameterIn::Header)
+                    .description(Some(
+                        "Retries with the same key and body return the first answer",
+                    ))
+                    .schema(Some(
+                        ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .min_length(Some(1))
+                            .max_length(Some(200)),
+                    )),
             );
+        }
+        // Operations a service serves itself are documented by its own route.
+        let served = |op: Operation| c.serves(op) != Serve::Custom;
+        let mut all = PathItemBuilder::new();
+        if served(Operation::Read) {
+            all = all.operation(HttpMethod::Get, list.build());
+        }
+        if served(Operation::Create) {
+            all = all.operation(HttpMethod::Post, create.build());
+        }
+        let mut one = PathItemBuilder::new();
+        if served(Operation::Read) {
+            one = one.operation(HttpMethod::Get, get.build());
+        }
+        if served(Operation::Update) {
+            one = one.operation(HttpMethod::Patch, patch.build());
+        }
+        if served(Operation::Delete) {
+            one = one.operation(HttpMethod::Delete, delete.build());
+        }
+        if served(Operation::Read) || served(Operation::Create) {
+            paths = paths.path(&base, all.build());
+        }
+        if [Operation::Read, Operation::Update, Operation::Delete]
+            .into_iter()
+            .any(served)
+        {
+            paths = paths.path(format!("{base}/{{id}}"), one.build());
+        }
     }
     OpenApiBuilder::new()
         .info(

@@ -196,11 +196,12 @@ pub static NO_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate::Migrator {
 };
 
 /// Start of a service that has no collections yet: event tables, relay, health,
-/// readiness, metrics and an (empty) OpenAPI document.
+/// readiness, metrics and an (empty) OpenAPI document. Same as
+/// `Service::new(ctx, &NO_MIGRATIONS, title).await?.router()`.
 pub async fn start_bare(ctx: Arc<ServiceContext>, title: &str) -> anyhow::Result<Router> {
-    ctx.migrate_and_relay(&NO_MIGRATIONS).await?;
-    let doc = crate::openapi::collections_doc(ctx.name, title, &[]);
-    Ok(crate::http::service_router(ctx, Router::new(), doc))
+    Ok(crate::service::Service::new(ctx, &NO_MIGRATIONS, title)
+        .await?
+        .router())
 }
 
 /// A service's `start`, boxed so a fleet of different services can be listed.

@@ -200,6 +200,12 @@ pub fn subscribers() -> Collection {
         ],
     )
     .access(SUB_READ, FIN, FIN, Roles::NONE)
+    // Creating one also writes its first invoice: `subscribers::create`.
+    .custom(Operation::Create)
+    .off(
+        Operation::Delete,
+        "Subscribers are not deleted; set their status to Deactivated.",
+    )
     .hooks(SubscriberHooks)
 }
 
@@ -221,6 +227,12 @@ async fn last_invoiced_end(
 
 #[async_trait]
 impl Hooks for SubscriberHooks {
+    /// The daily-run lock before the subscriber's row, as payments take them: an
+    /// edit of nextDueDate, trialEndDate, billingCycle or status waits for a
+    /// running run instead of racing it (or deadlocking with it).
+    async fn before_lock(&self, tx: &mut PgConnection, _op: Operation, _id: Uuid) -> ApiResult<()> {
+        Ok(crate::daily::wait_for_run(tx).await?)
+    }
     async fn before_change(&self, tx: &mut PgConnection, c: &mut Change<'_>) -> ApiResult<()> {
         let Some(existing) = c.existing else {
             return Err(ApiError::bad_request(
@@ -966,4 +978,5 @@ pub fn daily_runs() -> Collection {
         ],
     )
     .access(FIN, Roles::NONE, Roles::NONE, Roles::NONE)
+    .action("run", ADMIN)
 }

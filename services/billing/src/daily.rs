@@ -22,20 +22,21 @@ use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{NaiveDate, NaiveTime, TimeZone, Utc};
-use isp_platform::auth::{HasKeys, Keys, Principal};
-use isp_platform::collection::Collection;
+use isp_platform::auth::Principal;
 use isp_platform::http::ApiJson;
 use isp_platform::{ApiError, ApiResult, ServiceContext};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
-use utoipa::{OpenApi, ToSchema};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::collections::ADMIN;
+use crate::App;
+use isp_platform::collection::Operation;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// What one run did.
 #[derive(Debug, Clone, Serialize)]
@@ -395,35 +396,9 @@ pub fn spawn_scheduler(ctx: Arc<ServiceContext>, schedule: Schedule, settings: S
 
 // ---- HTTP -----------------------------------------------------------------------
 
-#[derive(Clone)]
-struct St {
-    ctx: Arc<ServiceContext>,
-    runs: Arc<Collection>,
-    settings: Settings,
-}
-
-impl HasKeys for St {
-    fn keys(&self) -> &Keys {
-        &self.ctx.keys
-    }
-}
-
-pub fn routes(ctx: Arc<ServiceContext>, runs: Arc<Collection>, settings: Settings) -> Router {
-    Router::new()
-        .route("/api/billing/jobs/daily-run", post(run_now))
-        .with_state(St {
-            ctx,
-            runs,
-            settings,
-        })
-}
-
-#[derive(OpenApi)]
-#[openapi(paths(run_now), components(schemas(RunInput)))]
-struct Doc;
-
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    Doc::openapi()
+/// `POST /api/billing/jobs/daily-run`.
+pub fn routes() -> OpenApiRouter<App> {
+    OpenApiRouter::new().routes(routes!(run_now))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -440,11 +415,11 @@ pub struct RunInput {
 #[utoipa::path(post, path = "/api/billing/jobs/daily-run", tag = "jobs", request_body = RunInput,
     responses((status = 200, description = "{doc: the daily run log entry, message}"), (status = 400), (status = 403)))]
 async fn run_now(
-    State(s): State<St>,
+    State(s): State<App>,
     p: Principal,
     ApiJson(input): ApiJson<RunInput>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    p.require_roles(ADMIN)?;
+    s.colls.daily_runs.authorize(&p, Operation::Action("run"))?;
     let today = s.ctx.today();
     let date = match input.date.as_deref() {
         None => today,
@@ -461,18 +436,21 @@ async fn run_now(
             ),
         ));
     }
-    let report = run(&s.ctx.pool, date, "Manual", s.settings)
+    let report = run(&s.ctx.pool, date, "Manual", s.options.settings)
         .await
         .map_err(ApiError::Internal)?;
     let mut conn = s.ctx.pool.acquire().await?;
     let doc = s
-        .runs
+        .colls
+        .daily_runs
         .fetch(&mut conn, report.id, false)
         .await?
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("run log vanished")))?;
     Ok((
         StatusCode::OK,
-        Json(json!({"doc": s.runs.present(&p, &doc), "message": "Daily run complete."})),
+        Json(
+            json!({"doc": s.colls.daily_runs.present(&p, &doc), "message": "Daily run complete."}),
+        ),
     ))
 }
 

@@ -3,37 +3,21 @@
 //! `ISP_BILLING_RECEIPT_MAX_BYTES`, default 5 MiB) and `GET` of the same path to
 //! download it. Admin and Billing Manager only, like expenses themselves.
 
-use std::sync::Arc;
-
 use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use bytes::{Bytes, BytesMut};
-use isp_platform::auth::{HasKeys, Keys, Principal};
-use isp_platform::collection::{parse_id, Collection};
-use isp_platform::{ApiError, ApiResult, ServiceContext};
+use isp_platform::auth::Principal;
+use isp_platform::collection::parse_id;
+use isp_platform::{ApiError, ApiResult};
 use serde_json::{json, Value};
-use utoipa::OpenApi;
 use uuid::Uuid;
 
-use crate::collections::FIN;
-use crate::storage::Storage;
-
-#[derive(Clone)]
-struct St {
-    ctx: Arc<ServiceContext>,
-    coll: Arc<Collection>,
-    storage: Arc<dyn Storage>,
-    max_bytes: usize,
-}
-
-impl HasKeys for St {
-    fn keys(&self) -> &Keys {
-        &self.ctx.keys
-    }
-}
+use crate::App;
+use isp_platform::collection::Operation;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Default largest receipt: 5 MiB.
 pub const DEFAULT_RECEIPT_MAX_BYTES: usize = 5 * 1024 * 1024;
@@ -59,38 +43,18 @@ fn size_text(n: usize) -> String {
     }
 }
 
-pub fn routes(
-    ctx: Arc<ServiceContext>,
-    coll: Arc<Collection>,
-    storage: Arc<dyn Storage>,
-    max_bytes: usize,
-) -> Router {
+/// Uploading and downloading an expense's receipt.
+pub fn routes(max_bytes: usize) -> OpenApiRouter<App> {
     // axum caps extracted bodies (Multipart included) at 2 MiB unless the route
     // says otherwise: allow the configured receipt size plus the multipart framing.
     // (The platform's outer request limit, 12 MiB, still applies above that.)
-    Router::new()
-        .route(
-            "/api/billing/expenses/{id}/receipt",
-            post(upload)
-                .layer(DefaultBodyLimit::max(
-                    max_bytes.saturating_add(MULTIPART_OVERHEAD),
-                ))
-                .get(download),
-        )
-        .with_state(St {
-            ctx,
-            coll,
-            storage,
-            max_bytes,
-        })
-}
-
-#[derive(OpenApi)]
-#[openapi(paths(upload, download))]
-struct Doc;
-
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    Doc::openapi()
+    let (schemas, paths, upload) = routes!(upload);
+    let upload = upload.layer(DefaultBodyLimit::max(
+        max_bytes.saturating_add(MULTIPART_OVERHEAD),
+    ));
+    OpenApiRouter::new()
+        .routes((schemas, paths, upload))
+        .routes(routes!(download))
 }
 
 /// The file type from its first bytes (never trusting the client's label).
@@ -130,17 +94,17 @@ fn clean_filename(name: &str, ext: &str) -> String {
     responses((status = 200, description = "{doc, message}"), (status = 400, description = "No file, or not PDF/JPEG/PNG"),
               (status = 403), (status = 404), (status = 413, description = "Too large")))]
 async fn upload(
-    State(s): State<St>,
+    State(s): State<App>,
     p: Principal,
     Path(id): Path<String>,
     mut form: Multipart,
 ) -> ApiResult<Json<Value>> {
-    p.require(FIN, "billing.expenses.update")?;
+    s.colls.expenses.authorize(&p, Operation::Update)?;
     let id = parse_id(&id)?;
     let too_large = || {
         ApiError::TooLarge(format!(
             "The receipt is too large: at most {} is accepted.",
-            size_text(s.max_bytes)
+            size_text(s.options.receipt_max_bytes)
         ))
     };
     let bad = |e: axum::extract::multipart::MultipartError| {
@@ -158,7 +122,7 @@ async fn upload(
         let name = field.file_name().unwrap_or("").to_string();
         let mut buf = BytesMut::new();
         while let Some(chunk) = field.chunk().await.map_err(bad)? {
-            if buf.len() + chunk.len() > s.max_bytes {
+            if buf.len() + chunk.len() > s.options.receipt_max_bytes {
                 return Err(too_large());
             }
             buf.extend_from_slice(&chunk);
@@ -191,7 +155,7 @@ async fn upload(
         return Err(ApiError::not_found("Expense"));
     };
     let key = format!("expenses/{id}/{}.{ext}", Uuid::new_v4().simple());
-    s.storage.put(&key, data.clone()).await?;
+    s.store.put(&key, data.clone()).await?;
     let meta = json!({"filename": clean_filename(&name, ext), "contentType": content_type, "size": data.len()});
     sqlx::query(
         "UPDATE expenses SET receipt = $2, receipt_key = $3, updated_at = now() WHERE id = $1",
@@ -202,21 +166,22 @@ async fn upload(
     .execute(&mut *tx)
     .await?;
     let doc = s
-        .coll
+        .colls
+        .expenses
         .fetch(&mut tx, id, false)
         .await?
         .ok_or_else(|| ApiError::not_found("Expense"))?;
     if let Err(e) = tx.commit().await {
-        let _ = s.storage.delete(&key).await;
+        let _ = s.store.delete(&key).await;
         return Err(e.into());
     }
     if let Some(old) = old {
-        if let Err(e) = s.storage.delete(&old).await {
+        if let Err(e) = s.store.delete(&old).await {
             tracing::warn!(error = ?e, key = old, "could not delete a replaced receipt");
         }
     }
     Ok(Json(
-        json!({"doc": s.coll.present(&p, &doc), "message": "Receipt uploaded."}),
+        json!({"doc": s.colls.expenses.present(&p, &doc), "message": "Receipt uploaded."}),
     ))
 }
 
@@ -225,11 +190,11 @@ async fn upload(
     params(("id" = Uuid, Path)),
     responses((status = 200, description = "The file"), (status = 403), (status = 404, description = "No expense or no receipt")))]
 async fn download(
-    State(s): State<St>,
+    State(s): State<App>,
     p: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    p.require(FIN, "billing.expenses.read")?;
+    s.colls.expenses.authorize(&p, Operation::Read)?;
     let id = parse_id(&id)?;
     let row: Option<(Option<Value>, Option<String>)> =
         sqlx::query_as("SELECT receipt, receipt_key FROM expenses WHERE id = $1")
@@ -240,7 +205,7 @@ async fn download(
         return Err(ApiError::not_found("Receipt"));
     };
     let data = s
-        .storage
+        .store
         .get(&key)
         .await?
         .ok_or_else(|| ApiError::not_found("Receipt"))?;

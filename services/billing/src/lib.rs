@@ -10,8 +10,6 @@
 //! - [`daily`]: the daily run (set-based SQL: invoices, overdue, suspensions) and
 //!   its scheduler.
 //! - [`storage`]: where expense receipts live (a trait; local folder by default).
-//! - `routes`: the REST routes of invoices and expenses (the generic ones, with
-//!   the lock order and the after-commit file deletion Billing needs).
 //! - `consumers`: Core's `plan.*` (the local plans projection), NOC's
 //!   provisioning events, M-Pesa's confirmed payments.
 //!
@@ -22,6 +20,7 @@ use std::sync::Arc;
 use axum::Router;
 use isp_platform::collection;
 use isp_platform::runtime::ServiceInfo;
+use isp_platform::service::Service;
 use isp_platform::ServiceContext;
 
 pub mod collections;
@@ -106,76 +105,57 @@ impl Options {
     }
 }
 
+/// What Billing's custom routes share.
+pub struct State {
+    colls: Arc<Collections>,
+    options: Options,
+    store: Arc<dyn storage::Storage>,
+}
+
+type App = isp_platform::service::App<State>;
+
 /// [`start`] with settings given rather than read from the environment (tests
 /// start services with their own settings side by side in one process).
 pub async fn start_with(ctx: Arc<ServiceContext>, options: Options) -> anyhow::Result<Router> {
-    let Options {
-        settings,
-        receipt_max_bytes,
-        schedule,
-    } = options;
-    ctx.migrate_and_relay(&MIGRATOR).await?;
+    let svc = Service::new(
+        ctx,
+        &MIGRATOR,
+        "ISP Billing & Finance: subscribers, invoices, payments, expenses, daily run",
+    )
+    .await?;
+    let ctx = svc.ctx().clone();
     let store = storage::from_env(&ctx.config.data_dir)?;
     let colls = Arc::new(Collections::new(store.clone()));
-
-    ctx.consume("billing-core", "isp.core.>", consumers::CoreEvents);
-    ctx.consume(
-        "billing-noc",
-        "isp.noc.>",
-        consumers::NocEvents { ctx: ctx.clone() },
-    );
-    ctx.consume(
-        "billing-mpesa",
-        "isp.mpesa.>",
-        consumers::MpesaEvents {
-            ctx: ctx.clone(),
-            payments: colls.payments.clone(),
-        },
-    );
-    daily::spawn_scheduler(ctx.clone(), schedule, settings);
-
-    let routes = Router::new()
-        .merge(subscribers::routes(
-            ctx.clone(),
-            colls.subscribers.clone(),
-            settings,
-        ))
-        .merge(collection::routes(colls.invoices.clone(), ctx.clone()))
-        .merge(collection::routes(colls.payments.clone(), ctx.clone()))
-        .merge(collection::routes(colls.expenses.clone(), ctx.clone()))
-        .merge(collection::routes(colls.daily_runs.clone(), ctx.clone()))
-        .merge(collection::routes(colls.unallocated.clone(), ctx.clone()))
-        .merge(unallocated::routes(
-            ctx.clone(),
-            colls.unallocated.clone(),
-            colls.payments.clone(),
-        ))
-        .merge(expenses::routes(
-            ctx.clone(),
-            colls.expenses.clone(),
+    daily::spawn_scheduler(ctx.clone(), options.schedule, options.settings);
+    Ok(svc
+        .with(State {
+            colls: colls.clone(),
+            options,
             store,
-            receipt_max_bytes,
-        ))
-        .merge(daily::routes(
-            ctx.clone(),
-            colls.daily_runs.clone(),
-            settings,
-        ));
-    let mut doc = isp_platform::openapi::collections_doc(
-        "billing",
-        "ISP Billing & Finance: subscribers, invoices, payments, expenses, daily run",
-        &[
-            &colls.subscribers,
-            &colls.invoices,
-            &colls.payments,
-            &colls.expenses,
-            &colls.daily_runs,
-            &colls.unallocated,
-        ],
-    );
-    doc.merge(subscribers::openapi());
-    doc.merge(expenses::openapi());
-    doc.merge(daily::openapi());
-    doc.merge(unallocated::openapi());
-    Ok(isp_platform::http::service_router(ctx, routes, doc))
+        })
+        .collection(&colls.subscribers)
+        .collection(&colls.invoices)
+        .collection(&colls.payments)
+        .collection(&colls.expenses)
+        .collection(&colls.daily_runs)
+        .collection(&colls.unallocated)
+        .routes(subscribers::routes())
+        .routes(expenses::routes(options.receipt_max_bytes))
+        .routes(daily::routes())
+        .routes(unallocated::routes())
+        .consume("billing-core", "isp.core.>", consumers::CoreEvents)
+        .consume(
+            "billing-noc",
+            "isp.noc.>",
+            consumers::NocEvents { ctx: ctx.clone() },
+        )
+        .consume(
+            "billing-mpesa",
+            "isp.mpesa.>",
+            consumers::MpesaEvents {
+                ctx,
+                payments: colls.payments.clone(),
+            },
+        )
+        .router())
 }

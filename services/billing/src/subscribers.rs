@@ -4,128 +4,31 @@
 //! invoice in one transaction and honours `Idempotency-Key`. Reads and `PATCH` go
 //! through the collection engine (field-level access).
 
-use std::sync::Arc;
-
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{Datelike, NaiveDate};
 use isp_events::outbox::enqueue;
 use isp_events::payloads::{InvoiceCreated, SubscriberCreated};
-use isp_platform::auth::{HasKeys, Keys, Principal};
-use isp_platform::collection::{self, canonical, parse_body, parse_id, Collection};
-use isp_platform::query::{ListQuery, Page};
+use isp_platform::auth::Principal;
+use isp_platform::collection::{self, canonical, parse_body, Collection};
 use isp_platform::{idempotency, ApiError, ApiResult, FieldError, ServiceContext};
 use rust_decimal::Decimal;
 use serde_json::{json, Map, Value};
 use sqlx::PgConnection;
-use utoipa::OpenApi;
 use uuid::Uuid;
 
-use crate::collections::{self as c, internal, snapshot, LineItem, FIN};
+use crate::collections::{self as c, internal, snapshot, LineItem};
+use crate::App;
+use isp_platform::collection::Operation;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-#[derive(Clone)]
-struct St {
-    ctx: Arc<ServiceContext>,
-    coll: Arc<Collection>,
-    settings: crate::daily::Settings,
-}
-
-impl HasKeys for St {
-    fn keys(&self) -> &Keys {
-        &self.ctx.keys
-    }
-}
-
-pub fn routes(
-    ctx: Arc<ServiceContext>,
-    coll: Arc<Collection>,
-    settings: crate::daily::Settings,
-) -> Router {
-    Router::new()
-        .route("/api/billing/subscribers", get(list).post(create))
-        .route(
-            "/api/billing/subscribers/{id}",
-            get(get_one).patch(update).delete(delete),
-        )
-        .with_state(St {
-            ctx,
-            coll,
-            settings,
-        })
-}
-
-#[derive(OpenApi)]
-#[openapi(paths(create))]
-struct Doc;
-
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    Doc::openapi()
-}
-
-fn check(coll: &Collection, p: &Principal, op: collection::Operation) -> ApiResult<()> {
-    if coll.allowed(p, op) {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(
-            "You are not allowed to perform this action.",
-        ))
-    }
-}
-
-async fn list(
-    State(s): State<St>,
-    p: Principal,
-    RawQuery(raw): RawQuery,
-) -> ApiResult<Json<Page<Value>>> {
-    check(&s.coll, &p, collection::Operation::Read)?;
-    let q = ListQuery::parse(raw.as_deref())?;
-    let mut conn = s.ctx.pool.acquire().await?;
-    Ok(Json(s.coll.list(&mut conn, &p, &q).await?))
-}
-
-async fn get_one(
-    State(s): State<St>,
-    p: Principal,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    check(&s.coll, &p, collection::Operation::Read)?;
-    let id = parse_id(&id)?;
-    let mut conn = s.ctx.pool.acquire().await?;
-    let doc = s.coll.find_scoped(&mut conn, &p, id, false).await?;
-    Ok(Json(s.coll.present(&p, &doc)))
-}
-
-async fn update(
-    State(s): State<St>,
-    p: Principal,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> ApiResult<Json<Value>> {
-    check(&s.coll, &p, collection::Operation::Update)?;
-    let id = parse_id(&id)?;
-    let data = s.coll.validate_input(&p, &parse_body(&body)?, false)?;
-    let mut tx = s.ctx.pool.begin().await?;
-    // The daily-run lock before the subscriber's row, as payments take them: an
-    // edit of nextDueDate, trialEndDate, billingCycle or status waits for a
-    // running run instead of racing it (or deadlocking with it).
-    crate::daily::wait_for_run(&mut tx).await?;
-    let existing = s.coll.find_scoped(&mut tx, &p, id, true).await?;
-    let doc = s
-        .coll
-        .update_in(&mut tx, &s.ctx, &p, &existing, data)
-        .await?;
-    tx.commit().await?;
-    Ok(Json(
-        json!({"doc": s.coll.present(&p, &doc), "message": "Subscriber successfully updated."}),
-    ))
-}
-
-/// Subscribers are never deleted: they are Deactivated, keeping their invoices.
-async fn delete(_p: Principal) -> ApiError {
-    ApiError::forbidden("Subscribers are not deleted; set their status to Deactivated.")
+/// `POST /api/billing/subscribers`; reads and updates are the engine's, deletes
+/// are switched off (subscribers are Deactivated).
+pub fn routes() -> OpenApiRouter<App> {
+    OpenApiRouter::new().routes(routes!(create))
 }
 
 /// Fields the create body may carry, besides `oneOffCharges`.
@@ -166,15 +69,15 @@ fn create_field(coll: &Collection, name: &str) -> Option<collection::Field> {
               (status = 403, description = "Not Admin, Billing Manager or a service with billing.subscribers.create"),
               (status = 409, description = "Plan disabled or closed to signups; Idempotency-Key reused with another body")))]
 async fn create(
-    State(s): State<St>,
+    State(s): State<App>,
     p: Principal,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    p.require(FIN, "billing.subscribers.create")?;
+    s.colls.subscribers.authorize(&p, Operation::Create)?;
     let key = idempotency::key_from(&headers)?;
     let body = parse_body(&body)?;
-    let input = validate(&s.coll, &body)?;
+    let input = validate(&s.colls.subscribers, &body)?;
     let mut tx = s.ctx.pool.begin().await?;
     let hash = idempotency::request_hash(&body);
     if let Some(k) = &key {
@@ -182,9 +85,9 @@ async fn create(
             return Ok((status, Json(stored)));
         }
     }
-    let (sub, invoice) = insert(&mut tx, &s.ctx, s.settings, &input).await?;
+    let (sub, invoice) = insert(&mut tx, &s.ctx, s.options.settings, &input).await?;
     let answer = json!({
-        "doc": s.coll.present(&p, &sub),
+        "doc": s.colls.subscribers.present(&p, &sub),
         "invoice": invoice,
         "message": "Subscriber successfully created.",
     });

@@ -4,23 +4,24 @@
 //! here, readable by Admin and Billing Manager, until one of them allocates it to
 //! an invoice, which records the Payment exactly as the M-Pesa consumer would have.
 
-use std::sync::Arc;
-
 use axum::extract::{Path, State};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use isp_events::payloads::MpesaPaymentConfirmed;
-use isp_platform::auth::{HasKeys, Keys, Principal, Roles};
+use isp_platform::auth::{Principal, Roles};
 use isp_platform::collection::{parse_id, Collection, Field, Kind};
 use isp_platform::http::ApiJson;
-use isp_platform::{ApiError, ApiResult, ServiceContext};
+use isp_platform::{ApiError, ApiResult};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sqlx::PgConnection;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::collections::FIN;
+use crate::App;
+use isp_platform::collection::Operation;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Read-only list for finance; written by the M-Pesa consumer and `allocate`.
 pub fn collection() -> Collection {
@@ -49,6 +50,7 @@ pub fn collection() -> Collection {
         ],
     )
     .access(FIN, Roles::NONE, Roles::NONE, Roles::NONE)
+    .action("allocate", FIN)
 }
 
 /// Keeps a confirmed M-Pesa payment that could not be recorded, with why. A
@@ -88,42 +90,9 @@ pub async fn is_kept(tx: &mut PgConnection, receipt: &str) -> sqlx::Result<bool>
     .await
 }
 
-#[derive(Clone)]
-struct St {
-    ctx: Arc<ServiceContext>,
-    coll: Arc<Collection>,
-    payments: Arc<Collection>,
-}
-
-impl HasKeys for St {
-    fn keys(&self) -> &Keys {
-        &self.ctx.keys
-    }
-}
-
-pub fn routes(
-    ctx: Arc<ServiceContext>,
-    coll: Arc<Collection>,
-    payments: Arc<Collection>,
-) -> Router {
-    Router::new()
-        .route(
-            "/api/billing/unallocatedPayments/{id}/allocate",
-            post(allocate),
-        )
-        .with_state(St {
-            ctx,
-            coll,
-            payments,
-        })
-}
-
-#[derive(OpenApi)]
-#[openapi(paths(allocate), components(schemas(AllocateInput)))]
-struct Doc;
-
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    Doc::openapi()
+/// `POST /api/billing/unallocatedPayments/{id}/allocate`.
+pub fn routes() -> OpenApiRouter<App> {
+    OpenApiRouter::new().routes(routes!(allocate))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -143,12 +112,14 @@ pub struct AllocateInput {
         (status = 400, description = "Bad invoice"), (status = 403), (status = 404),
         (status = 409, description = "Already allocated, or the invoice cannot take a payment")))]
 async fn allocate(
-    State(s): State<St>,
+    State(s): State<App>,
     p: Principal,
     Path(id): Path<String>,
     ApiJson(input): ApiJson<AllocateInput>,
 ) -> ApiResult<Json<Value>> {
-    p.require_roles(FIN)?;
+    s.colls
+        .unallocated
+        .authorize(&p, Operation::Action("allocate"))?;
     let id = parse_id(&id)?;
     let invoice = Uuid::parse_str(input.invoice.trim())
         .map_err(|_| ApiError::field("invoice", "Must be a valid id."))?;
@@ -205,7 +176,11 @@ async fn allocate(
         name: "mpesa".into(),
         scopes: vec![],
     };
-    let payment = s.payments.create_in(&mut tx, &s.ctx, &mpesa, data).await?;
+    let payment = s
+        .colls
+        .payments
+        .create_in(&mut tx, &s.ctx, &mpesa, data)
+        .await?;
     let payment_id = payment["id"]
         .as_str()
         .and_then(|v| Uuid::parse_str(v).ok())
@@ -220,14 +195,15 @@ async fn allocate(
     .execute(&mut *tx)
     .await?;
     let doc = s
-        .coll
+        .colls
+        .unallocated
         .fetch(&mut tx, id, false)
         .await?
         .ok_or_else(|| ApiError::not_found("Unallocated payment"))?;
     tx.commit().await?;
     Ok(Json(json!({
-        "doc": s.coll.present(&p, &doc),
-        "payment": s.payments.present(&p, &payment),
+        "doc": s.colls.unallocated.present(&p, &doc),
+        "payment": s.colls.payments.present(&p, &payment),
         "message": format!("Payment {receipt} allocated."),
     })))
 }

@@ -5,20 +5,21 @@
 //! every other service once the `staff.updated` event carrying the new token
 //! version has reached it (see `isp_platform::staff_access`).
 
-use std::sync::Arc;
-
 use axum::extract::State;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{Duration, Utc};
-use isp_platform::auth::{bearer, password, Claims, HasKeys, Keys, Principal, Role, Roles};
-use isp_platform::collection::Collection;
+use isp_platform::auth::{bearer, password, Claims, Keys, Principal, Role};
+use isp_platform::collection::Operation;
 use isp_platform::config::env_parse;
 use isp_platform::http::ApiJson;
-use isp_platform::{ApiError, ApiResult, ServiceContext};
+use isp_platform::{ApiError, ApiResult};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use utoipa::{OpenApi, ToSchema};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::App;
 use uuid::Uuid;
 
 #[derive(Clone, Copy, Debug)]
@@ -41,43 +42,15 @@ impl Settings {
     }
 }
 
-#[derive(Clone)]
-struct AuthState {
-    ctx: Arc<ServiceContext>,
-    staff: Arc<Collection>,
-    settings: Settings,
-}
-
-impl HasKeys for AuthState {
-    fn keys(&self) -> &Keys {
-        &self.ctx.keys
-    }
-}
-
-pub fn routes(ctx: Arc<ServiceContext>, staff: Arc<Collection>, settings: Settings) -> Router {
-    Router::new()
-        .route("/api/core/staff/login", post(login))
-        .route("/api/core/staff/me", get(me))
-        .route("/api/core/staff/logout", post(logout))
-        .route("/api/core/staff/refresh-token", post(refresh))
-        .route("/api/core/staff/unlock", post(unlock))
-        .route("/api/core/jwks", get(public_key))
-        .with_state(AuthState {
-            ctx,
-            staff,
-            settings,
-        })
-}
-
-#[derive(OpenApi)]
-#[openapi(
-    paths(login, me, logout, refresh, unlock, public_key),
-    components(schemas(LoginInput, UnlockInput))
-)]
-struct AuthDoc;
-
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    AuthDoc::openapi()
+/// Payload's auth operations on staff, and the public key.
+pub fn routes() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(me))
+        .routes(routes!(logout))
+        .routes(routes!(refresh))
+        .routes(routes!(unlock))
+        .routes(routes!(public_key))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -142,8 +115,9 @@ fn issue(keys: &Keys, s: &StaffAuthRow, ttl: i64) -> ApiResult<(String, i64)> {
     Ok((token, exp))
 }
 
-async fn user_doc(st: &AuthState, conn: &mut sqlx::PgConnection, id: Uuid) -> ApiResult<Value> {
+async fn user_doc(st: &App, conn: &mut sqlx::PgConnection, id: Uuid) -> ApiResult<Value> {
     let doc = st
+        .colls
         .staff
         .fetch(conn, id, false)
         .await?
@@ -158,7 +132,7 @@ async fn user_doc(st: &AuthState, conn: &mut sqlx::PgConnection, id: Uuid) -> Ap
 #[utoipa::path(post, path = "/api/core/staff/login", tag = "staff", request_body = LoginInput,
     responses((status = 200, description = "{message, user, token, exp}"), (status = 401, description = "Wrong credentials, locked or inactive")))]
 async fn login(
-    State(st): State<AuthState>,
+    State(st): State<App>,
     ApiJson(input): ApiJson<LoginInput>,
 ) -> ApiResult<Json<Value>> {
     if input.email.trim().is_empty() {
@@ -180,17 +154,17 @@ async fn login(
     }
     if !password::verify_async(input.password, row.password_hash.clone()).await {
         let attempts = row.login_attempts + 1;
-        if attempts >= st.settings.max_attempts {
+        if attempts >= st.auth.max_attempts {
             sqlx::query("UPDATE staff SET login_attempts = 0, lock_until = $2 WHERE id = $1")
                 .bind(row.id)
-                .bind(Utc::now() + Duration::seconds(st.settings.lock_time))
+                .bind(Utc::now() + Duration::seconds(st.auth.lock_time))
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
             return Err(ApiError::unauthorized(format!(
                 "This account is now locked for {} minutes after {} failed login attempts.",
-                (st.settings.lock_time + 59) / 60,
-                st.settings.max_attempts
+                (st.auth.lock_time + 59) / 60,
+                st.auth.max_attempts
             )));
         }
         sqlx::query("UPDATE staff SET login_attempts = $2 WHERE id = $1")
@@ -210,14 +184,14 @@ async fn login(
         .await?;
     let user = user_doc(&st, &mut tx, row.id).await?;
     tx.commit().await?;
-    let (token, exp) = issue(&st.ctx.keys, &row, st.settings.token_ttl)?;
+    let (token, exp) = issue(&st.ctx.keys, &row, st.auth.token_ttl)?;
     Ok(Json(
         json!({"message": "Authentication Passed", "user": user, "token": token, "exp": exp}),
     ))
 }
 
 /// The staff row behind a still-valid token (current version, active).
-async fn current(st: &AuthState, parts_token: Option<&str>) -> ApiResult<(StaffAuthRow, Claims)> {
+async fn current(st: &App, parts_token: Option<&str>) -> ApiResult<(StaffAuthRow, Claims)> {
     let token = parts_token.ok_or_else(|| ApiError::unauthorized("You are not logged in."))?;
     let claims = st.ctx.keys.verify(token)?;
     let Principal::Staff {
@@ -242,10 +216,7 @@ async fn current(st: &AuthState, parts_token: Option<&str>) -> ApiResult<(StaffA
 }
 
 #[utoipa::path(get, path = "/api/core/staff/me", security(("jwt" = [])), tag = "staff", responses((status = 200, description = "{user, exp}"), (status = 401)))]
-async fn me(
-    State(st): State<AuthState>,
-    req: axum::http::request::Parts,
-) -> ApiResult<Json<Value>> {
+async fn me(State(st): State<App>, req: axum::http::request::Parts) -> ApiResult<Json<Value>> {
     let (row, claims) = current(&st, bearer(&req)).await?;
     let mut conn = st.ctx.pool.acquire().await?;
     let user = user_doc(&st, &mut conn, row.id).await?;
@@ -255,10 +226,7 @@ async fn me(
 }
 
 #[utoipa::path(post, path = "/api/core/staff/logout", security(("jwt" = [])), tag = "staff", responses((status = 200), (status = 401)))]
-async fn logout(
-    State(st): State<AuthState>,
-    req: axum::http::request::Parts,
-) -> ApiResult<Json<Value>> {
+async fn logout(State(st): State<App>, req: axum::http::request::Parts) -> ApiResult<Json<Value>> {
     let (row, _) = current(&st, bearer(&req)).await?;
     // Ends every token of the member here at once, and on the other services as
     // soon as they have the staff.updated event carrying the new version.
@@ -268,6 +236,7 @@ async fn logout(
         .execute(&mut *tx)
         .await?;
     let doc = st
+        .colls
         .staff
         .fetch(&mut tx, row.id, false)
         .await?
@@ -280,12 +249,9 @@ async fn logout(
 }
 
 #[utoipa::path(post, path = "/api/core/staff/refresh-token", security(("jwt" = [])), tag = "staff", responses((status = 200, description = "{message, refreshedToken, exp, user}"), (status = 401)))]
-async fn refresh(
-    State(st): State<AuthState>,
-    req: axum::http::request::Parts,
-) -> ApiResult<Json<Value>> {
+async fn refresh(State(st): State<App>, req: axum::http::request::Parts) -> ApiResult<Json<Value>> {
     let (row, _) = current(&st, bearer(&req)).await?;
-    let (token, exp) = issue(&st.ctx.keys, &row, st.settings.token_ttl)?;
+    let (token, exp) = issue(&st.ctx.keys, &row, st.auth.token_ttl)?;
     let mut conn = st.ctx.pool.acquire().await?;
     let user = user_doc(&st, &mut conn, row.id).await?;
     Ok(Json(
@@ -295,11 +261,11 @@ async fn refresh(
 
 #[utoipa::path(post, path = "/api/core/staff/unlock", security(("jwt" = [])), tag = "staff", request_body = UnlockInput, responses((status = 200), (status = 403), (status = 404)))]
 async fn unlock(
-    State(st): State<AuthState>,
+    State(st): State<App>,
     p: Principal,
     ApiJson(input): ApiJson<UnlockInput>,
 ) -> ApiResult<Json<Value>> {
-    p.require_roles(Roles::of(&[Role::Admin]))?;
+    st.colls.staff.authorize(&p, Operation::Action("unlock"))?;
     let n = sqlx::query(
         "UPDATE staff SET login_attempts = 0, lock_until = NULL WHERE lower(email) = lower($1)",
     )
@@ -314,7 +280,7 @@ async fn unlock(
 }
 
 #[utoipa::path(get, path = "/api/core/jwks", tag = "staff", responses((status = 200, description = "The Ed25519 public key that verifies staff and service tokens")))]
-async fn public_key(State(st): State<AuthState>) -> Json<Value> {
+async fn public_key(State(st): State<App>) -> Json<Value> {
     Json(json!({"alg": "EdDSA", "crv": "Ed25519", "publicKey": st.ctx.keys.public_key_b64()}))
 }
 

@@ -50,6 +50,7 @@ pub fn staff() -> Collection {
         ],
     )
     .access(ADMIN, ADMIN, ADMIN, ADMIN)
+    .action("unlock", ADMIN)
     .hooks(StaffHooks)
 }
 

@@ -6,8 +6,9 @@
 use std::sync::Arc;
 
 use axum::Router;
-use isp_platform::collection::{self, Collection};
+use isp_platform::collection::Collection;
 use isp_platform::runtime::ServiceInfo;
+use isp_platform::service::Service;
 use isp_platform::ServiceContext;
 
 mod auth;
@@ -26,6 +27,20 @@ pub const INFO: ServiceInfo = ServiceInfo {
 };
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/core");
+
+/// Core's settings, read once at start.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub auth: auth::Settings,
+}
+
+impl Options {
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            auth: auth::Settings::from_env()?,
+        })
+    }
+}
 
 /// Core's collections, built once.
 pub struct Collections {
@@ -50,36 +65,36 @@ impl Default for Collections {
     }
 }
 
-/// Migrates, creates the first Admin if there is no staff yet, starts the outbox
-/// relay and the consumers, and returns the service's router.
-pub async fn start(ctx: Arc<ServiceContext>) -> anyhow::Result<Router> {
-    ctx.migrate_and_relay(&MIGRATOR).await?;
-    let colls = Arc::new(Collections::new());
-    bootstrap::ensure_admin(&ctx, &colls.staff).await?;
-    ctx.consume(
-        "core-crm",
-        "isp.crm.>",
-        consumers::CrmEvents {
-            partners: colls.partners.clone(),
-        },
-    );
-    ctx.consume("core-noc", "isp.noc.>", consumers::NocEvents);
+/// What core's custom routes share.
+pub struct State {
+    colls: Arc<Collections>,
+    auth: auth::Settings,
+}
 
-    let auth_settings = auth::Settings::from_env()?;
-    let routes = Router::new()
-        .merge(auth::routes(
-            ctx.clone(),
-            colls.staff.clone(),
-            auth_settings,
-        ))
-        .merge(collection::routes(colls.staff.clone(), ctx.clone()))
-        .merge(collection::routes(colls.plans.clone(), ctx.clone()))
-        .merge(collection::routes(colls.partners.clone(), ctx.clone()));
-    let mut doc = isp_platform::openapi::collections_doc(
-        "core",
-        "ISP Core: staff, plans, partners",
-        &[&colls.staff, &colls.plans, &colls.partners],
-    );
-    doc.merge(auth::openapi());
-    Ok(isp_platform::http::service_router(ctx, routes, doc))
+type App = isp_platform::service::App<State>;
+
+pub async fn start(ctx: Arc<ServiceContext>) -> anyhow::Result<Router> {
+    // Settings first: a bad value stops the start before anything runs.
+    start_with(ctx, Options::from_env()?).await
+}
+
+/// Migrates, creates the first Admin if there is no staff yet, starts the relay
+/// and the consumers, and returns the service's router.
+pub async fn start_with(ctx: Arc<ServiceContext>, options: Options) -> anyhow::Result<Router> {
+    let svc = Service::new(ctx, &MIGRATOR, "ISP Core: staff, plans, partners").await?;
+    let colls = Arc::new(Collections::new());
+    bootstrap::ensure_admin(svc.ctx(), &colls.staff).await?;
+    let partners = colls.partners.clone();
+    Ok(svc
+        .with(State {
+            colls: colls.clone(),
+            auth: options.auth,
+        })
+        .collection(&colls.staff)
+        .collection(&colls.plans)
+        .collection(&colls.partners)
+        .routes(auth::routes())
+        .consume("core-crm", "isp.crm.>", consumers::CrmEvents { partners })
+        .consume("core-noc", "isp.noc.>", consumers::NocEvents)
+        .router())
 }

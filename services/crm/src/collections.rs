@@ -197,6 +197,8 @@ pub fn leads() -> Collection {
         ],
     )
     .access(SALES, SALES, SALES, SALES)
+    .idempotent_create()
+    .action("convert", SALES)
     .hooks(LeadHooks)
 }
 

@@ -1,163 +1,33 @@
-//! `/api/crm/leads`: the collection's operations (written out here rather than
-//! generated, because creating a lead honours `Idempotency-Key`: wa-parser retries
-//! it), and `POST /api/crm/leads/{id}/convert`.
-
-use std::sync::Arc;
+//! `POST /api/crm/leads/{id}/convert`: a lead becomes a Billing subscriber. The
+//! leads' own operations are the collection engine's (creating one honours
+//! `Idempotency-Key`: wa-parser retries it).
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
 use isp_events::outbox::enqueue;
 use isp_events::payloads::LeadConverted;
-use isp_platform::auth::{HasKeys, Keys, Principal};
+use isp_platform::auth::Principal;
 use isp_platform::collection::{
     canonical, parse_body, parse_id, Collection, Field, Kind, Operation,
 };
-use isp_platform::query::{ListQuery, Page};
-use isp_platform::{idempotency, ApiError, ApiResult, FieldError, ServiceContext};
+use isp_platform::{ApiError, ApiResult, FieldError};
 use serde_json::{json, Map, Value};
-use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::collections::{doc_id, internal, mark_unit_subscriber, SALES};
+use crate::collections::{doc_id, internal, mark_unit_subscriber};
+use crate::App;
 
 /// Billing's endpoint and the scope CRM's service token carries for it.
 pub const BILLING_SUBSCRIBERS: &str = "/api/billing/subscribers";
 pub const BILLING_SCOPE: &str = "billing.subscribers.create";
-/// A service (none today) may convert leads with this scope.
-pub const CONVERT_SCOPE: &str = "crm.leads.convert";
 
-#[derive(Clone)]
-struct LeadsState {
-    ctx: Arc<ServiceContext>,
-    leads: Arc<Collection>,
-}
-
-impl HasKeys for LeadsState {
-    fn keys(&self) -> &Keys {
-        &self.ctx.keys
-    }
-}
-
-pub fn routes(ctx: Arc<ServiceContext>, leads: Arc<Collection>) -> Router {
-    Router::new()
-        .route("/api/crm/leads", get(list).post(create))
-        .route(
-            "/api/crm/leads/{id}",
-            get(get_one).patch(update).delete(delete),
-        )
-        .route("/api/crm/leads/{id}/convert", post(convert))
-        .with_state(LeadsState { ctx, leads })
-}
-
-fn check(c: &Collection, p: &Principal, op: Operation, verb: &str) -> ApiResult<()> {
-    if c.allowed(p, op) {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(format!(
-            "You are not allowed to {verb} leads."
-        )))
-    }
-}
-
-async fn list(
-    State(s): State<LeadsState>,
-    p: Principal,
-    RawQuery(raw): RawQuery,
-) -> ApiResult<Json<Page<Value>>> {
-    check(&s.leads, &p, Operation::Read, "read")?;
-    let q = ListQuery::parse(raw.as_deref())?;
-    let mut conn = s.ctx.pool.acquire().await?;
-    Ok(Json(s.leads.list(&mut conn, &p, &q).await?))
-}
-
-async fn get_one(
-    State(s): State<LeadsState>,
-    p: Principal,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    check(&s.leads, &p, Operation::Read, "read")?;
-    let id = parse_id(&id)?;
-    let mut conn = s.ctx.pool.acquire().await?;
-    let doc = s.leads.find_scoped(&mut conn, &p, id, false).await?;
-    Ok(Json(s.leads.present(&p, &doc)))
-}
-
-/// Like the generic create, plus `Idempotency-Key`: the key, the request's hash and
-/// the answer are stored in the lead's transaction, so a retried request gets the
-/// first answer and creates nothing.
-async fn create(
-    State(s): State<LeadsState>,
-    p: Principal,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
-    check(&s.leads, &p, Operation::Create, "create")?;
-    let key = idempotency::key_from(&headers)?;
-    let input = parse_body(&body)?;
-    let data = s.leads.validate_input(&p, &input, true)?;
-    let hash = idempotency::request_hash(&input);
-    let mut tx = s.ctx.pool.begin().await?;
-    if let Some(k) = &key {
-        if let Some((status, answer)) = idempotency::begin(&mut tx, &p, k, &hash).await? {
-            return Ok((status, Json(answer)));
-        }
-    }
-    let doc = s.leads.create_in(&mut tx, &s.ctx, &p, data).await?;
-    let answer = json!({"doc": s.leads.present(&p, &doc), "message": "Lead successfully created."});
-    if let Some(k) = &key {
-        idempotency::store(&mut tx, &p, k, &hash, StatusCode::CREATED, &answer).await?;
-    }
-    tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(answer)))
-}
-
-async fn update(
-    State(s): State<LeadsState>,
-    p: Principal,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> ApiResult<Json<Value>> {
-    check(&s.leads, &p, Operation::Update, "update")?;
-    let id = parse_id(&id)?;
-    let data = s.leads.validate_input(&p, &parse_body(&body)?, false)?;
-    let mut tx = s.ctx.pool.begin().await?;
-    let existing = s.leads.find_scoped(&mut tx, &p, id, true).await?;
-    let doc = s
-        .leads
-        .update_in(&mut tx, &s.ctx, &p, &existing, data)
-        .await?;
-    tx.commit().await?;
-    Ok(Json(
-        json!({"doc": s.leads.present(&p, &doc), "message": "Lead successfully updated."}),
-    ))
-}
-
-async fn delete(
-    State(s): State<LeadsState>,
-    p: Principal,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    check(&s.leads, &p, Operation::Delete, "delete")?;
-    let id = parse_id(&id)?;
-    let mut tx = s.ctx.pool.begin().await?;
-    let existing = s.leads.find_scoped(&mut tx, &p, id, true).await?;
-    s.leads.hooks.before_delete(&mut tx, &p, &existing).await?;
-    sqlx::query("DELETE FROM leads WHERE id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| s.leads.map_db_error(e))?;
-    s.leads
-        .hooks
-        .after_delete(&mut tx, &s.ctx, &existing)
-        .await?;
-    tx.commit().await?;
-    Ok(Json(
-        json!({"doc": s.leads.present(&p, &existing), "message": "Lead successfully deleted."}),
-    ))
+/// `POST /api/crm/leads/{id}/convert`; the leads' CRUD is the engine's.
+pub fn routes() -> OpenApiRouter<App> {
+    OpenApiRouter::new().routes(routes!(convert))
 }
 
 // ---- conversion -----------------------------------------------------------------
@@ -401,14 +271,6 @@ fn billing_error(e: ApiError) -> ApiError {
     }
 }
 
-#[derive(OpenApi)]
-#[openapi(paths(convert))]
-struct ConvertDoc;
-
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    ConvertDoc::openapi()
-}
-
 /// Converts a lead into a Billing subscriber (Pending Installation) with its first
 /// invoice (plan fee + one-off charges).
 ///
@@ -435,12 +297,12 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         (status = 409, description = "Lead is Lost, or Billing refused (plan closed to new signups)"),
         (status = 503, description = "Billing unavailable; nothing was changed")))]
 async fn convert(
-    State(s): State<LeadsState>,
+    State(s): State<App>,
     p: Principal,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    p.require(SALES, CONVERT_SCOPE)?;
+    s.colls.leads.authorize(&p, Operation::Action("convert"))?;
     let id = parse_id(&id)?;
     let input = ConvertInput::parse(&parse_body(&body)?)?;
 
@@ -448,6 +310,7 @@ async fn convert(
     let (lead, unit, building, unit_number, building_name, address) = {
         let mut conn = s.ctx.pool.acquire().await?;
         let lead = s
+            .colls
             .leads
             .fetch(&mut conn, id, false)
             .await?
@@ -512,7 +375,7 @@ async fn convert(
             // A simultaneous convert with other details may have won the key:
             // then the lead is (or is about to be) Converted by it.
             let mut conn = s.ctx.pool.acquire().await?;
-            if let Some(lead) = s.leads.fetch(&mut conn, id, false).await? {
+            if let Some(lead) = s.colls.leads.fetch(&mut conn, id, false).await? {
                 if lead["status"] == "Converted" {
                     return already_converted(&s, &p, &mut conn, &lead).await;
                 }
@@ -533,6 +396,7 @@ async fn convert(
     // 3. Mark the lead, its unit and the event, unless a simultaneous convert did.
     let mut tx = s.ctx.pool.begin().await?;
     let lead = s
+        .colls
         .leads
         .fetch(&mut tx, id, true)
         .await?
@@ -566,6 +430,7 @@ async fn convert(
     .await
     .map_err(internal)?;
     let doc = s
+        .colls
         .leads
         .fetch(&mut tx, id, false)
         .await?
@@ -578,7 +443,7 @@ async fn convert(
     Ok((
         StatusCode::CREATED,
         Json(answer(
-            &s.leads,
+            &s.colls.leads,
             &p,
             &doc,
             &conversion,
@@ -589,7 +454,7 @@ async fn convert(
 
 /// 200 with the subscriber (and invoice) the lead was converted to.
 async fn already_converted(
-    s: &LeadsState,
+    s: &App,
     p: &Principal,
     conn: &mut sqlx::PgConnection,
     lead: &Value,
@@ -605,7 +470,7 @@ async fn already_converted(
     Ok((
         StatusCode::OK,
         Json(answer(
-            &s.leads,
+            &s.colls.leads,
             p,
             lead,
             &conversion,

@@ -3,10 +3,11 @@
 //!
 //! - [`collections`]: the three collections, their rules (partner checks, unique
 //!   unit numbers, the lead pipeline, unit status following it) and their events
-//!   (`building.*`, `lead.created`).
-//! - `leads`: the leads API (with `Idempotency-Key` on create, for wa-parser) and
-//!   `POST /api/crm/leads/{id}/convert`, which calls Billing synchronously and
-//!   publishes `lead.converted` (Core counts the partner's referral once).
+//!   (`building.*`, `lead.created`). Creating a lead honours `Idempotency-Key`
+//!   (wa-parser retries it).
+//! - `leads`: `POST /api/crm/leads/{id}/convert`, which calls Billing
+//!   synchronously and publishes `lead.converted` (Core counts the partner's
+//!   referral once).
 //! - `consumers`: projections of Core's partners (`isp.core.>`, durable `crm-core`)
 //!   and NOC's resources (`isp.noc.>`, durable `crm-noc`, a building's read-only
 //!   `equipment`).
@@ -14,8 +15,9 @@
 use std::sync::Arc;
 
 use axum::Router;
-use isp_platform::collection::{self, Collection};
+use isp_platform::collection::Collection;
 use isp_platform::runtime::ServiceInfo;
+use isp_platform::service::Service;
 use isp_platform::ServiceContext;
 
 pub mod collections;
@@ -23,7 +25,7 @@ mod consumers;
 mod leads;
 
 pub use collections::{building_units, buildings, leads, transition_allowed};
-pub use leads::{split_name, ConvertInput, BILLING_SCOPE, BILLING_SUBSCRIBERS, CONVERT_SCOPE};
+pub use leads::{split_name, ConvertInput, BILLING_SCOPE, BILLING_SUBSCRIBERS};
 
 pub const INFO: ServiceInfo = ServiceInfo {
     name: "crm",
@@ -34,6 +36,16 @@ pub const INFO: ServiceInfo = ServiceInfo {
 };
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/crm");
+
+/// CRM's settings, read once at start (none of its own yet).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {}
+
+impl Options {
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {})
+    }
+}
 
 /// CRM's collections, built once.
 pub struct Collections {
@@ -58,22 +70,36 @@ impl Default for Collections {
     }
 }
 
+/// What CRM's custom routes share.
+pub struct State {
+    colls: Arc<Collections>,
+}
+
+type App = isp_platform::service::App<State>;
+
+pub async fn start(ctx: Arc<ServiceContext>) -> anyhow::Result<Router> {
+    start_with(ctx, Options::from_env()?).await
+}
+
 /// Migrates, starts the outbox relay and the projections' consumers, and returns
 /// the service's router.
-pub async fn start(ctx: Arc<ServiceContext>) -> anyhow::Result<Router> {
-    ctx.migrate_and_relay(&MIGRATOR).await?;
-    ctx.consume("crm-core", "isp.core.>", consumers::CoreEvents);
-    ctx.consume("crm-noc", "isp.noc.>", consumers::NocEvents);
-    let colls = Collections::new();
-    let routes = Router::new()
-        .merge(collection::routes(colls.buildings.clone(), ctx.clone()))
-        .merge(collection::routes(colls.units.clone(), ctx.clone()))
-        .merge(leads::routes(ctx.clone(), colls.leads.clone()));
-    let mut doc = isp_platform::openapi::collections_doc(
-        "crm",
+pub async fn start_with(ctx: Arc<ServiceContext>, _options: Options) -> anyhow::Result<Router> {
+    let svc = Service::new(
+        ctx,
+        &MIGRATOR,
         "ISP CRM & Sales: buildings, building units, leads",
-        &[&colls.buildings, &colls.units, &colls.leads],
-    );
-    doc.merge(leads::openapi());
-    Ok(isp_platform::http::service_router(ctx, routes, doc))
+    )
+    .await?;
+    let colls = Arc::new(Collections::new());
+    Ok(svc
+        .with(State {
+            colls: colls.clone(),
+        })
+        .collection(&colls.buildings)
+        .collection(&colls.units)
+        .collection(&colls.leads)
+        .routes(leads::routes())
+        .consume("crm-core", "isp.core.>", consumers::CoreEvents)
+        .consume("crm-noc", "isp.noc.>", consumers::NocEvents)
+        .router())
 }

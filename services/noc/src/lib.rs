@@ -18,8 +18,8 @@
 use std::sync::Arc;
 
 use axum::Router;
-use isp_platform::collection::{self, Collection};
 use isp_platform::runtime::ServiceInfo;
+use isp_platform::service::Service;
 use isp_platform::ServiceContext;
 
 pub mod collections;
@@ -43,8 +43,39 @@ pub const INFO: ServiceInfo = ServiceInfo {
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/noc");
 
+/// The NOC's settings, read once at start.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub dynauth: dynauth::Settings,
+}
+
+impl Options {
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            dynauth: dynauth::Settings::from_env()?,
+        })
+    }
+}
+
+/// What the NOC's custom routes share.
+pub struct State {
+    zabbix_token: String,
+}
+
+type App = isp_platform::service::App<State>;
+
 pub async fn start(ctx: Arc<ServiceContext>) -> anyhow::Result<Router> {
-    ctx.migrate_and_relay(&MIGRATOR).await?;
+    start_with(ctx, Options::from_env()?).await
+}
+
+pub async fn start_with(ctx: Arc<ServiceContext>, options: Options) -> anyhow::Result<Router> {
+    let svc = Service::new(
+        ctx,
+        &MIGRATOR,
+        "ISP Operations & NOC: subscribers, resources, IPAM, work orders",
+    )
+    .await?;
+    let ctx = svc.ctx().clone();
     // One stored ciphertext, if any, proves the key is the one in use.
     let stored: Option<String> =
         sqlx::query_scalar("SELECT radius_password FROM subscribers ORDER BY created_at LIMIT 1")
@@ -52,38 +83,21 @@ pub async fn start(ctx: Arc<ServiceContext>) -> anyhow::Result<Router> {
             .await?;
     let secrets = secrets::SecretBox::load_or_create(&ctx.config.data_dir, stored.as_deref())?;
     let zabbix_token = zabbix::load_token(&ctx.config.data_dir)?;
-    let colls: Vec<Arc<Collection>> = vec![
-        Arc::new(collections::subscribers(secrets.clone())),
-        Arc::new(collections::resources()),
-        Arc::new(collections::ip_subnets()),
-        Arc::new(collections::ip_addresses()),
-        Arc::new(collections::work_orders(secrets.clone())),
-    ];
-    ctx.consume("noc-core", "isp.core.>", consumers::CoreEvents);
-    ctx.consume("noc-crm", "isp.crm.>", consumers::CrmEvents);
-    ctx.consume(
-        "noc-billing",
-        "isp.billing.>",
-        consumers::BillingEvents {
-            secrets: secrets.clone(),
-        },
-    );
-    dynauth::spawn_worker(
-        ctx.pool.clone(),
-        dynauth::Settings::from_env()?,
-        ctx.shutdown.clone(),
-    );
-
-    let mut routes = Router::new().merge(zabbix::routes(ctx.clone(), zabbix_token));
-    for c in &colls {
-        routes = routes.merge(collection::routes(c.clone(), ctx.clone()));
-    }
-    let refs: Vec<&Collection> = colls.iter().map(|c| c.as_ref()).collect();
-    let mut doc = isp_platform::openapi::collections_doc(
-        "noc",
-        "ISP Operations & NOC: subscribers, resources, IPAM, work orders",
-        &refs,
-    );
-    doc.merge(zabbix::openapi());
-    Ok(isp_platform::http::service_router(ctx, routes, doc))
+    dynauth::spawn_worker(ctx.pool.clone(), options.dynauth, ctx.shutdown.clone());
+    Ok(svc
+        .with(State { zabbix_token })
+        .collection(&Arc::new(collections::subscribers(secrets.clone())))
+        .collection(&Arc::new(collections::resources()))
+        .collection(&Arc::new(collections::ip_subnets()))
+        .collection(&Arc::new(collections::ip_addresses()))
+        .collection(&Arc::new(collections::work_orders(secrets.clone())))
+        .routes(zabbix::routes())
+        .consume("noc-core", "isp.core.>", consumers::CoreEvents)
+        .consume("noc-crm", "isp.crm.>", consumers::CrmEvents)
+        .consume(
+            "noc-billing",
+            "isp.billing.>",
+            consumers::BillingEvents { secrets },
+        )
+        .router())
 }

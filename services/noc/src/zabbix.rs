@@ -9,27 +9,23 @@
 //! media type's `token` parameter).
 
 use std::path::Path;
-use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use base64::Engine;
 use isp_events::outbox::enqueue;
 use isp_events::payloads::{NetworkProblem, NetworkRecovered, ZabbixEvent};
 use isp_platform::http::ApiJson;
-use isp_platform::{ApiError, ApiResult, ServiceContext};
+use isp_platform::{ApiError, ApiResult};
 use ring::rand::SecureRandom;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use utoipa::{OpenApi, ToSchema};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-#[derive(Clone)]
-struct St {
-    ctx: Arc<ServiceContext>,
-    token: Arc<String>,
-}
+use crate::App;
 
 pub fn load_token(data_dir: &Path) -> anyhow::Result<String> {
     if let Some(t) = isp_platform::config::env_opt("ISP_NOC_ZABBIX_TOKEN") {
@@ -52,21 +48,9 @@ pub fn load_token(data_dir: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
-pub fn routes(ctx: Arc<ServiceContext>, token: String) -> Router {
-    Router::new()
-        .route("/api/noc/zabbix/webhook", post(webhook))
-        .with_state(St {
-            ctx,
-            token: Arc::new(token),
-        })
-}
-
-#[derive(OpenApi)]
-#[openapi(paths(webhook), components(schemas(ZabbixWebhook)))]
-struct Doc;
-
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    Doc::openapi()
+/// `POST /api/noc/zabbix/webhook`.
+pub fn routes() -> OpenApiRouter<App> {
+    OpenApiRouter::new().routes(routes!(webhook))
 }
 
 /// What the media type's script posts; every value is a Zabbix macro's text.
@@ -115,7 +99,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[utoipa::path(post, path = "/api/noc/zabbix/webhook", tag = "zabbix", request_body = ZabbixWebhook,
     responses((status = 200, description = "{message} (published, duplicate or ignored)"), (status = 400), (status = 401)))]
 async fn webhook(
-    State(st): State<St>,
+    State(st): State<App>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<ZabbixWebhook>,
 ) -> ApiResult<Json<Value>> {
@@ -124,7 +108,7 @@ async fn webhook(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if !constant_time_eq(given.trim().as_bytes(), st.token.as_bytes()) {
+    if !constant_time_eq(given.trim().as_bytes(), st.zabbix_token.as_bytes()) {
         return Err(ApiError::unauthorized(
             "A valid Zabbix webhook token is required.",
         ));

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use isp_platform::runtime::ServiceInfo;
+use isp_platform::service::Service;
 use isp_platform::ServiceContext;
 
 pub const INFO: ServiceInfo = ServiceInfo {
@@ -15,6 +16,28 @@ pub const INFO: ServiceInfo = ServiceInfo {
     scopes: &[],
 };
 
+/// Migrations of its own: none yet (the shared event tables only).
+pub static MIGRATOR: &sqlx::migrate::Migrator = &isp_platform::runtime::NO_MIGRATIONS;
+
+/// This service's settings, read once at start (none yet).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {}
+
+impl Options {
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {})
+    }
+}
+
 pub async fn start(ctx: Arc<ServiceContext>) -> anyhow::Result<Router> {
-    isp_platform::runtime::start_bare(ctx, "ISP Notifications").await
+    start_with(ctx, Options::from_env()?).await
+}
+
+/// Migrates, starts the relay, and returns the router (health, readiness,
+/// metrics, docs). Collections, custom routes and consumers are added to the
+/// builder here, as in core, crm, billing and noc.
+pub async fn start_with(ctx: Arc<ServiceContext>, _options: Options) -> anyhow::Result<Router> {
+    Ok(Service::new(ctx, MIGRATOR, "ISP Notifications")
+        .await?
+        .router())
 }

@@ -4,15 +4,16 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
-use axum::routing::get;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{delete, get, patch, post, MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::{Collection, Operation};
+use super::{Collection, Operation, Serve};
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
+use crate::idempotency;
 use crate::query::{ListQuery, Page};
 use crate::ServiceContext;
 
@@ -30,18 +31,72 @@ impl crate::auth::HasKeys for Routed {
     }
 }
 
-/// `/api/<svc>/<slug>` and `/api/<svc>/<slug>/{id}`.
+/// `/api/<svc>/<slug>` and `/api/<svc>/<slug>/{id}`: the generic handler of every
+/// operation the collection leaves to the engine, a 403 for those switched off,
+/// nothing for those the service serves itself ([`Collection::custom`]).
 pub fn routes(coll: Arc<Collection>, ctx: Ctx) -> Router {
     let base = format!("/api/{}/{}", ctx.name, coll.slug);
-    Router::new()
-        .route(&base, get(list_handler).post(create_handler))
-        .route(
-            &format!("{base}/{{id}}"),
-            get(get_handler)
-                .patch(update_handler)
-                .delete(delete_handler),
-        )
-        .with_state(Routed { ctx, coll })
+    let c = &coll;
+    let all = method(
+        MethodRouter::new(),
+        c,
+        Operation::Read,
+        MethodFilter::GET,
+        get(list_handler),
+    );
+    let all = method(
+        all,
+        c,
+        Operation::Create,
+        MethodFilter::POST,
+        post(create_handler),
+    );
+    let one = method(
+        MethodRouter::new(),
+        c,
+        Operation::Read,
+        MethodFilter::GET,
+        get(get_handler),
+    );
+    let one = method(
+        one,
+        c,
+        Operation::Update,
+        MethodFilter::PATCH,
+        patch(update_handler),
+    );
+    let one = method(
+        one,
+        c,
+        Operation::Delete,
+        MethodFilter::DELETE,
+        delete(delete_handler),
+    );
+    let custom = |ops: &[Operation]| ops.iter().all(|op| c.serves(*op) == Serve::Custom);
+    let mut router = Router::new();
+    if !custom(&[Operation::Read, Operation::Create]) {
+        router = router.route(&base, all);
+    }
+    if !custom(&[Operation::Read, Operation::Update, Operation::Delete]) {
+        router = router.route(&format!("{base}/{{id}}"), one);
+    }
+    router.with_state(Routed { ctx, coll })
+}
+
+fn method(
+    router: MethodRouter<Routed>,
+    coll: &Collection,
+    op: Operation,
+    filter: MethodFilter,
+    engine: MethodRouter<Routed>,
+) -> MethodRouter<Routed> {
+    match coll.serves(op) {
+        Serve::Engine => router.merge(engine),
+        Serve::Custom => router,
+        Serve::Off(message) => router.on(filter, move |_: Principal| async move {
+            ApiError::forbidden(message)
+        }),
+    }
 }
 
 pub fn parse_id(s: &str) -> ApiResult<Uuid> {
@@ -62,7 +117,7 @@ async fn list_handler(
     p: Principal,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Page<Value>>> {
-    s.coll.check(&p, Operation::Read)?;
+    s.coll.authorize(&p, Operation::Read)?;
     let q = ListQuery::parse(raw.as_deref())?;
     let mut conn = s.ctx.pool.acquire().await?;
     Ok(Json(s.coll.list(&mut conn, &p, &q).await?))
@@ -73,7 +128,7 @@ async fn get_handler(
     p: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    s.coll.check(&p, Operation::Read)?;
+    s.coll.authorize(&p, Operation::Read)?;
     let id = parse_id(&id)?;
     let mut conn = s.ctx.pool.acquire().await?;
     let doc = s.coll.find_scoped(&mut conn, &p, id, false).await?;
@@ -83,20 +138,32 @@ async fn get_handler(
 async fn create_handler(
     State(s): State<Routed>,
     p: Principal,
+    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    s.coll.check(&p, Operation::Create)?;
-    let data = s.coll.validate_input(&p, &parse_body(&body)?, true)?;
+    s.coll.authorize(&p, Operation::Create)?;
+    let key = if s.coll.is_idempotent_create() {
+        idempotency::key_from(&headers)?
+    } else {
+        None
+    };
+    let input = parse_body(&body)?;
+    let data = s.coll.validate_input(&p, &input, true)?;
+    let hash = idempotency::request_hash(&input);
     let mut tx = s.ctx.pool.begin().await?;
+    if let Some(k) = &key {
+        if let Some((status, answer)) = idempotency::begin(&mut tx, &p, k, &hash).await? {
+            return Ok((status, Json(answer)));
+        }
+    }
     let doc = s.coll.create_in(&mut tx, &s.ctx, &p, data).await?;
+    let answer = json!({ "doc": s.coll.present(&p, &doc), "message": format!("{} successfully created.", s.coll.label) });
+    if let Some(k) = &key {
+        idempotency::store(&mut tx, &p, k, &hash, StatusCode::CREATED, &answer).await?;
+    }
     tx.commit().await?;
     s.coll.hooks.after_commit(Operation::Create, &doc).await;
-    Ok((
-        StatusCode::CREATED,
-        Json(
-            json!({ "doc": s.coll.present(&p, &doc), "message": format!("{} successfully created.", s.coll.label) }),
-        ),
-    ))
+    Ok((StatusCode::CREATED, Json(answer)))
 }
 
 async fn update_handler(
@@ -105,7 +172,7 @@ async fn update_handler(
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    s.coll.check(&p, Operation::Update)?;
+    s.coll.authorize(&p, Operation::Update)?;
     let id = parse_id(&id)?;
     let data = s.coll.validate_input(&p, &parse_body(&body)?, false)?;
     let mut tx = s.ctx.pool.begin().await?;
@@ -130,7 +197,7 @@ async fn delete_handler(
     p: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    s.coll.check(&p, Operation::Delete)?;
+    s.coll.authorize(&p, Operation::Delete)?;
     let id = parse_id(&id)?;
     let mut tx = s.ctx.pool.begin().await?;
     s.coll

@@ -58,6 +58,25 @@ pub struct Collection {
     /// `<prefix>.read|create|update|delete` may do that.
     scope_prefix: String,
     select_sql: String,
+    /// How each CRUD operation is served (see [`Serve`]).
+    serve: [Serve; 4],
+    /// `POST` honours `Idempotency-Key` (see [`Collection::idempotent_create`]).
+    idempotent_create: bool,
+    /// Operations beyond CRUD that custom routes authorize through the collection
+    /// ([`Operation::Action`]): name and roles.
+    actions: Vec<(&'static str, Roles)>,
+}
+
+/// How the engine serves one CRUD operation of a collection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Serve {
+    /// The generic handler.
+    Engine,
+    /// A custom route of the service, with its own OpenAPI operation; the engine
+    /// neither routes nor documents it.
+    Custom,
+    /// Refused with 403 and this message (subscribers are deactivated, not deleted).
+    Off(&'static str),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -66,16 +85,31 @@ pub enum Operation {
     Create,
     Update,
     Delete,
+    /// An operation of a custom route, declared with [`Collection::action`]
+    /// (`convert` a lead, `allocate` a payment); its scope is `<prefix>.<name>`.
+    Action(&'static str),
 }
 
 impl Operation {
-    fn as_str(self) -> &'static str {
+    pub const CRUD: [Operation; 4] = [
+        Operation::Read,
+        Operation::Create,
+        Operation::Update,
+        Operation::Delete,
+    ];
+
+    pub fn as_str(self) -> &'static str {
         match self {
             Operation::Read => "read",
             Operation::Create => "create",
             Operation::Update => "update",
             Operation::Delete => "delete",
+            Operation::Action(name) => name,
         }
+    }
+
+    fn index(self) -> Option<usize> {
+        Operation::CRUD.iter().position(|o| *o == self)
     }
 }
 
@@ -100,6 +134,9 @@ impl Collection {
             events: None,
             scope_prefix: format!("{service}.{slug}"),
             select_sql: String::new(),
+            serve: [Serve::Engine; 4],
+            idempotent_create: false,
+            actions: vec![],
         };
         c.select_sql = c.build_select();
         c
@@ -136,6 +173,43 @@ impl Collection {
             deleted,
         }));
         self
+    }
+
+    /// `POST` honours `Idempotency-Key`: the key, a hash of the body and the answer
+    /// are stored in the create's transaction, so a retry (wa-parser creating a
+    /// lead, CRM converting one) gets the first answer and creates nothing.
+    pub fn idempotent_create(mut self) -> Self {
+        self.idempotent_create = true;
+        self
+    }
+    /// The service serves `op` with a custom route (documented by that route).
+    pub fn custom(mut self, op: Operation) -> Self {
+        self.set_serve(op, Serve::Custom);
+        self
+    }
+    /// `op` is refused with 403 and `message`, for every role.
+    pub fn off(mut self, op: Operation, message: &'static str) -> Self {
+        self.set_serve(op, Serve::Off(message));
+        self
+    }
+    /// Declares a custom operation `name` the given roles may do (and services
+    /// whose token has scope `<service>.<slug>.<name>`).
+    pub fn action(mut self, name: &'static str, roles: Roles) -> Self {
+        self.actions.push((name, roles));
+        self
+    }
+    fn set_serve(&mut self, op: Operation, serve: Serve) {
+        let i = op
+            .index()
+            .expect("only read, create, update and delete are served by the engine");
+        self.serve[i] = serve;
+    }
+    /// How the engine serves a CRUD operation.
+    pub fn serves(&self, op: Operation) -> Serve {
+        op.index().map_or(Serve::Custom, |i| self.serve[i])
+    }
+    pub fn is_idempotent_create(&self) -> bool {
+        self.idempotent_create
     }
 
     pub fn field(&self, name: &str) -> Option<&Field> {

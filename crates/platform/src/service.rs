@@ -1,0 +1,156 @@
+//! One way to assemble a service: its migrations, collections, custom routes (with
+//! their OpenAPI operations, registered together through utoipa-axum so a route
+//! cannot go undocumented or be documented at another path), consumers and the
+//! endpoints every service has.
+//!
+//! ```ignore
+//! pub async fn start_with(ctx: Arc<ServiceContext>, options: Options) -> anyhow::Result<Router> {
+//!     let svc = Service::new(ctx, &MIGRATOR, "ISP CRM & Sales").await?;
+//!     let colls = Collections::new();
+//!     Ok(svc
+//!         .with(State { colls: colls.clone(), options })
+//!         .collection(&colls.buildings)
+//!         .collection(&colls.leads)
+//!         .routes(leads::routes())
+//!         .consume("crm-core", "isp.core.>", consumers::CoreEvents)
+//!         .router())
+//! }
+//! ```
+//!
+//! Custom handlers take `State<App<T>>`: the service context plus the service's own
+//! state `T` (its collections, its settings), one per service. `App<T>` gives the
+//! `Principal` extractor its keys, so no route needs a state struct of its own.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::auth::{HasKeys, Keys};
+use crate::collection::{self, Collection};
+use crate::ServiceContext;
+
+/// The state of a service's custom routes: its context and its own state `T`.
+pub struct App<T = ()> {
+    pub ctx: Arc<ServiceContext>,
+    state: Arc<T>,
+}
+
+impl<T> Clone for App<T> {
+    fn clone(&self) -> Self {
+        App {
+            ctx: self.ctx.clone(),
+            state: self.state.clone(),
+        }
+    }
+}
+
+impl<T> Deref for App<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.state
+    }
+}
+
+impl<T> HasKeys for App<T> {
+    fn keys(&self) -> &Keys {
+        &self.ctx.keys
+    }
+}
+
+impl<T> FromRef<App<T>> for Arc<ServiceContext> {
+    fn from_ref(app: &App<T>) -> Self {
+        app.ctx.clone()
+    }
+}
+
+/// A service being assembled; [`Service::router`] finishes it.
+pub struct Service<T = ()> {
+    app: App<T>,
+    title: String,
+    collections: Vec<Arc<Collection>>,
+    api: OpenApiRouter<App<T>>,
+}
+
+impl Service<()> {
+    /// Applies the service's migrations (with the shared event tables) and starts
+    /// its outbox relay and staff-access projection: everything later may rely on
+    /// the schema.
+    pub async fn new(
+        ctx: Arc<ServiceContext>,
+        migrator: &sqlx::migrate::Migrator,
+        title: impl Into<String>,
+    ) -> anyhow::Result<Self> {
+        ctx.migrate_and_relay(migrator).await?;
+        Ok(Service {
+            app: App {
+                ctx,
+                state: Arc::new(()),
+            },
+            title: title.into(),
+            collections: vec![],
+            api: OpenApiRouter::new(),
+        })
+    }
+
+    /// The service's own state, handed to its custom routes as `State<App<T>>`.
+    pub fn with<T: Send + Sync + 'static>(self, state: T) -> Service<T> {
+        let api = self.api.with_state(self.app.clone());
+        Service {
+            app: App {
+                ctx: self.app.ctx,
+                state: Arc::new(state),
+            },
+            title: self.title,
+            collections: self.collections,
+            api,
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> Service<T> {
+    pub fn ctx(&self) -> &Arc<ServiceContext> {
+        &self.app.ctx
+    }
+
+    /// Serves and documents a collection (the operations it leaves to the engine).
+    pub fn collection(mut self, c: &Arc<Collection>) -> Self {
+        self.collections.push(c.clone());
+        self
+    }
+
+    /// Custom routes with their OpenAPI operations:
+    /// `OpenApiRouter::new().routes(routes!(convert))`.
+    pub fn routes(mut self, routes: OpenApiRouter<App<T>>) -> Self {
+        self.api = self.api.merge(routes);
+        self
+    }
+
+    /// Starts a durable JetStream consumer of this service.
+    pub fn consume<H: isp_events::EventHandler>(
+        self,
+        durable: &str,
+        filter: &str,
+        handler: H,
+    ) -> Self {
+        self.app.ctx.consume(durable, filter, handler);
+        self
+    }
+
+    /// The finished router: collections, custom routes, health, readiness,
+    /// metrics, the OpenAPI document and Swagger UI.
+    pub fn router(self) -> Router {
+        let ctx = self.app.ctx.clone();
+        let refs: Vec<&Collection> = self.collections.iter().map(|c| c.as_ref()).collect();
+        let mut doc = crate::openapi::collections_doc(ctx.name, &self.title, &refs);
+        let (custom, custom_doc) = self.api.with_state(self.app).split_for_parts();
+        doc.merge(custom_doc);
+        let mut routes = custom;
+        for c in &self.collections {
+            routes = routes.merge(collection::routes(c.clone(), ctx.clone()));
+        }
+        crate::http::service_router(ctx, routes, doc)
+    }
+}
