@@ -32,6 +32,16 @@ use crate::auth::{HasKeys, Keys};
 use crate::collection::{self, Collection};
 use crate::ServiceContext;
 
+/// The settings of a service that has none of its own yet.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoOptions;
+
+impl NoOptions {
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(NoOptions)
+    }
+}
+
 /// The state of a service's custom routes: its context and its own state `T`.
 pub struct App<T = ()> {
     pub ctx: Arc<ServiceContext>,

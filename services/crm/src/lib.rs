@@ -37,15 +37,8 @@ pub const INFO: ServiceInfo = ServiceInfo {
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/crm");
 
-/// CRM's settings, read once at start (none of its own yet).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Options {}
-
-impl Options {
-    pub fn from_env() -> anyhow::Result<Self> {
-        Ok(Self {})
-    }
-}
+/// Settings, read once at start: none of its own yet.
+pub type Options = isp_platform::service::NoOptions;
 
 /// CRM's collections, built once.
 pub struct Collections {

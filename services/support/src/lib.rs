@@ -19,15 +19,8 @@ pub const INFO: ServiceInfo = ServiceInfo {
 /// Migrations of its own: none yet (the shared event tables only).
 pub static MIGRATOR: &sqlx::migrate::Migrator = &isp_platform::runtime::NO_MIGRATIONS;
 
-/// This service's settings, read once at start (none yet).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Options {}
-
-impl Options {
-    pub fn from_env() -> anyhow::Result<Self> {
-        Ok(Self {})
-    }
-}
+/// Settings, read once at start: none of its own yet.
+pub type Options = isp_platform::service::NoOptions;
 
 pub async fn start(ctx: Arc<ServiceContext>) -> anyhow::Result<Router> {
     start_with(ctx, Options::from_env()?).await

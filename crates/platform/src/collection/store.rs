@@ -115,52 +115,9 @@ impl Collection {
         tx: &mut PgConnection,
         ctx: &ServiceContext,
         principal: &Principal,
-        mut data: Map<String, Value>,
+        data: Map<String, Value>,
     ) -> ApiResult<Value> {
-        self.apply_defaults(&mut data)?;
-        {
-            let mut change = Change {
-                ctx,
-                principal,
-                create: true,
-                data: &mut data,
-                existing: None,
-            };
-            self.hooks.before_change(tx, &mut change).await?;
-        }
-        self.check_required(&data, None)?;
-        let id = Uuid::now_v7();
-        let mut qb = QueryBuilder::new(format!("INSERT INTO {} (id", self.table));
-        let mut values = vec![];
-        for (k, v) in &data {
-            let f = self
-                .field(k)
-                .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("hook set unknown field {k}")))?;
-            qb.push(format!(", {}", f.column));
-            values.push(SqlValue::from_canonical(f.kind, v).map_err(|m| ApiError::field(k, m))?);
-        }
-        qb.push(") VALUES (");
-        qb.push_bind(id);
-        for v in values {
-            qb.push(", ");
-            v.push(&mut qb);
-        }
-        qb.push(")");
-        qb.build()
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.map_db_error(e))?;
-        let doc = self
-            .fetch(tx, id, false)
-            .await?
-            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("row vanished")))?;
-        self.hooks
-            .after_change(tx, ctx, principal, &doc, None)
-            .await?;
-        if let Some(ev) = &self.events {
-            ev.changed(tx, ctx, &doc, None).await?;
-        }
-        Ok(doc)
+        self.write_in(tx, ctx, principal, None, data).await
     }
 
     /// Updates a document inside `tx` (hooks included). `existing` must be locked.
@@ -170,35 +127,76 @@ impl Collection {
         ctx: &ServiceContext,
         principal: &Principal,
         existing: &Value,
+        data: Map<String, Value>,
+    ) -> ApiResult<Value> {
+        self.write_in(tx, ctx, principal, Some(existing), data)
+            .await
+    }
+
+    /// A create (no `existing`) or an update: defaults, `before_change`, the
+    /// required check, the row, the stored document, `after_change` and the
+    /// snapshot event, all in `tx`.
+    async fn write_in(
+        &self,
+        tx: &mut PgConnection,
+        ctx: &ServiceContext,
+        principal: &Principal,
+        existing: Option<&Value>,
         mut data: Map<String, Value>,
     ) -> ApiResult<Value> {
-        let id = existing["id"]
-            .as_str()
-            .and_then(|s| Uuid::parse_str(s).ok())
-            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("document without id")))?;
+        let id = match existing {
+            None => {
+                self.apply_defaults(&mut data)?;
+                Uuid::now_v7()
+            }
+            Some(doc) => doc["id"]
+                .as_str()
+                .and_then(|s| Uuid::parse_str(s).ok())
+                .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("document without id")))?,
+        };
         {
             let mut change = Change {
                 ctx,
                 principal,
-                create: false,
+                create: existing.is_none(),
                 data: &mut data,
-                existing: Some(existing),
+                existing,
             };
             self.hooks.before_change(tx, &mut change).await?;
         }
-        self.check_required(&data, Some(existing))?;
-        let mut qb = QueryBuilder::new(format!("UPDATE {} SET updated_at = now()", self.table));
+        self.check_required(&data, existing)?;
+        let mut columns = vec![];
         for (k, v) in &data {
             let f = self
                 .field(k)
                 .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("hook set unknown field {k}")))?;
-            qb.push(format!(", {} = ", f.column));
-            SqlValue::from_canonical(f.kind, v)
-                .map_err(|m| ApiError::field(k, m))?
-                .push(&mut qb);
+            columns.push((
+                f.column,
+                SqlValue::from_canonical(f.kind, v).map_err(|m| ApiError::field(k, m))?,
+            ));
         }
-        qb.push(" WHERE id = ");
-        qb.push_bind(id);
+        let mut qb;
+        if existing.is_none() {
+            qb = QueryBuilder::new(format!("INSERT INTO {} (id", self.table));
+            for (column, _) in &columns {
+                qb.push(format!(", {column}"));
+            }
+            qb.push(") VALUES (");
+            qb.push_bind(id);
+            for (_, v) in columns {
+                qb.push(", ");
+                v.push(&mut qb);
+            }
+            qb.push(")");
+        } else {
+            qb = QueryBuilder::new(format!("UPDATE {} SET updated_at = now()", self.table));
+            for (column, v) in columns {
+                qb.push(format!(", {column} = "));
+                v.push(&mut qb);
+            }
+            qb.push(" WHERE id = ");
+            qb.push_bind(id);
+        }
         qb.build()
             .execute(&mut *tx)
             .await
@@ -208,10 +206,10 @@ impl Collection {
             .await?
             .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("row vanished")))?;
         self.hooks
-            .after_change(tx, ctx, principal, &doc, Some(existing))
+            .after_change(tx, ctx, principal, &doc, existing)
             .await?;
         if let Some(ev) = &self.events {
-            ev.changed(tx, ctx, &doc, Some(existing)).await?;
+            ev.changed(tx, ctx, &doc, existing).await?;
         }
         Ok(doc)
     }
