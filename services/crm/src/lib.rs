@@ -30,7 +30,7 @@ pub const INFO: ServiceInfo = ServiceInfo {
     schema: "crm",
     extra_schemas: &[],
     port: 8082,
-    scopes: &[leads::BILLING_SCOPE],
+    scopes: leads::BILLING_SCOPES,
 };
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/crm");
