@@ -174,6 +174,20 @@ async fn service_tokens_are_for_their_audience_and_renewed_at_core() {
     let r = app.get("/api/billing/subscribers", &renewed).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
 
+    // A service that calls nobody still keeps its token alive in the background.
+    let quiet = app.shared.config.data_dir.join("tokens").join("quiet.token");
+    isp_platform::config::write_secret_file(&quiet, &half_spent, true).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    TokenSource::new(TokenOrigin::File(quiet.clone()), app.base.clone()).keep_fresh(stop.clone());
+    let rewritten = eventually(10, || async {
+        let t = std::fs::read_to_string(&quiet).unwrap();
+        (t.trim() != half_spent).then_some(t)
+    })
+    .await
+    .expect("renewed in the background");
+    assert!(keys.verify(rewritten.trim()).unwrap().exp > now + 3600);
+    stop.cancel();
+
     // An expired token cannot be renewed: the call fails, it is not sent unsigned.
     let expired = keys
         .sign(&Claims {

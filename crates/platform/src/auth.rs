@@ -30,7 +30,7 @@ use crate::config::env_opt;
 use crate::error::ApiError;
 use crate::staff_access::StaffAccess;
 
-/// The spec's staff roles (SPEC section 2), spelled as the API spells them.
+/// The spec's staff roles (docs/contract.md#roles), spelled as the API spells them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Role {
     Admin,

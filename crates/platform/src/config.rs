@@ -122,7 +122,7 @@ pub fn db_target(url: &str) -> anyhow::Result<(String, u16, String)> {
 }
 
 /// The listen address of one service: `ISP_<SVC>_HTTP_ADDR`, else `ISP_HTTP_ADDR`,
-/// else 127.0.0.1 on the service's port from DESIGN.md.
+/// else 127.0.0.1 on the service's port in docs/contract.md#services.
 pub fn service_addr(service: &str, default_port: u16) -> anyhow::Result<SocketAddr> {
     let key = format!("ISP_{}_HTTP_ADDR", service.to_uppercase().replace('-', "_"));
     let v = env_opt(&key)

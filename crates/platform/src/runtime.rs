@@ -23,7 +23,7 @@ pub struct ServiceInfo {
     pub schema: &'static str,
     /// Further schemas the service owns (NOC owns `radius`).
     pub extra_schemas: &'static [&'static str],
-    /// Standalone port from DESIGN.md.
+    /// Standalone port in docs/contract.md#services.
     pub port: u16,
     /// Scopes of the service token this service calls others with.
     pub scopes: &'static [&'static str],
@@ -172,7 +172,30 @@ impl ServiceContext {
                 }
             },
         };
-        let source = crate::client::TokenSource::new(origin, self.config.internal_url.clone());
+        let base = self.config.internal_url.clone();
+        if let TokenOrigin::Mint { .. } = origin {
+            // Minting is local and cheap: a fresh source per client.
+            let source = crate::client::TokenSource::new(origin, base.clone());
+            return Ok(crate::client::ServiceClient::new(base, source));
+        }
+        // A token given to the process: one source per service for the whole
+        // process, so a renewed token is kept (clients are often made per request)
+        // and one background task keeps it alive.
+        static SOURCES: std::sync::LazyLock<
+            std::sync::Mutex<std::collections::HashMap<String, crate::client::TokenSource>>,
+        > = std::sync::LazyLock::new(Default::default);
+        let key = format!("{}|{}", self.name, base);
+        let source = {
+            let mut sources = SOURCES.lock().unwrap_or_else(|e| e.into_inner());
+            sources
+                .entry(key)
+                .or_insert_with(|| {
+                    let s = crate::client::TokenSource::new(origin, base.clone());
+                    s.keep_fresh(self.shutdown.clone());
+                    s
+                })
+                .clone()
+        };
         Ok(crate::client::ServiceClient::new(
             self.config.internal_url.clone(),
             source,

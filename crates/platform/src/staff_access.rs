@@ -1,4 +1,4 @@
-//! Ending access when a session ends (DESIGN section 3).
+//! Ending access when a session ends (docs/contract.md#roles, architecture.md "Ending sessions").
 //!
 //! A staff JWT is valid until it expires, but logout, a password change, a role
 //! change and deactivation must end it at once, on every service. Core bumps the

@@ -334,7 +334,7 @@ pub fn split_name(
 }
 
 /// What a Sales Agent may see of the subscriber Billing created: basic,
-/// non-financial information (SPEC 2).
+/// non-financial information (docs/contract.md#roles).
 fn subscriber_summary(doc: &Value) -> Value {
     let mut out = Map::new();
     for k in [
