@@ -80,6 +80,7 @@ struct TokenPath {
 /// Africa's Talking delivery report (form-encoded).
 #[derive(ToSchema)]
 #[allow(dead_code)]
+#[schema(rename_all = "camelCase")]
 struct AtDeliveryReport {
     /// The `messageId` the send answered with.
     id: String,
@@ -99,6 +100,7 @@ struct AtDeliveryReport {
 /// Africa's Talking bulk SMS opt-out (form-encoded).
 #[derive(ToSchema)]
 #[allow(dead_code)]
+#[schema(rename_all = "camelCase")]
 struct AtOptOut {
     #[schema(nullable)]
     sender_id: Option<String>,
@@ -109,6 +111,7 @@ struct AtOptOut {
 /// keywords are acted on here, anything else is acknowledged and ignored.
 #[derive(ToSchema)]
 #[allow(dead_code)]
+#[schema(rename_all = "camelCase")]
 struct AtInbound {
     from: String,
     #[schema(nullable)]
