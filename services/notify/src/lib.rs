@@ -1,4 +1,4 @@
-//! ISP Notifications (DESIGN.md section 1): owns outbound SMS and email.
+//! ISP Notifications (docs/contract.md#services): owns outbound SMS and email.
 //!
 //! - `requests`: consumes every service's `notification.requested.*` event; one
 //!   delivery per request id, refused at once (Failed) for a bad recipient or a
