@@ -82,6 +82,8 @@ pub struct Service<T = ()> {
     title: String,
     collections: Vec<Arc<Collection>>,
     api: OpenApiRouter<App<T>>,
+    plain: Router,
+    plain_docs: Vec<utoipa::openapi::OpenApi>,
 }
 
 impl Service<()> {
@@ -102,6 +104,8 @@ impl Service<()> {
             title: title.into(),
             collections: vec![],
             api: OpenApiRouter::new(),
+            plain: Router::new(),
+            plain_docs: vec![],
         })
     }
 
@@ -116,6 +120,8 @@ impl Service<()> {
             title: self.title,
             collections: self.collections,
             api,
+            plain: self.plain,
+            plain_docs: self.plain_docs,
         }
     }
 }
@@ -138,6 +144,15 @@ impl<T: Send + Sync + 'static> Service<T> {
         self
     }
 
+    /// Routes built as a plain axum `Router` with their document: for routes not
+    /// yet registered through utoipa-axum (prefer [`Service::routes`], which cannot
+    /// document a path it does not serve).
+    pub fn merge(mut self, routes: Router, doc: utoipa::openapi::OpenApi) -> Self {
+        self.plain = self.plain.merge(routes);
+        self.plain_docs.push(doc);
+        self
+    }
+
     /// Starts a durable JetStream consumer of this service.
     pub fn consume<H: isp_events::EventHandler>(
         self,
@@ -157,7 +172,10 @@ impl<T: Send + Sync + 'static> Service<T> {
         let mut doc = crate::openapi::collections_doc(ctx.name, &self.title, &refs);
         let (custom, custom_doc) = self.api.with_state(self.app).split_for_parts();
         doc.merge(custom_doc);
-        let mut routes = custom;
+        for d in self.plain_docs {
+            doc.merge(d);
+        }
+        let mut routes = custom.merge(self.plain);
         for c in &self.collections {
             routes = routes.merge(collection::routes(c.clone(), ctx.clone()));
         }
