@@ -1,20 +1,3 @@
-//! ISP WhatsApp/SMS lead parser (DESIGN.md section 1). Not built yet beyond the platform's
-//! health, readiness, metrics, docs and event tables.
+//! ISP WhatsApp/SMS lead parser (DESIGN.md section 1, SPEC 3.2).
 
-use std::sync::Arc;
-
-use axum::Router;
-use isp_platform::runtime::ServiceInfo;
-use isp_platform::ServiceContext;
-
-pub const INFO: ServiceInfo = ServiceInfo {
-    name: "wa-parser",
-    schema: "wa_parser",
-    extra_schemas: &[],
-    port: 8088,
-    scopes: &[],
-};
-
-pub async fn start(ctx: Arc<ServiceContext>) -> anyhow::Result<Router> {
-    isp_platform::runtime::start_bare(ctx, "ISP WhatsApp/SMS lead parser").await
-}
+pub mod parse;
