@@ -4,11 +4,12 @@
 //! run a failed message through again once (after the partner was activated or
 //! the building created, say).
 
-use axum::extract::{Path, State};
-use axum::routing::post;
+use axum::extract::{Path, RawQuery, State};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use isp_platform::auth::{Principal, Role, Roles};
-use isp_platform::collection::{parse_id, Collection, Field, Kind};
+use isp_platform::collection::{parse_id, Collection, Field, Kind, Operation};
+use isp_platform::query::{ListQuery, Page};
 use isp_platform::{ApiError, ApiResult};
 use serde_json::{json, Value};
 use utoipa::OpenApi;
@@ -70,8 +71,14 @@ pub fn collection() -> Collection {
     .access(readers, Roles::NONE, Roles::NONE, Roles::NONE)
 }
 
+/// Only reads (through the collection engine's list and find, so filters, sort,
+/// paging and field access are the platform's) and the re-process: there is no
+/// create, update or delete route at all, so no role or service scope can write
+/// the log (other methods are a 405).
 pub fn routes(state: AppState) -> Router {
     Router::new()
+        .route("/api/wa-parser/inboundMessages", get(list))
+        .route("/api/wa-parser/inboundMessages/{id}", get(get_one))
         .route(
             "/api/wa-parser/inboundMessages/{id}/reprocess",
             post(reprocess),
@@ -85,6 +92,50 @@ struct ReprocessDoc;
 
 pub fn openapi() -> utoipa::openapi::OpenApi {
     ReprocessDoc::openapi()
+}
+
+/// The collection's generated document without the write operations it does not
+/// serve.
+pub fn read_only(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if path.starts_with("/api/wa-parser/inboundMessages") && !path.ends_with("/reprocess") {
+            item.post = None;
+            item.patch = None;
+            item.delete = None;
+        }
+    }
+    doc
+}
+
+fn check_read(c: &Collection, p: &Principal) -> ApiResult<()> {
+    if c.allowed(p, Operation::Read) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("You are not allowed to read inboundMessages."))
+    }
+}
+
+async fn list(
+    State(s): State<AppState>,
+    p: Principal,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<Page<Value>>> {
+    check_read(&s.coll, &p)?;
+    let q = ListQuery::parse(raw.as_deref())?;
+    let mut conn = s.ctx.pool.acquire().await?;
+    Ok(Json(s.coll.list(&mut conn, &p, &q).await?))
+}
+
+async fn get_one(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    check_read(&s.coll, &p)?;
+    let id = parse_id(&id)?;
+    let mut conn = s.ctx.pool.acquire().await?;
+    let doc = s.coll.find_scoped(&mut conn, &p, id, false).await?;
+    Ok(Json(s.coll.present(&p, &doc)))
 }
 
 /// Runs a failed message (Unknown sender, Inactive partner, Parse error,

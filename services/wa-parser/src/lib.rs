@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use isp_platform::auth::{HasKeys, Keys};
-use isp_platform::collection::{self, Collection};
+use isp_platform::collection::Collection;
 use isp_platform::runtime::ServiceInfo;
 use isp_platform::ServiceContext;
 
@@ -75,14 +75,13 @@ pub async fn start_with(ctx: Arc<ServiceContext>, settings: Settings) -> anyhow:
         coll: coll.clone(),
     };
     let routes = Router::new()
-        .merge(collection::routes(coll.clone(), ctx.clone()))
         .merge(inbound::routes(state.clone()))
         .merge(webhooks::routes(state));
-    let mut doc = isp_platform::openapi::collections_doc(
+    let mut doc = inbound::read_only(isp_platform::openapi::collections_doc(
         "wa-parser",
         "ISP WhatsApp/SMS lead parser: inbound messages, webhooks",
         &[&coll],
-    );
+    ));
     doc.merge(webhooks::openapi());
     doc.merge(inbound::openapi());
     Ok(isp_platform::http::service_router(ctx, routes, doc))

@@ -374,15 +374,22 @@ async fn unknown_senders_get_nothing_inactive_partners_are_told_and_admin_reproc
     let (billing, _) = w.app.staff_token("Billing Manager").await;
     assert_eq!(w.app.get("/api/wa-parser/inboundMessages", &billing).await.status, StatusCode::FORBIDDEN);
     let mid = m["id"].as_str().unwrap().to_string();
-    assert_eq!(
-        w.app.post("/api/wa-parser/inboundMessages", &w.admin, json!({"channel": "SMS"})).await.status,
-        StatusCode::FORBIDDEN
-    );
-    assert_eq!(
-        w.app.patch(&format!("/api/wa-parser/inboundMessages/{mid}"), &w.admin, json!({"outcome": "Lead created"})).await.status,
-        StatusCode::FORBIDDEN
-    );
-    assert_eq!(w.app.delete(&format!("/api/wa-parser/inboundMessages/{mid}"), &w.admin).await.status, StatusCode::FORBIDDEN);
+    // No write routes exist, for any role or service scope.
+    let writer = w.app.service_token("x", &["wa-parser.inboundMessages.create", "wa-parser.inboundMessages.update", "wa-parser.inboundMessages.delete"]);
+    for token in [&w.admin, &writer] {
+        assert_eq!(
+            w.app.post("/api/wa-parser/inboundMessages", token, json!({"channel": "SMS"})).await.status,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            w.app.patch(&format!("/api/wa-parser/inboundMessages/{mid}"), token, json!({"outcome": "Lead created"})).await.status,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(w.app.delete(&format!("/api/wa-parser/inboundMessages/{mid}"), token).await.status, StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let one = w.app.get(&format!("/api/wa-parser/inboundMessages/{mid}"), &sales).await;
+    assert_eq!(one.body["outcome"], "Inactive partner");
+    assert_eq!(w.app.get(&format!("/api/wa-parser/inboundMessages/{mid}"), &billing).await.status, StatusCode::FORBIDDEN);
 
     // Activated, then re-processed by an Admin (not a Sales Agent): a lead, once.
     let reprocess = format!("/api/wa-parser/inboundMessages/{mid}/reprocess");
