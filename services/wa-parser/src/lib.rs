@@ -1,4 +1,4 @@
-//! ISP WhatsApp/SMS lead parser (SPEC 3.2, DESIGN.md flow 1, issue 10): partners
+//! ISP WhatsApp/SMS lead parser (docs/contract.md, SPEC 3.2, DESIGN.md flow 1, issue 10): partners
 //! (caretakers) text a neighbour's details by WhatsApp or SMS; wa-parser turns
 //! them into CRM leads and answers the partner on the channel they used.
 //!
