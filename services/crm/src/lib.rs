@@ -8,6 +8,8 @@
 //! - `leads`: `POST /api/crm/leads/{id}/convert`, which calls Billing
 //!   synchronously and publishes `lead.converted` (Core counts the partner's
 //!   referral once).
+//! - [`intake`]: `POST /api/crm/intake/leads`, a partner's referral from wa-parser
+//!   (the unit created when its number is new in the building).
 //! - `consumers`: projections of Core's partners (`isp.core.>`, durable `crm-core`)
 //!   and NOC's resources (`isp.noc.>`, durable `crm-noc`, a building's read-only
 //!   `equipment`).
@@ -22,6 +24,7 @@ use isp_platform::ServiceContext;
 
 pub mod collections;
 mod consumers;
+pub mod intake;
 mod leads;
 
 pub use collections::{building_units, buildings, leads, transition_allowed};
@@ -83,6 +86,7 @@ pub async fn start_with(ctx: Arc<ServiceContext>, _options: Options) -> anyhow::
         "ISP CRM & Sales: buildings, building units, leads",
     )
     .await?;
+    let svc_ctx = svc.ctx().clone();
     let colls = Arc::new(Collections::new());
     Ok(svc
         .with(State {
@@ -92,6 +96,10 @@ pub async fn start_with(ctx: Arc<ServiceContext>, _options: Options) -> anyhow::
         .collection(&colls.units)
         .collection(&colls.leads)
         .routes(leads::routes())
+        .merge(
+            intake::routes(svc_ctx.clone(), colls.leads.clone()),
+            intake::openapi(),
+        )
         .consume("crm-core", "isp.core.>", consumers::CoreEvents)
         .consume("crm-noc", "isp.noc.>", consumers::NocEvents)
         .router())

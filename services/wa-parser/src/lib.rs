@@ -1,36 +1,99 @@
-//! ISP WhatsApp/SMS lead parser (docs/contract.md#services). Not built yet beyond the platform's
-//! health, readiness, metrics, docs and event tables.
+//! ISP WhatsApp/SMS lead parser (docs/contract.md, SPEC 3.2, DESIGN.md flow 1, issue 10): partners
+//! (caretakers) text a neighbour's details by WhatsApp or SMS; wa-parser turns
+//! them into CRM leads and answers the partner on the channel they used.
+//!
+//! - [`webhooks`]: the WhatsApp Cloud API webhook (handshake, signed POSTs) and
+//!   Africa's Talking's inbound SMS callback; each message stored once.
+//! - [`worker`]: who sent it, [`parse`] (the message format), [`resolve`] (which
+//!   building), the lead through CRM's intake operation, the reply.
+//! - [`projections`]: Core's partners and CRM's buildings, from events.
+//! - [`inbound`]: the `inboundMessages` log (read-only) and the Admin's
+//!   re-process.
+//! - [`settings`]: `ISP_WA_PARSER_*`.
 
 use std::sync::Arc;
 
 use axum::Router;
+use isp_platform::auth::{HasKeys, Keys};
+use isp_platform::collection::Collection;
 use isp_platform::runtime::ServiceInfo;
 use isp_platform::service::Service;
 use isp_platform::ServiceContext;
+
+pub mod inbound;
+pub mod parse;
+pub mod projections;
+pub mod resolve;
+pub mod settings;
+pub mod webhooks;
+pub mod worker;
+
+pub use settings::Settings;
 
 pub const INFO: ServiceInfo = ServiceInfo {
     name: "wa-parser",
     schema: "wa_parser",
     extra_schemas: &[],
     port: 8088,
-    scopes: &[],
+    scopes: &[worker::CRM_INTAKE_SCOPE],
 };
 
-/// Migrations of its own: none yet (the shared event tables only).
-pub static MIGRATOR: &sqlx::migrate::Migrator = &isp_platform::runtime::NO_MIGRATIONS;
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/wa_parser");
 
-/// Settings, read once at start: none of its own yet.
-pub type Options = isp_platform::service::NoOptions;
-
-pub async fn start(ctx: Arc<ServiceContext>) -> anyhow::Result<Router> {
-    start_with(ctx, Options::from_env()?).await
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub ctx: Arc<ServiceContext>,
+    pub settings: Arc<Settings>,
+    pub worker: Arc<worker::Worker>,
+    pub coll: Arc<Collection>,
 }
 
-/// Migrates, starts the relay, and returns the router (health, readiness,
-/// metrics, docs). Collections, custom routes and consumers are added to the
-/// builder here, as in core, crm, billing and noc.
-pub async fn start_with(ctx: Arc<ServiceContext>, _options: Options) -> anyhow::Result<Router> {
-    Ok(Service::new(ctx, MIGRATOR, "ISP WhatsApp/SMS lead parser")
-        .await?
+impl HasKeys for AppState {
+    fn keys(&self) -> &Keys {
+        &self.ctx.keys
+    }
+}
+
+pub async fn start(ctx: Arc<ServiceContext>) -> anyhow::Result<Router> {
+    start_with(ctx, Settings::from_env()?).await
+}
+
+/// Start with explicit settings (tests give them per app, not through the
+/// process environment they share).
+pub async fn start_with(ctx: Arc<ServiceContext>, settings: Settings) -> anyhow::Result<Router> {
+    let svc = Service::new(
+        ctx,
+        &MIGRATOR,
+        "ISP WhatsApp/SMS lead parser: inbound messages, webhooks",
+    )
+    .await?;
+    let ctx = svc.ctx().clone();
+    settings.warn_on_dev_secrets();
+    let worker = worker::Worker::new(ctx.clone(), settings.clone())?;
+    worker.clone().spawn();
+    let coll = Arc::new(inbound::collection());
+    let state = AppState {
+        ctx: ctx.clone(),
+        settings: Arc::new(settings),
+        worker,
+        coll: coll.clone(),
+    };
+    let routes = Router::new()
+        .merge(inbound::routes(state.clone()))
+        .merge(webhooks::routes(state));
+    // The inbound log is served read-only by `inbound`, so it is documented here
+    // rather than through `Service::collection`.
+    let mut doc = inbound::read_only(isp_platform::openapi::collections_doc(
+        "wa-parser",
+        "ISP WhatsApp/SMS lead parser: inbound messages, webhooks",
+        &[&coll],
+    ));
+    doc.merge(webhooks::openapi());
+    doc.merge(inbound::openapi());
+    Ok(svc
+        .merge(routes, doc)
+        .consume("wa-parser-core", "isp.core.>", projections::CoreEvents)
+        .consume("wa-parser-crm", "isp.crm.>", projections::CrmEvents)
         .router())
 }
