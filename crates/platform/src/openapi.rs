@@ -190,6 +190,7 @@ pub fn collections_doc(service: &str, title: &str, collections: &[&Collection]) 
         };
         let sec = || SecurityRequirement::new("jwt", Vec::<String>::new());
         let mut list = OperationBuilder::new()
+            .operation_id(Some(format!("list_{}", c.slug)))
             .tag(tag.clone())
             .summary(Some(format!("List {}", c.slug)))
             .description(Some("Payload-style query: limit (max 100), page, sort=field|-field, where[field][op]=value with equals, not_equals, in, not_in, greater_than, greater_than_equal, less_than, less_than_equal, like, exists."))
@@ -199,6 +200,7 @@ pub fn collections_doc(service: &str, title: &str, collections: &[&Collection]) 
             .parameter(ParameterBuilder::new().name("sort").parameter_in(ParameterIn::Query).schema(Some(ObjectBuilder::new().schema_type(Type::String))))
             .response("200", ResponseBuilder::new().description("A page of documents").content("application/json", json_content(page)).build());
         let mut create = OperationBuilder::new()
+            .operation_id(Some(format!("create_{}", c.slug)))
             .tag(tag.clone())
             .summary(Some(format!("Create a {}", c.label.to_lowercase())))
             .security(sec())
@@ -226,6 +228,7 @@ pub fn collections_doc(service: &str, title: &str, collections: &[&Collection]) 
                 .schema(Some(kind_schema(Kind::Relation)))
         };
         let mut get = OperationBuilder::new()
+            .operation_id(Some(format!("get_{}", c.slug)))
             .tag(tag.clone())
             .summary(Some(format!("Get a {}", c.label.to_lowercase())))
             .security(sec())
@@ -241,6 +244,7 @@ pub fn collections_doc(service: &str, title: &str, collections: &[&Collection]) 
                     .build(),
             );
         let mut patch = OperationBuilder::new()
+            .operation_id(Some(format!("update_{}", c.slug)))
             .tag(tag.clone())
             .summary(Some(format!("Update part of a {}", c.label.to_lowercase())))
             .security(sec())
@@ -261,6 +265,7 @@ pub fn collections_doc(service: &str, title: &str, collections: &[&Collection]) 
                     .build(),
             );
         let mut delete = OperationBuilder::new()
+            .operation_id(Some(format!("delete_{}", c.slug)))
             .tag(tag.clone())
             .summary(Some(format!("Delete a {}", c.label.to_lowercase())))
             .security(sec())
