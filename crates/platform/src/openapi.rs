@@ -20,7 +20,9 @@ use crate::query::MAX_LIMIT;
 
 /// A schema written as JSON Schema (OpenAPI 3.1), which says what utoipa's
 /// builders cannot (`type: [string, null]`, `anyOf`, `prefixItems`) in one place.
-fn schema(v: Value) -> RefOr<Schema> {
+/// Custom operations use it for bodies their handlers parse by hand (implement
+/// `utoipa::PartialSchema` with it), with [`field_input`] for their fields.
+pub fn schema(v: Value) -> RefOr<Schema> {
     serde_json::from_value(v).expect("a hand-written schema is a valid utoipa schema")
 }
 
@@ -85,6 +87,14 @@ fn out_schema(f: &Field) -> Value {
     };
     // Checkbox columns are NOT NULL (false, or the field's default).
     nullable(v, !f.required && f.kind != Kind::Bool)
+}
+
+/// The schema of a value the validator accepts for a field of `kind` (null too
+/// unless `required`): for custom bodies parsed with the engine's `canonical`.
+pub fn field_input(name: &'static str, kind: Kind, required: bool) -> Value {
+    let mut f = Field::new(name, name, kind);
+    f.required = required;
+    in_schema(&f, true)
 }
 
 /// A field as the validator accepts it in a create (`create`) or update body.
