@@ -89,6 +89,22 @@ fn out_schema(f: &Field) -> Value {
     nullable(v, !f.required && f.kind != Kind::Bool)
 }
 
+/// Money above zero (a price, an amount paid), for `Field::schema`.
+pub fn positive_money() -> Value {
+    json!({"anyOf": [
+        {"type": "string", "pattern": "^(0*[1-9][0-9]{0,11}(\\.[0-9]{1,2})?|0{1,12}\\.([1-9][0-9]?|0[1-9]))$"},
+        {"type": "integer", "minimum": 1, "maximum": 999_999_999_999i64}
+    ], "description": "KES above 0: a decimal string with at most two places, or a whole number"})
+}
+
+/// Money of zero or more (a commission), for `Field::schema`.
+pub fn non_negative_money() -> Value {
+    json!({"anyOf": [
+        {"type": "string", "pattern": "^[0-9]{1,12}(\\.[0-9]{1,2})?$"},
+        {"type": "integer", "minimum": 0, "maximum": 999_999_999_999i64}
+    ], "description": "KES, 0 or more: a decimal string with at most two places, or a whole number"})
+}
+
 /// The schema of a value the validator accepts for a field of `kind` (null too
 /// unless `required`): for custom bodies parsed with the engine's `canonical`.
 pub fn field_input(name: &'static str, kind: Kind, required: bool) -> Value {
