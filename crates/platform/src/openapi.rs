@@ -105,6 +105,24 @@ pub fn non_negative_money() -> Value {
     ], "description": "KES, 0 or more: a decimal string with at most two places, or a whole number"})
 }
 
+/// Line items (`{description, quantity, price}`) as Billing stores them: at most
+/// 100 lines, a description of 1 to 200 characters, 1 to 10 000 units, a unit
+/// price of 0 to 10 000 000 KES. `allow_empty`: one-off charges may be none.
+pub fn line_items(allow_empty: bool) -> Value {
+    json!({"type": "array", "minItems": if allow_empty { 0 } else { 1 }, "maxItems": 100,
+        "items": {"type": "object", "additionalProperties": false,
+            "required": ["description", "quantity", "price"],
+            "properties": {
+                "id": any("Ignored (clients echo it back)"),
+                "description": {"type": "string", "maxLength": 200, "pattern": NOT_BLANK},
+                "quantity": {"type": "integer", "minimum": 1, "maximum": 10_000},
+                "price": {"anyOf": [
+                    {"type": "string", "pattern": "^([0-9]{1,7}(\\.[0-9]{1,2})?|10000000(\\.0{1,2})?)$"},
+                    {"type": "integer", "minimum": 0, "maximum": 10_000_000}
+                ], "description": "KES per unit, 0 to 10 000 000"}
+            }}})
+}
+
 /// The schema of a value the validator accepts for a field of `kind` (null too
 /// unless `required`): for custom bodies parsed with the engine's `canonical`.
 pub fn field_input(name: &'static str, kind: Kind, required: bool) -> Value {
@@ -151,7 +169,19 @@ fn in_schema(f: &Field, create: bool) -> Value {
         Kind::Password => json!({"type": "string", "format": "password",
             "minLength": 8, "maxLength": 256}),
     };
-    let mut v = nullable(v, may_be_null);
+    let mut v = match (&f.schema, v) {
+        // The collection's rule replaces the kind's keywords; anyOf replaces type.
+        (Some(Value::Object(rule)), Value::Object(mut kind)) => {
+            if rule.contains_key("anyOf") {
+                kind.remove("type");
+                kind.remove("pattern");
+            }
+            kind.extend(rule.clone());
+            Value::Object(kind)
+        }
+        (_, v) => v,
+    };
+    v = nullable(v, may_be_null);
     if let (Some(default), true) = (&f.default, create) {
         v["default"] = default.clone();
     }
