@@ -58,6 +58,7 @@ fn notify_settings(gw: &StandIns) -> svc_notify::Settings {
         sms_rate_per_second: 0.0,
         email_rate_per_second: 0.0,
         concurrency: 4,
+        request_consumers: 2,
         max_attempts: 5,
         retry_base: Duration::from_millis(100),
         retry_max: Duration::from_millis(500),
