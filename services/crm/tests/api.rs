@@ -1230,6 +1230,7 @@ async fn noc_resource_events_fill_building_equipment() {
         resource_type: "Router".into(),
         status: "Deployed".into(),
         location: Some(b1.parse().unwrap()),
+        management_ip: None,
         updated_at: t0,
     };
     let antenna = ResourceSnapshot {
