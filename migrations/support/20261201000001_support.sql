@@ -191,11 +191,12 @@ CREATE TABLE messages (
     subject              text,
     status               text        NOT NULL DEFAULT 'Queued'
                          CONSTRAINT messages_status_check CHECK (status IN
-                         ('Queued', 'Sent', 'Accepted', 'Delivered', 'Undelivered', 'Expired', 'Failed', 'Skipped', 'Cancelled')),
+                         ('Scheduled', 'Queued', 'Sent', 'Accepted', 'Delivered', 'Undelivered', 'Expired', 'Failed', 'Skipped', 'Cancelled')),
     provider             text,
     provider_message_id  text,
-    -- As the provider reports it, e.g. "KES 0.8000" (currency and precision vary).
+    -- Exact decimal text as the provider charged it ("0.8000"), and its currency.
     cost                 text,
+    cost_currency        text,
     failure_reason       text,
     trigger_event        text,
     sent_by              uuid,
@@ -224,6 +225,13 @@ CREATE TABLE messages (
 CREATE INDEX messages_ticket_idx ON messages (ticket);
 CREATE INDEX messages_parent_status_idx ON messages (parent, status);
 CREATE INDEX messages_trigger_idx ON messages (trigger_event);
+
+-- Ticket statuses customers were last told about (ticket.updated notifies a change).
+CREATE TABLE ticket_status_seen (
+    ticket      uuid PRIMARY KEY,
+    status      text        NOT NULL,
+    updated_at  timestamptz NOT NULL
+);
 
 -- Numbers and addresses that asked not to get promotional messages.
 CREATE TABLE suppressions (

@@ -148,6 +148,12 @@ impl Hooks for TicketHooks {
                 }
             }
         } else {
+            // Named here too, so one answer lists them with the subscriber's.
+            for f in ["subject", "description", "priority"] {
+                if c.value(f).is_none() {
+                    bad.push(FieldError::new(f, format!("{f} is required.")));
+                }
+            }
             let kind = c.str("kind").unwrap_or("Customer");
             match (kind, c.uuid("subscriber")) {
                 ("Customer", None) => bad.push(FieldError::new(

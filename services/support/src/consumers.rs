@@ -126,7 +126,19 @@ impl EventHandler for BillingEvents {
     }
 }
 
+/// Billing's and NOC's consumers both write a subscriber's row; this lock makes
+/// them take turns, so neither misses the other's uncommitted write (NOC's router
+/// may come first, for a row Billing's event has not created yet).
+async fn lock_subscriber(tx: &mut PgConnection, id: uuid::Uuid) -> anyhow::Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
 async fn upsert_subscriber(tx: &mut PgConnection, s: &SubscriberSnapshot) -> anyhow::Result<()> {
+    lock_subscriber(tx, s.id).await?;
     sqlx::query(
         "INSERT INTO subscribers (id, account_number, first_name, last_name, mpesa_number,
              contact_phone, email, status, service_plan, service_location, building, updated_at, router)
@@ -201,6 +213,7 @@ impl EventHandler for NocEvents {
             }
             if let Some(n) = ev.payload::<SubscriberNetworkUpdated>()? {
                 let at = n.at.unwrap_or(ev.time);
+                lock_subscriber(tx, n.subscriber_id).await?;
                 let applied = sqlx::query(
                     "INSERT INTO subscriber_routers (subscriber_id, router, at) VALUES ($1, $2, $3)
                      ON CONFLICT (subscriber_id) DO UPDATE SET router = EXCLUDED.router, at = EXCLUDED.at
@@ -248,5 +261,29 @@ impl EventHandler for TicketEvents {
         ev: &'a CloudEvent,
     ) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move { self.notifier.on_ticket_event(tx, ev).await })
+    }
+}
+
+/// `isp.notify.>`, durable `support-notify`: delivery reports and opt-outs.
+pub struct NotifyEvents;
+
+impl EventHandler for NotifyEvents {
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        ev: &'a CloudEvent,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            if let Some(s) = ev.payload::<NotificationStatus>()? {
+                return crate::notifications::apply_status(tx, &s).await;
+            }
+            if let Some(s) = ev.payload::<SuppressionAdded>()? {
+                return crate::notifications::apply_suppression(tx, &s, true).await;
+            }
+            if let Some(s) = ev.payload::<SuppressionRemoved>()? {
+                return crate::notifications::apply_suppression(tx, &s, false).await;
+            }
+            Ok(())
+        })
     }
 }

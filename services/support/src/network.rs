@@ -52,10 +52,11 @@ async fn publish(
         .ok_or_else(|| anyhow::anyhow!("ticket {id} vanished"))?;
     let snap: TicketSnapshot = serde_json::from_value(doc)?;
     if created {
-        enqueue(tx, "support", &TicketCreated(snap)).await
+        enqueue(tx, "support", &TicketCreated(snap)).await?;
     } else {
-        enqueue(tx, "support", &TicketUpdated(snap)).await
+        enqueue(tx, "support", &TicketUpdated(snap)).await?;
     }
+    Ok(())
 }
 
 fn clip(s: String, max: usize) -> String {
