@@ -40,6 +40,69 @@ impl HasKeys for St {
     }
 }
 
+/// `GET` list and one for a collection nobody writes over the API (the message
+/// log, the subscriber projection): the generic routes would also answer writes
+/// for a service token holding a matching scope.
+pub fn read_only_routes(ctx: Arc<ServiceContext>, coll: Arc<Collection>) -> Router {
+    #[derive(Clone)]
+    struct Ro {
+        ctx: Arc<ServiceContext>,
+        coll: Arc<Collection>,
+    }
+    impl HasKeys for Ro {
+        fn keys(&self) -> &Keys {
+            &self.ctx.keys
+        }
+    }
+    async fn list(
+        State(s): State<Ro>,
+        p: Principal,
+        RawQuery(raw): RawQuery,
+    ) -> ApiResult<Json<Page<Value>>> {
+        check(&s.coll, &p, Operation::Read, &format!("read {}", s.coll.slug))?;
+        let q = ListQuery::parse(raw.as_deref())?;
+        let mut conn = s.ctx.pool.acquire().await?;
+        Ok(Json(s.coll.list(&mut conn, &p, &q).await?))
+    }
+    async fn one(
+        State(s): State<Ro>,
+        p: Principal,
+        Path(id): Path<String>,
+    ) -> ApiResult<Json<Value>> {
+        check(&s.coll, &p, Operation::Read, &format!("read {}", s.coll.slug))?;
+        let id = parse_id(&id)?;
+        let mut conn = s.ctx.pool.acquire().await?;
+        let doc = s.coll.find_scoped(&mut conn, &p, id, false).await?;
+        Ok(Json(s.coll.present(&p, &doc)))
+    }
+    let base = format!("/api/{}/{}", ctx.name, coll.slug);
+    Router::new()
+        .route(&base, get(list))
+        .route(&format!("{base}/{{id}}"), get(one))
+        .with_state(Ro { ctx, coll })
+}
+
+/// Removes from the generated document the operations no role may perform
+/// (the engine documents all five for every collection).
+pub fn drop_forbidden_operations(doc: &mut utoipa::openapi::OpenApi, service: &str, c: &Collection) {
+    use isp_platform::auth::Roles;
+    let none = |r: Roles| r == Roles::NONE;
+    let base = format!("/api/{service}/{}", c.slug);
+    if let Some(item) = doc.paths.paths.get_mut(&base) {
+        if none(c.create) {
+            item.post = None;
+        }
+    }
+    if let Some(item) = doc.paths.paths.get_mut(&format!("{base}/{{id}}")) {
+        if none(c.update) {
+            item.patch = None;
+        }
+        if none(c.delete) {
+            item.delete = None;
+        }
+    }
+}
+
 pub fn routes(ctx: Arc<ServiceContext>, colls: Arc<Collections>) -> Router {
     Router::new()
         .route("/api/support/contacts/import", post(import_contacts))

@@ -166,7 +166,12 @@ pub async fn start_with(ctx: Arc<ServiceContext>, settings: Settings) -> anyhow:
         .merge(api::routes(ctx.clone(), colls.clone()))
         .merge(bulk::routes(bulk));
     for c in colls.all() {
-        routes = routes.merge(collection::routes(c.clone(), ctx.clone()));
+        let read_only = Arc::ptr_eq(c, &colls.messages) || Arc::ptr_eq(c, &colls.subscribers);
+        routes = routes.merge(if read_only {
+            api::read_only_routes(ctx.clone(), c.clone())
+        } else {
+            collection::routes(c.clone(), ctx.clone())
+        });
     }
     let refs: Vec<&Collection> = colls.all().into_iter().map(|c| c.as_ref()).collect();
     let mut doc = isp_platform::openapi::collections_doc(
@@ -174,6 +179,9 @@ pub async fn start_with(ctx: Arc<ServiceContext>, settings: Settings) -> anyhow:
         "ISP Support & Communications: tickets, messages, contacts, templates, bulk sends",
         &refs,
     );
+    for c in &refs {
+        api::drop_forbidden_operations(&mut doc, "support", c);
+    }
     doc.merge(api::openapi());
     doc.merge(bulk::openapi());
     Ok(isp_platform::http::service_router(ctx, routes, doc))
