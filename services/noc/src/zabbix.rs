@@ -15,7 +15,9 @@
 //! Zabbix cannot sign requests, so the media type sends a shared token as
 //! `Authorization: Bearer <token>`. The token is `ISP_NOC_ZABBIX_TOKEN`, or the file
 //! `<data>/keys/zabbix-webhook.token` created on first start (paste it into the
-//! media type's `token` parameter).
+//! media type's `token` parameter), readable by its owner only. The token is
+//! checked (in constant time) before the body is even parsed, so an unauthenticated
+//! caller learns nothing about what the endpoint accepts.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,10 +28,11 @@ use axum::routing::post;
 use axum::{Json, Router};
 use base64::Engine;
 use isp_events::outbox::enqueue;
+use axum::body::Bytes;
 use isp_events::payloads::{
     network_ticket_id, NetworkProblem, NetworkProblemUpdated, NetworkRecovered, ZabbixEvent,
 };
-use axum::body::Bytes;
+use isp_platform::auth::secret_eq;
 use isp_platform::http::parse_json_body;
 use isp_platform::{ApiError, ApiResult, ServiceContext};
 use ring::rand::SecureRandom;
@@ -56,12 +59,18 @@ pub fn load_token(data_dir: &Path) -> anyhow::Result<String> {
         .fill(&mut raw)
         .map_err(|_| anyhow::anyhow!("no randomness"))?;
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
-    if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir)?;
+    match isp_platform::config::write_secret_file(&file, &token, false) {
+        Ok(()) => {
+            tracing::info!(path = %file.display(), "generated the Zabbix webhook token");
+            Ok(token)
+        }
+        // Another NOC replica sharing the data folder wrote it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            Ok(std::fs::read_to_string(&file)?.trim().to_string())
+        }
+        Err(e) => Err(anyhow::anyhow!("writing {}: {e}", file.display())),
     }
-    std::fs::write(&file, &token)?;
-    tracing::info!(path = %file.display(), "generated the Zabbix webhook token");
-    Ok(token)
 }
 
 pub fn routes(ctx: Arc<ServiceContext>, token: String) -> Router {
@@ -171,10 +180,6 @@ fn expanded(v: &Option<String>) -> Option<String> {
         .map(String::from)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[utoipa::path(post, path = "/api/noc/zabbix/webhook", tag = "zabbix", request_body = ZabbixWebhook,
     responses((status = 200, description = "{message, tags: {__zbx_isp_ticket_id, __zbx_isp_ticketlink}}: published, duplicate or ignored; the tags name the problem's Support ticket (NET-<eventId>)"), (status = 400), (status = 401)))]
 async fn webhook(
@@ -187,7 +192,7 @@ async fn webhook(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if !constant_time_eq(given.trim().as_bytes(), st.token.as_bytes()) {
+    if !secret_eq(given.trim().as_bytes(), st.token.as_bytes()) {
         return Err(ApiError::unauthorized(
             "A valid Zabbix webhook token is required.",
         ));

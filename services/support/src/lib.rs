@@ -1,4 +1,4 @@
-//! Support & Communications (SPEC 3.5): tickets, the communication log, contacts,
+//! Support & Communications (docs/contract.md#support): tickets, the communication log, contacts,
 //! templates, automated notifications, manual and bulk messages, and tickets for
 //! Zabbix problems.
 //!
