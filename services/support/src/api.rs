@@ -75,10 +75,17 @@ pub fn read_only_routes(ctx: Arc<ServiceContext>, coll: Arc<Collection>) -> Rout
         let doc = s.coll.find_scoped(&mut conn, &p, id, false).await?;
         Ok(Json(s.coll.present(&p, &doc)))
     }
+    // Writes get the platform's JSON 403, not a bare 405.
+    async fn refuse(State(s): State<Ro>, _p: Principal) -> ApiError {
+        ApiError::forbidden(format!("{} are read-only here.", s.coll.slug))
+    }
     let base = format!("/api/{}/{}", ctx.name, coll.slug);
     Router::new()
-        .route(&base, get(list))
-        .route(&format!("{base}/{{id}}"), get(one))
+        .route(&base, get(list).post(refuse))
+        .route(
+            &format!("{base}/{{id}}"),
+            get(one).patch(refuse).delete(refuse),
+        )
         .with_state(Ro { ctx, coll })
 }
 
