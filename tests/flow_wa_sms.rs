@@ -29,7 +29,9 @@ fn fleet() -> Vec<(ServiceInfo, StartFn)> {
         .filter(|(info, _)| info.name != "wa-parser" && info.name != "notify")
         .collect();
     f.push((svc_notify::INFO, |c| {
-        let s = NOTIFY.with(|s| s.borrow().clone()).expect("notify settings");
+        let s = NOTIFY
+            .with(|s| s.borrow().clone())
+            .expect("notify settings");
         Box::pin(svc_notify::start_with(c, s))
     }));
     f.push((svc_wa_parser::INFO, |c| {
@@ -85,10 +87,18 @@ async fn an_sms_lead_is_created_and_the_partner_is_answered_by_sms_through_notif
     let partner = r.body["doc"]["id"].as_str().unwrap().to_string();
     let pid: Uuid = partner.parse().unwrap();
     let ready = eventually(20, || async {
-        let crm: Option<bool> = sqlx::query_scalar("SELECT status = 'Active' FROM partners WHERE id = $1")
-            .bind(pid).fetch_optional(&app.ctx("crm").pool).await.ok()?;
-        let wa: Option<bool> = sqlx::query_scalar("SELECT status = 'Active' FROM partners WHERE id = $1")
-            .bind(pid).fetch_optional(&app.ctx("wa-parser").pool).await.ok()?;
+        let crm: Option<bool> =
+            sqlx::query_scalar("SELECT status = 'Active' FROM partners WHERE id = $1")
+                .bind(pid)
+                .fetch_optional(&app.ctx("crm").pool)
+                .await
+                .ok()?;
+        let wa: Option<bool> =
+            sqlx::query_scalar("SELECT status = 'Active' FROM partners WHERE id = $1")
+                .bind(pid)
+                .fetch_optional(&app.ctx("wa-parser").pool)
+                .await
+                .ok()?;
         (crm? && wa?).then_some(())
     })
     .await;
@@ -100,7 +110,11 @@ async fn an_sms_lead_is_created_and_the_partner_is_answered_by_sms_through_notif
     let building: Uuid = r.body["doc"]["id"].as_str().unwrap().parse().unwrap();
     let seen = eventually(15, || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM buildings WHERE id = $1")
-            .bind(building).fetch_one(&app.ctx("wa-parser").pool).await.ok().filter(|n| *n == 1)
+            .bind(building)
+            .fetch_one(&app.ctx("wa-parser").pool)
+            .await
+            .ok()
+            .filter(|n| *n == 1)
     })
     .await;
     assert!(seen.is_some(), "wa-parser never saw the building");
@@ -129,7 +143,12 @@ async fn an_sms_lead_is_created_and_the_partner_is_answered_by_sms_through_notif
         assert_eq!(r.status(), StatusCode::OK);
     }
     let lead = eventually(20, || async {
-        let r = app.get(&format!("/api/crm/leads?where[referredBy][equals]={partner}"), &admin).await;
+        let r = app
+            .get(
+                &format!("/api/crm/leads?where[referredBy][equals]={partner}"),
+                &admin,
+            )
+            .await;
         (r.body["totalDocs"] == 1).then(|| r.body["docs"][0].clone())
     })
     .await
@@ -138,12 +157,20 @@ async fn an_sms_lead_is_created_and_the_partner_is_answered_by_sms_through_notif
     assert_eq!(lead["subscriberPhone"], "+254722333444");
 
     let sent = eventually(20, || async {
-        let s: Vec<_> = gw.sms().into_iter().filter(|m| m.to.contains("+254711222444")).collect();
+        let s: Vec<_> = gw
+            .sms()
+            .into_iter()
+            .filter(|m| m.to.contains("+254711222444"))
+            .collect();
         (!s.is_empty()).then_some(s)
     })
     .await
     .expect("Notify sent the reply through Africa's Talking");
-    assert!(sent[0].message.contains("Mary Achieng") && sent[0].message.contains("5B"), "{}", sent[0].message);
+    assert!(
+        sent[0].message.contains("Mary Achieng") && sent[0].message.contains("5B"),
+        "{}",
+        sent[0].message
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(gw.sms().len(), 1, "one reply for a message delivered twice");
 }

@@ -222,7 +222,8 @@ pub const MAX_SERVICE_TOKEN_TTL: i64 = 24 * 3600;
 
 /// `ISP_SERVICE_TOKEN_TTL_SECONDS` (default 4 h), at most [`MAX_SERVICE_TOKEN_TTL`].
 pub fn service_token_ttl() -> anyhow::Result<i64> {
-    let ttl: i64 = crate::config::env_parse("ISP_SERVICE_TOKEN_TTL_SECONDS", DEFAULT_SERVICE_TOKEN_TTL)?;
+    let ttl: i64 =
+        crate::config::env_parse("ISP_SERVICE_TOKEN_TTL_SECONDS", DEFAULT_SERVICE_TOKEN_TTL)?;
     anyhow::ensure!(
         (60..=MAX_SERVICE_TOKEN_TTL).contains(&ttl),
         "ISP_SERVICE_TOKEN_TTL_SECONDS={ttl}: must be between 60 and {MAX_SERVICE_TOKEN_TTL}"
@@ -611,7 +612,13 @@ mod tests {
     async fn service_tokens_live_hours_and_are_refused_by_services_they_do_not_name() {
         let (keys, _) = Keys::generate().unwrap();
         let t = keys
-            .service_token("crm", &["billing.subscribers.create", "billing.subscribers.firstName.write"])
+            .service_token(
+                "crm",
+                &[
+                    "billing.subscribers.create",
+                    "billing.subscribers.firstName.write",
+                ],
+            )
             .unwrap();
         let c = keys.verify(&t).unwrap();
         assert_eq!(c.aud, vec!["billing".to_string()]);
@@ -631,7 +638,9 @@ mod tests {
             })
             .unwrap();
         assert!(billing.authenticate(&old).await.is_err());
-        assert!(keys.service_token_for("crm", &["billing.x.read"], MAX_SERVICE_TOKEN_TTL + 1).is_err());
+        assert!(keys
+            .service_token_for("crm", &["billing.x.read"], MAX_SERVICE_TOKEN_TTL + 1)
+            .is_err());
         // Renewal keeps the rights and moves the expiry.
         let (renewed, exp) = keys.renew_service_token(&c).unwrap();
         let r = keys.verify(&renewed).unwrap();

@@ -165,7 +165,10 @@ impl TokenSource {
             unreachable!("mint is only called for minted tokens")
         };
         let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
-        Held::read(keys.service_token(service, &scopes).map_err(ApiError::Internal)?)
+        Held::read(
+            keys.service_token(service, &scopes)
+                .map_err(ApiError::Internal)?,
+        )
     }
 
     async fn renew(&self, held: &Held) -> Result<Held, ApiError> {

@@ -410,8 +410,7 @@ impl Collection {
             // work order's assignee) is kept from services too, unless their token
             // names it: `<prefix>.<field>.write`.
             Principal::Service { .. } => {
-                f.write.is_none()
-                    || p.has_scope(&format!("{}.{}.write", self.scope_prefix, f.name))
+                f.write.is_none() || p.has_scope(&format!("{}.{}.write", self.scope_prefix, f.name))
             }
             Principal::Staff { role, .. } => f
                 .write

@@ -135,7 +135,11 @@ pub fn service_addr(service: &str, default_port: u16) -> anyhow::Result<SocketAd
 /// Unix), creating the folder. `replace`: overwrite an existing file (its mode is
 /// set to 0600 too); otherwise an existing file is an `AlreadyExists` error, so two
 /// processes generating the same secret on first start keep the first one.
-pub fn write_secret_file(path: &std::path::Path, contents: &str, replace: bool) -> std::io::Result<()> {
+pub fn write_secret_file(
+    path: &std::path::Path,
+    contents: &str,
+    replace: bool,
+) -> std::io::Result<()> {
     use std::io::Write;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
@@ -196,7 +200,8 @@ mod tests {
     #[test]
     fn secret_files_are_owner_only_even_when_replacing_a_wider_file() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("isp-secret-{}", uuid::Uuid::new_v4().simple()));
+        let dir =
+            std::env::temp_dir().join(format!("isp-secret-{}", uuid::Uuid::new_v4().simple()));
         let file = dir.join("a").join("token");
         super::write_secret_file(&file, "one", false).unwrap();
         let mode = |f: &std::path::Path| std::fs::metadata(f).unwrap().permissions().mode() & 0o777;

@@ -39,7 +39,10 @@ fn nullable(mut v: Value, null: bool) -> Value {
     if let Some(t) = v.get("type").cloned() {
         v["type"] = json!([t, "null"]);
     } else if v.get("anyOf").is_some() {
-        v["anyOf"].as_array_mut().expect("anyOf is an array").push(json!({"type": "null"}));
+        v["anyOf"]
+            .as_array_mut()
+            .expect("anyOf is an array")
+            .push(json!({"type": "null"}));
         return v;
     }
     if let Some(e) = v.get_mut("enum").and_then(Value::as_array_mut) {
@@ -69,7 +72,9 @@ fn out_schema(f: &Field) -> Value {
     let v = match f.kind {
         Kind::Text { max } => json!({"type": "string", "maxLength": max}),
         // The validator's rule, not RFC 5322's: a `format` would lie both ways.
-        Kind::Email => json!({"type": "string", "pattern": EMAIL, "description": "An email address"}),
+        Kind::Email => {
+            json!({"type": "string", "pattern": EMAIL, "description": "An email address"})
+        }
         Kind::Phone => json!({"type": "string", "pattern": E164, "description": "E.164"}),
         Kind::Int { min, max } => json!({"type": "integer", "minimum": min, "maximum": max}),
         Kind::Money => json!({"type": "string", "pattern": MONEY_OUT,
@@ -110,17 +115,17 @@ pub fn non_negative_money() -> Value {
 /// price of 0 to 10 000 000 KES. `allow_empty`: one-off charges may be none.
 pub fn line_items(allow_empty: bool) -> Value {
     json!({"type": "array", "minItems": if allow_empty { 0 } else { 1 }, "maxItems": 100,
-        "items": {"type": "object", "additionalProperties": false,
-            "required": ["description", "quantity", "price"],
-            "properties": {
-                "id": any("Ignored (clients echo it back)"),
-                "description": {"type": "string", "maxLength": 200, "pattern": NOT_BLANK},
-                "quantity": {"type": "integer", "minimum": 1, "maximum": 10_000},
-                "price": {"anyOf": [
-                    {"type": "string", "pattern": "^([0-9]{1,7}(\\.[0-9]{1,2})?|10000000(\\.0{1,2})?)$"},
-                    {"type": "integer", "minimum": 0, "maximum": 10_000_000}
-                ], "description": "KES per unit, 0 to 10 000 000"}
-            }}})
+    "items": {"type": "object", "additionalProperties": false,
+        "required": ["description", "quantity", "price"],
+        "properties": {
+            "id": any("Ignored (clients echo it back)"),
+            "description": {"type": "string", "maxLength": 200, "pattern": NOT_BLANK},
+            "quantity": {"type": "integer", "minimum": 1, "maximum": 10_000},
+            "price": {"anyOf": [
+                {"type": "string", "pattern": "^([0-9]{1,7}(\\.[0-9]{1,2})?|10000000(\\.0{1,2})?)$"},
+                {"type": "integer", "minimum": 0, "maximum": 10_000_000}
+            ], "description": "KES per unit, 0 to 10 000 000"}
+        }}})
 }
 
 /// The schema of a value the validator accepts for a field of `kind` (null too
@@ -220,7 +225,11 @@ fn document_schema(c: &Collection) -> Value {
     for t in ["createdAt", "updatedAt"] {
         props.insert(t.into(), json!({"type": "string", "format": "date-time"}));
     }
-    for f in c.fields.iter().filter(|f| !f.hidden && f.kind != Kind::Password) {
+    for f in c
+        .fields
+        .iter()
+        .filter(|f| !f.hidden && f.kind != Kind::Password)
+    {
         props.insert(f.name.into(), out_schema(f));
     }
     json!({"type": "object", "properties": props, "required": ["id", "createdAt", "updatedAt"]})
@@ -255,11 +264,11 @@ fn json_content(schema: impl Into<RefOr<Schema>>) -> utoipa::openapi::Content {
 /// The error answer every status but 2xx carries.
 fn errors_schema() -> Value {
     json!({"type": "object", "required": ["errors"], "properties": {"errors": {
-        "type": "array", "minItems": 1, "items": {
-            "type": "object", "required": ["message"], "properties": {
-                "message": {"type": "string"},
-                "path": {"type": "string", "description": "The field, when one is at fault"}
-            }}}}})
+    "type": "array", "minItems": 1, "items": {
+        "type": "object", "required": ["message"], "properties": {
+            "message": {"type": "string"},
+            "path": {"type": "string", "description": "The field, when one is at fault"}
+        }}}}})
 }
 
 /// What each error status means, as every service answers it.
@@ -278,14 +287,19 @@ fn error_response(code: &str) -> utoipa::openapi::Response {
         .find(|(c, _)| *c == code)
         .map(|(_, d)| *d)
         .unwrap_or("Error");
-    let mut r = ResponseBuilder::new()
-        .description(description)
-        .content("application/json", json_content(Ref::from_schema_name("Errors")));
+    let mut r = ResponseBuilder::new().description(description).content(
+        "application/json",
+        json_content(Ref::from_schema_name("Errors")),
+    );
     if code == "503" {
         r = r.header(
             "Retry-After",
             utoipa::openapi::HeaderBuilder::new()
-                .schema(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0.0)))
+                .schema(
+                    ObjectBuilder::new()
+                        .schema_type(Type::Integer)
+                        .minimum(Some(0.0)),
+                )
                 .description(Some("Seconds to wait before resending"))
                 .build(),
         );
@@ -381,10 +395,12 @@ pub fn collections_doc(service: &str, title: &str, collections: &[&Collection]) 
             }
         }));
         let one = || {
-            schema(json!({"type": "object", "required": ["doc", "message"], "properties": {
-                "doc": {"$ref": format!("#/components/schemas/{name}")},
-                "message": {"type": "string"}
-            }}))
+            schema(
+                json!({"type": "object", "required": ["doc", "message"], "properties": {
+                    "doc": {"$ref": format!("#/components/schemas/{name}")},
+                    "message": {"type": "string"}
+                }}),
+            )
         };
         let sec = || SecurityRequirement::new("jwt", Vec::<String>::new());
         // Fields whose value must name an existing record (here or in another
@@ -393,7 +409,9 @@ pub fn collections_doc(service: &str, title: &str, collections: &[&Collection]) 
         let references: Vec<&str> = c
             .fields
             .iter()
-            .filter(|f| !f.hidden && !f.system && matches!(f.kind, Kind::Relation | Kind::Relations))
+            .filter(|f| {
+                !f.hidden && !f.system && matches!(f.kind, Kind::Relation | Kind::Relations)
+            })
             .map(|f| f.name)
             .collect();
         let refs_ext = || {
@@ -449,7 +467,9 @@ pub fn collections_doc(service: &str, title: &str, collections: &[&Collection]) 
                 .name("id")
                 .parameter_in(ParameterIn::Path)
                 .required(utoipa::openapi::Required::True)
-                .schema(Some(schema(json!({"type": "string", "format": "uuid", "pattern": UUID}))))
+                .schema(Some(schema(
+                    json!({"type": "string", "format": "uuid", "pattern": UUID}),
+                )))
         };
         let mut get = OperationBuilder::new()
             .operation_id(Some(format!("get_{}", c.slug)))
@@ -536,4 +556,3 @@ pub fn collections_doc(service: &str, title: &str, collections: &[&Collection]) 
         .components(Some(components.build()))
         .build()
 }
-

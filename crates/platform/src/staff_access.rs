@@ -132,7 +132,12 @@ impl StaffAccess {
 
 impl StaffAccess {
     /// A member this projection has not heard of: does core accept the token?
-    async fn ask_core(&self, staff_id: Uuid, token_version: i32, token: &str) -> Result<(), ApiError> {
+    async fn ask_core(
+        &self,
+        staff_id: Uuid,
+        token_version: i32,
+        token: &str,
+    ) -> Result<(), ApiError> {
         let Some((http, base)) = &self.core else {
             return Err(ApiError::unauthorized(
                 "This account is not known to this service yet.",

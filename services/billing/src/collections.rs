@@ -435,7 +435,11 @@ pub fn parse_line_items(v: &Value, path: &str, allow_empty: bool) -> ApiResult<V
             // 2.0 is a whole number too (JSON Schema's `integer` says so).
             Some(Value::Number(n)) => n
                 .as_i64()
-                .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 1e6).map(|f| f as i64))
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.fract() == 0.0 && f.abs() < 1e6)
+                        .map(|f| f as i64)
+                })
                 .filter(|q| (1..=10_000).contains(q)),
             _ => None,
         };

@@ -157,25 +157,25 @@ impl utoipa::PartialSchema for SubscriberCreateBody {
         let mut charges = isp_platform::openapi::line_items(true);
         charges["type"] = json!(["array", "null"]);
         isp_platform::openapi::schema(json!({
-            "type": "object", "additionalProperties": false,
-            "required": ["firstName", "lastName", "mpesaNumber", "servicePlan", "billingCycle"],
-            "properties": {
-                "firstName": f("firstName", Kind::TEXT, true),
-                "lastName": f("lastName", Kind::TEXT, true),
-                "mpesaNumber": f("mpesaNumber", Kind::Phone, true),
-                "contactPhone": f("contactPhone", Kind::Phone, false),
-                "email": f("email", Kind::Email, false),
-                "servicePlan": f("servicePlan", Kind::Relation, true),
-                "billingCycle": f("billingCycle", Kind::Select(c::BILLING_CYCLES), true),
-                "trialEndDate": f("trialEndDate", Kind::Date, false),
-                "gracePeriodEndDate": f("gracePeriodEndDate", Kind::Date, false),
-                "addressNotes": f("addressNotes", Kind::TEXT_AREA, false),
-                "internalNotes": f("internalNotes", Kind::RICH_TEXT, false),
-                "serviceLocation": f("serviceLocation", Kind::Relation, false),
-                "building": f("building", Kind::Relation, false),
-                "lead": f("lead", Kind::Relation, false),
-                "oneOffCharges": charges,
-            }}))
+        "type": "object", "additionalProperties": false,
+        "required": ["firstName", "lastName", "mpesaNumber", "servicePlan", "billingCycle"],
+        "properties": {
+            "firstName": f("firstName", Kind::TEXT, true),
+            "lastName": f("lastName", Kind::TEXT, true),
+            "mpesaNumber": f("mpesaNumber", Kind::Phone, true),
+            "contactPhone": f("contactPhone", Kind::Phone, false),
+            "email": f("email", Kind::Email, false),
+            "servicePlan": f("servicePlan", Kind::Relation, true),
+            "billingCycle": f("billingCycle", Kind::Select(c::BILLING_CYCLES), true),
+            "trialEndDate": f("trialEndDate", Kind::Date, false),
+            "gracePeriodEndDate": f("gracePeriodEndDate", Kind::Date, false),
+            "addressNotes": f("addressNotes", Kind::TEXT_AREA, false),
+            "internalNotes": f("internalNotes", Kind::RICH_TEXT, false),
+            "serviceLocation": f("serviceLocation", Kind::Relation, false),
+            "building": f("building", Kind::Relation, false),
+            "lead": f("lead", Kind::Relation, false),
+            "oneOffCharges": charges,
+        }}))
     }
 }
 

@@ -205,20 +205,20 @@ impl utoipa::PartialSchema for ConvertBody {
         let mut charges = isp_platform::openapi::line_items(true);
         charges["type"] = json!(["array", "null"]);
         isp_platform::openapi::schema(json!({
-            "type": "object", "additionalProperties": false,
-            "required": ["servicePlan", "billingCycle"],
-            "properties": {
-                "servicePlan": f("servicePlan", Kind::Relation, true),
-                "billingCycle": f("billingCycle", Kind::Select(BILLING_CYCLES), true),
-                "mpesaNumber": f("mpesaNumber", Kind::Phone, false),
-                "contactPhone": f("contactPhone", Kind::Phone, false),
-                "email": f("email", Kind::Email, false),
-                "trialEndDate": f("trialEndDate", Kind::Date, false),
-                "firstName": f("firstName", Kind::TEXT, false),
-                "lastName": f("lastName", Kind::TEXT, false),
-                "addressNotes": f("addressNotes", Kind::TEXT_AREA, false),
-                "oneOffCharges": charges,
-            }}))
+        "type": "object", "additionalProperties": false,
+        "required": ["servicePlan", "billingCycle"],
+        "properties": {
+            "servicePlan": f("servicePlan", Kind::Relation, true),
+            "billingCycle": f("billingCycle", Kind::Select(BILLING_CYCLES), true),
+            "mpesaNumber": f("mpesaNumber", Kind::Phone, false),
+            "contactPhone": f("contactPhone", Kind::Phone, false),
+            "email": f("email", Kind::Email, false),
+            "trialEndDate": f("trialEndDate", Kind::Date, false),
+            "firstName": f("firstName", Kind::TEXT, false),
+            "lastName": f("lastName", Kind::TEXT, false),
+            "addressNotes": f("addressNotes", Kind::TEXT_AREA, false),
+            "oneOffCharges": charges,
+        }}))
     }
 }
 

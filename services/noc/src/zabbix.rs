@@ -22,13 +22,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::{Json, Router};
 use base64::Engine;
 use isp_events::outbox::enqueue;
-use axum::body::Bytes;
 use isp_events::payloads::{
     network_ticket_id, NetworkProblem, NetworkProblemUpdated, NetworkRecovered, ZabbixEvent,
 };
@@ -182,11 +182,7 @@ fn expanded(v: &Option<String>) -> Option<String> {
 
 #[utoipa::path(post, path = "/api/noc/zabbix/webhook", tag = "zabbix", request_body = ZabbixWebhook,
     responses((status = 200, description = "{message, tags: {__zbx_isp_ticket_id, __zbx_isp_ticketlink}}: published, duplicate or ignored; the tags name the problem's Support ticket (NET-<eventId>)"), (status = 400), (status = 401)))]
-async fn webhook(
-    State(st): State<St>,
-    headers: HeaderMap,
-    raw: Bytes,
-) -> ApiResult<Json<Value>> {
+async fn webhook(State(st): State<St>, headers: HeaderMap, raw: Bytes) -> ApiResult<Json<Value>> {
     let given = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())

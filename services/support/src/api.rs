@@ -59,7 +59,12 @@ pub fn read_only_routes(ctx: Arc<ServiceContext>, coll: Arc<Collection>) -> Rout
         p: Principal,
         RawQuery(raw): RawQuery,
     ) -> ApiResult<Json<Page<Value>>> {
-        check(&s.coll, &p, Operation::Read, &format!("read {}", s.coll.slug))?;
+        check(
+            &s.coll,
+            &p,
+            Operation::Read,
+            &format!("read {}", s.coll.slug),
+        )?;
         let q = ListQuery::parse(raw.as_deref())?;
         let mut conn = s.ctx.pool.acquire().await?;
         Ok(Json(s.coll.list(&mut conn, &p, &q).await?))
@@ -69,7 +74,12 @@ pub fn read_only_routes(ctx: Arc<ServiceContext>, coll: Arc<Collection>) -> Rout
         p: Principal,
         Path(id): Path<String>,
     ) -> ApiResult<Json<Value>> {
-        check(&s.coll, &p, Operation::Read, &format!("read {}", s.coll.slug))?;
+        check(
+            &s.coll,
+            &p,
+            Operation::Read,
+            &format!("read {}", s.coll.slug),
+        )?;
         let id = parse_id(&id)?;
         let mut conn = s.ctx.pool.acquire().await?;
         let doc = s.coll.find_scoped(&mut conn, &p, id, false).await?;
@@ -91,7 +101,11 @@ pub fn read_only_routes(ctx: Arc<ServiceContext>, coll: Arc<Collection>) -> Rout
 
 /// Removes from the generated document the operations no role may perform
 /// (the engine documents all five for every collection).
-pub fn drop_forbidden_operations(doc: &mut utoipa::openapi::OpenApi, service: &str, c: &Collection) {
+pub fn drop_forbidden_operations(
+    doc: &mut utoipa::openapi::OpenApi,
+    service: &str,
+    c: &Collection,
+) {
     use isp_platform::auth::Roles;
     let none = |r: Roles| r == Roles::NONE;
     let base = format!("/api/{service}/{}", c.slug);
@@ -135,7 +149,9 @@ pub(crate) fn check(c: &Collection, p: &Principal, op: Operation, what: &str) ->
     if c.allowed(p, op) {
         Ok(())
     } else {
-        Err(ApiError::forbidden(format!("You are not allowed to {what}.")))
+        Err(ApiError::forbidden(format!(
+            "You are not allowed to {what}."
+        )))
     }
 }
 
@@ -223,7 +239,9 @@ async fn import_contacts(
         };
         let (name, source) = (text(name_col), text(source_col));
         for (path, v) in [("fullName", &name), ("source", &source)] {
-            if v.as_deref().is_some_and(|v| v.chars().count() > 500 || v.contains('\0')) {
+            if v.as_deref()
+                .is_some_and(|v| v.chars().count() > 500 || v.contains('\0'))
+            {
                 errors.push(LineError {
                     line,
                     path: path.into(),
@@ -290,7 +308,10 @@ async fn ticket_messages(
     check(&s.colls.messages, &p, Operation::Read, "read messages")?;
     let id = parse_id(&id)?;
     let mut conn = s.ctx.pool.acquire().await?;
-    s.colls.tickets.find_scoped(&mut conn, &p, id, false).await?;
+    s.colls
+        .tickets
+        .find_scoped(&mut conn, &p, id, false)
+        .await?;
     let mut q = ListQuery::parse(raw.as_deref())?;
     q.filters.push(Filter {
         field: "ticket".into(),
@@ -318,12 +339,18 @@ struct TicketMessage {
     subject: Option<String>,
 }
 
-pub(crate) fn channel_of(v: Option<&Value>, errors: &mut Vec<FieldError>) -> Option<NotificationChannel> {
+pub(crate) fn channel_of(
+    v: Option<&Value>,
+    errors: &mut Vec<FieldError>,
+) -> Option<NotificationChannel> {
     match v.and_then(Value::as_str) {
         Some("SMS") => Some(NotificationChannel::Sms),
         Some("Email") => Some(NotificationChannel::Email),
         None => {
-            errors.push(FieldError::new("channel", "channel is required (SMS or Email)."));
+            errors.push(FieldError::new(
+                "channel",
+                "channel is required (SMS or Email).",
+            ));
             None
         }
         Some(_) => {
@@ -436,9 +463,13 @@ async fn send_ticket_message(
     let mut tx = s.ctx.pool.begin().await?;
     let source = message_source(&mut tx, &body, Some("ticket.updated"), &mut errors).await?;
     let ticket = s.colls.tickets.find_scoped(&mut tx, &p, id, false).await?;
-    let Some(subscriber) = ticket["subscriber"].as_str().and_then(|v| Uuid::parse_str(v).ok())
+    let Some(subscriber) = ticket["subscriber"]
+        .as_str()
+        .and_then(|v| Uuid::parse_str(v).ok())
     else {
-        return Err(ApiError::conflict("A network ticket has no subscriber to write to."));
+        return Err(ApiError::conflict(
+            "A network ticket has no subscriber to write to.",
+        ));
     };
     let customer = notifications::customer(&mut tx, subscriber)
         .await
@@ -471,13 +502,19 @@ async fn send_ticket_message(
     let vars = Value::Object(vars);
     let render = |src: &str, path: &str| {
         templates::render(src, &vars).map_err(|e| {
-            ApiError::field(path, format!("The template cannot be used for a reply: {e}"))
+            ApiError::field(
+                path,
+                format!("The template cannot be used for a reply: {e}"),
+            )
         })
     };
     let body_text = render(&content, "template")?;
     let subject = match (channel, subject) {
         (NotificationChannel::Email, Some(s)) => Some(render(&s, "subject")?),
-        (NotificationChannel::Email, None) => Some(format!("Ticket {}", ticket["ticketID"].as_str().unwrap_or_default())),
+        (NotificationChannel::Email, None) => Some(format!(
+            "Ticket {}",
+            ticket["ticketID"].as_str().unwrap_or_default()
+        )),
         _ => None,
     };
     let msg = notifications::queue(

@@ -63,7 +63,11 @@ impl HasKeys for BulkState {
 }
 
 impl Bulk {
-    pub fn start(ctx: Arc<ServiceContext>, colls: Arc<Collections>, settings: Settings) -> Arc<Bulk> {
+    pub fn start(
+        ctx: Arc<ServiceContext>,
+        colls: Arc<Collections>,
+        settings: Settings,
+    ) -> Arc<Bulk> {
         let bulk = Arc::new(Bulk {
             ctx,
             colls,
@@ -97,15 +101,24 @@ impl Bulk {
     /// Queues the earliest due bulk send; false when none is due.
     async fn run_one(&self) -> anyhow::Result<bool> {
         let mut tx = self.ctx.pool.begin().await?;
-        let due: Option<(Uuid, Value, String, String, Option<String>, String, String, Option<Uuid>)> =
-            sqlx::query_as(
-                "SELECT id, audience, type, content, subject, category, trigger_event, sent_by
+        let due: Option<(
+            Uuid,
+            Value,
+            String,
+            String,
+            Option<String>,
+            String,
+            String,
+            Option<Uuid>,
+        )> = sqlx::query_as(
+            "SELECT id, audience, type, content, subject, category, trigger_event, sent_by
                  FROM messages WHERE bulk_send AND status = 'Scheduled' AND scheduled_at <= now()
                  ORDER BY scheduled_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
-            )
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some((id, audience, channel, content, subject, category, trigger, sent_by)) = due else {
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((id, audience, channel, content, subject, category, trigger, sent_by)) = due
+        else {
             return Ok(false);
         };
         let audience: Audience = serde_json::from_value(audience)?;
@@ -509,7 +522,11 @@ async fn check_request(conn: &mut PgConnection, body: &Map<String, Value>) -> Ap
             Err(e) => {
                 let path = e.path().to_string();
                 errors.push(FieldError::new(
-                    if path == "." { "audience".to_string() } else { format!("audience.{path}") },
+                    if path == "." {
+                        "audience".to_string()
+                    } else {
+                        format!("audience.{path}")
+                    },
                     e.into_inner().to_string(),
                 ));
                 None
@@ -538,7 +555,8 @@ async fn check_request(conn: &mut PgConnection, body: &Map<String, Value>) -> Ap
             if t.starts_with("bulk.")
                 && t.len() > 5
                 && t.len() <= 100
-                && t.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) =>
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) =>
         {
             Some(t.clone())
         }
@@ -552,7 +570,10 @@ async fn check_request(conn: &mut PgConnection, body: &Map<String, Value>) -> Ap
     };
     let scheduled_at = match body.get("scheduledAt") {
         None | Some(Value::Null) => None,
-        Some(v) => match v.as_str().and_then(|s| DateTime::parse_from_rfc3339(s).ok()) {
+        Some(v) => match v
+            .as_str()
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        {
             Some(t) => Some(t.with_timezone(&Utc)),
             None => {
                 errors.push(FieldError::new(
@@ -579,9 +600,7 @@ async fn check_request(conn: &mut PgConnection, body: &Map<String, Value>) -> Ap
     else {
         return Err(ApiError::bad_request("Incomplete bulk send."));
     };
-    let trigger = trigger.unwrap_or_else(|| {
-        format!("bulk.{}", category.as_str())
-    });
+    let trigger = trigger.unwrap_or_else(|| format!("bulk.{}", category.as_str()));
     Ok(Checked {
         audience,
         channel,
@@ -790,7 +809,13 @@ struct Progress {
     skipped: i64,
 }
 
-async fn parent(b: &Bulk, p: &Principal, conn: &mut PgConnection, id: &str, lock: bool) -> ApiResult<(Uuid, Value)> {
+async fn parent(
+    b: &Bulk,
+    p: &Principal,
+    conn: &mut PgConnection,
+    id: &str,
+    lock: bool,
+) -> ApiResult<(Uuid, Value)> {
     check(&b.colls.messages, p, Operation::Read, "read messages")?;
     let id = parse_id(id)?;
     let doc = b.colls.messages.find_scoped(conn, p, id, lock).await?;
@@ -847,7 +872,10 @@ async fn cancel(
     if doc["status"] != json!("Scheduled") {
         return Err(ApiError::conflict_field(
             "status",
-            format!("This bulk send is {} and can no longer be cancelled.", doc["status"].as_str().unwrap_or("?")),
+            format!(
+                "This bulk send is {} and can no longer be cancelled.",
+                doc["status"].as_str().unwrap_or("?")
+            ),
         ));
     }
     sqlx::query("UPDATE messages SET status = 'Cancelled', updated_at = now(), status_at = now() WHERE id = $1")
@@ -861,7 +889,9 @@ async fn cancel(
         .await?
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("bulk parent vanished")))?;
     tx.commit().await?;
-    Ok(Json(json!({"doc": b.colls.messages.present(&p, &doc), "message": "Bulk send cancelled."})))
+    Ok(Json(
+        json!({"doc": b.colls.messages.present(&p, &doc), "message": "Bulk send cancelled."}),
+    ))
 }
 
 #[cfg(test)]
@@ -869,16 +899,36 @@ mod tests {
     use super::*;
 
     fn eat(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
-        EAT.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap().with_timezone(&Utc)
+        EAT.with_ymd_and_hms(y, mo, d, h, mi, 0)
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     #[test]
     fn promotional_sends_wait_for_eight_in_the_morning_eat() {
-        assert_eq!(promotional_start(eat(2026, 12, 1, 9, 30), (8, 18)), eat(2026, 12, 1, 9, 30));
-        assert_eq!(promotional_start(eat(2026, 12, 1, 6, 0), (8, 18)), eat(2026, 12, 1, 8, 0));
-        assert_eq!(promotional_start(eat(2026, 12, 1, 18, 0), (8, 18)), eat(2026, 12, 2, 8, 0));
-        assert_eq!(promotional_start(eat(2026, 12, 31, 23, 59), (8, 18)), eat(2027, 1, 1, 8, 0));
-        assert_eq!(promotional_start(eat(2026, 12, 1, 17, 59), (8, 18)), eat(2026, 12, 1, 17, 59));
-        assert_eq!(promotional_start(eat(2026, 12, 1, 23, 59), (0, 24)), eat(2026, 12, 1, 23, 59));
+        assert_eq!(
+            promotional_start(eat(2026, 12, 1, 9, 30), (8, 18)),
+            eat(2026, 12, 1, 9, 30)
+        );
+        assert_eq!(
+            promotional_start(eat(2026, 12, 1, 6, 0), (8, 18)),
+            eat(2026, 12, 1, 8, 0)
+        );
+        assert_eq!(
+            promotional_start(eat(2026, 12, 1, 18, 0), (8, 18)),
+            eat(2026, 12, 2, 8, 0)
+        );
+        assert_eq!(
+            promotional_start(eat(2026, 12, 31, 23, 59), (8, 18)),
+            eat(2027, 1, 1, 8, 0)
+        );
+        assert_eq!(
+            promotional_start(eat(2026, 12, 1, 17, 59), (8, 18)),
+            eat(2026, 12, 1, 17, 59)
+        );
+        assert_eq!(
+            promotional_start(eat(2026, 12, 1, 23, 59), (0, 24)),
+            eat(2026, 12, 1, 23, 59)
+        );
     }
 }

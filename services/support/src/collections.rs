@@ -281,7 +281,11 @@ pub fn message_templates() -> Collection {
             Field::new("templateName", "template_name", Kind::TEXT).required(),
             Field::new("content", "content", Kind::TEXT_AREA).required(),
             Field::new("subject", "subject", Kind::TEXT),
-            Field::new("triggerEvent", "trigger_event", Kind::Select(TRIGGER_EVENTS)),
+            Field::new(
+                "triggerEvent",
+                "trigger_event",
+                Kind::Select(TRIGGER_EVENTS),
+            ),
         ],
     )
     .access(SUPPORT, SUPPORT, SUPPORT, SUPPORT)

@@ -159,7 +159,11 @@ pub async fn problem(
     }
 }
 
-fn recovery_note(s: &NetworkSettings, at: DateTime<Utc>, recovery_event: &str) -> serde_json::Value {
+fn recovery_note(
+    s: &NetworkSettings,
+    at: DateTime<Utc>,
+    recovery_event: &str,
+) -> serde_json::Value {
     json!({
         "at": at,
         "source": "zabbix",
@@ -218,12 +222,11 @@ pub async fn updated(
     s: &NetworkSettings,
     u: &NetworkProblemUpdated,
 ) -> anyhow::Result<()> {
-    let ticket: Option<(Uuid, String)> = sqlx::query_as(
-        "SELECT id, status FROM tickets WHERE zabbix_event_id = $1 FOR UPDATE",
-    )
-    .bind(&u.event_id)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let ticket: Option<(Uuid, String)> =
+        sqlx::query_as("SELECT id, status FROM tickets WHERE zabbix_event_id = $1 FOR UPDATE")
+            .bind(&u.event_id)
+            .fetch_optional(&mut *tx)
+            .await?;
     let Some((id, status)) = ticket else {
         tracing::warn!(event = %u.event_id, "Zabbix update for a problem without a ticket");
         return Ok(());
@@ -237,7 +240,8 @@ pub async fn updated(
         Some(m) => format!("{who} {what} in Zabbix: {m}"),
         None => format!("{who} {what} in Zabbix."),
     };
-    let note = json!({"at": u.at, "source": "zabbix", "author": u.user, "action": u.action, "text": text});
+    let note =
+        json!({"at": u.at, "source": "zabbix", "author": u.user, "action": u.action, "text": text});
     sqlx::query(
         "UPDATE tickets SET notes = notes || jsonb_build_array($2::jsonb),
              network_severity = COALESCE($3, network_severity), updated_at = now()

@@ -189,7 +189,8 @@ impl Notifier {
             vars.insert("reason".into(), json!(s.reason.unwrap_or_default()));
             (trigger, s.subscriber_id)
         };
-        self.notify(tx, trigger, ev.id, subscriber, vars, None).await
+        self.notify(tx, trigger, ev.id, subscriber, vars, None)
+            .await
     }
 
     /// Support's own ticket events: a customer ticket whose status changed.
@@ -264,7 +265,10 @@ impl Notifier {
         .fetch_optional(&mut *tx)
         .await?;
         let Some((content, subject)) = template else {
-            tracing::warn!(trigger, "no template is bound to this trigger; nothing sent");
+            tracing::warn!(
+                trigger,
+                "no template is bound to this trigger; nothing sent"
+            );
             return Ok(());
         };
         let Some(c) = customer(tx, subscriber).await? else {
@@ -274,9 +278,7 @@ impl Notifier {
         vars.extend(c.vars());
         let vars = Value::Object(vars);
         let body = templates::render(&content, &vars)?;
-        let subject = subject
-            .map(|s| templates::render(&s, &vars))
-            .transpose()?;
+        let subject = subject.map(|s| templates::render(&s, &vars)).transpose()?;
         let mut targets = vec![];
         if sms {
             targets.push((NotificationChannel::Sms, c.phone().to_string()));
@@ -291,7 +293,9 @@ impl Notifier {
                     recipient,
                     channel,
                     content: body.clone(),
-                    subject: subject.clone().filter(|_| channel == NotificationChannel::Email),
+                    subject: subject
+                        .clone()
+                        .filter(|_| channel == NotificationChannel::Email),
                     trigger_event: trigger.to_string(),
                     category: NotificationCategory::Transactional,
                     source_event: Some(event),

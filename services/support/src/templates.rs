@@ -30,7 +30,12 @@ pub const TRIGGERS: &[(&str, &[&str])] = &[
     ),
     (
         "payment.received",
-        &["amountPaid", "paymentReference", "paymentDate", "paymentMethod"],
+        &[
+            "amountPaid",
+            "paymentReference",
+            "paymentDate",
+            "paymentMethod",
+        ],
     ),
     ("subscriber.activated", &["date", "reason"]),
     ("subscriber.suspended", &["date", "reason"]),
@@ -63,9 +68,12 @@ fn env() -> Environment<'static> {
 pub fn check(source: &str, trigger: Option<&str>) -> Result<(), String> {
     let allowed = variables_for(trigger).ok_or_else(|| "Unknown trigger event.".to_string())?;
     let env = env();
-    let tmpl = env
-        .template_from_str(source)
-        .map_err(|e| format!("The template does not parse: {}", e.detail().unwrap_or(&e.to_string())))?;
+    let tmpl = env.template_from_str(source).map_err(|e| {
+        format!(
+            "The template does not parse: {}",
+            e.detail().unwrap_or(&e.to_string())
+        )
+    })?;
     let mut unknown: Vec<String> = tmpl
         .undeclared_variables(false)
         .into_iter()
@@ -98,12 +106,18 @@ mod tests {
 
     #[test]
     fn variables_are_checked_per_trigger() {
-        assert!(check("Hi {{ firstName }}, {{ amountDue }} due", Some("invoice.created")).is_ok());
+        assert!(check(
+            "Hi {{ firstName }}, {{ amountDue }} due",
+            Some("invoice.created")
+        )
+        .is_ok());
         let e = check("Hi {{ firstName }}, {{ amountDue }}", None).unwrap_err();
         assert!(e.contains("amountDue"), "{e}");
         let e = check("{{ balance }} {{ zzz }}", Some("payment.received")).unwrap_err();
         assert!(e.contains("balance, zzz"), "{e}");
-        assert!(check("Hi {{ firstName", None).unwrap_err().contains("parse"));
+        assert!(check("Hi {{ firstName", None)
+            .unwrap_err()
+            .contains("parse"));
         assert!(check("x", Some("nope.event")).is_err());
     }
 

@@ -216,7 +216,9 @@ async fn tickets_are_numbered_checked_and_follow_the_status_workflow() {
     // Closed is final: neither the status nor anything else changes.
     let r = app.patch(&path, &token, json!({"status": "Open"})).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{:?}", r.body);
-    let r = app.patch(&path, &token, json!({"subject": "changed"})).await;
+    let r = app
+        .patch(&path, &token, json!({"subject": "changed"}))
+        .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{:?}", r.body);
     let r = app
         .patch(
@@ -259,7 +261,12 @@ async fn only_admin_and_support_agents_work_here_and_never_see_money() {
     let (agent, _) = agent(&app).await;
     let sub = subscriber(Uuid::now_v7(), "+254722000333");
     known_subscriber(&app, &sub).await;
-    for role in ["Sales Agent", "Billing Manager", "Network Engineer", "Technician"] {
+    for role in [
+        "Sales Agent",
+        "Billing Manager",
+        "Network Engineer",
+        "Technician",
+    ] {
         let (t, _) = app.staff_token(role).await;
         for path in [
             "/api/support/tickets",
@@ -385,7 +392,10 @@ async fn contacts_are_e164_unique_and_import_from_csv_by_line() {
         .unwrap()
         .iter()
         .all(|e| e["path"] == "phoneNumber"));
-    assert_eq!(count(&app, "SELECT count(*) FROM support.contacts").await, 3);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM support.contacts").await,
+        3
+    );
     // No phoneNumber column: nothing to import.
     let res = app
         .http
@@ -850,16 +860,23 @@ async fn bulk_sends_filter_dedupe_suppress_schedule_and_report_progress() {
         r.body["sample"][0]["content"],
         "Hi Amina: maintenance tonight 22:00-23:00."
     );
-    assert_eq!(count(&app, "SELECT count(*) FROM support.messages").await, 0);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM support.messages").await,
+        0
+    );
 
-    let r = app.post("/api/support/messages/bulk", &token, body(json!({}))).await;
+    let r = app
+        .post("/api/support/messages/bulk", &token, body(json!({})))
+        .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
     assert_eq!(r.body["recipientCount"], 2);
     assert_eq!(r.body["doc"]["bulkSend"], true);
     let parent = r.body["doc"]["id"].as_str().unwrap().to_string();
     wait_count(
         &app,
-        &format!("SELECT count(*) FROM support.messages WHERE parent = '{parent}' AND status = 'Queued'"),
+        &format!(
+            "SELECT count(*) FROM support.messages WHERE parent = '{parent}' AND status = 'Queued'"
+        ),
         2,
     )
     .await;
@@ -979,16 +996,19 @@ async fn bulk_sends_filter_dedupe_suppress_schedule_and_report_progress() {
 async fn promotional_sends_skip_the_suppression_list_and_carry_the_opt_out_footer() {
     // Open all day, so the test does not depend on the clock (the 08:00-18:00
     // default is covered above and in the unit tests).
-    let app = TestApp::spawn(&[core(), (svc_support::INFO, |c| {
-        Box::pin(svc_support::start_with(
-            c,
-            svc_support::Settings {
-                resolve_on_recovery: true,
-                opt_out_footer: "STOP*456*9*5#".into(),
-                promotional_hours: (0, 24),
-            },
-        ))
-    })])
+    let app = TestApp::spawn(&[
+        core(),
+        (svc_support::INFO, |c| {
+            Box::pin(svc_support::start_with(
+                c,
+                svc_support::Settings {
+                    resolve_on_recovery: true,
+                    opt_out_footer: "STOP*456*9*5#".into(),
+                    promotional_hours: (0, 24),
+                },
+            ))
+        }),
+    ])
     .await;
     let (token, _) = agent(&app).await;
     let mut contacts = vec![];
@@ -1083,7 +1103,10 @@ async fn promotional_sends_skip_the_suppression_list_and_carry_the_opt_out_foote
     )
     .await;
     processed(&app, &ev).await;
-    assert_eq!(count(&app, "SELECT count(*) FROM support.suppressions").await, 1);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM support.suppressions").await,
+        1
+    );
 }
 
 fn zabbix(event: &str, host: &str, ip: Option<&str>) -> ZabbixEvent {
@@ -1141,10 +1164,7 @@ async fn zabbix_problems_become_one_network_ticket_each_and_recoveries_resolve_t
         processed(&app, &ev).await;
     }
     let r = app
-        .get(
-            "/api/support/tickets?where[kind][equals]=Network",
-            &token,
-        )
+        .get("/api/support/tickets?where[kind][equals]=Network", &token)
         .await;
     assert_eq!(r.body["totalDocs"], 1, "{:?}", r.body);
     let t = r.body["docs"][0].clone();
@@ -1157,7 +1177,10 @@ async fn zabbix_problems_become_one_network_ticket_each_and_recoveries_resolve_t
     assert_eq!(t["resource"], router.id.to_string());
     assert_eq!(t["affectedSubscribers"], 2);
     let desc = t["description"].as_str().unwrap();
-    assert!(desc.contains("Router: core-rtr-1, 2 subscribers behind it"), "{desc}");
+    assert!(
+        desc.contains("Router: core-rtr-1, 2 subscribers behind it"),
+        "{desc}"
+    );
     assert!(desc.contains("High latency"), "{desc}");
 
     // An acknowledgement adds a note, never a ticket.

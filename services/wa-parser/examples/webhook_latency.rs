@@ -111,7 +111,12 @@ async fn main() -> anyhow::Result<()> {
         tick.tick().await;
         let id = format!("wamid.bench.{n}");
         let text = format!("LEAD Bench Lead{n}, 0712{:06}, U{n}", n);
-        let body = serde_json::to_vec(&wa::text_webhook(PHONE_ID, &senders[n % PARTNERS], &id, &text))?;
+        let body = serde_json::to_vec(&wa::text_webhook(
+            PHONE_ID,
+            &senders[n % PARTNERS],
+            &id,
+            &text,
+        ))?;
         let sig = wa::sign(SECRET, &body);
         sent_at.insert(id, Utc::now());
         let req = app
@@ -120,7 +125,9 @@ async fn main() -> anyhow::Result<()> {
             .header("x-hub-signature-256", sig)
             .header("content-type", "application/json")
             .body(body);
-        tasks.push(tokio::spawn(async move { req.send().await.map(|r| r.status()) }));
+        tasks.push(tokio::spawn(
+            async move { req.send().await.map(|r| r.status()) },
+        ));
     }
     let mut bad = 0;
     for t in tasks {
@@ -128,7 +135,10 @@ async fn main() -> anyhow::Result<()> {
             bad += 1;
         }
     }
-    println!("sent in {:.1} s ({bad} webhook answers not 2xx)", started.elapsed().as_secs_f64());
+    println!(
+        "sent in {:.1} s ({bad} webhook answers not 2xx)",
+        started.elapsed().as_secs_f64()
+    );
 
     let done = eventually(300, || async {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM inbound_messages WHERE outcome NOT IN ('Pending', 'CRM unavailable') AND reply_status IS DISTINCT FROM 'Pending'")
@@ -145,11 +155,12 @@ async fn main() -> anyhow::Result<()> {
     )
     .fetch_all(&pool)
     .await?;
-    let leads: HashMap<Uuid, DateTime<Utc>> = sqlx::query_as::<_, (Uuid, DateTime<Utc>)>("SELECT id, created_at FROM leads")
-        .fetch_all(&app.ctx("crm").pool)
-        .await?
-        .into_iter()
-        .collect();
+    let leads: HashMap<Uuid, DateTime<Utc>> =
+        sqlx::query_as::<_, (Uuid, DateTime<Utc>)>("SELECT id, created_at FROM leads")
+            .fetch_all(&app.ctx("crm").pool)
+            .await?
+            .into_iter()
+            .collect();
     let mut to_lead = vec![];
     let mut to_done = vec![];
     let mut outcomes: HashMap<String, usize> = HashMap::new();
@@ -165,8 +176,15 @@ async fn main() -> anyhow::Result<()> {
     }
     to_lead.sort_by(f64::total_cmp);
     to_done.sort_by(f64::total_cmp);
-    println!("outcomes: {outcomes:?}; CRM leads: {}; replies at the stand-in: {}", leads.len(), standin.sent().len());
-    for (name, v) in [("webhook -> lead committed in CRM", &to_lead), ("webhook -> outcome recorded", &to_done)] {
+    println!(
+        "outcomes: {outcomes:?}; CRM leads: {}; replies at the stand-in: {}",
+        leads.len(),
+        standin.sent().len()
+    );
+    for (name, v) in [
+        ("webhook -> lead committed in CRM", &to_lead),
+        ("webhook -> outcome recorded", &to_done),
+    ] {
         if v.is_empty() {
             continue;
         }

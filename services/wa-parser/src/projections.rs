@@ -22,7 +22,9 @@ impl EventHandler for CoreEvents {
     ) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             let Some((p, deleted)) =
-                entity_change::<PartnerSnapshot, PartnerCreated, PartnerUpdated, PartnerDeleted>(ev)?
+                entity_change::<PartnerSnapshot, PartnerCreated, PartnerUpdated, PartnerDeleted>(
+                    ev,
+                )?
             else {
                 return Ok(());
             };

@@ -75,7 +75,10 @@ struct Done {
 enum Decision {
     Done(Done),
     /// CRM could not be reached; try again later.
-    Retry { partner: Uuid, reason: String },
+    Retry {
+        partner: Uuid,
+        reason: String,
+    },
 }
 
 #[derive(FromRow)]
@@ -280,9 +283,14 @@ impl Worker {
     async fn decide(&self, row: &Row) -> anyhow::Result<Decision> {
         let Some(partner) = self.sender(row).await? else {
             let reason = match (&row.sender, &row.sender_bsuid) {
-                (None, None) => "The message carries neither a phone number nor a business-scoped user id.".to_string(),
+                (None, None) => {
+                    "The message carries neither a phone number nor a business-scoped user id."
+                        .to_string()
+                }
                 (Some(s), _) => format!("No partner has the number {s}."),
-                (None, Some(b)) => format!("No partner is known by the business-scoped user id {b}."),
+                (None, Some(b)) => {
+                    format!("No partner is known by the business-scoped user id {b}.")
+                }
             };
             tracing::info!(message = %row.id, %reason, "message from an unknown sender ignored (no reply)");
             return Ok(Decision::Done(Done {
@@ -291,7 +299,12 @@ impl Worker {
                 ..Done::default()
             }));
         };
-        let first_name = partner.full_name.split_whitespace().next().unwrap_or("").to_string();
+        let first_name = partner
+            .full_name
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_string();
         let mut done = Done {
             partner: Some(partner.id),
             ..Done::default()
@@ -410,11 +423,19 @@ impl Worker {
         let key = format!("wa-parser-lead-{}", row.id);
         match self.crm.post(CRM_INTAKE_PATH, &body, &key).await {
             Ok((_, answer)) => {
-                let lead_id = answer["doc"]["id"].as_str().and_then(|s| Uuid::parse_str(s).ok());
+                let lead_id = answer["doc"]["id"]
+                    .as_str()
+                    .and_then(|s| Uuid::parse_str(s).ok());
                 done.outcome = "Lead created";
                 done.lead = lead_id;
                 done.lead_key = Some(lead_key);
-                done.reply = Some(confirmation(&first_name, &lead, &building, lead_id, &answer));
+                done.reply = Some(confirmation(
+                    &first_name,
+                    &lead,
+                    &building,
+                    lead_id,
+                    &answer,
+                ));
                 Ok(Decision::Done(done))
             }
             Err(ApiError::BadRequest(errs)) | Err(ApiError::Conflict(errs)) => {
@@ -458,8 +479,12 @@ impl Worker {
                     category: NotificationCategory::Transactional,
                     reference: Some(row.id.to_string()),
                 };
-                isp_events::outbox::enqueue(&mut tx, self.ctx.name, &WaParserNotificationRequested(req))
-                    .await?;
+                isp_events::outbox::enqueue(
+                    &mut tx,
+                    self.ctx.name,
+                    &WaParserNotificationRequested(req),
+                )
+                .await?;
                 (Some("Requested"), Some(id.to_string()))
             }
             (Some(_), _, Some(_)) => (Some("Pending"), None),
@@ -532,7 +557,12 @@ impl Worker {
     }
 
     /// `Err((message, transient))`.
-    async fn post_message(&self, base: &str, to: &str, text: &str) -> Result<String, (String, bool)> {
+    async fn post_message(
+        &self,
+        base: &str,
+        to: &str,
+        text: &str,
+    ) -> Result<String, (String, bool)> {
         let url = format!("{base}/{}/messages", self.settings.phone_number_id);
         let mut body = json!({
             "messaging_product": "whatsapp",
@@ -557,7 +587,10 @@ impl Worker {
         let status = res.status();
         let v: Value = res.json().await.unwrap_or(Value::Null);
         if status.is_success() {
-            return Ok(v["messages"][0]["id"].as_str().unwrap_or_default().to_string());
+            return Ok(v["messages"][0]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string());
         }
         let msg = format!(
             "Cloud API {status}: {} (code {})",
