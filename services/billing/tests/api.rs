@@ -1,6 +1,9 @@
 //! Billing over real HTTP, Postgres and NATS, with Core for staff, tokens and plans.
 //! Each test names the rule (docs/billing.md) or the access line it proves.
 
+#[path = "api/projections.rs"]
+mod projections;
+
 use chrono::NaiveDate;
 use isp_events::{CloudEvent, EventPayload};
 use isp_platform::runtime::{ServiceInfo, StartFn};

@@ -1,5 +1,8 @@
 //! Core over real HTTP, Postgres and NATS.
 
+#[path = "api/projections.rs"]
+mod projections;
+
 use isp_events::payloads::LeadConverted;
 use isp_events::{CloudEvent, EventPayload};
 use isp_platform::runtime::StartFn;

@@ -3,6 +3,9 @@
 //! call and answers like Billing (the cross-service scenario with the real Billing
 //! lives in the workspace's tests/flow_lead_to_subscriber.rs).
 
+#[path = "api/projections.rs"]
+mod projections;
+
 use isp_events::payloads::{ResourceCreated, ResourceDeleted, ResourceSnapshot, ResourceUpdated};
 use isp_events::{CloudEvent, EventPayload};
 use isp_platform::runtime::{ServiceInfo, StartFn};

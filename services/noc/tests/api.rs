@@ -1,6 +1,9 @@
 //! NOC over real HTTP, Postgres, NATS and FreeRADIUS. Billing's events are
 //! published onto JetStream by the tests themselves, as Billing would.
 
+#[path = "api/projections.rs"]
+mod projections;
+
 use std::time::Duration;
 
 use isp_events::payloads::*;
