@@ -212,6 +212,27 @@ impl TestApp {
         self.request(reqwest::Method::PATCH, path, Some(token), Some(&body))
             .await
     }
+    /// POSTs `body` to `path`, asserts 201 and returns the new document's id.
+    #[track_caller]
+    pub fn create<'a>(
+        &'a self,
+        path: &'a str,
+        token: &'a str,
+        body: Value,
+    ) -> impl std::future::Future<Output = String> + 'a {
+        let caller = std::panic::Location::caller();
+        async move {
+            let r = self.post(path, token, body).await;
+            assert_eq!(
+                r.status,
+                StatusCode::CREATED,
+                "POST {path} (at {caller}): {:?}",
+                r.body
+            );
+            r.id()
+        }
+    }
+
     pub async fn delete(&self, path: &str, token: &str) -> Res {
         self.request(reqwest::Method::DELETE, path, Some(token), None)
             .await
@@ -295,6 +316,39 @@ impl TestApp {
         assert!(ok.is_some(), "never true: {q}");
     }
 
+    /// Waits (15 s at most) until `q`, with `$1` bound to the uuid `id` and run
+    /// in `service`'s own schema, selects `true`: e.g. until a projection has
+    /// caught up with a change.
+    pub async fn wait_true(&self, service: &str, q: &str, id: &str) {
+        let pool = self.ctx(service).pool.clone();
+        let id = uuid::Uuid::parse_str(id).unwrap_or_else(|e| panic!("{id}: {e}"));
+        let ok = eventually(15, || {
+            let pool = pool.clone();
+            async move {
+                let v: Option<bool> = sqlx::query_scalar(q)
+                    .bind(id)
+                    .fetch_optional(&pool)
+                    .await
+                    .ok()
+                    .flatten();
+                (v == Some(true)).then_some(())
+            }
+        })
+        .await;
+        assert!(ok.is_some(), "{service} never saw {id}: {q}");
+    }
+
+    /// A private FreeRADIUS reading this app's `radius` schema.
+    pub async fn freeradius(&self) -> freeradius::TestFreeRadius {
+        freeradius::TestFreeRadius::start(freeradius::FreeRadiusParams::for_database(
+            &self.db.host,
+            self.db.port,
+            &self.db.name,
+        ))
+        .await
+        .expect("FreeRADIUS")
+    }
+
     /// Rows of `event_type` in `service`'s outbox.
     pub async fn outbox_count(&self, service: &str, event_type: &str) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM outbox WHERE type = $1")
@@ -334,15 +388,26 @@ impl TestApp {
         .expect("puback");
     }
 
-    /// Waits until `service`'s consumer `durable` has applied (or deliberately
+    /// Waits until one of `service`'s consumers has applied (or deliberately
     /// ignored) event `id`.
-    pub async fn processed(&self, service: &str, durable: &str, id: uuid::Uuid) {
+    pub async fn processed(&self, service: &str, id: uuid::Uuid) {
+        self.wait_processed(service, None, id).await
+    }
+
+    /// Waits until `service`'s consumer `durable` has applied (or deliberately
+    /// ignored) event `id` (when several of its consumers see the event).
+    pub async fn processed_by(&self, service: &str, durable: &str, id: uuid::Uuid) {
+        self.wait_processed(service, Some(durable), id).await
+    }
+
+    async fn wait_processed(&self, service: &str, durable: Option<&str>, id: uuid::Uuid) {
         let pool = self.ctx(service).pool.clone();
         let ok = eventually(15, || {
             let pool = pool.clone();
             async move {
                 sqlx::query_scalar::<_, bool>(
-                    "SELECT EXISTS (SELECT 1 FROM processed_events WHERE consumer = $1 AND event_id = $2)",
+                    "SELECT EXISTS (SELECT 1 FROM processed_events
+                                    WHERE event_id = $2 AND ($1::text IS NULL OR consumer = $1))",
                 )
                 .bind(durable)
                 .bind(id)
@@ -353,7 +418,10 @@ impl TestApp {
             }
         })
         .await;
-        assert!(ok.is_some(), "{durable} never processed event {id}");
+        assert!(
+            ok.is_some(),
+            "{service} ({durable:?}) never processed event {id}"
+        );
     }
 
     /// The last event on `subject` in the ISP stream, once it is about `entity`.

@@ -33,7 +33,7 @@ impl ProjectionCase<'_> {
         }
         if let Some(id) = last {
             // One durable consumer applies a subject filter's events in stream order.
-            self.app.processed(self.service, self.durable, id).await;
+            self.app.processed_by(self.service, self.durable, id).await;
         }
     }
 

@@ -54,7 +54,7 @@ async fn staff_access_follows_the_newest_snapshot_and_its_token_version_never_fa
     // A logout (version 2) and then, late, the older snapshot before it.
     app.publish("core", &snap(2, "Active", 10)).await;
     let last = app.publish("core", &snap(1, "Inactive", 0)).await;
-    app.processed("crm", "crm-staff-access", last).await;
+    app.processed_by("crm", "crm-staff-access", last).await;
     assert_eq!(
         held().await,
         (2, true),
@@ -62,7 +62,7 @@ async fn staff_access_follows_the_newest_snapshot_and_its_token_version_never_fa
     );
     // Core's deletion snapshot: Inactive, newer, without the token version.
     let last = app.publish("core", &snap(0, "Inactive", 20)).await;
-    app.processed("crm", "crm-staff-access", last).await;
+    app.processed_by("crm", "crm-staff-access", last).await;
     assert_eq!(
         held().await,
         (2, false),
