@@ -289,19 +289,14 @@ impl Projection {
             })
             .collect::<Vec<_>>()
             .join(", ");
-        let held = self
-            .version
-            .iter()
-            .map(|c| format!("{t}.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let incoming = self
-            .version
-            .iter()
-            .map(|c| format!("EXCLUDED.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let newer = format!("ROW({held}) <= ROW({incoming})");
+        let version = |of: &str| {
+            self.version
+                .iter()
+                .map(|c| format!("{of}.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let newer = format!("ROW({}) <= ROW({})", version(t), version("EXCLUDED"));
         let rule = match self.tombstone {
             Some(d) => format!("NOT {t}.{d} AND (EXCLUDED.{d} OR {newer})"),
             None => newer,

@@ -64,41 +64,53 @@ impl ProjectionCase<'_> {
         let t0 = Utc::now().trunc_subsecs(3) - Duration::seconds(30);
         let (t1, t2) = (t0 + Duration::seconds(10), t0 + Duration::seconds(20));
         let id = Uuid::now_v7();
-        self.publish_all(vec![
+        let events = vec![
             self.event(make(id, "v1", t0).created()),
             self.event(make(id, "v2", t1).updated()),
             self.event(make(id, "stale", t0).updated()),
-        ])
+        ];
+        self.expect(
+            events,
+            id,
+            ("v2", false),
+            "an older snapshot overwrote a newer one",
+        )
         .await;
-        assert_eq!(
-            self.held(id).await,
-            Some(("v2".into(), false)),
-            "{}: an older snapshot overwrote a newer one",
-            self.probe
-        );
-        self.publish_all(vec![
+        let events = vec![
             self.event(make(id, "v2", t1).deleted()),
             self.event(make(id, "revived", t1).updated()),
             self.event(make(id, "revived later", t2).updated()),
-        ])
+        ];
+        self.expect(
+            events,
+            id,
+            ("v2", true),
+            "a late update brought a deleted row back",
+        )
         .await;
-        assert_eq!(
-            self.held(id).await,
-            Some(("v2".into(), true)),
-            "{}: a late update brought a deleted row back",
-            self.probe
-        );
-
         let early = Uuid::now_v7();
-        self.publish_all(vec![
+        let events = vec![
             self.event(make(early, "gone", t1).deleted()),
             self.event(make(early, "late", t0).created()),
-        ])
-        .await;
+        ];
+        let why = "a creation arriving after the deletion brought the row back";
+        self.expect(events, early, ("gone", true), why).await;
+    }
+
+    /// Publishes `events`, waits until the last is processed and asserts what the
+    /// projection then holds of `id`.
+    async fn expect(
+        &self,
+        events: Vec<(String, isp_events::CloudEvent)>,
+        id: Uuid,
+        (label, deleted): (&str, bool),
+        why: &str,
+    ) {
+        self.publish_all(events).await;
         assert_eq!(
-            self.held(early).await,
-            Some(("gone".into(), true)),
-            "{}: a creation arriving after the deletion brought the row back",
+            self.held(id).await,
+            Some((label.to_string(), deleted)),
+            "{}: {why}",
             self.probe
         );
     }
@@ -113,18 +125,18 @@ impl ProjectionCase<'_> {
         let t0 = Utc::now().trunc_subsecs(3) - Duration::seconds(30);
         let t1 = t0 + Duration::seconds(10);
         let id = Uuid::now_v7();
-        self.publish_all(vec![
+        let events = vec![
             self.event(created(id, "v1", t0)),
             self.event(updated(id, "v2", t1)),
             self.event(updated(id, "stale", t0)),
             self.event(created(id, "stale created", t0)),
-        ])
+        ];
+        self.expect(
+            events,
+            id,
+            ("v2", false),
+            "an older snapshot overwrote a newer one",
+        )
         .await;
-        assert_eq!(
-            self.held(id).await,
-            Some(("v2".into(), false)),
-            "{}: an older snapshot overwrote a newer one",
-            self.probe
-        );
     }
 }
