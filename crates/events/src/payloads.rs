@@ -824,26 +824,8 @@ snapshot_events! { SuppressionChange, "notify", |s| s.recipient;
     SuppressionRemoved = "suppression.removed";
 }
 
-/// For projections: the snapshot carried by any of an entity's created, updated or
-/// deleted events, and whether it was a deletion; `None` for other event types.
-///
-/// ```ignore
-/// if let Some((plan, deleted)) = entity_change::<PlanSnapshot, PlanCreated, PlanUpdated, PlanDeleted>(ev)? { ... }
-/// ```
-pub fn entity_change<S, C, U, D>(ev: &crate::CloudEvent) -> serde_json::Result<Option<(S, bool)>>
-where
-    C: EventPayload + Into<S>,
-    U: EventPayload + Into<S>,
-    D: EventPayload + Into<S>,
-{
-    if let Some(c) = ev.payload::<C>()? {
-        return Ok(Some((c.into(), false)));
-    }
-    if let Some(u) = ev.payload::<U>()? {
-        return Ok(Some((u.into(), false)));
-    }
-    Ok(ev.payload::<D>()?.map(|d| (d.into(), true)))
-}
+/// Projections dispatch on an entity's events with this (see [`crate::projection`]).
+pub use crate::projection::entity_change;
 
 #[cfg(test)]
 mod tests {
