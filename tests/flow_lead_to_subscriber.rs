@@ -19,13 +19,6 @@ struct World {
     lead: String,
 }
 
-fn id(r: &Res) -> String {
-    r.body["doc"]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no id in {:?} {:?}", r.status, r.body))
-        .to_string()
-}
-
 async fn scalar_in(app: &TestApp, service: &str, sql: &str, id: &str) -> Option<bool> {
     sqlx::query_scalar(sql)
         .bind(Uuid::parse_str(id).unwrap())
@@ -38,15 +31,9 @@ async fn scalar_in(app: &TestApp, service: &str, sql: &str, id: &str) -> Option<
 /// A plan in Core, once Billing's projection has it with `enabled` (planEnabled and
 /// activeForNewSignups both).
 async fn plan(app: &TestApp, admin: &str, name: &str) -> String {
-    let r = app
-        .post(
-            "/api/core/plans",
+    let plan = app.create("/api/core/plans",
             admin,
-            json!({"name": name, "downloadSpeed": 10, "uploadSpeed": 5, "price": 2500, "billingCycle": "Monthly"}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let plan = id(&r);
+            json!({"name": name, "downloadSpeed": 10, "uploadSpeed": 5, "price": 2500, "billingCycle": "Monthly"})).await;
     wait_plan(app, &plan, true).await;
     plan
 }
@@ -72,15 +59,9 @@ async fn world() -> World {
     let admin = app.admin_token().await;
     let (sales, _) = app.staff_token("Sales Agent").await;
     let plan = plan(&app, &admin, "Home Basic 10Mbps").await;
-    let r = app
-        .post(
-            "/api/core/partners",
+    let partner = app.create("/api/core/partners",
             &sales,
-            json!({"fullName": "Jane Caretaker", "phoneNumber": "0711222333", "mpesaNumber": "0711222333", "status": "Active"}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let partner = id(&r);
+            json!({"fullName": "Jane Caretaker", "phoneNumber": "0711222333", "mpesaNumber": "0711222333", "status": "Active"})).await;
     let seen = eventually(15, || async {
         let active = scalar_in(
             &app,
@@ -93,34 +74,20 @@ async fn world() -> World {
     })
     .await;
     assert!(seen.is_some(), "CRM never saw the partner");
-    let r = app
-        .post(
-            "/api/crm/buildings",
+    let building = app.create("/api/crm/buildings",
             &sales,
-            json!({"name": "Mombasa Trade Center", "address": "Moi Avenue", "status": "Active", "partner": partner, "location": [39.6682, -4.0435]}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let building = id(&r);
-    let r = app
-        .post(
+            json!({"name": "Mombasa Trade Center", "address": "Moi Avenue", "status": "Active", "partner": partner, "location": [39.6682, -4.0435]})).await;
+    let unit = app
+        .create(
             "/api/crm/buildingUnits",
             &sales,
             json!({"unitNumber": "Apt 3B", "building": building, "status": "Vacant"}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let unit = id(&r);
-    let r = app
-        .post(
-            "/api/crm/leads",
+    let lead = app.create("/api/crm/leads",
             &sales,
             json!({"leadSource": "Partner Referral", "referredBy": partner, "subscriberName": "John Kamau",
-                   "subscriberPhone": "0712345678", "serviceLocation": unit}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let lead = id(&r);
+                   "subscriberPhone": "0712345678", "serviceLocation": unit})).await;
     World {
         app,
         admin,
@@ -389,7 +356,7 @@ async fn crm_buildings_reach_core_and_noc_and_noc_equipment_shows_in_crm() {
                 json!({"resourceName": "MikroTik hAP ac2", "resourceType": "Router", "status": "Deployed", "location": building}),
             )
             .await;
-        (r.status == StatusCode::CREATED).then(|| id(&r))
+        (r.status == StatusCode::CREATED).then(|| r.id())
     })
     .await
     .expect("NOC never accepted the CRM building as a location");

@@ -4,53 +4,19 @@
 //! completes it -> NOC allocates the static IP and writes FreeRADIUS's tables ->
 //! FreeRADIUS accepts the subscriber -> Billing shows the subscriber Active.
 
-use isp_testkit::freeradius::{FreeRadiusParams, TestFreeRadius};
-use isp_testkit::{eventually, Res, TestApp};
+use isp_testkit::{eventually, TestApp};
 use reqwest::StatusCode;
 use serde_json::json;
-use uuid::Uuid;
-
-fn id(r: &Res) -> String {
-    r.body["doc"]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no id in {:?} {:?}", r.status, r.body))
-        .to_string()
-}
-
-async fn seen_in(app: &TestApp, service: &str, sql: &str, id: &str) {
-    let pool = app.ctx(service).pool.clone();
-    let ok = eventually(15, || {
-        let pool = pool.clone();
-        async move {
-            let v: Option<bool> = sqlx::query_scalar(sql)
-                .bind(Uuid::parse_str(id).unwrap())
-                .fetch_optional(&pool)
-                .await
-                .ok()
-                .flatten();
-            (v == Some(true)).then_some(())
-        }
-    })
-    .await;
-    assert!(ok.is_some(), "{service} never saw {id}: {sql}");
-}
 
 #[tokio::test]
 async fn converted_lead_is_installed_accepted_by_freeradius_and_active_in_billing() {
     let app = TestApp::spawn(&isp::fleet()).await;
-    let fr = TestFreeRadius::start(FreeRadiusParams::for_database(
-        &app.db.host,
-        app.db.port,
-        &app.db.name,
-    ))
-    .await
-    .expect("FreeRADIUS");
+    let fr = app.freeradius().await;
     let admin = app.admin_token().await;
     let (sales, _) = app.staff_token("Sales Agent").await;
     let (ne, _) = app.staff_token("Network Engineer").await;
     let (tech, tech_id) = app.staff_token("Technician").await;
-    seen_in(
-        &app,
+    app.wait_true(
         "noc",
         "SELECT status = 'Active' FROM staff WHERE id = $1",
         &tech_id,
@@ -58,15 +24,13 @@ async fn converted_lead_is_installed_accepted_by_freeradius_and_active_in_billin
     .await;
 
     // A Static-Public plan drawing from a NOC subnet.
-    let r = app
-        .post(
+    let subnet = app
+        .create(
             "/api/noc/ipSubnets",
             &ne,
             json!({"network": "100.64.10.0/29", "description": "Static customers"}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let subnet = id(&r);
     // Core accepts the pool once NOC's ipSubnet.created has reached it.
     let body = json!({"name": "Business 20Mbps Static", "downloadSpeed": 20, "uploadSpeed": 10, "price": 6000,
                       "billingCycle": "Monthly", "ipAssignmentType": "Static-Public", "staticIpPool": subnet});
@@ -76,50 +40,34 @@ async fn converted_lead_is_installed_accepted_by_freeradius_and_active_in_billin
     })
     .await
     .expect("Core never accepted the NOC subnet as a static pool");
-    let plan = id(&r);
-    seen_in(
-        &app,
+    let plan = r.id();
+    app.wait_true(
         "billing",
         "SELECT plan_enabled AND active_for_new_signups FROM plans WHERE id = $1",
         &plan,
     )
     .await;
-    seen_in(
-        &app,
-        "noc",
-        "SELECT NOT deleted FROM plans WHERE id = $1",
-        &plan,
-    )
-    .await;
+    app.wait_true("noc", "SELECT NOT deleted FROM plans WHERE id = $1", &plan)
+        .await;
 
     // CRM: building, unit, lead; the Sales Agent converts it.
-    let r = app
-        .post(
+    let building = app
+        .create(
             "/api/crm/buildings",
             &sales,
             json!({"name": "Nyali Plaza", "address": "Links Road", "status": "Active"}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let building = id(&r);
-    let r = app
-        .post(
+    let unit = app
+        .create(
             "/api/crm/buildingUnits",
             &sales,
             json!({"unitNumber": "Shop 4", "building": building, "status": "Vacant"}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let unit = id(&r);
-    let r = app
-        .post(
-            "/api/crm/leads",
+    let lead = app.create("/api/crm/leads",
             &sales,
-            json!({"leadSource": "Direct Call", "subscriberName": "Wanjiku Mwangi", "subscriberPhone": "0733444555", "serviceLocation": unit}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let lead = id(&r);
+            json!({"leadSource": "Direct Call", "subscriberName": "Wanjiku Mwangi", "subscriberPhone": "0733444555", "serviceLocation": unit})).await;
     let r = app
         .post(
             &format!("/api/crm/leads/{lead}/convert"),

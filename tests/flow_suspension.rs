@@ -6,17 +6,9 @@
 
 use std::time::Duration;
 
-use isp_testkit::freeradius::{FreeRadiusParams, TestFreeRadius};
-use isp_testkit::{eventually, Res, TestApp};
+use isp_testkit::{eventually, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-fn id(r: &Res) -> String {
-    r.body["doc"]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no id in {:?} {:?}", r.status, r.body))
-        .to_string()
-}
 
 /// A NAS that records the Dynamic Authorization requests it receives (code and
 /// attributes) without answering: the NOC records the timeout, the test the packet.
@@ -56,23 +48,13 @@ async fn status_of(app: &TestApp, token: &str, sub: &str, want: &str) -> Option<
 #[tokio::test]
 async fn an_overdue_subscriber_is_suspended_disconnected_and_restored_after_paying() {
     let app = TestApp::spawn(&isp::fleet()).await;
-    let fr = TestFreeRadius::start(FreeRadiusParams::for_database(
-        &app.db.host,
-        app.db.port,
-        &app.db.name,
-    ))
-    .await
-    .expect("FreeRADIUS");
+    let fr = app.freeradius().await;
     let admin = app.admin_token().await;
     let (billing, _) = app.staff_token("Billing Manager").await;
     let (ne, _) = app.staff_token("Network Engineer").await;
 
     // A Dynamic plan, known to Billing and NOC through Core's events.
-    let r = app
-        .post("/api/core/plans", &admin, json!({"name": "Home 10", "downloadSpeed": 10, "uploadSpeed": 5, "price": 2500, "billingCycle": "Monthly"}))
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let plan = id(&r);
+    let plan = app.create("/api/core/plans", &admin, json!({"name": "Home 10", "downloadSpeed": 10, "uploadSpeed": 5, "price": 2500, "billingCycle": "Monthly"})).await;
     let walk_in = json!({"firstName": "Otieno", "lastName": "Odhiambo", "mpesaNumber": "0722333444", "servicePlan": plan, "billingCycle": "Monthly"});
     let created = eventually(15, || async {
         let r = app

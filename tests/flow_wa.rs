@@ -65,12 +65,24 @@ async fn a_whatsapp_lead_from_an_active_partner_is_converted_and_counted() {
     let plan_id: Uuid = plan.parse().unwrap();
     // CRM (referrals), wa-parser (senders) and Billing (plans) see them.
     let ready = eventually(20, || async {
-        let crm: Option<bool> = sqlx::query_scalar("SELECT status = 'Active' FROM partners WHERE id = $1")
-            .bind(pid).fetch_optional(&app.ctx("crm").pool).await.ok()?;
-        let wa: Option<bool> = sqlx::query_scalar("SELECT status = 'Active' FROM partners WHERE id = $1")
-            .bind(pid).fetch_optional(&app.ctx("wa-parser").pool).await.ok()?;
-        let billing: Option<bool> = sqlx::query_scalar("SELECT plan_enabled FROM plans WHERE id = $1")
-            .bind(plan_id).fetch_optional(&app.ctx("billing").pool).await.ok()?;
+        let crm: Option<bool> =
+            sqlx::query_scalar("SELECT status = 'Active' FROM partners WHERE id = $1")
+                .bind(pid)
+                .fetch_optional(&app.ctx("crm").pool)
+                .await
+                .ok()?;
+        let wa: Option<bool> =
+            sqlx::query_scalar("SELECT status = 'Active' FROM partners WHERE id = $1")
+                .bind(pid)
+                .fetch_optional(&app.ctx("wa-parser").pool)
+                .await
+                .ok()?;
+        let billing: Option<bool> =
+            sqlx::query_scalar("SELECT plan_enabled FROM plans WHERE id = $1")
+                .bind(plan_id)
+                .fetch_optional(&app.ctx("billing").pool)
+                .await
+                .ok()?;
         (crm? && wa? && billing?).then_some(())
     })
     .await;
@@ -82,13 +94,22 @@ async fn a_whatsapp_lead_from_an_active_partner_is_converted_and_counted() {
     let building: Uuid = r.body["doc"]["id"].as_str().unwrap().parse().unwrap();
     let seen = eventually(15, || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM buildings WHERE id = $1")
-            .bind(building).fetch_one(&app.ctx("wa-parser").pool).await.ok().filter(|n| *n == 1)
+            .bind(building)
+            .fetch_one(&app.ctx("wa-parser").pool)
+            .await
+            .ok()
+            .filter(|n| *n == 1)
     })
     .await;
     assert!(seen.is_some(), "wa-parser never saw the building");
 
     // The partner texts a lead; WhatsApp delivers the webhook twice.
-    let hook = wa::text_webhook(PHONE_ID, &Sender::phone("254711222333"), "wamid.flow1", "LEAD John Kamau, 0712 345 678, Apt 3B");
+    let hook = wa::text_webhook(
+        PHONE_ID,
+        &Sender::phone("254711222333"),
+        "wamid.flow1",
+        "LEAD John Kamau, 0712 345 678, Apt 3B",
+    );
     let body = serde_json::to_vec(&hook).unwrap();
     for _ in 0..2 {
         let r = app
@@ -105,7 +126,10 @@ async fn a_whatsapp_lead_from_an_active_partner_is_converted_and_counted() {
 
     let lead = eventually(20, || async {
         let r = app
-            .get(&format!("/api/crm/leads?where[referredBy][equals]={partner}"), &sales)
+            .get(
+                &format!("/api/crm/leads?where[referredBy][equals]={partner}"),
+                &sales,
+            )
             .await;
         (r.body["totalDocs"] == 1).then(|| r.body["docs"][0].clone())
     })
@@ -124,28 +148,53 @@ async fn a_whatsapp_lead_from_an_active_partner_is_converted_and_counted() {
     .await
     .expect("the confirmation reached the WhatsApp stand-in");
     assert_eq!(reply.len(), 1);
-    assert!(reply[0].text().contains("John Kamau") && reply[0].text().contains("Apt 3B"), "{}", reply[0].text());
+    assert!(
+        reply[0].text().contains("John Kamau") && reply[0].text().contains("Apt 3B"),
+        "{}",
+        reply[0].text()
+    );
 
-    let before = app.get(&format!("/api/core/partners/{partner}"), &admin).await.body["referralCount"]
+    let before = app
+        .get(&format!("/api/core/partners/{partner}"), &admin)
+        .await
+        .body["referralCount"]
         .as_i64()
         .unwrap();
     let r = app
-        .post(&format!("/api/crm/leads/{lead_id}/convert"), &sales, json!({"servicePlan": plan, "billingCycle": "Monthly"}))
+        .post(
+            &format!("/api/crm/leads/{lead_id}/convert"),
+            &sales,
+            json!({"servicePlan": plan, "billingCycle": "Monthly"}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let counted = eventually(20, || async {
-        let n = app.get(&format!("/api/core/partners/{partner}"), &admin).await.body["referralCount"].as_i64()?;
+        let n = app
+            .get(&format!("/api/core/partners/{partner}"), &admin)
+            .await
+            .body["referralCount"]
+            .as_i64()?;
         (n == before + 1).then_some(n)
     })
     .await;
-    assert_eq!(counted, Some(before + 1), "the partner's referralCount went up by one");
+    assert_eq!(
+        counted,
+        Some(before + 1),
+        "the partner's referralCount went up by one"
+    );
     let subs = app
-        .get(&format!("/api/billing/subscribers?where[lead][equals]={lead_id}"), &admin)
+        .get(
+            &format!("/api/billing/subscribers?where[lead][equals]={lead_id}"),
+            &admin,
+        )
         .await;
     assert_eq!(subs.body["totalDocs"], 1, "{:?}", subs.body);
     assert_eq!(subs.body["docs"][0]["status"], "Pending Installation");
     let log: Value = app
-        .get("/api/wa-parser/inboundMessages?where[providerMessageId][equals]=wamid.flow1", &sales)
+        .get(
+            "/api/wa-parser/inboundMessages?where[providerMessageId][equals]=wamid.flow1",
+            &sales,
+        )
         .await
         .body;
     assert_eq!(log["totalDocs"], 1);

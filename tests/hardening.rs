@@ -43,7 +43,12 @@ async fn subscriber(app: &TestApp, admin: &str) -> String {
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let plan = r.body["doc"]["id"].as_str().unwrap().to_string();
     let seen = eventually(15, || async {
-        (count(app, &format!("SELECT count(*) FROM billing.plans WHERE id = '{plan}'")).await == 1)
+        (count(
+            app,
+            &format!("SELECT count(*) FROM billing.plans WHERE id = '{plan}'"),
+        )
+        .await
+            == 1)
             .then_some(())
     })
     .await;
@@ -68,14 +73,21 @@ async fn a_service_token_writes_a_restricted_field_only_when_a_scope_names_it() 
     let path = format!("/api/billing/subscribers/{id}");
 
     // May update subscribers, but addressNotes is kept from some roles (Admin only).
-    let plain = app.service_token("support", &["billing.subscribers.update", "billing.subscribers.read"]);
+    let plain = app.service_token(
+        "support",
+        &["billing.subscribers.update", "billing.subscribers.read"],
+    );
     let r = app
         .patch(&path, &plain, json!({"addressNotes": "Gate B, blue door"}))
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
     assert_eq!(r.error_paths(), vec!["addressNotes"]);
     let r = app.get(&path, &admin).await;
-    assert!(r.body["addressNotes"].is_null(), "nothing written: {:?}", r.body);
+    assert!(
+        r.body["addressNotes"].is_null(),
+        "nothing written: {:?}",
+        r.body
+    );
 
     // The same token naming the field may write it, and only it.
     let named = app.service_token(
@@ -175,7 +187,12 @@ async fn service_tokens_are_for_their_audience_and_renewed_at_core() {
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
 
     // A service that calls nobody still keeps its token alive in the background.
-    let quiet = app.shared.config.data_dir.join("tokens").join("quiet.token");
+    let quiet = app
+        .shared
+        .config
+        .data_dir
+        .join("tokens")
+        .join("quiet.token");
     isp_platform::config::write_secret_file(&quiet, &half_spent, true).unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
     TokenSource::new(TokenOrigin::File(quiet.clone()), app.base.clone()).keep_fresh(stop.clone());
@@ -211,7 +228,10 @@ async fn a_staff_token_for_a_member_a_service_has_not_heard_of_is_checked_with_c
     let app = TestApp::spawn(&[core(), crm()]).await;
     let (token, staff_id) = app.staff_token("Sales Agent").await;
     let projected = format!("SELECT count(*) FROM crm.staff_access WHERE staff_id = '{staff_id}'");
-    let seen = eventually(15, || async { (count(&app, &projected).await == 1).then_some(()) }).await;
+    let seen = eventually(15, || async {
+        (count(&app, &projected).await == 1).then_some(())
+    })
+    .await;
     assert!(seen.is_some(), "crm never heard of the member");
     // As if CRM had not heard of them yet (a projection catching up).
     sqlx::query("DELETE FROM crm.staff_access WHERE staff_id = $1::uuid")
@@ -220,7 +240,12 @@ async fn a_staff_token_for_a_member_a_service_has_not_heard_of_is_checked_with_c
         .await
         .unwrap();
     let r = app.get("/api/crm/buildings", &token).await;
-    assert_eq!(r.status, StatusCode::OK, "core vouched for the token: {:?}", r.body);
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "core vouched for the token: {:?}",
+        r.body
+    );
     // Core's word is kept as the oldest possible snapshot: any event overrides it.
     let oldest = count(
         &app,
@@ -229,12 +254,11 @@ async fn a_staff_token_for_a_member_a_service_has_not_heard_of_is_checked_with_c
     .await;
     assert_eq!(oldest, 1);
     // Logging out reaches CRM as an event, over that row.
-    let r = app
-        .post("/api/core/staff/logout", &token, json!({}))
-        .await;
+    let r = app.post("/api/core/staff/logout", &token, json!({})).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let refused = eventually(15, || async {
-        (app.get("/api/crm/buildings", &token).await.status == StatusCode::UNAUTHORIZED).then_some(())
+        (app.get("/api/crm/buildings", &token).await.status == StatusCode::UNAUTHORIZED)
+            .then_some(())
     })
     .await;
     assert!(refused.is_some(), "the logged-out token still works at crm");
@@ -260,14 +284,19 @@ async fn a_staff_token_for_a_member_a_service_has_not_heard_of_is_checked_with_c
     let r = app.get("/api/crm/buildings", &ghost).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{:?}", r.body);
     assert_eq!(
-        count(&app, &format!("SELECT count(*) FROM crm.staff_access WHERE staff_id = '{ghost_id}'")).await,
+        count(
+            &app,
+            &format!("SELECT count(*) FROM crm.staff_access WHERE staff_id = '{ghost_id}'")
+        )
+        .await,
         0,
         "nothing recorded for the ghost"
     );
 
     // Core out of reach: fail closed with a 503 (nothing done, resend), never a pass.
     let (fresh, fresh_id) = app.staff_token("Sales Agent").await;
-    let unreachable = StaffAccess::projection(app.ctx("crm").pool.clone()).with_core("http://127.0.0.1:9");
+    let unreachable =
+        StaffAccess::projection(app.ctx("crm").pool.clone()).with_core("http://127.0.0.1:9");
     sqlx::query("DELETE FROM crm.staff_access WHERE staff_id = $1::uuid")
         .bind(&fresh_id)
         .execute(&app.admin_pool().await)
@@ -303,7 +332,10 @@ async fn the_zabbix_webhook_authenticates_before_it_parses_and_keeps_its_token_o
                 req = req.header("authorization", a);
             }
             let res = req.send().await.unwrap();
-            (res.status(), res.json::<Value>().await.unwrap_or(Value::Null))
+            (
+                res.status(),
+                res.json::<Value>().await.unwrap_or(Value::Null),
+            )
         }
     };
     // Without the token, a body that is not even JSON gets the same 401 as any.

@@ -10,6 +10,7 @@
 //! delivering the rest). Two replicas racing on the same event serialize on the
 //! primary key: the second waits for the first's commit, then sees the row.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,39 +61,42 @@ const NAK_MAX: Duration = Duration::from_secs(60);
 /// What a consumer does with one event, inside the transaction that also records
 /// the event as processed. Return `Ok(())` for event types it does not care about.
 /// Everything it changes must go through `tx`.
+///
+/// Implement it with a plain `async fn` (no boxing); projections dispatch with
+/// [`crate::projection::entity_change`] and write through a
+/// [`crate::projection::Projection`]:
+///
+/// ```ignore
+/// impl EventHandler for CoreEvents {
+///     async fn handle(&self, tx: &mut PgConnection, ev: &CloudEvent) -> anyhow::Result<()> {
+///         if let Some(plan) = entity_change::<PlanSnapshot>(ev)? {
+///             PLANS.upsert(tx, &plan, |row, p| { row.push_bind(p.name.clone()); }).await?;
+///         }
+///         Ok(())
+///     }
+/// }
+/// ```
 pub trait EventHandler: Send + Sync + 'static {
-    fn handle<'a>(
-        &'a self,
-        tx: &'a mut PgConnection,
-        event: &'a CloudEvent,
-    ) -> BoxFuture<'a, anyhow::Result<()>>;
+    fn handle(
+        &self,
+        tx: &mut PgConnection,
+        event: &CloudEvent,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
-impl<H: EventHandler + ?Sized> EventHandler for Arc<H> {
-    fn handle<'a>(
-        &'a self,
-        tx: &'a mut PgConnection,
-        event: &'a CloudEvent,
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
-        (**self).handle(tx, event)
-    }
-}
-
-impl<H: EventHandler + ?Sized> EventHandler for Box<H> {
-    fn handle<'a>(
-        &'a self,
-        tx: &'a mut PgConnection,
-        event: &'a CloudEvent,
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
-        (**self).handle(tx, event)
+impl<H: EventHandler> EventHandler for Arc<H> {
+    async fn handle(&self, tx: &mut PgConnection, event: &CloudEvent) -> anyhow::Result<()> {
+        (**self).handle(tx, event).await
     }
 }
 
 /// A handler made from a closure; build it with [`handler_fn`].
 pub struct FnHandler<F>(F);
 
-/// Wraps a closure as an [`EventHandler`]. Passing the closure straight to this
-/// function is what lets the compiler infer its higher-ranked signature:
+/// Wraps a closure as an [`EventHandler`] (tests and one-off consumers; a
+/// service's consumers are types implementing the trait). Passing the closure
+/// straight to this function is what lets the compiler infer its higher-ranked
+/// signature:
 ///
 /// ```ignore
 /// handler_fn(|tx, ev| Box::pin(async move {
@@ -119,12 +123,8 @@ where
         + Sync
         + 'static,
 {
-    fn handle<'a>(
-        &'a self,
-        tx: &'a mut PgConnection,
-        event: &'a CloudEvent,
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
-        (self.0)(tx, event)
+    async fn handle(&self, tx: &mut PgConnection, event: &CloudEvent) -> anyhow::Result<()> {
+        (self.0)(tx, event).await
     }
 }
 

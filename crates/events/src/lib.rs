@@ -48,8 +48,9 @@
 //!   projections.
 //! * **Ordering.** Events of one producer are published in creation order, but
 //!   after a failure a retried event can land after a later one, and handlers
-//!   can see redeliveries out of order. Projections should carry the entity's
-//!   `updatedAt` and ignore snapshots older than what they hold.
+//!   can see redeliveries out of order. Projections write through
+//!   [`projection::Projection`], which ignores snapshots older than what they
+//!   hold and never lets anything bring back a deleted entity.
 //!
 //! # Migrations
 //!
@@ -75,10 +76,7 @@
 //!     pool.clone(),
 //!     bus.js.clone(),
 //!     ConsumerSpec::new("billing-projections", "isp.core.>"),
-//!     isp_events::handler_fn(|tx, ev| Box::pin(async move {
-//!         if let Some(plan) = ev.payload::<PlanUpdated>()? { /* upsert into tx */ }
-//!         Ok(())
-//!     })),
+//!     CoreEvents, // impl EventHandler: an `async fn handle(&self, tx, ev)`
 //!     shutdown.clone(),
 //! );
 //! // producing, in a request handler:
@@ -93,6 +91,7 @@ pub mod consumer;
 pub mod envelope;
 pub mod outbox;
 pub mod payloads;
+pub mod projection;
 pub mod relay;
 pub mod trace;
 
@@ -103,6 +102,7 @@ pub use consumer::{handler_fn, spawn_consumer, ConsumerSpec, EventHandler, FnHan
 pub use envelope::CloudEvent;
 pub use outbox::{migrate, MIGRATOR};
 pub use payloads::EventPayload;
+pub use projection::{entity_change, Change, Entity, Lifecycle, Projection};
 pub use relay::{spawn_relay, RelayConfig};
 
 pub use async_nats;

@@ -26,8 +26,8 @@
 //!
 //! Service tokens are not staff and are never checked here.
 
-use isp_events::payloads::{StaffCreated, StaffSnapshot, StaffUpdated};
-use isp_events::{BoxFuture, CloudEvent, EventHandler};
+use isp_events::payloads::StaffSnapshot;
+use isp_events::{entity_change, CloudEvent, EventHandler, Projection};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -188,45 +188,27 @@ pub fn consumer_name(service: &str) -> String {
 /// Subjects the projection listens to.
 pub const FILTER: &str = "isp.core.staff.>";
 
-/// Upserts `staff_access` from `staff.created` / `staff.updated`.
+/// `staff_access` as a [`Projection`]: `active` follows the newest snapshot by
+/// `updatedAt`; the token version only grows, because a deleted member's last
+/// `staff.updated` (Inactive) carries none. Core publishes no staff deletion
+/// event (the Inactive snapshot stands for it), so there is no tombstone.
+pub const PROJECTION: Projection = Projection::new("staff_access", &["token_version", "active"])
+    .key("staff_id")
+    .without_tombstone()
+    .monotonic(&["token_version"]);
+
+/// Keeps `staff_access` current from `staff.created` / `staff.updated`.
 pub struct StaffAccessProjection;
 
 impl EventHandler for StaffAccessProjection {
-    fn handle<'a>(
-        &'a self,
-        tx: &'a mut PgConnection,
-        ev: &'a CloudEvent,
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move {
-            let snap: StaffSnapshot = if let Some(s) = ev.payload::<StaffCreated>()? {
-                s.into()
-            } else if let Some(s) = ev.payload::<StaffUpdated>()? {
-                s.into()
-            } else {
-                return Ok(());
-            };
-            apply(tx, &snap).await
-        })
+    async fn handle(&self, tx: &mut PgConnection, ev: &CloudEvent) -> anyhow::Result<()> {
+        if let Some(s) = entity_change::<StaffSnapshot>(ev)? {
+            PROJECTION
+                .upsert(tx, &s, |row, s| {
+                    row.bind(s.token_version).bind(s.status == "Active");
+                })
+                .await?;
+        }
+        Ok(())
     }
-}
-
-/// The version only ever grows (whatever order events arrive in); `active` follows
-/// the newest snapshot.
-pub async fn apply(tx: &mut PgConnection, s: &StaffSnapshot) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO staff_access (staff_id, token_version, active, updated_at)
-         VALUES ($1, $2, $3, $4)
-         ON CONFLICT (staff_id) DO UPDATE SET
-           token_version = GREATEST(staff_access.token_version, EXCLUDED.token_version),
-           active = CASE WHEN EXCLUDED.updated_at >= staff_access.updated_at
-                         THEN EXCLUDED.active ELSE staff_access.active END,
-           updated_at = GREATEST(staff_access.updated_at, EXCLUDED.updated_at)",
-    )
-    .bind(s.id)
-    .bind(s.token_version)
-    .bind(s.status == "Active")
-    .bind(s.updated_at)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
 }

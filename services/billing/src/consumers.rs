@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::Datelike;
 use isp_events::payloads::*;
-use isp_events::{BoxFuture, CloudEvent, EventHandler};
+use isp_events::{entity_change, CloudEvent, EventHandler, Projection};
 use isp_platform::auth::Principal;
 use isp_platform::collection::Collection;
 use isp_platform::ApiError;
@@ -19,49 +19,33 @@ use crate::subscribers::first_period_start;
 
 pub struct CoreEvents;
 
-impl EventHandler for CoreEvents {
-    fn handle<'a>(
-        &'a self,
-        tx: &'a mut PgConnection,
-        ev: &'a CloudEvent,
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move {
-            if let Some(p) = ev.payload::<PlanCreated>()? {
-                return upsert_plan(tx, &p, false).await;
-            }
-            if let Some(p) = ev.payload::<PlanUpdated>()? {
-                return upsert_plan(tx, &p, false).await;
-            }
-            if let Some(p) = ev.payload::<PlanDeleted>()? {
-                return upsert_plan(tx, &p, true).await;
-            }
-            Ok(())
-        })
-    }
-}
+/// Core's plans, which subscribers are checked against and priced from.
+const PLANS: Projection = Projection::new(
+    "plans",
+    &[
+        "name",
+        "price",
+        "billing_cycle",
+        "plan_enabled",
+        "active_for_new_signups",
+    ],
+);
 
-/// Newer snapshots win; a stale redelivery changes nothing.
-async fn upsert_plan(tx: &mut PgConnection, p: &PlanSnapshot, deleted: bool) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO plans (id, name, price, billing_cycle, plan_enabled, active_for_new_signups, deleted, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-         ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, price = EXCLUDED.price,
-             billing_cycle = EXCLUDED.billing_cycle, plan_enabled = EXCLUDED.plan_enabled,
-             active_for_new_signups = EXCLUDED.active_for_new_signups, deleted = EXCLUDED.deleted,
-             updated_at = EXCLUDED.updated_at
-         WHERE plans.updated_at <= EXCLUDED.updated_at",
-    )
-    .bind(p.id)
-    .bind(&p.name)
-    .bind(p.price)
-    .bind(&p.billing_cycle)
-    .bind(p.plan_enabled)
-    .bind(p.active_for_new_signups)
-    .bind(deleted)
-    .bind(p.updated_at)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+impl EventHandler for CoreEvents {
+    async fn handle(&self, tx: &mut PgConnection, ev: &CloudEvent) -> anyhow::Result<()> {
+        if let Some(p) = entity_change::<PlanSnapshot>(ev)? {
+            PLANS
+                .upsert(tx, &p, |row, p| {
+                    row.bind(&p.name)
+                        .bind(p.price)
+                        .bind(&p.billing_cycle)
+                        .bind(p.plan_enabled)
+                        .bind(p.active_for_new_signups);
+                })
+                .await?;
+        }
+        Ok(())
+    }
 }
 
 pub struct NocEvents {
@@ -69,50 +53,44 @@ pub struct NocEvents {
 }
 
 impl EventHandler for NocEvents {
-    fn handle<'a>(
-        &'a self,
-        tx: &'a mut PgConnection,
-        ev: &'a CloudEvent,
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move {
-            if let Some(p) = ev.payload::<SubscriberProvisioned>()? {
-                return self.provisioned(tx, &p).await;
-            }
-            if let Some(n) = ev.payload::<SubscriberNetworkUpdated>()? {
-                let at = n.at.unwrap_or(ev.time);
-                let known: Option<bool> = sqlx::query_scalar(
-                    "SELECT network_updated_at IS NULL OR network_updated_at <= $2
-                     FROM subscribers WHERE id = $1 FOR UPDATE",
-                )
-                .bind(n.subscriber_id)
-                .bind(at)
-                .fetch_optional(&mut *tx)
-                .await?;
-                match known {
-                    None => {
-                        // Billing creates subscribers before NOC hears of them, so
-                        // this is a stray; retrying would not help.
-                        tracing::warn!(subscriber = %n.subscriber_id, "network_updated for an unknown subscriber");
-                    }
-                    Some(false) => {
-                        tracing::debug!(subscriber = %n.subscriber_id, "older network_updated ignored");
-                    }
-                    Some(true) => {
-                        sqlx::query(
-                            "UPDATE subscribers SET connection_type = $2, assigned_ip = $3,
-                                    network_updated_at = $4, updated_at = now() WHERE id = $1",
-                        )
-                        .bind(n.subscriber_id)
-                        .bind(&n.connection_type)
-                        .bind(&n.assigned_ip)
-                        .bind(at)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
+    async fn handle(&self, tx: &mut PgConnection, ev: &CloudEvent) -> anyhow::Result<()> {
+        if let Some(p) = ev.payload::<SubscriberProvisioned>()? {
+            return self.provisioned(tx, &p).await;
+        }
+        if let Some(n) = ev.payload::<SubscriberNetworkUpdated>()? {
+            let at = n.at.unwrap_or(ev.time);
+            let known: Option<bool> = sqlx::query_scalar(
+                "SELECT network_updated_at IS NULL OR network_updated_at <= $2
+                 FROM subscribers WHERE id = $1 FOR UPDATE",
+            )
+            .bind(n.subscriber_id)
+            .bind(at)
+            .fetch_optional(&mut *tx)
+            .await?;
+            match known {
+                None => {
+                    // Billing creates subscribers before NOC hears of them, so
+                    // this is a stray; retrying would not help.
+                    tracing::warn!(subscriber = %n.subscriber_id, "network_updated for an unknown subscriber");
+                }
+                Some(false) => {
+                    tracing::debug!(subscriber = %n.subscriber_id, "older network_updated ignored");
+                }
+                Some(true) => {
+                    sqlx::query(
+                        "UPDATE subscribers SET connection_type = $2, assigned_ip = $3,
+                                network_updated_at = $4, updated_at = now() WHERE id = $1",
+                    )
+                    .bind(n.subscriber_id)
+                    .bind(&n.connection_type)
+                    .bind(&n.assigned_ip)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
                 }
             }
-            Ok(())
-        })
+        }
+        Ok(())
     }
 }
 
@@ -185,17 +163,11 @@ pub struct MpesaEvents {
 }
 
 impl EventHandler for MpesaEvents {
-    fn handle<'a>(
-        &'a self,
-        tx: &'a mut PgConnection,
-        ev: &'a CloudEvent,
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move {
-            if let Some(m) = ev.payload::<MpesaPaymentConfirmed>()? {
-                return self.confirmed(tx, &m).await;
-            }
-            Ok(())
-        })
+    async fn handle(&self, tx: &mut PgConnection, ev: &CloudEvent) -> anyhow::Result<()> {
+        if let Some(m) = ev.payload::<MpesaPaymentConfirmed>()? {
+            return self.confirmed(tx, &m).await;
+        }
+        Ok(())
     }
 }
 

@@ -1,17 +1,17 @@
 //! Billing over real HTTP, Postgres and NATS, with Core for staff, tokens and plans.
 //! Each test names the rule (docs/billing.md) or the access line it proves.
 
+#[path = "api/projections.rs"]
+mod projections;
+
 use chrono::NaiveDate;
-use isp_events::{CloudEvent, EventPayload};
-use isp_platform::runtime::{ServiceInfo, StartFn};
-use isp_testkit::{eventually, Res, TestApp};
+use isp_events::CloudEvent;
+use isp_testkit::fixtures::subscriber_body;
+use isp_testkit::{eventually, service, Res, ServiceInfo, StartFn, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-fn core() -> (ServiceInfo, StartFn) {
-    (svc_core::INFO, |c| Box::pin(svc_core::start(c)))
-}
 /// Billing's defaults, but runs are started by the tests, not by the clock.
 fn options() -> svc_billing::Options {
     let mut o = svc_billing::Options::default();
@@ -26,13 +26,13 @@ fn billing() -> (ServiceInfo, StartFn) {
 }
 
 async fn app() -> TestApp {
-    TestApp::spawn(&[core(), billing()]).await
+    TestApp::spawn(&[service!(svc_core), billing()]).await
 }
 
 /// Billing started with other settings (given per app, never through the
 /// process's environment, which tests running side by side share).
 async fn app_with(billing: StartFn) -> TestApp {
-    TestApp::spawn(&[core(), (svc_billing::INFO, billing)]).await
+    TestApp::spawn(&[service!(svc_core), (svc_billing::INFO, billing)]).await
 }
 
 fn d(s: &str) -> NaiveDate {
@@ -41,35 +41,12 @@ fn d(s: &str) -> NaiveDate {
 
 /// Creates a plan through Core and waits until Billing's projection has it.
 async fn plan(app: &TestApp, admin: &str, extra: Value) -> String {
-    let mut body = json!({"name": format!("Home {}", Uuid::new_v4().simple()), "downloadSpeed": 10,
-        "uploadSpeed": 5, "price": 2500, "billingCycle": "Monthly"});
-    body.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    let r = app.post("/api/core/plans", admin, body).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let id = r.body["doc"]["id"].as_str().unwrap().to_string();
-    wait_plan(app, &id, &r.body["doc"]["updatedAt"]).await;
-    id
-}
-
-async fn wait_plan(app: &TestApp, id: &str, _updated: &Value) {
-    let pool = app.admin_pool().await;
-    let got = eventually(15, || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM billing.plans WHERE id = $1::uuid")
-            .bind(id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        (n == 1).then_some(())
-    })
+    let id = app.create_plan(admin, extra).await;
+    app.wait_for(&format!(
+        "SELECT count(*) FROM billing.plans WHERE id = '{id}'"
+    ))
     .await;
-    assert!(got.is_some(), "billing never learned plan {id}");
-}
-
-fn sub_body(plan: &str) -> Value {
-    json!({"firstName": "Amina", "lastName": "Otieno", "mpesaNumber": "0712345678", "servicePlan": plan,
-           "billingCycle": "Monthly"})
+    id
 }
 
 async fn create_sub(app: &TestApp, token: &str, body: Value) -> Res {
@@ -79,53 +56,16 @@ async fn create_sub(app: &TestApp, token: &str, body: Value) -> Res {
 /// Creates a subscriber and makes it Active with `next_due` directly in the
 /// database (provisioning itself is tested through the NOC event).
 async fn active_sub(app: &TestApp, token: &str, plan: &str, next_due: &str) -> (String, String) {
-    let r = create_sub(app, token, sub_body(plan)).await;
+    let r = create_sub(app, token, subscriber_body(plan)).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let id = r.body["doc"]["id"].as_str().unwrap().to_string();
     let first_invoice = r.body["invoice"]["id"].as_str().unwrap().to_string();
-    sql(
-        app,
-        &format!(
-            "UPDATE billing.subscribers SET status = 'Active', next_due_date = '{next_due}',
+    app.sql(&format!(
+        "UPDATE billing.subscribers SET status = 'Active', next_due_date = '{next_due}',
              billing_anchor_day = extract(day FROM '{next_due}'::date) WHERE id = '{id}'"
-        ),
-    )
+    ))
     .await;
     (id, first_invoice)
-}
-
-async fn sql(app: &TestApp, q: &str) {
-    let pool = app.admin_pool().await;
-    sqlx::query(q).execute(&pool).await.unwrap();
-}
-
-async fn scalar<T>(app: &TestApp, q: &str) -> T
-where
-    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
-{
-    let pool = app.admin_pool().await;
-    sqlx::query_scalar(q).fetch_one(&pool).await.unwrap()
-}
-
-async fn outbox_count(app: &TestApp, ty: &str) -> i64 {
-    scalar(
-        app,
-        &format!("SELECT count(*) FROM billing.outbox WHERE type = '{ty}'"),
-    )
-    .await
-}
-
-async fn publish<P: EventPayload>(app: &TestApp, source: &str, payload: &P) {
-    let js = isp_events::async_nats::jetstream::new(app.shared.nats.clone());
-    isp_events::ensure_stream(&js).await.unwrap();
-    let ev = CloudEvent::new(source, payload).unwrap();
-    let mut headers = isp_events::async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", ev.id.to_string().as_str());
-    js.publish_with_headers(P::nats_subject(), headers, ev.to_json().unwrap().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
 }
 
 async fn run(app: &TestApp, admin: &str, date: &str) -> Value {
@@ -150,7 +90,7 @@ async fn creating_a_subscriber_creates_the_first_invoice_and_publishes_events() 
     let admin = app.admin_token().await;
     let plan = plan(&app, &admin, json!({"price": "2500.00"})).await;
     let (building, unit, lead) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-    let mut body = sub_body(&plan);
+    let mut body = subscriber_body(&plan);
     body["serviceLocation"] = json!(unit);
     body["building"] = json!(building);
     body["lead"] = json!(lead);
@@ -184,7 +124,7 @@ async fn creating_a_subscriber_creates_the_first_invoice_and_publishes_events() 
         "-9499.00"
     );
     // A second subscriber gets the next numbers.
-    let r2 = create_sub(&app, &admin, sub_body(&plan)).await;
+    let r2 = create_sub(&app, &admin, subscriber_body(&plan)).await;
     assert_ne!(r2.body["doc"]["accountNumber"], doc["accountNumber"]);
     let n = |v: &Value| {
         v["invoiceNumber"].as_str().unwrap()[4..]
@@ -192,14 +132,14 @@ async fn creating_a_subscriber_creates_the_first_invoice_and_publishes_events() 
             .unwrap()
     };
     assert_eq!(n(&r2.body["invoice"]), n(inv) + 1);
-    assert_eq!(outbox_count(&app, "subscriber.created").await, 2);
-    assert_eq!(outbox_count(&app, "invoice.created").await, 2);
-    let snap: Value = scalar(&app, &format!("SELECT payload->'data' FROM billing.outbox WHERE type = 'subscriber.created' AND payload->>'subject' = '{}'", doc["id"].as_str().unwrap())).await;
+    assert_eq!(app.outbox_count("billing", "subscriber.created").await, 2);
+    assert_eq!(app.outbox_count("billing", "invoice.created").await, 2);
+    let snap: Value = app.scalar(&format!("SELECT payload->'data' FROM billing.outbox WHERE type = 'subscriber.created' AND payload->>'subject' = '{}'", doc["id"].as_str().unwrap())).await;
     assert_eq!(snap["leadId"], lead.to_string());
     assert_eq!(snap["building"], building.to_string());
     assert!(snap.get("accountBalance").is_none());
     // The lead can be converted once.
-    let mut again = sub_body(&plan);
+    let mut again = subscriber_body(&plan);
     again["lead"] = json!(lead);
     let r = create_sub(&app, &crm, again).await;
     assert_eq!(r.status, StatusCode::CONFLICT);
@@ -224,27 +164,29 @@ async fn subscriber_creation_is_idempotent_and_limited_to_admin_billing_and_scop
             (r.status(), r.json::<Value>().await.unwrap())
         }
     };
-    let (s1, b1) = post(crm.clone(), "lead-1", sub_body(&plan)).await;
-    let (s2, b2) = post(crm.clone(), "lead-1", sub_body(&plan)).await;
+    let (s1, b1) = post(crm.clone(), "lead-1", subscriber_body(&plan)).await;
+    let (s2, b2) = post(crm.clone(), "lead-1", subscriber_body(&plan)).await;
     assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::CREATED));
     assert_eq!(b1, b2);
-    let mut other = sub_body(&plan);
+    let mut other = subscriber_body(&plan);
     other["firstName"] = json!("Someone Else");
     let (s3, b3) = post(crm.clone(), "lead-1", other).await;
     assert_eq!(s3, StatusCode::CONFLICT, "{b3:?}");
     assert_eq!(
-        scalar::<i64>(&app, "SELECT count(*) FROM billing.subscribers").await,
+        app.scalar::<i64>("SELECT count(*) FROM billing.subscribers")
+            .await,
         1
     );
     assert_eq!(
-        scalar::<i64>(&app, "SELECT count(*) FROM billing.invoices").await,
+        app.scalar::<i64>("SELECT count(*) FROM billing.invoices")
+            .await,
         1
     );
     // Billing Manager may (walk-in); Sales Agent only through CRM; a service
     // without the scope may not.
     let (bm, _) = app.staff_token("Billing Manager").await;
     assert_eq!(
-        create_sub(&app, &bm, sub_body(&plan)).await.status,
+        create_sub(&app, &bm, subscriber_body(&plan)).await.status,
         StatusCode::CREATED
     );
     for role in [
@@ -255,14 +197,16 @@ async fn subscriber_creation_is_idempotent_and_limited_to_admin_billing_and_scop
     ] {
         let (t, _) = app.staff_token(role).await;
         assert_eq!(
-            create_sub(&app, &t, sub_body(&plan)).await.status,
+            create_sub(&app, &t, subscriber_body(&plan)).await.status,
             StatusCode::FORBIDDEN,
             "{role}"
         );
     }
     let wrong = app.service_token("crm", &["billing.subscribers.read"]);
     assert_eq!(
-        create_sub(&app, &wrong, sub_body(&plan)).await.status,
+        create_sub(&app, &wrong, subscriber_body(&plan))
+            .await
+            .status,
         StatusCode::FORBIDDEN
     );
 }
@@ -367,7 +311,7 @@ async fn bad_subscriber_input_is_rejected_naming_the_field_and_writes_nothing() 
         ),
     ];
     for (patch, status, path) in cases {
-        let mut body = sub_body(&plan_id);
+        let mut body = subscriber_body(&plan_id);
         body.as_object_mut()
             .unwrap()
             .extend(patch.as_object().unwrap().clone());
@@ -401,7 +345,8 @@ async fn bad_subscriber_input_is_rejected_naming_the_field_and_writes_nothing() 
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     for t in ["subscribers", "invoices", "outbox"] {
         assert_eq!(
-            scalar::<i64>(&app, &format!("SELECT count(*) FROM billing.{t}")).await,
+            app.scalar::<i64>(&format!("SELECT count(*) FROM billing.{t}"))
+                .await,
             0,
             "{t}"
         );
@@ -414,7 +359,7 @@ async fn roles_see_and_edit_only_their_subscriber_fields_and_finance_stays_with_
     let app = app().await;
     let admin = app.admin_token().await;
     let plan = plan(&app, &admin, json!({})).await;
-    let r = create_sub(&app, &admin, sub_body(&plan)).await;
+    let r = create_sub(&app, &admin, subscriber_body(&plan)).await;
     let id = r.body["doc"]["id"].as_str().unwrap().to_string();
     let inv = r.body["invoice"]["id"].as_str().unwrap().to_string();
     let path = format!("/api/billing/subscribers/{id}");
@@ -520,7 +465,10 @@ async fn roles_see_and_edit_only_their_subscriber_fields_and_finance_stays_with_
         .patch(&path, &admin, json!({"status": "Deactivated"}))
         .await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(outbox_count(&app, "subscriber.deactivated").await, 1);
+    assert_eq!(
+        app.outbox_count("billing", "subscriber.deactivated").await,
+        1
+    );
     let r = app.patch(&path, &admin, json!({"status": "Active"})).await;
     assert_eq!(r.status, StatusCode::CONFLICT);
 }
@@ -531,7 +479,7 @@ async fn a_cycle_changed_before_installation_applies_after_the_first_paid_period
     let admin = app.admin_token().await;
     let plan = plan(&app, &admin, json!({"price": 1000})).await;
     // Sold Monthly: the first invoice is one month's fee.
-    let r = create_sub(&app, &admin, sub_body(&plan)).await;
+    let r = create_sub(&app, &admin, subscriber_body(&plan)).await;
     let id: Uuid = r.body["doc"]["id"].as_str().unwrap().parse().unwrap();
     assert_eq!(r.body["invoice"]["amountDue"], "1000.00");
     // Before the technician comes, the customer switches to Quarterly.
@@ -544,8 +492,7 @@ async fn a_cycle_changed_before_installation_applies_after_the_first_paid_period
     let at = chrono::DateTime::parse_from_rfc3339("2026-01-31T07:00:00Z")
         .unwrap()
         .with_timezone(&chrono::Utc);
-    publish(
-        &app,
+    app.publish(
         "noc",
         &isp_events::payloads::SubscriberProvisioned {
             subscriber_id: id,
@@ -576,7 +523,7 @@ async fn noc_provisioning_activates_the_subscriber_and_mirrors_network_fields() 
     let app = app().await;
     let admin = app.admin_token().await;
     let plan = plan(&app, &admin, json!({})).await;
-    let mut body = sub_body(&plan);
+    let mut body = subscriber_body(&plan);
     body["billingCycle"] = json!("Quarterly");
     let r = create_sub(&app, &admin, body).await;
     let id: Uuid = r.body["doc"]["id"].as_str().unwrap().parse().unwrap();
@@ -591,8 +538,8 @@ async fn noc_provisioning_activates_the_subscriber_and_mirrors_network_fields() 
         radius_username: "acct".into(),
         at,
     };
-    publish(&app, "noc", &ev).await;
-    publish(&app, "noc", &ev).await;
+    app.publish("noc", &ev).await;
+    app.publish("noc", &ev).await;
     let path = format!("/api/billing/subscribers/{id}");
     let doc = eventually(15, || async {
         let doc = get(&app, &admin, &path).await;
@@ -605,10 +552,9 @@ async fn noc_provisioning_activates_the_subscriber_and_mirrors_network_fields() 
     // First period starts at activation; the quarterly cycle keeps the month end.
     assert_eq!(doc["nextDueDate"], "2026-04-30");
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(outbox_count(&app, "subscriber.activated").await, 1);
+    assert_eq!(app.outbox_count("billing", "subscriber.activated").await, 1);
     // Network changes later are mirrored too.
-    publish(
-        &app,
+    app.publish(
         "noc",
         &isp_events::payloads::SubscriberNetworkUpdated {
             subscriber_id: id,
@@ -637,8 +583,7 @@ async fn noc_provisioning_activates_the_subscriber_and_mirrors_network_fields() 
     };
     let before = processed().await;
     for (ip, ago) in [(None, 0), (Some("41.90.1.99"), 3600)] {
-        publish(
-            &app,
+        app.publish(
             "noc",
             &isp_events::payloads::SubscriberNetworkUpdated {
                 subscriber_id: id,
@@ -714,17 +659,17 @@ async fn partial_full_and_over_payments_settle_invoices_balance_and_next_due_dat
     let inv = get(&app, &bm, &format!("/api/billing/invoices/{first}")).await;
     assert_eq!(inv["status"], "Paid");
     assert_eq!(get(&app, &bm, &sub_path).await["accountBalance"], "0.00");
-    assert_eq!(outbox_count(&app, "payment.received").await, 2);
+    assert_eq!(app.outbox_count("billing", "payment.received").await, 2);
     // The run invoices the period from Jan 31; paying it moves nextDueDate to Feb 28.
     run(&app, &admin, "2026-01-31").await;
-    let period: String = scalar(&app, &format!("SELECT id::text FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start = '2026-01-31'")).await;
+    let period: String = app.scalar(&format!("SELECT id::text FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start = '2026-01-31'")).await;
     // Over-payment: 1500 on a 1000 invoice leaves 500 credit.
     let r = pay(&app, &bm, &period, json!(1500), "CASH-2", "Cash").await;
     assert_eq!(r.status, StatusCode::CREATED);
     let doc = get(&app, &bm, &sub_path).await;
     assert_eq!(doc["nextDueDate"], "2026-02-28");
     assert_eq!(doc["accountBalance"], "500.00");
-    let ev: Value = scalar(&app, "SELECT payload->'data' FROM billing.outbox WHERE type = 'payment.received' ORDER BY created_at DESC, id DESC LIMIT 1").await;
+    let ev: Value = app.scalar("SELECT payload->'data' FROM billing.outbox WHERE type = 'payment.received' ORDER BY created_at DESC, id DESC LIMIT 1").await;
     assert_eq!(ev["accountBalance"], "500.00");
     // The credit settles half of the next invoice: 500 of 1000.
     run(&app, &admin, "2026-02-28").await;
@@ -739,7 +684,7 @@ async fn partial_full_and_over_payments_settle_invoices_balance_and_next_due_dat
     let r = pay(&app, &bm, &first, json!(50), "CASH-3", "Cash").await;
     assert_eq!(r.status, StatusCode::CREATED);
     assert_eq!(get(&app, &bm, &sub_path).await["accountBalance"], "-450.00");
-    let paid: String = scalar(&app, &format!("SELECT amount_paid::text FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start = '2026-02-28'")).await;
+    let paid: String = app.scalar(&format!("SELECT amount_paid::text FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start = '2026-02-28'")).await;
     assert_eq!(paid, "550.00");
     assert_eq!(
         invoice_state(&app, &first).await,
@@ -753,7 +698,7 @@ async fn payment_rules_reject_duplicates_bad_input_and_unpayable_invoices() {
     let admin = app.admin_token().await;
     let (bm, _) = app.staff_token("Billing Manager").await;
     let plan = plan(&app, &admin, json!({"price": 1000})).await;
-    let r = create_sub(&app, &admin, sub_body(&plan)).await;
+    let r = create_sub(&app, &admin, subscriber_body(&plan)).await;
     let inv = r.body["invoice"]["id"].as_str().unwrap().to_string();
     assert_eq!(
         pay(&app, &bm, &inv, json!(100), "R1", "Cash").await.status,
@@ -814,7 +759,9 @@ async fn payment_rules_reject_duplicates_bad_input_and_unpayable_invoices() {
     let r = app.post("/api/billing/payments", &bm, json!({})).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     // Payments are a ledger: no edits, no deletes.
-    let pid: String = scalar(&app, "SELECT id::text FROM billing.payments LIMIT 1").await;
+    let pid: String = app
+        .scalar("SELECT id::text FROM billing.payments LIMIT 1")
+        .await;
     assert_eq!(
         app.patch(
             &format!("/api/billing/payments/{pid}"),
@@ -832,7 +779,9 @@ async fn payment_rules_reject_duplicates_bad_input_and_unpayable_invoices() {
         StatusCode::FORBIDDEN
     );
     // A cancelled or draft invoice cannot be paid.
-    let sub: String = scalar(&app, "SELECT id::text FROM billing.subscribers LIMIT 1").await;
+    let sub: String = app
+        .scalar("SELECT id::text FROM billing.subscribers LIMIT 1")
+        .await;
     let r = app
         .post(
             "/api/billing/invoices",
@@ -849,7 +798,8 @@ async fn payment_rules_reject_duplicates_bad_input_and_unpayable_invoices() {
         (StatusCode::CONFLICT, Some("invoice"))
     );
     assert_eq!(
-        scalar::<i64>(&app, "SELECT count(*) FROM billing.payments").await,
+        app.scalar::<i64>("SELECT count(*) FROM billing.payments")
+            .await,
         3
     );
 }
@@ -860,7 +810,7 @@ async fn invoices_compute_amount_due_and_allow_only_sensible_transitions() {
     let admin = app.admin_token().await;
     let (bm, _) = app.staff_token("Billing Manager").await;
     let plan = plan(&app, &admin, json!({"price": 1000})).await;
-    let r = create_sub(&app, &admin, sub_body(&plan)).await;
+    let r = create_sub(&app, &admin, subscriber_body(&plan)).await;
     let sub = r.body["doc"]["id"].as_str().unwrap().to_string();
     let first = r.body["invoice"]["id"].as_str().unwrap().to_string();
     let items = json!([{"description": "Relocation", "quantity": 2, "price": "250.50"}, {"description": "Cable", "quantity": 1, "price": 99}]);
@@ -996,29 +946,22 @@ async fn daily_run_invoices_each_due_subscriber_once_per_period_even_when_repeat
     let (missed, _) = active_sub(&app, &admin, &plan, "2026-10-20").await; // a missed day
     let (later, _) = active_sub(&app, &admin, &plan, "2026-10-26").await;
     let (trial, _) = active_sub(&app, &admin, &plan, "2026-10-25").await;
-    sql(
-        &app,
-        &format!(
-            "UPDATE billing.subscribers SET trial_end_date = '2026-10-30' WHERE id = '{trial}'"
-        ),
-    )
+    app.sql(&format!(
+        "UPDATE billing.subscribers SET trial_end_date = '2026-10-30' WHERE id = '{trial}'"
+    ))
     .await;
     let (suspended, _) = active_sub(&app, &admin, &plan, "2026-10-25").await;
-    sql(
-        &app,
-        &format!("UPDATE billing.subscribers SET status = 'Suspended' WHERE id = '{suspended}'"),
-    )
+    app.sql(&format!(
+        "UPDATE billing.subscribers SET status = 'Suspended' WHERE id = '{suspended}'"
+    ))
     .await;
-    let pending = create_sub(&app, &admin, sub_body(&plan)).await.body["doc"]["id"]
+    let pending = create_sub(&app, &admin, subscriber_body(&plan)).await.body["doc"]["id"]
         .as_str()
         .unwrap()
         .to_string();
-    sql(
-        &app,
-        &format!(
-            "UPDATE billing.subscribers SET next_due_date = '2026-10-01' WHERE id = '{pending}'"
-        ),
-    )
+    app.sql(&format!(
+        "UPDATE billing.subscribers SET next_due_date = '2026-10-01' WHERE id = '{pending}'"
+    ))
     .await;
 
     // Two runs at once (two replicas), then the same date again.
@@ -1032,7 +975,7 @@ async fn daily_run_invoices_each_due_subscriber_once_per_period_even_when_repeat
     let count = |id: String| {
         let app = &app;
         async move {
-            scalar::<i64>(app, &format!("SELECT count(*) FROM billing.invoices WHERE subscriber_id = '{id}' AND period_start IS NOT NULL")).await
+            app.scalar::<i64>(&format!("SELECT count(*) FROM billing.invoices WHERE subscriber_id = '{id}' AND period_start IS NOT NULL")).await
         }
     };
     assert_eq!(count(due.clone()).await, 1);
@@ -1052,7 +995,7 @@ async fn daily_run_invoices_each_due_subscriber_once_per_period_even_when_repeat
         (ps, pe, due_date, amount.as_str()),
         (d("2026-10-20"), d("2026-11-20"), d("2026-10-25"), "1000.00")
     );
-    assert_eq!(outbox_count(&app, "invoice.created").await, 6 + 2);
+    assert_eq!(app.outbox_count("billing", "invoice.created").await, 6 + 2);
     // After the trial the subscriber is billed from the day after it: a period
     // never starts inside the trial.
     assert!(
@@ -1068,11 +1011,9 @@ async fn daily_run_invoices_each_due_subscriber_once_per_period_even_when_repeat
         ("1000.00", d("2026-11-30"), d("2026-11-01"))
     );
     // Invoice numbers stay unique and sequential.
-    let dupes: i64 = scalar(
-        &app,
-        "SELECT count(*) - count(DISTINCT invoice_number) FROM billing.invoices",
-    )
-    .await;
+    let dupes: i64 = app
+        .scalar("SELECT count(*) - count(DISTINCT invoice_number) FROM billing.invoices")
+        .await;
     assert_eq!(dupes, 0);
 }
 
@@ -1084,10 +1025,14 @@ async fn daily_run_marks_overdue_suspends_unless_grace_and_logs_each_run() {
     let (plain, _) = active_sub(&app, &admin, &plan, "2026-12-20").await;
     let (graced, _) = active_sub(&app, &admin, &plan, "2026-12-20").await;
     let (grace_over, _) = active_sub(&app, &admin, &plan, "2026-12-20").await;
-    sql(&app, &format!("UPDATE billing.subscribers SET grace_period_end_date = '2026-10-31' WHERE id = '{graced}'")).await;
-    sql(&app, &format!("UPDATE billing.subscribers SET grace_period_end_date = '2026-10-26' WHERE id = '{grace_over}'")).await;
+    app.sql(&format!(
+        "UPDATE billing.subscribers SET grace_period_end_date = '2026-10-31' WHERE id = '{graced}'"
+    ))
+    .await;
+    app.sql(&format!("UPDATE billing.subscribers SET grace_period_end_date = '2026-10-26' WHERE id = '{grace_over}'")).await;
     // Their first invoices fell due on 2026-10-25: Overdue from the day after.
-    sql(&app, "UPDATE billing.invoices SET due_date = '2026-10-25'").await;
+    app.sql("UPDATE billing.invoices SET due_date = '2026-10-25'")
+        .await;
     let report = run(&app, &admin, "2026-10-25").await;
     assert_eq!(
         (
@@ -1104,10 +1049,9 @@ async fn daily_run_marks_overdue_suspends_unless_grace_and_logs_each_run() {
     let status = |id: String| {
         let app = &app;
         async move {
-            scalar::<String>(
-                app,
-                &format!("SELECT status FROM billing.subscribers WHERE id = '{id}'"),
-            )
+            app.scalar::<String>(&format!(
+                "SELECT status FROM billing.subscribers WHERE id = '{id}'"
+            ))
             .await
         }
     };
@@ -1122,13 +1066,11 @@ async fn daily_run_marks_overdue_suspends_unless_grace_and_logs_each_run() {
         "Active",
         "grace in the future"
     );
-    assert_eq!(outbox_count(&app, "subscriber.suspended").await, 2);
-    assert_eq!(outbox_count(&app, "invoice.overdue").await, 3);
-    let ev: Value = scalar(
-        &app,
-        "SELECT payload FROM billing.outbox WHERE type = 'subscriber.suspended' LIMIT 1",
-    )
-    .await;
+    assert_eq!(app.outbox_count("billing", "subscriber.suspended").await, 2);
+    assert_eq!(app.outbox_count("billing", "invoice.overdue").await, 3);
+    let ev: Value = app
+        .scalar("SELECT payload FROM billing.outbox WHERE type = 'subscriber.suspended' LIMIT 1")
+        .await;
     assert!(ev["data"]["reason"].as_str().unwrap().contains("INV-"));
     assert_eq!(ev["source"], "/isp/billing");
     // Once the grace period passes, the next run suspends.
@@ -1217,7 +1159,8 @@ async fn paying_what_is_overdue_reactivates_a_suspended_subscriber_from_today() 
     let (bm, _) = app.staff_token("Billing Manager").await;
     let plan = plan(&app, &admin, json!({"price": 1000})).await;
     let (sub, first) = active_sub(&app, &admin, &plan, "2026-01-10").await;
-    sql(&app, "UPDATE billing.invoices SET due_date = '2026-01-01'").await;
+    app.sql("UPDATE billing.invoices SET due_date = '2026-01-01'")
+        .await;
     run(&app, &admin, "2026-01-10").await; // first invoice overdue, period from Jan 10 invoiced
     let path = format!("/api/billing/subscribers/{sub}");
     assert_eq!(get(&app, &bm, &path).await["status"], "Suspended");
@@ -1225,7 +1168,7 @@ async fn paying_what_is_overdue_reactivates_a_suspended_subscriber_from_today() 
     pay(&app, &bm, &first, json!(1000), "C1", "Cash").await;
     assert_eq!(get(&app, &bm, &path).await["status"], "Suspended");
     run(&app, &admin, "2026-01-11").await; // the Jan 10 invoice is now overdue too
-    let period: String = scalar(&app, &format!("SELECT id::text FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start = '2026-01-10'")).await;
+    let period: String = app.scalar(&format!("SELECT id::text FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start = '2026-01-10'")).await;
     let r = pay(&app, &bm, &period, json!(1000), "C2", "Cash").await;
     assert_eq!(r.status, StatusCode::CREATED);
     let doc = get(&app, &bm, &path).await;
@@ -1235,11 +1178,14 @@ async fn paying_what_is_overdue_reactivates_a_suspended_subscriber_from_today() 
         .with_timezone(&chrono_tz::Africa::Nairobi)
         .date_naive();
     assert_eq!(doc["nextDueDate"], today.to_string());
-    assert_eq!(outbox_count(&app, "subscriber.reactivated").await, 1);
+    assert_eq!(
+        app.outbox_count("billing", "subscriber.reactivated").await,
+        1
+    );
     // Billing Manager may also suspend and reactivate by hand.
     let r = app.patch(&path, &bm, json!({"status": "Suspended"})).await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(outbox_count(&app, "subscriber.suspended").await, 2);
+    assert_eq!(app.outbox_count("billing", "subscriber.suspended").await, 2);
 }
 
 #[tokio::test]
@@ -1254,11 +1200,11 @@ async fn billing_cycles_keep_the_anchor_day_across_month_ends() {
         ("2026-10-31", "Quarterly", 31, "2027-01-31"),
     ];
     for (from, cycle, anchor, want) in cases {
-        let got: NaiveDate = scalar(
-            &app,
-            &format!("SELECT billing.add_cycle('{from}', '{cycle}', {anchor})"),
-        )
-        .await;
+        let got: NaiveDate = app
+            .scalar(&format!(
+                "SELECT billing.add_cycle('{from}', '{cycle}', {anchor})"
+            ))
+            .await;
         assert_eq!(got, d(want), "{from} {cycle} {anchor}");
     }
 }
@@ -1450,7 +1396,7 @@ async fn mpesa_confirmed_payment_is_recorded_once_per_receipt_against_the_accoun
     let app = app().await;
     let admin = app.admin_token().await;
     let plan = plan(&app, &admin, json!({"price": 1000})).await;
-    let r = create_sub(&app, &admin, sub_body(&plan)).await;
+    let r = create_sub(&app, &admin, subscriber_body(&plan)).await;
     let acct = r.body["doc"]["accountNumber"].as_str().unwrap().to_string();
     let inv = r.body["invoice"]["id"].as_str().unwrap().to_string();
     let ev = isp_events::payloads::MpesaPaymentConfirmed {
@@ -1463,8 +1409,8 @@ async fn mpesa_confirmed_payment_is_recorded_once_per_receipt_against_the_accoun
         source: "c2b".into(),
     };
     // Published twice as two distinct events (a retried callback).
-    publish(&app, "mpesa", &ev).await;
-    publish(&app, "mpesa", &ev).await;
+    app.publish("mpesa", &ev).await;
+    app.publish("mpesa", &ev).await;
     let status = eventually(15, || async {
         let doc = get(&app, &admin, &format!("/api/billing/invoices/{inv}")).await;
         (doc["status"] == "Paid").then_some(doc)
@@ -1473,11 +1419,8 @@ async fn mpesa_confirmed_payment_is_recorded_once_per_receipt_against_the_accoun
     assert!(status.is_some());
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(
-        scalar::<i64>(
-            &app,
-            "SELECT count(*) FROM billing.payments WHERE payment_method = 'Mpesa'"
-        )
-        .await,
+        app.scalar::<i64>("SELECT count(*) FROM billing.payments WHERE payment_method = 'Mpesa'")
+            .await,
         1
     );
     // A receipt for an unknown account (a mistyped BillRefNumber) is not retried
@@ -1487,8 +1430,8 @@ async fn mpesa_confirmed_payment_is_recorded_once_per_receipt_against_the_accoun
     unknown.receipt = "QK12ZZ34AB".into();
     unknown.account_reference = "999".into();
     unknown.amount = rust_decimal::Decimal::new(150_000, 2);
-    publish(&app, "mpesa", &unknown).await;
-    publish(&app, "mpesa", &unknown).await;
+    app.publish("mpesa", &unknown).await;
+    app.publish("mpesa", &unknown).await;
     let (bm, _) = app.staff_token("Billing Manager").await;
     let kept = eventually(15, || async {
         let r = app
@@ -1506,7 +1449,8 @@ async fn mpesa_confirmed_payment_is_recorded_once_per_receipt_against_the_accoun
     assert_eq!(kept["accountReference"], "999");
     assert!(kept["reason"].as_str().unwrap().contains("account number"));
     assert_eq!(
-        scalar::<i64>(&app, "SELECT count(*) FROM billing.payments").await,
+        app.scalar::<i64>("SELECT count(*) FROM billing.payments")
+            .await,
         1
     );
     // Support never sees money; nobody writes the list directly.
@@ -1556,7 +1500,8 @@ async fn mpesa_confirmed_payment_is_recorded_once_per_receipt_against_the_accoun
     let r = app.post(&allocate, &bm, json!({"invoice": inv})).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{:?}", r.body);
     assert_eq!(
-        scalar::<i64>(&app, "SELECT count(*) FROM billing.payments").await,
+        app.scalar::<i64>("SELECT count(*) FROM billing.payments")
+            .await,
         2
     );
 }
@@ -1632,15 +1577,15 @@ async fn a_period_costs_the_plan_price_scaled_from_the_plan_cycle_to_the_subscri
     .await;
     // First invoices: a Monthly plan bought quarterly costs 3 x 2500; a Quarterly
     // plan bought monthly costs 7000 / 3, rounded half-up to cents.
-    let mut body = sub_body(&monthly);
+    let mut body = subscriber_body(&monthly);
     body["billingCycle"] = json!("Quarterly");
     let r = create_sub(&app, &admin, body).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     assert_eq!(r.body["invoice"]["amountDue"], "7500.00");
     assert_eq!(r.body["invoice"]["lineItems"][0]["price"], "7500.00");
-    let r = create_sub(&app, &admin, sub_body(&quarterly)).await;
+    let r = create_sub(&app, &admin, subscriber_body(&quarterly)).await;
     assert_eq!(r.body["invoice"]["amountDue"], "2333.33");
-    let mut body = sub_body(&quarterly);
+    let mut body = subscriber_body(&quarterly);
     body["billingCycle"] = json!("Quarterly");
     assert_eq!(
         create_sub(&app, &admin, body).await.body["invoice"]["amountDue"],
@@ -1651,10 +1596,9 @@ async fn a_period_costs_the_plan_price_scaled_from_the_plan_cycle_to_the_subscri
     let (m_m, _) = active_sub(&app, &admin, &monthly, "2026-06-01").await;
     let (m_q, _) = active_sub(&app, &admin, &monthly, "2026-06-01").await;
     let (q_m, _) = active_sub(&app, &admin, &quarterly, "2026-06-01").await;
-    sql(
-        &app,
-        &format!("UPDATE billing.subscribers SET billing_cycle = 'Quarterly' WHERE id = '{m_q}'"),
-    )
+    app.sql(&format!(
+        "UPDATE billing.subscribers SET billing_cycle = 'Quarterly' WHERE id = '{m_q}'"
+    ))
     .await;
     run(&app, &admin, "2026-06-01").await;
     let (amount, end, ..) = period_invoice(&app, &m_m, "2026-06-01").await;
@@ -1680,7 +1624,7 @@ async fn a_period_costs_the_plan_price_scaled_from_the_plan_cycle_to_the_subscri
     assert_eq!(period_invoice(&app, &m_m, "2026-06-01").await.0, "2500.00");
     assert_eq!(period_invoice(&app, &m_q, "2026-06-01").await.0, "7500.00");
     for (sub, amount) in [(&m_m, "2500"), (&q_m, "2333.33"), (&m_q, "7500")] {
-        let inv: String = scalar(&app, &format!("SELECT id::text FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start = '2026-06-01'")).await;
+        let inv: String = app.scalar(&format!("SELECT id::text FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start = '2026-06-01'")).await;
         let r = pay(&app, &bm, &inv, json!(amount), &format!("C-{sub}"), "Cash").await;
         assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     }
@@ -1714,10 +1658,9 @@ fn today() -> NaiveDate {
 }
 
 async fn status_of(app: &TestApp, id: &str) -> String {
-    scalar(
-        app,
-        &format!("SELECT status FROM billing.subscribers WHERE id = '{id}'"),
-    )
+    app.scalar(&format!(
+        "SELECT status FROM billing.subscribers WHERE id = '{id}'"
+    ))
     .await
 }
 
@@ -1786,7 +1729,7 @@ async fn trials_delay_the_first_due_date_protect_from_suspension_and_start_the_n
     let plan = plan(&app, &admin, json!({"price": 1000})).await;
     // A trial ending in ten days: the first invoice is due the day after it.
     let trial_end = today() + chrono::Days::new(10);
-    let mut body = sub_body(&plan);
+    let mut body = subscriber_body(&plan);
     body["trialEndDate"] = json!(trial_end.to_string());
     let r = create_sub(&app, &admin, body).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
@@ -1795,7 +1738,7 @@ async fn trials_delay_the_first_due_date_protect_from_suspension_and_start_the_n
         (trial_end + chrono::Days::new(1)).to_string()
     );
     // A trial that already ended changes nothing: due on the creation day.
-    let mut body = sub_body(&plan);
+    let mut body = subscriber_body(&plan);
     body["trialEndDate"] = json!("2026-01-31");
     let r = create_sub(&app, &admin, body).await;
     assert_eq!(r.body["invoice"]["dueDate"], today().to_string());
@@ -1803,17 +1746,13 @@ async fn trials_delay_the_first_due_date_protect_from_suspension_and_start_the_n
     // An Active subscriber with an overdue invoice is not suspended while the
     // trial lasts, and is once it has ended.
     let (sub, _) = active_sub(&app, &admin, &plan, "2026-10-01").await;
-    sql(
-        &app,
-        &format!("UPDATE billing.subscribers SET trial_end_date = '2026-10-10' WHERE id = '{sub}'"),
-    )
+    app.sql(&format!(
+        "UPDATE billing.subscribers SET trial_end_date = '2026-10-10' WHERE id = '{sub}'"
+    ))
     .await;
-    sql(
-        &app,
-        &format!(
-            "UPDATE billing.invoices SET due_date = '2026-10-01' WHERE subscriber_id = '{sub}'"
-        ),
-    )
+    app.sql(&format!(
+        "UPDATE billing.invoices SET due_date = '2026-10-01' WHERE subscriber_id = '{sub}'"
+    ))
     .await;
     let report = run(&app, &admin, "2026-10-05").await;
     assert_eq!(
@@ -1835,7 +1774,7 @@ async fn trials_delay_the_first_due_date_protect_from_suspension_and_start_the_n
     assert_eq!(report["invoicesCreated"], 1);
     assert_eq!(report["subscribersSuspended"], 1);
     assert_eq!(
-        scalar::<i64>(&app, &format!("SELECT count(*) FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start <= '2026-10-10'")).await,
+        app.scalar::<i64>(&format!("SELECT count(*) FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start <= '2026-10-10'")).await,
         0
     );
     let (_, end, due, _) = period_invoice(&app, &sub, "2026-10-11").await;
@@ -1869,15 +1808,14 @@ async fn an_overpayment_settles_other_open_invoices_oldest_first_and_the_rest_is
     let (bm, _) = app.staff_token("Billing Manager").await;
     let plan = plan(&app, &admin, json!({"price": 1000})).await;
     let (sub, first) = active_sub(&app, &admin, &plan, "2026-09-01").await;
-    sql(
-        &app,
-        &format!("UPDATE billing.invoices SET due_date = '2026-08-01' WHERE id = '{first}'"),
-    )
+    app.sql(&format!(
+        "UPDATE billing.invoices SET due_date = '2026-08-01' WHERE id = '{first}'"
+    ))
     .await;
     // The first invoice is overdue on 1 September; the September period is invoiced.
     let report = run(&app, &admin, "2026-09-01").await;
     assert_eq!(report["subscribersSuspended"], 1);
-    let period: String = scalar(&app, &format!("SELECT id::text FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start = '2026-09-01'")).await;
+    let period: String = app.scalar(&format!("SELECT id::text FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start = '2026-09-01'")).await;
     // A manual charge, due mid-September.
     let r = app
         .post(
@@ -1910,11 +1848,8 @@ async fn an_overpayment_settles_other_open_invoices_oldest_first_and_the_rest_is
         ("Unpaid".into(), "100.00".into())
     );
     assert_eq!(
-        scalar::<i64>(
-            &app,
-            "SELECT count(*) FROM billing.outbox WHERE type = 'invoice.updated'"
-        )
-        .await,
+        app.scalar::<i64>("SELECT count(*) FROM billing.outbox WHERE type = 'invoice.updated'")
+            .await,
         2
     );
     let doc = get(&app, &bm, &path).await;
@@ -1938,9 +1873,9 @@ async fn an_overpayment_settles_other_open_invoices_oldest_first_and_the_rest_is
         (Some("300.00"), Some("Active"), None)
     );
     // The credit settles the next period's invoice in part.
-    sql(&app, &format!("UPDATE billing.subscribers SET next_due_date = '2026-10-01', billing_anchor_day = 1 WHERE id = '{sub}'")).await;
+    app.sql(&format!("UPDATE billing.subscribers SET next_due_date = '2026-10-01', billing_anchor_day = 1 WHERE id = '{sub}'")).await;
     run(&app, &admin, "2026-10-01").await;
-    let next: String = scalar(&app, &format!("SELECT id::text FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start = '2026-10-01'")).await;
+    let next: String = app.scalar(&format!("SELECT id::text FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start = '2026-10-01'")).await;
     assert_eq!(
         invoice_state(&app, &next).await,
         ("Unpaid".into(), "300.00".into())
@@ -1958,12 +1893,11 @@ async fn credit_prevents_suspension_and_a_non_negative_balance_reactivates() {
     // An overdue invoice while the balance is in credit (older data, or credit
     // given by hand): no suspension, the subscriber owes nothing overall.
     pay(&app, &bm, &first, json!(1000), "C1", "Cash").await;
-    sql(
-        &app,
-        &format!("UPDATE billing.subscribers SET account_balance = 500 WHERE id = '{sub}'"),
-    )
+    app.sql(&format!(
+        "UPDATE billing.subscribers SET account_balance = 500 WHERE id = '{sub}'"
+    ))
     .await;
-    sql(&app, &format!("INSERT INTO billing.invoices (id, invoice_number, subscriber_id, amount_due, due_date, status, line_items)
+    app.sql(&format!("INSERT INTO billing.invoices (id, invoice_number, subscriber_id, amount_due, due_date, status, line_items)
          VALUES (gen_random_uuid(), 'INV-X1', '{sub}', 400, '2026-10-01', 'Unpaid', '[]')")).await;
     let report = run(&app, &admin, "2026-10-05").await;
     assert_eq!(
@@ -1975,10 +1909,9 @@ async fn credit_prevents_suspension_and_a_non_negative_balance_reactivates() {
     );
     assert_eq!(get(&app, &bm, &path).await["status"], "Active");
     // Once the balance is negative the same overdue invoice suspends.
-    sql(
-        &app,
-        &format!("UPDATE billing.subscribers SET account_balance = -400 WHERE id = '{sub}'"),
-    )
+    app.sql(&format!(
+        "UPDATE billing.subscribers SET account_balance = -400 WHERE id = '{sub}'"
+    ))
     .await;
     assert_eq!(
         run(&app, &admin, "2026-10-06").await["subscribersSuspended"],
@@ -1992,14 +1925,13 @@ async fn credit_prevents_suspension_and_a_non_negative_balance_reactivates() {
     // A payment that brings the balance to zero reactivates even though an
     // overdue invoice still owes (its charge was covered by credit set by hand,
     // which no invoice records).
-    sql(
-        &app,
-        &format!("UPDATE billing.subscribers SET account_balance = -50 WHERE id = '{sub}'"),
-    )
+    app.sql(&format!(
+        "UPDATE billing.subscribers SET account_balance = -50 WHERE id = '{sub}'"
+    ))
     .await;
     let r = pay(&app, &bm, &first, json!(50), "C2", "Cash").await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let overdue: i64 = scalar(&app, &format!("SELECT count(*) FROM billing.invoices WHERE subscriber_id = '{sub}' AND status = 'Overdue'")).await;
+    let overdue: i64 = app.scalar(&format!("SELECT count(*) FROM billing.invoices WHERE subscriber_id = '{sub}' AND status = 'Overdue'")).await;
     assert_eq!(
         overdue, 1,
         "50 went to the overdue invoice, which still owes 350"
@@ -2019,7 +1951,8 @@ async fn payments_lift_only_suspensions_for_non_payment_never_manual_ones() {
     let plan = plan(&app, &admin, json!({"price": 1000})).await;
     let (manual, manual_inv) = active_sub(&app, &admin, &plan, "2027-06-01").await;
     let (unpaid, unpaid_inv) = active_sub(&app, &admin, &plan, "2027-06-01").await;
-    sql(&app, "UPDATE billing.invoices SET due_date = '2026-10-01'").await;
+    app.sql("UPDATE billing.invoices SET due_date = '2026-10-01'")
+        .await;
     // Billing Manager suspends one by hand (say, abuse); the run suspends the other.
     let mpath = format!("/api/billing/subscribers/{manual}");
     let r = app.patch(&mpath, &bm, json!({"status": "Suspended"})).await;
@@ -2064,7 +1997,7 @@ async fn payments_lift_only_suspensions_for_non_payment_never_manual_ones() {
         .get("suspensionReason")
         .is_none());
     // Confirming a run's suspension by hand makes it manual.
-    sql(&app, &format!("UPDATE billing.subscribers SET status = 'Suspended', suspension_reason = 'Non-payment' WHERE id = '{unpaid}'")).await;
+    app.sql(&format!("UPDATE billing.subscribers SET status = 'Suspended', suspension_reason = 'Non-payment' WHERE id = '{unpaid}'")).await;
     let r = app.patch(&upath, &bm, json!({"status": "Suspended"})).await;
     assert_eq!(r.body["doc"]["suspensionReason"], "Manual");
 }
@@ -2158,7 +2091,7 @@ async fn network_fields_are_hidden_from_sales_agents_and_billing_managers() {
     let admin = app.admin_token().await;
     let plan = plan(&app, &admin, json!({})).await;
     let (sub, _) = active_sub(&app, &admin, &plan, "2027-01-01").await;
-    sql(&app, &format!("UPDATE billing.subscribers SET connection_type = 'PPPoE', assigned_ip = '100.64.0.9' WHERE id = '{sub}'")).await;
+    app.sql(&format!("UPDATE billing.subscribers SET connection_type = 'PPPoE', assigned_ip = '100.64.0.9' WHERE id = '{sub}'")).await;
     let path = format!("/api/billing/subscribers/{sub}");
     for role in ["Sales Agent", "Billing Manager"] {
         let (t, _) = app.staff_token(role).await;
@@ -2201,7 +2134,7 @@ async fn amounts_that_would_overflow_the_ledger_are_400_naming_the_field() {
     let admin = app.admin_token().await;
     let (bm, _) = app.staff_token("Billing Manager").await;
     let plan = plan(&app, &admin, json!({"price": 1000})).await;
-    let r = create_sub(&app, &admin, sub_body(&plan)).await;
+    let r = create_sub(&app, &admin, subscriber_body(&plan)).await;
     let sub = r.body["doc"]["id"].as_str().unwrap().to_string();
     let inv = r.body["invoice"]["id"].as_str().unwrap().to_string();
     // More than numeric(14,2) holds.
@@ -2227,7 +2160,8 @@ async fn amounts_that_would_overflow_the_ledger_are_400_naming_the_field() {
         r.body
     );
     assert_eq!(
-        scalar::<i64>(&app, "SELECT count(*) FROM billing.payments").await,
+        app.scalar::<i64>("SELECT count(*) FROM billing.payments")
+            .await,
         1
     );
     // Line items: 100 lines of 10,000 x 10,000,000 add up to more than fits.
@@ -2303,7 +2237,7 @@ async fn amounts_that_would_overflow_the_ledger_are_400_naming_the_field() {
         r.body
     );
     // A first invoice whose one-off charges overflow it.
-    let mut body = sub_body(&plan);
+    let mut body = subscriber_body(&plan);
     body["oneOffCharges"] = json!(huge);
     let r = create_sub(&app, &admin, body).await;
     assert_eq!(
@@ -2349,7 +2283,7 @@ async fn date_edits_wait_for_a_running_daily_run_and_never_reach_back_into_invoi
     let (sub, _) = active_sub(&app, &admin, &plan, "2026-10-01").await;
     run(&app, &admin, "2026-10-01").await;
     let path = format!("/api/billing/subscribers/{sub}");
-    let period: String = scalar(&app, &format!("SELECT id::text FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start = '2026-10-01'")).await;
+    let period: String = app.scalar(&format!("SELECT id::text FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start = '2026-10-01'")).await;
 
     // While a run holds its lock, edits of nextDueDate / trialEndDate (and invoice
     // edits) wait, without holding the row the run may need meanwhile.
@@ -2432,7 +2366,7 @@ async fn an_invoice_covered_by_an_edit_or_by_credit_is_paid_and_a_withdrawn_one_
     let (sub, first) = active_sub(&app, &admin, &plan, "2026-10-01").await;
     let path = format!("/api/billing/subscribers/{sub}");
     run(&app, &admin, "2026-10-01").await;
-    let period: String = scalar(&app, &format!("SELECT id::text FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start = '2026-10-01'")).await;
+    let period: String = app.scalar(&format!("SELECT id::text FROM billing.invoices WHERE subscriber_id = '{sub}' AND period_start = '2026-10-01'")).await;
     // 600 paid on October's 1,000; a discount brings it down to 600: Paid, and the
     // next period is November.
     pay(&app, &bm, &period, json!(600), "C1", "Cash").await;
@@ -2571,8 +2505,8 @@ async fn a_receipt_file_is_deleted_only_once_its_expense_row_is_gone_for_good() 
     };
     assert_eq!(count(), 1);
     // The row's deletion fails and rolls back: the file is still there.
-    sql(&app, "CREATE FUNCTION billing.no_delete() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$").await;
-    sql(&app, "CREATE TRIGGER no_delete BEFORE DELETE ON billing.expenses FOR EACH ROW EXECUTE FUNCTION billing.no_delete()").await;
+    app.sql("CREATE FUNCTION billing.no_delete() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$").await;
+    app.sql("CREATE TRIGGER no_delete BEFORE DELETE ON billing.expenses FOR EACH ROW EXECUTE FUNCTION billing.no_delete()").await;
     let path = format!("/api/billing/expenses/{id}");
     assert_ne!(app.delete(&path, &bm).await.status, StatusCode::OK);
     assert_eq!(count(), 1);
@@ -2586,7 +2520,7 @@ async fn a_receipt_file_is_deleted_only_once_its_expense_row_is_gone_for_good() 
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.bytes().await.unwrap().to_vec(), b"%PDF-1.4 lease");
     // Deleted for good: the file goes too.
-    sql(&app, "DROP TRIGGER no_delete ON billing.expenses").await;
+    app.sql("DROP TRIGGER no_delete ON billing.expenses").await;
     assert_eq!(app.delete(&path, &bm).await.status, StatusCode::OK);
     assert_eq!(count(), 0);
 }
@@ -2614,12 +2548,9 @@ async fn the_run_log_counts_due_subscribers_skipped_because_their_plan_is_unknow
     let (known, _) = active_sub(&app, &admin, &plan, "2026-10-01").await;
     let (orphan, _) = active_sub(&app, &admin, &plan, "2026-10-01").await;
     // Its plan never reached Billing (say, Core's event is still on its way).
-    sql(
-        &app,
-        &format!(
-            "UPDATE billing.subscribers SET service_plan = gen_random_uuid() WHERE id = '{orphan}'"
-        ),
-    )
+    app.sql(&format!(
+        "UPDATE billing.subscribers SET service_plan = gen_random_uuid() WHERE id = '{orphan}'"
+    ))
     .await;
     let report = run(&app, &admin, "2026-10-01").await;
     assert_eq!(
@@ -2645,7 +2576,7 @@ async fn bad_input_on_invoice_and_expense_edits_is_400_naming_the_field() {
     let admin = app.admin_token().await;
     let (bm, _) = app.staff_token("Billing Manager").await;
     let plan = plan(&app, &admin, json!({"price": 1000})).await;
-    let r = create_sub(&app, &admin, sub_body(&plan)).await;
+    let r = create_sub(&app, &admin, subscriber_body(&plan)).await;
     let inv = r.body["invoice"]["id"].as_str().unwrap().to_string();
     let inv_path = format!("/api/billing/invoices/{inv}");
     let item = |extra: Value| {

@@ -2,12 +2,8 @@
 
 use std::sync::Arc;
 
-use isp_events::payloads::{
-    entity_change, BuildingCreated, BuildingDeleted, BuildingSnapshot, BuildingUpdated,
-    IpSubnetCreated, IpSubnetDeleted, IpSubnetSnapshot, IpSubnetUpdated, LeadConverted,
-    PartnerUpdated,
-};
-use isp_events::{BoxFuture, CloudEvent, EventHandler};
+use isp_events::payloads::{BuildingSnapshot, IpSubnetSnapshot, LeadConverted, PartnerUpdated};
+use isp_events::{entity_change, Change, CloudEvent, EventHandler, Projection};
 use isp_platform::collection::Collection;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -17,26 +13,14 @@ pub struct CrmEvents {
 }
 
 impl EventHandler for CrmEvents {
-    fn handle<'a>(
-        &'a self,
-        tx: &'a mut PgConnection,
-        ev: &'a CloudEvent,
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move {
-            if let Some(c) = ev.payload::<LeadConverted>()? {
-                return self.count_referral(tx, &c).await;
-            }
-            match entity_change::<
-                BuildingSnapshot,
-                BuildingCreated,
-                BuildingUpdated,
-                BuildingDeleted,
-            >(ev)?
-            {
-                Some((b, deleted)) => upsert_building(tx, &self.partners, &b, deleted).await,
-                None => Ok(()),
-            }
-        })
+    async fn handle(&self, tx: &mut PgConnection, ev: &CloudEvent) -> anyhow::Result<()> {
+        if let Some(c) = ev.payload::<LeadConverted>()? {
+            return self.count_referral(tx, &c).await;
+        }
+        match entity_change::<BuildingSnapshot>(ev)? {
+            Some(b) => upsert_building(tx, &self.partners, &b).await,
+            None => Ok(()),
+        }
     }
 }
 
@@ -75,42 +59,38 @@ impl CrmEvents {
     }
 }
 
+/// CRM's buildings, for the partners' `buildings` lists.
+const BUILDINGS: Projection = Projection::new("crm_buildings", &["name", "partner"]);
+
 /// Keeps the projection and, when a building's caretaker changes in CRM, the
 /// partners' `buildings` lists: the building leaves the previous partner's list and
-/// joins the new one's (a deleted building leaves every list). Older snapshots than
-/// the one already applied change nothing, so redelivered or reordered events are
-/// harmless.
+/// joins the new one's (a deleted building leaves every list). A snapshot the
+/// projection rule refuses (older, or after the deletion) changes nothing, so
+/// redelivered or reordered events are harmless.
 async fn upsert_building(
     tx: &mut PgConnection,
     partners: &Collection,
-    b: &BuildingSnapshot,
-    deleted: bool,
+    b: &Change<BuildingSnapshot>,
 ) -> anyhow::Result<()> {
-    // The row lock orders concurrent handlers of one building; the version check
-    // drops snapshots older than the one applied.
-    let old: Option<(Option<Uuid>, chrono::DateTime<chrono::Utc>)> =
-        sqlx::query_as("SELECT partner, updated_at FROM crm_buildings WHERE id = $1 FOR UPDATE")
+    // The row lock orders concurrent handlers of one building, so the partner
+    // read here is the one the upsert replaces.
+    let old: Option<Option<Uuid>> =
+        sqlx::query_scalar("SELECT partner FROM crm_buildings WHERE id = $1 FOR UPDATE")
             .bind(b.id)
             .fetch_optional(&mut *tx)
             .await?;
-    if old.as_ref().is_some_and(|(_, at)| *at > b.updated_at) {
+    let deleted = b.deleted;
+    let new_partner = if deleted { None } else { b.partner };
+    let applied = BUILDINGS
+        .upsert(tx, b, |row, s| {
+            row.bind(&s.name).bind(new_partner);
+        })
+        .await?;
+    if !applied {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO crm_buildings (id, name, deleted, updated_at, partner) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, deleted = EXCLUDED.deleted,
-             updated_at = EXCLUDED.updated_at, partner = EXCLUDED.partner",
-    )
-    .bind(b.id)
-    .bind(&b.name)
-    .bind(deleted)
-    .bind(b.updated_at)
-    .bind(if deleted { None } else { b.partner })
-    .execute(&mut *tx)
-    .await?;
     let existed = old.is_some();
-    let old_partner = old.and_then(|(p, _)| p);
-    let new_partner = if deleted { None } else { b.partner };
+    let old_partner = old.flatten();
     if existed && old_partner == new_partner && !deleted {
         return Ok(());
     }
@@ -163,35 +143,17 @@ async fn publish_partner(
 /// NOC's IPAM subnets, for checking plans' static IP pools.
 pub struct NocEvents;
 
+const SUBNETS: Projection = Projection::new("noc_subnets", &["network"]);
+
 impl EventHandler for NocEvents {
-    fn handle<'a>(
-        &'a self,
-        tx: &'a mut PgConnection,
-        ev: &'a CloudEvent,
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move {
-            let Some((s, deleted)) = entity_change::<
-                IpSubnetSnapshot,
-                IpSubnetCreated,
-                IpSubnetUpdated,
-                IpSubnetDeleted,
-            >(ev)?
-            else {
-                return Ok(());
-            };
-            sqlx::query(
-                "INSERT INTO noc_subnets (id, network, deleted, updated_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (id) DO UPDATE SET network = EXCLUDED.network, deleted = EXCLUDED.deleted,
-                     updated_at = EXCLUDED.updated_at
-                 WHERE noc_subnets.updated_at <= EXCLUDED.updated_at",
-            )
-            .bind(s.id)
-            .bind(&s.network)
-            .bind(deleted)
-            .bind(s.updated_at)
-            .execute(&mut *tx)
-            .await?;
-            Ok(())
-        })
+    async fn handle(&self, tx: &mut PgConnection, ev: &CloudEvent) -> anyhow::Result<()> {
+        if let Some(s) = entity_change::<IpSubnetSnapshot>(ev)? {
+            SUBNETS
+                .upsert(tx, &s, |row, s| {
+                    row.bind(&s.network);
+                })
+                .await?;
+        }
+        Ok(())
     }
 }

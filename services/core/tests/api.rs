@@ -1,26 +1,16 @@
 //! Core over real HTTP, Postgres and NATS.
 
-use isp_events::payloads::LeadConverted;
-use isp_events::{CloudEvent, EventPayload};
-use isp_platform::runtime::StartFn;
-use isp_testkit::{eventually, TestApp, ADMIN_EMAIL, ADMIN_PASSWORD};
-use reqwest::StatusCode;
-use serde_json::{json, Value};
+#[path = "api/projections.rs"]
+mod projections;
 
-fn core() -> (isp_platform::runtime::ServiceInfo, StartFn) {
-    (svc_core::INFO, |c| Box::pin(svc_core::start(c)))
-}
+use isp_events::payloads::LeadConverted;
+use isp_testkit::fixtures::{partner_body, plan_body, subnet_snapshot};
+use isp_testkit::{eventually, service, TestApp, ADMIN_EMAIL, ADMIN_PASSWORD};
+use reqwest::StatusCode;
+use serde_json::json;
 
 async fn app() -> TestApp {
-    TestApp::spawn(&[core()]).await
-}
-
-fn plan_body() -> Value {
-    json!({"name": "Home Basic 10Mbps", "downloadSpeed": 10, "uploadSpeed": 5, "price": 2500, "billingCycle": "Monthly"})
-}
-
-fn partner_body(phone: &str) -> Value {
-    json!({"fullName": "Jane Caretaker", "phoneNumber": phone, "mpesaNumber": "0722000111", "status": "Active"})
+    TestApp::spawn(&[service!(svc_core)]).await
 }
 
 #[tokio::test]
@@ -355,17 +345,11 @@ async fn partners_normalize_phone_numbers_and_keep_them_unique() {
 async fn role_by_operation_matrix_for_core_collections() {
     let app = app().await;
     let admin = app.admin_token().await;
-    let plan = app.post("/api/core/plans", &admin, plan_body()).await.body["doc"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let plan = app.post("/api/core/plans", &admin, plan_body()).await.id();
     let partner = app
         .post("/api/core/partners", &admin, partner_body("0799000001"))
         .await
-        .body["doc"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .id();
     let roles = [
         "Sales Agent",
         "Billing Manager",
@@ -559,12 +543,7 @@ async fn lead_converted_increments_referral_count_exactly_once_per_lead() {
     let partner = app
         .post("/api/core/partners", &admin, partner_body("0711111111"))
         .await
-        .body["doc"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let js = async_nats::jetstream::new(app.shared.nats.clone());
-    isp_events::ensure_stream(&js).await.unwrap();
+        .id();
     let lead = uuid::Uuid::new_v4();
     let payload = LeadConverted {
         lead_id: lead,
@@ -574,18 +553,7 @@ async fn lead_converted_increments_referral_count_exactly_once_per_lead() {
     };
     // The same conversion published as two distinct events (as a retried CRM might).
     for _ in 0..2 {
-        let ev = CloudEvent::new("crm", &payload).unwrap();
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", ev.id.to_string().as_str());
-        js.publish_with_headers(
-            LeadConverted::nats_subject(),
-            headers,
-            ev.to_json().unwrap().into(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        app.publish("crm", &payload).await;
     }
     let count = eventually(10, || async {
         let r = app
@@ -608,22 +576,8 @@ async fn lead_converted_increments_referral_count_exactly_once_per_lead() {
 async fn plan_changes_are_published_as_cloudevents() {
     let app = app().await;
     let admin = app.admin_token().await;
-    let js = async_nats::jetstream::new(app.shared.nats.clone());
-    let id = app.post("/api/core/plans", &admin, plan_body()).await.body["doc"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let found = eventually(10, || async {
-        let stream = js.get_stream("ISP").await.ok()?;
-        let msg = stream
-            .get_last_raw_message_by_subject("isp.core.plan.created")
-            .await
-            .ok()?;
-        let ev: Value = serde_json::from_slice(&msg.payload).ok()?;
-        (ev["subject"] == json!(id)).then_some(ev)
-    })
-    .await
-    .expect("plan.created on the ISP stream");
+    let id = app.post("/api/core/plans", &admin, plan_body()).await.id();
+    let found = app.last_event("isp.core.plan.created", &id).await;
     assert_eq!(found["specversion"], "1.0");
     assert_eq!(found["type"], "plan.created");
     assert_eq!(found["source"], "/isp/core");
@@ -632,9 +586,7 @@ async fn plan_changes_are_published_as_cloudevents() {
 
 #[tokio::test]
 async fn each_service_role_is_confined_to_its_own_schema() {
-    let crm: (isp_platform::runtime::ServiceInfo, StartFn) =
-        (svc_crm::INFO, |c| Box::pin(svc_crm::start(c)));
-    let app = TestApp::spawn(&[core(), crm]).await;
+    let app = TestApp::spawn(&[service!(svc_core), service!(svc_crm)]).await;
     let crm_pool = app.ctx("crm").pool.clone();
     let err = sqlx::query("SELECT count(*) FROM core.staff")
         .execute(&crm_pool)
@@ -792,10 +744,6 @@ async fn authenticated_custom_operations_declare_the_jwt_scheme_in_openapi() {
     assert!(spec["paths"]["/api/core/staff/login"]["post"]["security"].is_null());
 }
 
-fn crm() -> (isp_platform::runtime::ServiceInfo, StartFn) {
-    (svc_crm::INFO, |c| Box::pin(svc_crm::start(c)))
-}
-
 /// Polls `path` with `token` until it answers `want` (at most 15 s).
 async fn answers(app: &TestApp, path: &str, token: &str, want: StatusCode) -> bool {
     eventually(15, || async {
@@ -807,7 +755,7 @@ async fn answers(app: &TestApp, path: &str, token: &str, want: StatusCode) -> bo
 
 #[tokio::test]
 async fn ending_a_session_revokes_the_old_token_on_core_and_on_other_services() {
-    let app = TestApp::spawn(&[core(), crm()]).await;
+    let app = TestApp::spawn(&[service!(svc_core), service!(svc_crm)]).await;
     let admin = app.admin_token().await;
     let service = app.service_token("test", &["crm.buildings.read"]);
     for how in ["logout", "deactivate", "role", "password", "delete"] {
@@ -921,7 +869,7 @@ async fn ending_a_session_revokes_the_old_token_on_core_and_on_other_services() 
 
 #[tokio::test]
 async fn nul_characters_oversized_numbers_and_unsupported_operators_are_400_naming_the_field() {
-    let app = TestApp::spawn(&[core(), crm()]).await;
+    let app = TestApp::spawn(&[service!(svc_core), service!(svc_crm)]).await;
     let admin = app.admin_token().await;
     // Text fields, on create and on update.
     let mut b = plan_body();
@@ -934,10 +882,7 @@ async fn nul_characters_oversized_numbers_and_unsupported_operators_are_400_nami
     let r = app.post("/api/core/partners", &admin, b).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
     assert_eq!(r.error_path(), Some("fullName"));
-    let plan = app.post("/api/core/plans", &admin, plan_body()).await.body["doc"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let plan = app.post("/api/core/plans", &admin, plan_body()).await.id();
     let r = app
         .patch(
             &format!("/api/core/plans/{plan}"),
@@ -1091,17 +1036,11 @@ async fn staff_status_defaults_to_active_and_patches_with_bad_input_name_the_fie
         .unwrap()
         .contains(&json!("status")));
 
-    let plan = app.post("/api/core/plans", &admin, plan_body()).await.body["doc"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let plan = app.post("/api/core/plans", &admin, plan_body()).await.id();
     let partner = app
         .post("/api/core/partners", &admin, partner_body("0700111222"))
         .await
-        .body["doc"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .id();
     for (coll, id, field, value) in [
         ("plans", &plan, "price", json!("abc")),
         ("plans", &plan, "price", json!(0)),
@@ -1196,10 +1135,7 @@ async fn only_admin_reads_updates_or_deletes_staff_and_collections_need_a_token(
             .body;
         assert_eq!(doc["role"], role);
     }
-    let plan = app.post("/api/core/plans", &admin, plan_body()).await.body["doc"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let plan = app.post("/api/core/plans", &admin, plan_body()).await.id();
     for coll in ["staff", "plans", "partners"] {
         let one = format!("/api/core/{coll}/{plan}");
         let list = format!("/api/core/{coll}");
@@ -1288,25 +1224,9 @@ async fn a_locked_account_unlocks_itself_when_the_lock_time_has_passed() {
 
 /// Publishes NOC's `ipSubnet.created` for a new subnet, as NOC would; returns its id.
 async fn announce_subnet(app: &TestApp, network: &str) -> uuid::Uuid {
-    let js = async_nats::jetstream::new(app.shared.nats.clone());
-    isp_events::ensure_stream(&js).await.unwrap();
-    let subnet = isp_events::payloads::IpSubnetCreated(isp_events::payloads::IpSubnetSnapshot {
-        id: uuid::Uuid::now_v7(),
-        network: network.into(),
-        description: "Static customers".into(),
-        updated_at: chrono::Utc::now(),
-    });
-    let ev = CloudEvent::new("noc", &subnet).unwrap();
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", ev.id.to_string().as_str());
-    js.publish_with_headers(
-        isp_events::payloads::IpSubnetCreated::nats_subject(),
-        headers,
-        ev.to_json().unwrap().into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
-    subnet.0.id
+    let id = uuid::Uuid::now_v7();
+    let subnet = subnet_snapshot(id, network, chrono::Utc::now());
+    app.publish("noc", &isp_events::payloads::IpSubnetCreated(subnet))
+        .await;
+    id
 }

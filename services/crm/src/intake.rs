@@ -126,14 +126,17 @@ async fn intake(
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     p.require(Roles::NONE, INTAKE_SCOPE)?;
-    let key = idempotency::key_from(&headers)?.ok_or_else(|| {
-        ApiError::field("Idempotency-Key", "Idempotency-Key is required.")
-    })?;
+    let key = idempotency::key_from(&headers)?
+        .ok_or_else(|| ApiError::field("Idempotency-Key", "Idempotency-Key is required."))?;
     let input = parse_body(&body)?;
     let v = validate(&input)?;
     let partner = uuid_of(&v, "partner")?;
     let building = uuid_of(&v, "building")?;
-    let unit_number = v["unitNumber"].as_str().unwrap_or_default().trim().to_string();
+    let unit_number = v["unitNumber"]
+        .as_str()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     let hash = idempotency::request_hash(&input);
 
     let mut tx = s.ctx.pool.begin().await?;

@@ -3,10 +3,11 @@
 //! call and answers like Billing (the cross-service scenario with the real Billing
 //! lives in the workspace's tests/flow_lead_to_subscriber.rs).
 
+#[path = "api/projections.rs"]
+mod projections;
+
 use isp_events::payloads::{ResourceCreated, ResourceDeleted, ResourceSnapshot, ResourceUpdated};
-use isp_events::{CloudEvent, EventPayload};
-use isp_platform::runtime::{ServiceInfo, StartFn};
-use isp_testkit::{eventually, Res, TestApp};
+use isp_testkit::{eventually, service, ServiceInfo, StartFn, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -127,35 +128,16 @@ mod standin {
 }
 
 fn services() -> Vec<(ServiceInfo, StartFn)> {
-    vec![
-        (svc_core::INFO, |c| Box::pin(svc_core::start(c))),
-        (svc_crm::INFO, |c| Box::pin(svc_crm::start(c))),
-        (standin::INFO, |c| Box::pin(standin::start(c))),
-    ]
+    vec![service!(svc_core), service!(svc_crm), service!(standin)]
 }
 
 async fn app() -> TestApp {
     TestApp::spawn(&services()).await
 }
 
-fn id(r: &Res) -> String {
-    r.body["doc"]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no id in {:?} {:?}", r.status, r.body))
-        .to_string()
-}
-
 /// A partner created through Core, once CRM's projection holds it.
 async fn partner(app: &TestApp, token: &str, phone: &str, status: &str) -> String {
-    let r = app
-        .post(
-            "/api/core/partners",
-            token,
-            json!({"fullName": "Jane Caretaker", "phoneNumber": phone, "mpesaNumber": "0722000111", "status": status}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let pid = id(&r);
+    let pid = app.create_partner(token, phone, status).await;
     wait_partner(app, &pid, status).await;
     pid
 }
@@ -187,7 +169,7 @@ async fn building(app: &TestApp, token: &str, partner: Option<&str>) -> String {
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    id(&r)
+    r.id()
 }
 
 async fn unit(app: &TestApp, token: &str, building: &str, number: &str) -> String {
@@ -199,7 +181,7 @@ async fn unit(app: &TestApp, token: &str, building: &str, number: &str) -> Strin
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    id(&r)
+    r.id()
 }
 
 fn referral(unit: &str, partner: &str) -> Value {
@@ -210,7 +192,7 @@ fn referral(unit: &str, partner: &str) -> Value {
 async fn lead(app: &TestApp, token: &str, body: Value) -> String {
     let r = app.post("/api/crm/leads", token, body).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    id(&r)
+    r.id()
 }
 
 /// Everything a referral conversion needs: (partner, building, unit, lead).
@@ -235,39 +217,6 @@ async fn billing_calls(app: &TestApp) -> Vec<(String, Value)> {
         .unwrap()
 }
 
-async fn outbox_count(app: &TestApp, event_type: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE type = $1")
-        .bind(event_type)
-        .fetch_one(&app.ctx("crm").pool)
-        .await
-        .unwrap()
-}
-
-async fn publish<P: EventPayload>(app: &TestApp, payload: &P) {
-    let js = isp_events::async_nats::jetstream::new(app.shared.nats.clone());
-    isp_events::ensure_stream(&js).await.unwrap();
-    let ev = CloudEvent::new("noc", payload).unwrap();
-    let mut headers = isp_events::async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", ev.id.to_string().as_str());
-    js.publish_with_headers(P::nats_subject(), headers, ev.to_json().unwrap().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-}
-
-async fn last_event(app: &TestApp, subject: &str, entity: &str) -> Value {
-    let js = isp_events::async_nats::jetstream::new(app.shared.nats.clone());
-    eventually(10, || async {
-        let stream = js.get_stream("ISP").await.ok()?;
-        let msg = stream.get_last_raw_message_by_subject(subject).await.ok()?;
-        let ev: Value = serde_json::from_slice(&msg.payload).ok()?;
-        (ev["subject"] == json!(entity)).then_some(ev)
-    })
-    .await
-    .unwrap_or_else(|| panic!("{subject} for {entity} on the ISP stream"))
-}
-
 #[tokio::test]
 async fn buildings_validate_every_field_check_the_partner_and_publish_events() {
     let app = app().await;
@@ -278,7 +227,7 @@ async fn buildings_validate_every_field_check_the_partner_and_publish_events() {
     assert_eq!(got.body["location"], json!([39.6682, -4.0435]));
     assert_eq!(got.body["equipment"], json!([]));
     assert_eq!(got.body["partner"], json!(p));
-    let ev = last_event(&app, "isp.crm.building.created", &b).await;
+    let ev = app.last_event("isp.crm.building.created", &b).await;
     assert_eq!(ev["data"]["partner"], json!(p));
     assert_eq!(ev["data"]["status"], "Active");
 
@@ -344,19 +293,19 @@ async fn buildings_validate_every_field_check_the_partner_and_publish_events() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert!(r.body["doc"]["partner"].is_null());
-    let ev = last_event(&app, "isp.crm.building.updated", &b).await;
+    let ev = app.last_event("isp.crm.building.updated", &b).await;
     assert_eq!(ev["data"]["status"], "Negotiating");
     // A building with units cannot be deleted; an empty one can.
     unit(&app, &sales, &b, "A1").await;
     let r = app.delete(&format!("/api/crm/buildings/{b}"), &sales).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{:?}", r.body);
     let other = app.post("/api/crm/buildings", &sales, good).await;
-    let other = id(&other);
+    let other = other.id();
     let r = app
         .delete(&format!("/api/crm/buildings/{other}"), &sales)
         .await;
     assert_eq!(r.status, StatusCode::OK);
-    last_event(&app, "isp.crm.building.deleted", &other).await;
+    app.last_event("isp.crm.building.deleted", &other).await;
 }
 
 #[tokio::test]
@@ -456,8 +405,8 @@ async fn leads_validate_referrer_phone_and_location() {
     assert_eq!(doc["status"], "New", "a new lead starts at New");
     assert_eq!(doc["subscriberPhone"], "+254712345678");
     assert!(doc["subscriber"].is_null());
-    let l = id(&r);
-    let ev = last_event(&app, "isp.crm.lead.created", &l).await;
+    let l = r.id();
+    let ev = app.last_event("isp.crm.lead.created", &l).await;
     assert_eq!(ev["data"]["referredBy"], json!(active));
     assert_eq!(ev["data"]["subscriberPhone"], "+254712345678");
 
@@ -752,7 +701,7 @@ async fn converting_a_lead_calls_billing_once_and_publishes_lead_converted() {
                {"description": "Router Purchase", "quantity": 2, "price": "1999.99"}])
     );
 
-    let ev = last_event(&app, "isp.crm.lead.converted", &l).await;
+    let ev = app.last_event("isp.crm.lead.converted", &l).await;
     assert_eq!(ev["data"]["referredBy"], json!(p));
     assert_eq!(ev["data"]["subscriberId"], json!(sub));
     // Core counted the referral once.
@@ -770,7 +719,7 @@ async fn converting_a_lead_calls_billing_once_and_publishes_lead_converted() {
     assert_eq!(again.status, StatusCode::OK, "{:?}", again.body);
     assert_eq!(again.body["subscriber"]["id"], json!(sub));
     assert_eq!(billing_calls(&app).await.len(), 1);
-    assert_eq!(outbox_count(&app, "lead.converted").await, 1);
+    assert_eq!(app.outbox_count("crm", "lead.converted").await, 1);
     // An Admin also sees the first invoice.
     let admin = app.admin_token().await;
     let r = app
@@ -809,7 +758,7 @@ async fn two_simultaneous_converts_create_one_subscriber() {
         .await
         .unwrap();
     assert_eq!(created, 1);
-    assert_eq!(outbox_count(&app, "lead.converted").await, 1);
+    assert_eq!(app.outbox_count("crm", "lead.converted").await, 1);
 }
 
 #[tokio::test]
@@ -837,7 +786,7 @@ async fn converting_with_a_closed_plan_is_409_and_changes_nothing() {
             .body["status"],
         "Lead"
     );
-    assert_eq!(outbox_count(&app, "lead.converted").await, 0);
+    assert_eq!(app.outbox_count("crm", "lead.converted").await, 0);
     // With an open plan the same lead converts.
     let r = app
         .post(
@@ -874,7 +823,7 @@ async fn billing_unreachable_is_503_and_the_lead_is_unchanged() {
         app.get(&format!("/api/crm/leads/{l}"), &sales).await.body,
         before
     );
-    assert_eq!(outbox_count(&app, "lead.converted").await, 0);
+    assert_eq!(app.outbox_count("crm", "lead.converted").await, 0);
 }
 
 #[tokio::test]
@@ -1052,7 +1001,7 @@ async fn only_admin_and_sales_agents_work_in_crm() {
             "{role} update unit"
         );
         if allowed {
-            let (nb, nu, nl) = (id(&nb), id(&nu), id(&nl));
+            let (nb, nu, nl) = (nb.id(), nu.id(), nl.id());
             assert_eq!(
                 app.patch(
                     &format!("/api/crm/leads/{nl}"),
@@ -1231,6 +1180,7 @@ async fn noc_resource_events_fill_building_equipment() {
         resource_type: "Router".into(),
         status: "Deployed".into(),
         location: Some(b1.parse().unwrap()),
+        management_ip: None,
         updated_at: t0,
     };
     let antenna = ResourceSnapshot {
@@ -1240,8 +1190,8 @@ async fn noc_resource_events_fill_building_equipment() {
         location: Some(b1.parse().unwrap()),
         ..router.clone()
     };
-    publish(&app, &ResourceCreated(router.clone())).await;
-    publish(&app, &ResourceCreated(antenna.clone())).await;
+    app.publish("noc", &ResourceCreated(router.clone())).await;
+    app.publish("noc", &ResourceCreated(antenna.clone())).await;
     let both = json!([antenna.id, router.id]);
     let got = eventually(10, || async {
         (equipment(b1.clone()).await == both).then_some(())
@@ -1258,7 +1208,7 @@ async fn noc_resource_events_fill_building_equipment() {
         updated_at: t0 + chrono::Duration::seconds(1),
         ..router.clone()
     };
-    publish(&app, &ResourceUpdated(moved.clone())).await;
+    app.publish("noc", &ResourceUpdated(moved.clone())).await;
     let got = eventually(10, || async {
         (equipment(b2.clone()).await == json!([router.id])).then_some(())
     })
@@ -1266,9 +1216,9 @@ async fn noc_resource_events_fill_building_equipment() {
     assert!(got.is_some());
     assert_eq!(equipment(b1.clone()).await, json!([antenna.id]));
     // A stale snapshot (older updatedAt) does not move it back.
-    publish(&app, &ResourceUpdated(router.clone())).await;
-    publish(
-        &app,
+    app.publish("noc", &ResourceUpdated(router.clone())).await;
+    app.publish(
+        "noc",
         &ResourceDeleted(ResourceSnapshot {
             updated_at: t0 + chrono::Duration::seconds(2),
             ..antenna.clone()

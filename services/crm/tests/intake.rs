@@ -121,8 +121,14 @@ async fn intake_creates_the_unit_when_new_and_one_lead_per_key() {
     assert_eq!(r.status, StatusCode::CONFLICT, "{:?}", r.body);
 
     // A second lead for "b4" (another case) lands on the same unit, now Lead.
-    let r = intake(&app, &wa, Some("wa-parser-lead-2"), &json!({"partner": p, "building": b, "unitNumber": "b4",
-        "subscriberName": "Peter Otieno", "subscriberPhone": "+254722000111"})).await;
+    let r = intake(
+        &app,
+        &wa,
+        Some("wa-parser-lead-2"),
+        &json!({"partner": p, "building": b, "unitNumber": "b4",
+        "subscriberName": "Peter Otieno", "subscriberPhone": "+254722000111"}),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     assert_eq!(r.body["unit"]["created"], false);
     assert_eq!(r.body["doc"]["serviceLocation"], lead["serviceLocation"]);
@@ -134,7 +140,11 @@ async fn intake_creates_the_unit_when_new_and_one_lead_per_key() {
     assert_eq!(status, "Lead");
     // lead.created went through the outbox.
     assert_eq!(
-        count(&app, "SELECT count(*) FROM outbox WHERE type = 'lead.created'").await,
+        count(
+            &app,
+            "SELECT count(*) FROM outbox WHERE type = 'lead.created'"
+        )
+        .await,
         2
     );
 }
@@ -153,7 +163,10 @@ async fn intake_is_for_the_scoped_service_token_only_and_checks_everything() {
     let r = intake(&app, &admin, Some("k1"), &body).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
     let other = app.service_token("wa-parser", &["crm.leads.create"]);
-    assert_eq!(intake(&app, &other, Some("k1"), &body).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        intake(&app, &other, Some("k1"), &body).await.status,
+        StatusCode::FORBIDDEN
+    );
     let wa = app.service_token("wa-parser", &[svc_crm::intake::INTAKE_SCOPE]);
 
     // The key is required.
@@ -162,28 +175,57 @@ async fn intake_is_for_the_scoped_service_token_only_and_checks_everything() {
     assert_eq!(r.error_path(), Some("Idempotency-Key"));
 
     // Every bad field at once.
-    let r = intake(&app, &wa, Some("k2"), &json!({"partner": "x", "unitNumber": "  ", "subscriberPhone": "07",
-        "extra": 1})).await;
+    let r = intake(
+        &app,
+        &wa,
+        Some("k2"),
+        &json!({"partner": "x", "unitNumber": "  ", "subscriberPhone": "07",
+        "extra": 1}),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
     let mut paths = r.error_paths();
     paths.sort();
-    assert_eq!(paths, ["building", "extra", "partner", "subscriberName", "subscriberPhone", "unitNumber"]);
+    assert_eq!(
+        paths,
+        [
+            "building",
+            "extra",
+            "partner",
+            "subscriberName",
+            "subscriberPhone",
+            "unitNumber"
+        ]
+    );
 
     // Another partner's building, an unknown building, a partner not Active: 400,
     // and no unit is left behind.
     let mut wrong = body.clone();
     wrong["partner"] = json!(prospect);
     let r = intake(&app, &wa, Some("k3"), &wrong).await;
-    assert_eq!((r.status, r.error_path()), (StatusCode::BAD_REQUEST, Some("building")), "{:?}", r.body);
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::BAD_REQUEST, Some("building")),
+        "{:?}",
+        r.body
+    );
     let mut unknown = body.clone();
     unknown["building"] = json!(Uuid::new_v4());
     let r = intake(&app, &wa, Some("k4"), &unknown).await;
-    assert_eq!((r.status, r.error_path()), (StatusCode::BAD_REQUEST, Some("building")));
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::BAD_REQUEST, Some("building"))
+    );
     let pb = building(&app, &admin, &prospect).await;
     let mut inactive = wrong.clone();
     inactive["building"] = json!(pb);
     let r = intake(&app, &wa, Some("k5"), &inactive).await;
-    assert_eq!((r.status, r.error_path()), (StatusCode::BAD_REQUEST, Some("referredBy")), "{:?}", r.body);
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::BAD_REQUEST, Some("referredBy")),
+        "{:?}",
+        r.body
+    );
     assert_eq!(count(&app, "SELECT count(*) FROM building_units").await, 0);
     assert_eq!(count(&app, "SELECT count(*) FROM leads").await, 0);
 }

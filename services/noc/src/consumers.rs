@@ -1,9 +1,11 @@
 //! Events the NOC consumes: plans and staff from Core, buildings from CRM,
-//! subscribers and their status changes from Billing. Projections upsert on the
-//! snapshot's `updatedAt`, so a stale or replayed event never overwrites newer data.
+//! subscribers and their status changes from Billing. Every projection follows
+//! the shared rule ([`isp_events::projection`]): a stale or replayed snapshot
+//! never overwrites newer data, and nothing brings back a deleted entity.
 
 use isp_events::payloads::*;
-use isp_events::{BoxFuture, CloudEvent, EventHandler};
+use isp_events::projection::{supersedes, Held};
+use isp_events::{entity_change, Change, CloudEvent, EventHandler, Projection};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -13,75 +15,61 @@ use crate::secrets::{generate_password, SecretBox};
 
 pub struct CoreEvents;
 
-impl EventHandler for CoreEvents {
-    fn handle<'a>(
-        &'a self,
-        tx: &'a mut PgConnection,
-        ev: &'a CloudEvent,
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move {
-            if let Some((p, deleted)) =
-                entity_change::<PlanSnapshot, PlanCreated, PlanUpdated, PlanDeleted>(ev)?
-            {
-                return upsert_plan(tx, &p, deleted).await;
-            }
-            if let Some(s) = ev.payload::<StaffCreated>()? {
-                return upsert_staff(tx, &s).await;
-            }
-            if let Some(s) = ev.payload::<StaffUpdated>()? {
-                return upsert_staff(tx, &s).await;
-            }
-            Ok(())
-        })
-    }
-}
+const PLANS: Projection = Projection::new(
+    "plans",
+    &[
+        "name",
+        "download_speed",
+        "upload_speed",
+        "ip_assignment_type",
+        "static_ip_pool",
+    ],
+);
 
-async fn upsert_staff(tx: &mut PgConnection, s: &StaffSnapshot) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO staff (id, full_name, role, status, updated_at) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (id) DO UPDATE SET full_name = EXCLUDED.full_name, role = EXCLUDED.role,
-           status = EXCLUDED.status, updated_at = EXCLUDED.updated_at
-         WHERE staff.updated_at <= EXCLUDED.updated_at",
-    )
-    .bind(s.id)
-    .bind(&s.full_name)
-    .bind(&s.role)
-    .bind(&s.status)
-    .bind(s.updated_at)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+/// Technicians for work orders. A deleted member arrives as Inactive.
+const STAFF: Projection =
+    Projection::new("staff", &["full_name", "role", "status"]).without_tombstone();
+
+const BUILDINGS: Projection = Projection::new("buildings", &["name"]);
+
+impl EventHandler for CoreEvents {
+    async fn handle(&self, tx: &mut PgConnection, ev: &CloudEvent) -> anyhow::Result<()> {
+        if let Some(p) = entity_change::<PlanSnapshot>(ev)? {
+            return upsert_plan(tx, &p).await;
+        }
+        if let Some(s) = entity_change::<StaffSnapshot>(ev)? {
+            STAFF
+                .upsert(tx, &s, |row, s| {
+                    row.bind(&s.full_name).bind(&s.role).bind(&s.status);
+                })
+                .await?;
+        }
+        Ok(())
+    }
 }
 
 /// A plan whose speeds change gets its subscribers' rate limits rewritten, and a
 /// CoA-Request queued for each of their open sessions.
-async fn upsert_plan(tx: &mut PgConnection, p: &PlanSnapshot, deleted: bool) -> anyhow::Result<()> {
+async fn upsert_plan(tx: &mut PgConnection, p: &Change<PlanSnapshot>) -> anyhow::Result<()> {
     let before: Option<(i32, i32)> =
         sqlx::query_as("SELECT upload_speed, download_speed FROM plans WHERE id = $1 FOR UPDATE")
             .bind(p.id)
             .fetch_optional(&mut *tx)
             .await?;
-    let applied = sqlx::query(
-        "INSERT INTO plans (id, name, download_speed, upload_speed, ip_assignment_type, static_ip_pool, deleted, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-         ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, download_speed = EXCLUDED.download_speed,
-           upload_speed = EXCLUDED.upload_speed, ip_assignment_type = EXCLUDED.ip_assignment_type,
-           static_ip_pool = EXCLUDED.static_ip_pool, deleted = EXCLUDED.deleted, updated_at = EXCLUDED.updated_at
-         WHERE plans.updated_at <= EXCLUDED.updated_at",
-    )
-    .bind(p.id)
-    .bind(&p.name)
-    .bind(p.download_speed as i32)
-    .bind(p.upload_speed as i32)
-    .bind(&p.ip_assignment_type)
-    .bind(p.static_ip_pool)
-    .bind(deleted)
-    .bind(p.updated_at)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    let (up, down) = (p.upload_speed as i32, p.download_speed as i32);
-    if applied == 0 || deleted || before.is_none_or(|b| b == (up, down)) {
+    let (up, down) = (
+        i32::try_from(p.upload_speed)?,
+        i32::try_from(p.download_speed)?,
+    );
+    let applied = PLANS
+        .upsert(tx, p, |row, p| {
+            row.bind(&p.name)
+                .bind(down)
+                .bind(up)
+                .bind(&p.ip_assignment_type)
+                .bind(p.static_ip_pool);
+        })
+        .await?;
+    if !applied || p.deleted || before.is_none_or(|b| b == (up, down)) {
         return Ok(());
     }
     let rate = radius::rate_limit(up, down);
@@ -102,34 +90,15 @@ async fn upsert_plan(tx: &mut PgConnection, p: &PlanSnapshot, deleted: bool) -> 
 pub struct CrmEvents;
 
 impl EventHandler for CrmEvents {
-    fn handle<'a>(
-        &'a self,
-        tx: &'a mut PgConnection,
-        ev: &'a CloudEvent,
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move {
-            let Some((b, deleted)) = entity_change::<
-                BuildingSnapshot,
-                BuildingCreated,
-                BuildingUpdated,
-                BuildingDeleted,
-            >(ev)?
-            else {
-                return Ok(());
-            };
-            sqlx::query(
-                "INSERT INTO buildings (id, name, deleted, updated_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, deleted = EXCLUDED.deleted, updated_at = EXCLUDED.updated_at
-                 WHERE buildings.updated_at <= EXCLUDED.updated_at",
-            )
-            .bind(b.id)
-            .bind(&b.name)
-            .bind(deleted)
-            .bind(b.updated_at)
-            .execute(&mut *tx)
-            .await?;
-            Ok(())
-        })
+    async fn handle(&self, tx: &mut PgConnection, ev: &CloudEvent) -> anyhow::Result<()> {
+        if let Some(b) = entity_change::<BuildingSnapshot>(ev)? {
+            BUILDINGS
+                .upsert(tx, &b, |row, b| {
+                    row.bind(&b.name);
+                })
+                .await?;
+        }
+        Ok(())
     }
 }
 
@@ -138,32 +107,26 @@ pub struct BillingEvents {
 }
 
 impl EventHandler for BillingEvents {
-    fn handle<'a>(
-        &'a self,
-        tx: &'a mut PgConnection,
-        ev: &'a CloudEvent,
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move {
-            if let Some(s) = ev.payload::<SubscriberCreated>()? {
-                return self.upsert(tx, &s, true).await;
-            }
-            if let Some(s) = ev.payload::<SubscriberUpdated>()? {
-                return self.upsert(tx, &s, false).await;
-            }
-            if let Some(s) = ev.payload::<SubscriberSuspended>()? {
-                return status_change(tx, ev.id, &s, "Suspended").await;
-            }
-            if let Some(s) = ev.payload::<SubscriberReactivated>()? {
-                return status_change(tx, ev.id, &s, "Active").await;
-            }
-            if let Some(s) = ev.payload::<SubscriberActivated>()? {
-                return status_change(tx, ev.id, &s, "Active").await;
-            }
-            if let Some(s) = ev.payload::<SubscriberDeactivated>()? {
-                return status_change(tx, ev.id, &s, "Deactivated").await;
-            }
-            Ok(())
-        })
+    async fn handle(&self, tx: &mut PgConnection, ev: &CloudEvent) -> anyhow::Result<()> {
+        if let Some(s) = ev.payload::<SubscriberCreated>()? {
+            return self.upsert(tx, &s, true).await;
+        }
+        if let Some(s) = ev.payload::<SubscriberUpdated>()? {
+            return self.upsert(tx, &s, false).await;
+        }
+        if let Some(s) = ev.payload::<SubscriberSuspended>()? {
+            return status_change(tx, ev.id, &s, "Suspended").await;
+        }
+        if let Some(s) = ev.payload::<SubscriberReactivated>()? {
+            return status_change(tx, ev.id, &s, "Active").await;
+        }
+        if let Some(s) = ev.payload::<SubscriberActivated>()? {
+            return status_change(tx, ev.id, &s, "Active").await;
+        }
+        if let Some(s) = ev.payload::<SubscriberDeactivated>()? {
+            return status_change(tx, ev.id, &s, "Deactivated").await;
+        }
+        Ok(())
     }
 }
 
@@ -245,7 +208,18 @@ impl BillingEvents {
                 .await?;
                 apply_early_status(tx, s.id).await?;
             }
-            Some((_, seen, _)) if seen > s.updated_at => {
+            Some((_, seen, _))
+                if !supersedes(
+                    Some(&Held {
+                        version: seen,
+                        deleted: false,
+                    }),
+                    &Held {
+                        version: s.updated_at,
+                        deleted: false,
+                    },
+                ) =>
+            {
                 // Stale: a newer snapshot is already here (events can arrive out of order).
                 return self.ensure_installation_order(tx, s.id, created).await;
             }

@@ -1,89 +1,22 @@
 //! NOC over real HTTP, Postgres, NATS and FreeRADIUS. Billing's events are
 //! published onto JetStream by the tests themselves, as Billing would.
 
+#[path = "api/projections.rs"]
+mod projections;
+
 use std::time::Duration;
 
 use isp_events::payloads::*;
-use isp_events::{CloudEvent, EventPayload};
-use isp_platform::runtime::{ServiceInfo, StartFn};
+use isp_testkit::fixtures::{status_change, subscriber_snapshot};
 use isp_testkit::freeradius::{FreeRadiusParams, TestFreeRadius};
-use isp_testkit::{eventually, TestApp};
+use isp_testkit::{eventually, service, TestApp};
 use md5::{Digest, Md5};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-fn core() -> (ServiceInfo, StartFn) {
-    (svc_core::INFO, |c| Box::pin(svc_core::start(c)))
-}
-fn noc() -> (ServiceInfo, StartFn) {
-    (svc_noc::INFO, |c| Box::pin(svc_noc::start(c)))
-}
-
 async fn app() -> TestApp {
-    TestApp::spawn(&[core(), noc()]).await
-}
-
-/// Publishes as the producing service would; returns the event id.
-async fn publish<P: EventPayload>(app: &TestApp, source: &str, payload: &P) -> Uuid {
-    let js = async_nats::jetstream::new(app.shared.nats.clone());
-    isp_events::ensure_stream(&js).await.unwrap();
-    let ev = CloudEvent::new(source, payload).unwrap();
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", ev.id.to_string().as_str());
-    js.publish_with_headers(P::nats_subject(), headers, ev.to_json().unwrap().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    ev.id
-}
-
-/// Waits until NOC's consumers have applied (or deliberately ignored) an event.
-async fn processed(app: &TestApp, event: Uuid) {
-    wait_projected(
-        app,
-        &format!("SELECT count(*) FROM noc.processed_events WHERE event_id = '{event}'"),
-    )
-    .await;
-}
-
-fn subscriber(id: Uuid, account: &str, plan: Uuid) -> SubscriberSnapshot {
-    SubscriberSnapshot {
-        id,
-        account_number: account.into(),
-        first_name: "Amina".into(),
-        last_name: "Otieno".into(),
-        mpesa_number: "+254711000111".into(),
-        contact_phone: Some("+254722000222".into()),
-        email: Some("amina@example.com".into()),
-        status: "Pending Installation".into(),
-        service_plan: plan,
-        billing_cycle: "Monthly".into(),
-        next_due_date: None,
-        address_notes: Some("Use the back gate".into()),
-        service_location: None,
-        building: None,
-        lead_id: None,
-        updated_at: chrono::Utc::now(),
-    }
-}
-
-fn status_change(id: Uuid, account: &str) -> SubscriberStatusChange {
-    SubscriberStatusChange {
-        subscriber_id: id,
-        account_number: account.into(),
-        reason: None,
-        at: chrono::Utc::now(),
-    }
-}
-
-async fn scalar_i64(app: &TestApp, sql: &str) -> i64 {
-    let pool = app.admin_pool().await;
-    sqlx::query_scalar::<_, i64>(sql)
-        .fetch_one(&pool)
-        .await
-        .unwrap()
+    TestApp::spawn(&[service!(svc_core), service!(svc_noc)]).await
 }
 
 /// A subnet (through the API) and a plan in Core that draws static IPs from it,
@@ -114,25 +47,11 @@ async fn static_plan(
     .await
     .expect("Core never accepted the NOC subnet as a static pool");
     let plan = p.body["doc"]["id"].as_str().unwrap().to_string();
-    wait_projected(
-        app,
-        &format!("SELECT count(*) FROM noc.plans WHERE id = '{plan}'"),
-    )
+    app.wait_for(&format!(
+        "SELECT count(*) FROM noc.plans WHERE id = '{plan}'"
+    ))
     .await;
     (subnet, plan)
-}
-
-async fn wait_projected(app: &TestApp, sql: &str) {
-    let pool = app.admin_pool().await;
-    let ok = eventually(15, || {
-        let pool = pool.clone();
-        async move {
-            let n: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
-            (n > 0).then_some(())
-        }
-    })
-    .await;
-    assert!(ok.is_some(), "never projected: {sql}");
 }
 
 /// The automatic installation order of a subscriber, once it exists.
@@ -153,11 +72,8 @@ async fn installation_order(app: &TestApp, token: &str, sub: Uuid) -> Value {
 /// Creates an Active Technician in Core and waits for NOC's staff projection.
 async fn technician(app: &TestApp) -> (String, String) {
     let (token, id) = app.staff_token("Technician").await;
-    wait_projected(
-        app,
-        &format!("SELECT count(*) FROM noc.staff WHERE id = '{id}'"),
-    )
-    .await;
+    app.wait_for(&format!("SELECT count(*) FROM noc.staff WHERE id = '{id}'"))
+        .await;
     (token, id)
 }
 
@@ -299,18 +215,19 @@ async fn provisioning_suspension_and_reactivation_against_real_freeradius() {
 
     // Billing creates the subscriber; the event arrives twice.
     let sub = Uuid::now_v7();
-    let snap = subscriber(sub, "ACC-000101", plan.parse().unwrap());
-    publish(&app, "billing", &SubscriberCreated(snap.clone())).await;
-    publish(&app, "billing", &SubscriberCreated(snap.clone())).await;
+    let snap = subscriber_snapshot(sub, "ACC-000101", plan.parse().unwrap());
+    app.publish("billing", &SubscriberCreated(snap.clone()))
+        .await;
+    app.publish("billing", &SubscriberCreated(snap.clone()))
+        .await;
     let order = installation_order(&app, &admin, sub).await;
     assert_eq!(order["orderType"], "New Installation");
     assert_eq!(order["status"], "Pending");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        scalar_i64(
-            &app,
-            &format!("SELECT count(*) FROM noc.work_orders WHERE subscriber = '{sub}'")
-        )
+        app.scalar::<i64>(&format!(
+            "SELECT count(*) FROM noc.work_orders WHERE subscriber = '{sub}'"
+        ))
         .await,
         1,
         "exactly one installation order per subscriber"
@@ -478,8 +395,7 @@ async fn provisioning_suspension_and_reactivation_against_real_freeradius() {
     assert_eq!(acct.code, "Accounting-Response", "{}", fr.log());
 
     // Billing suspends: RADIUS refuses, and the NAS is told to disconnect the session.
-    publish(
-        &app,
+    app.publish(
         "billing",
         &SubscriberSuspended(status_change(sub, "ACC-000101")),
     )
@@ -523,12 +439,8 @@ async fn provisioning_suspension_and_reactivation_against_real_freeradius() {
 
     // Paid up: accepted again.
     let reactivation = status_change(sub, "ACC-000101");
-    publish(
-        &app,
-        "billing",
-        &SubscriberReactivated(reactivation.clone()),
-    )
-    .await;
+    app.publish("billing", &SubscriberReactivated(reactivation.clone()))
+        .await;
     let back = eventually(10, || async {
         let r = fr.auth("ACC-000101", &password).await.unwrap();
         r.accepted.then_some(r)
@@ -540,8 +452,8 @@ async fn provisioning_suspension_and_reactivation_against_real_freeradius() {
     // changes nothing: the account stays enabled and no Disconnect is sent.
     let mut stale = status_change(sub, "ACC-000101");
     stale.at = reactivation.at - chrono::Duration::seconds(30);
-    let late = publish(&app, "billing", &SubscriberSuspended(stale)).await;
-    processed(&app, late).await;
+    let late = app.publish("billing", &SubscriberSuspended(stale)).await;
+    app.processed("noc", late).await;
     let reply = fr.auth("ACC-000101", &password).await.unwrap();
     assert!(
         reply.accepted,
@@ -553,11 +465,8 @@ async fn provisioning_suspension_and_reactivation_against_real_freeradius() {
         .body;
     assert_eq!(s["status"], "Active");
     assert_eq!(
-        scalar_i64(
-            &app,
-            "SELECT count(*) FROM noc.dynauth_requests WHERE kind = 'Disconnect'"
-        )
-        .await,
+        app.scalar::<i64>("SELECT count(*) FROM noc.dynauth_requests WHERE kind = 'Disconnect'")
+            .await,
         1,
         "only the real suspension disconnected"
     );
@@ -616,10 +525,9 @@ async fn fifty_concurrent_completions_on_forty_addresses_assign_forty_distinct_i
     }
     let subs: Vec<Uuid> = (0..50).map(|_| Uuid::now_v7()).collect();
     for (i, id) in subs.iter().enumerate() {
-        publish(
-            &app,
+        app.publish(
             "billing",
-            &SubscriberCreated(subscriber(
+            &SubscriberCreated(subscriber_snapshot(
                 *id,
                 &format!("ACC-{:06}", 500 + i),
                 plan.parse().unwrap(),
@@ -627,11 +535,8 @@ async fn fifty_concurrent_completions_on_forty_addresses_assign_forty_distinct_i
         )
         .await;
     }
-    wait_projected(
-        &app,
-        "SELECT CASE WHEN count(*) >= 50 THEN 1 ELSE 0 END::int8 FROM noc.work_orders",
-    )
-    .await;
+    app.wait_for("SELECT CASE WHEN count(*) >= 50 THEN 1 ELSE 0 END::int8 FROM noc.work_orders")
+        .await;
     let orders: Vec<String> = {
         let pool = app.admin_pool().await;
         sqlx::query_scalar("SELECT id::text FROM noc.work_orders")
@@ -913,7 +818,8 @@ async fn ipam_subnets_are_validated_normalized_non_overlapping_and_addresses_fol
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(
-        scalar_i64(&app, "SELECT count(*) FROM noc.ip_addresses").await,
+        app.scalar::<i64>("SELECT count(*) FROM noc.ip_addresses")
+            .await,
         0
     );
 }
@@ -925,8 +831,7 @@ async fn resources_normalize_and_deduplicate_macs_validate_links_hide_the_nas_se
     let (ne, _) = app.staff_token("Network Engineer").await;
     let (support, _) = app.staff_token("Support Agent").await;
     let building = Uuid::now_v7();
-    publish(
-        &app,
+    app.publish(
         "crm",
         &BuildingCreated(BuildingSnapshot {
             id: building,
@@ -938,10 +843,9 @@ async fn resources_normalize_and_deduplicate_macs_validate_links_hide_the_nas_se
         }),
     )
     .await;
-    wait_projected(
-        &app,
-        &format!("SELECT count(*) FROM noc.buildings WHERE id = '{building}'"),
-    )
+    app.wait_for(&format!(
+        "SELECT count(*) FROM noc.buildings WHERE id = '{building}'"
+    ))
     .await;
 
     let r = app
@@ -959,11 +863,8 @@ async fn resources_normalize_and_deduplicate_macs_validate_links_hide_the_nas_se
     assert_eq!(r.body["doc"]["managementIp"], "10.0.0.1");
     assert_eq!(r.body["doc"]["nasSecret"], "s3cret!");
     assert_eq!(
-        scalar_i64(
-            &app,
-            "SELECT count(*) FROM radius.nas WHERE nasname = '10.0.0.1'"
-        )
-        .await,
+        app.scalar::<i64>("SELECT count(*) FROM radius.nas WHERE nasname = '10.0.0.1'")
+            .await,
         1
     );
 
@@ -1145,10 +1046,13 @@ async fn technical_subscriber_fields_follow_the_rules_and_billing_fields_are_rea
     let (billing, _) = app.staff_token("Billing Manager").await;
     let (_, plan) = static_plan(&app, &admin, "192.0.2.0/29", 3, 6).await;
     let sub = Uuid::now_v7();
-    publish(
-        &app,
+    app.publish(
         "billing",
-        &SubscriberCreated(subscriber(sub, "ACC-000777", plan.parse().unwrap())),
+        &SubscriberCreated(subscriber_snapshot(
+            sub,
+            "ACC-000777",
+            plan.parse().unwrap(),
+        )),
     )
     .await;
     installation_order(&app, &admin, sub).await;
@@ -1260,10 +1164,13 @@ async fn technical_subscriber_fields_follow_the_rules_and_billing_fields_are_rea
         sub.to_string()
     );
     let other = Uuid::now_v7();
-    publish(
-        &app,
+    app.publish(
         "billing",
-        &SubscriberCreated(subscriber(other, "ACC-000778", plan.parse().unwrap())),
+        &SubscriberCreated(subscriber_snapshot(
+            other,
+            "ACC-000778",
+            plan.parse().unwrap(),
+        )),
     )
     .await;
     installation_order(&app, &admin, other).await;
@@ -1310,21 +1217,18 @@ async fn technical_subscriber_fields_follow_the_rules_and_billing_fields_are_rea
     assert_eq!(r.status, StatusCode::CONFLICT);
 
     // Billing's later snapshot updates the read-only copy.
-    let mut snap = subscriber(sub, "ACC-000777", plan.parse().unwrap());
+    let mut snap = subscriber_snapshot(sub, "ACC-000777", plan.parse().unwrap());
     snap.first_name = "Amina Wanjiru".into();
     snap.updated_at = chrono::Utc::now();
-    publish(&app, "billing", &SubscriberUpdated(snap)).await;
+    app.publish("billing", &SubscriberUpdated(snap)).await;
     let renamed = eventually(10, || async {
         (app.get(&path, &ne).await.body["firstName"] == "Amina Wanjiru").then_some(())
     })
     .await;
     assert!(renamed.is_some());
     // The technical change was published for Billing and Support.
-    wait_projected(
-        &app,
-        "SELECT count(*) FROM noc.outbox WHERE type = 'subscriber.network_updated'",
-    )
-    .await;
+    app.wait_for("SELECT count(*) FROM noc.outbox WHERE type = 'subscriber.network_updated'")
+        .await;
 }
 
 #[tokio::test]
@@ -1336,32 +1240,33 @@ async fn work_orders_go_to_active_technicians_only() {
     let (other_tech, _) = technician(&app).await;
     let (_, plan) = static_plan(&app, &admin, "192.0.2.64/29", 1, 2).await;
     let sub = Uuid::now_v7();
-    publish(
-        &app,
+    app.publish(
         "billing",
-        &SubscriberCreated(subscriber(sub, "ACC-000900", plan.parse().unwrap())),
+        &SubscriberCreated(subscriber_snapshot(
+            sub,
+            "ACC-000900",
+            plan.parse().unwrap(),
+        )),
     )
     .await;
     installation_order(&app, &admin, sub).await;
-    wait_projected(
-        &app,
-        &format!("SELECT count(*) FROM noc.staff WHERE id = '{ne_id}'"),
-    )
+    app.wait_for(&format!(
+        "SELECT count(*) FROM noc.staff WHERE id = '{ne_id}'"
+    ))
     .await;
 
     // subscriber.created arriving after a newer subscriber.updated still opens the
     // one installation order.
     let late = Uuid::now_v7();
-    let created = subscriber(late, "ACC-000901", plan.parse().unwrap());
+    let created = subscriber_snapshot(late, "ACC-000901", plan.parse().unwrap());
     let mut updated = created.clone();
     updated.updated_at = created.updated_at + chrono::Duration::seconds(5);
-    publish(&app, "billing", &SubscriberUpdated(updated)).await;
-    wait_projected(
-        &app,
-        &format!("SELECT count(*) FROM noc.subscribers WHERE id = '{late}'"),
-    )
+    app.publish("billing", &SubscriberUpdated(updated)).await;
+    app.wait_for(&format!(
+        "SELECT count(*) FROM noc.subscribers WHERE id = '{late}'"
+    ))
     .await;
-    publish(&app, "billing", &SubscriberCreated(created)).await;
+    app.publish("billing", &SubscriberCreated(created)).await;
     assert_eq!(
         installation_order(&app, &ne, late).await["orderType"],
         "New Installation"
@@ -1428,7 +1333,10 @@ async fn work_orders_go_to_active_technicians_only() {
         r.body
     );
     assert_eq!(
-        scalar_i64(&app, &format!("SELECT count(*) FROM noc.subscribers WHERE id = '{sub}' AND provisioned_at IS NULL")).await,
+        app.scalar::<i64>(&format!(
+            "SELECT count(*) FROM noc.subscribers WHERE id = '{sub}' AND provisioned_at IS NULL"
+        ))
+        .await,
         1
     );
 
@@ -1474,10 +1382,9 @@ async fn work_orders_go_to_active_technicians_only() {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK);
-    wait_projected(
-        &app,
-        &format!("SELECT count(*) FROM noc.staff WHERE id = '{tech_id}' AND status = 'Inactive'"),
-    )
+    app.wait_for(&format!(
+        "SELECT count(*) FROM noc.staff WHERE id = '{tech_id}' AND status = 'Inactive'"
+    ))
     .await;
     let r = app
         .post(
@@ -1499,10 +1406,13 @@ async fn deactivation_removes_the_radius_account_and_releases_the_static_ip_and_
     let admin = app.admin_token().await;
     let (_, plan) = static_plan(&app, &admin, "192.0.2.128/29", 5, 10).await;
     let sub = Uuid::now_v7();
-    publish(
-        &app,
+    app.publish(
         "billing",
-        &SubscriberCreated(subscriber(sub, "ACC-000321", plan.parse().unwrap())),
+        &SubscriberCreated(subscriber_snapshot(
+            sub,
+            "ACC-000321",
+            plan.parse().unwrap(),
+        )),
     )
     .await;
     let order = installation_order(&app, &admin, sub).await;
@@ -1515,11 +1425,8 @@ async fn deactivation_removes_the_radius_account_and_releases_the_static_ip_and_
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(
-        scalar_i64(
-            &app,
-            "SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000321'"
-        )
-        .await,
+        app.scalar::<i64>("SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000321'")
+            .await,
         2
     );
 
@@ -1532,14 +1439,13 @@ async fn deactivation_removes_the_radius_account_and_releases_the_static_ip_and_
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    wait_projected(&app, "SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000321' AND attribute = 'Mikrotik-Rate-Limit' AND value = '7M/20M'").await;
+    app.wait_for("SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000321' AND attribute = 'Mikrotik-Rate-Limit' AND value = '7M/20M'").await;
 
     // Online through a router the NOC knows as a NAS.
     let (nas_port, mut received) = stand_in_nas("nas-secret-2").await;
     router_nas(&app, &admin, "127.0.0.1", "nas-secret-2", nas_port).await;
     open_session(&app, "ACC-000321", "127.0.0.1", "82000001").await;
-    publish(
-        &app,
+    app.publish(
         "billing",
         &SubscriberDeactivated(status_change(sub, "ACC-000321")),
     )
@@ -1550,44 +1456,29 @@ async fn deactivation_removes_the_radius_account_and_releases_the_static_ip_and_
         .unwrap();
     assert_eq!((code, valid), (40, true), "a valid Disconnect-Request");
     assert_eq!(attr_str(&attrs, 44).as_deref(), Some("82000001"));
-    wait_projected(
-        &app,
-        &format!(
-            "SELECT count(*) FROM noc.subscribers WHERE id = '{sub}' AND status = 'Deactivated'"
-        ),
-    )
+    app.wait_for(&format!(
+        "SELECT count(*) FROM noc.subscribers WHERE id = '{sub}' AND status = 'Deactivated'"
+    ))
     .await;
     assert_eq!(
-        scalar_i64(
-            &app,
-            "SELECT count(*) FROM radius.radcheck WHERE username = 'ACC-000321'"
-        )
-        .await,
+        app.scalar::<i64>("SELECT count(*) FROM radius.radcheck WHERE username = 'ACC-000321'")
+            .await,
         0
     );
     assert_eq!(
-        scalar_i64(
-            &app,
-            "SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000321'"
-        )
-        .await,
+        app.scalar::<i64>("SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000321'")
+            .await,
         0
     );
     assert_eq!(
-        scalar_i64(
-            &app,
-            "SELECT count(*) FROM noc.ip_addresses WHERE status = 'Assigned'"
-        )
-        .await,
+        app.scalar::<i64>("SELECT count(*) FROM noc.ip_addresses WHERE status = 'Assigned'")
+            .await,
         0
     );
     assert_eq!(
-        scalar_i64(
-            &app,
-            &format!(
-                "SELECT count(*) FROM noc.subscribers WHERE id = '{sub}' AND assigned_ip IS NULL"
-            )
-        )
+        app.scalar::<i64>(&format!(
+            "SELECT count(*) FROM noc.subscribers WHERE id = '{sub}' AND assigned_ip IS NULL"
+        ))
         .await,
         1
     );
@@ -1671,6 +1562,95 @@ async fn zabbix_webhook_needs_the_token_and_publishes_each_event_once() {
 }
 
 #[tokio::test]
+async fn zabbix_updates_are_classified_before_problems_and_every_answer_names_the_ticket() {
+    let app = app().await;
+    let token =
+        std::fs::read_to_string(app.shared.config.data_dir.join("keys/zabbix-webhook.token"))
+            .unwrap();
+    let bearer = format!("Bearer {}", token.trim());
+    let send = |body: Value| {
+        let (app, bearer) = (&app, bearer.clone());
+        async move {
+            let res = app
+                .http
+                .post(format!("{}/api/noc/zabbix/webhook", app.base))
+                .header("authorization", bearer)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (res.status(), res.json::<Value>().await.unwrap())
+        }
+    };
+    let problem = json!({"eventId": "5150", "eventValue": "1", "eventName": "Link down", "severity": "Average",
+        "updateStatus": "0", "eventSource": "0", "hostName": "core-rtr-1", "hostIp": "10.0.0.1"});
+    let (status, body) = send(problem.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["tags"]["__zbx_isp_ticket_id"], "NET-5150");
+    assert!(body["tags"]["__zbx_isp_ticketlink"]
+        .as_str()
+        .unwrap()
+        .ends_with("/api/support/tickets?where[ticketID][equals]=NET-5150"));
+    // An acknowledgement carries eventValue 1 like the problem: it is an update.
+    let mut ack = problem.clone();
+    ack["updateStatus"] = json!("1");
+    ack["updateAction"] = json!("acknowledged");
+    ack["updateMessage"] = json!("On it");
+    ack["updateUser"] = json!("Jane NOC");
+    ack["updateTime"] = json!("2026.12.01 10:00:00");
+    for _ in 0..2 {
+        // The media type retrying the same update: one event.
+        let (status, body) = send(ack.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["tags"]["__zbx_isp_ticket_id"], "NET-5150");
+    }
+    let mut severity = ack.clone();
+    severity["updateAction"] = json!("changed severity");
+    severity["severity"] = json!("High");
+    send(severity).await;
+    // An escalation step re-sending the problem is still the one problem.
+    let (_, body) = send(problem.clone()).await;
+    assert_eq!(body["tags"]["__zbx_isp_ticket_id"], "NET-5150");
+    // Discovery and internal events are not tickets.
+    let mut internal = problem.clone();
+    internal["eventSource"] = json!("3");
+    internal["eventId"] = json!("5151");
+    let (status, _) = send(internal).await;
+    assert_eq!(status, StatusCode::OK);
+    // A body that is not even JSON is refused only after the token is checked.
+    let res = app
+        .http
+        .post(format!("{}/api/noc/zabbix/webhook", app.base))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+
+    let pool = app.admin_pool().await;
+    let rows: Vec<(String, Value)> = sqlx::query_as(
+        "SELECT type, payload->'data' FROM noc.outbox WHERE type LIKE 'network.%' ORDER BY created_at",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let types: Vec<&str> = rows.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "network.problem",
+            "network.problem_updated",
+            "network.problem_updated"
+        ]
+    );
+    assert_eq!(rows[1].1["eventId"], "5150");
+    assert_eq!(rows[1].1["action"], "acknowledged");
+    assert_eq!(rows[1].1["message"], "On it");
+    assert_eq!(rows[1].1["user"], "Jane NOC");
+    assert_eq!(rows[2].1["severity"], "High");
+}
+
+#[tokio::test]
 async fn moving_between_dynamic_and_static_plans_takes_and_frees_the_static_address() {
     let app = app().await;
     let admin = app.admin_token().await;
@@ -1684,15 +1664,15 @@ async fn moving_between_dynamic_and_static_plans_takes_and_frees_the_static_addr
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let dynamic = r.body["doc"]["id"].as_str().unwrap().to_string();
-    wait_projected(
-        &app,
-        &format!("SELECT count(*) FROM noc.plans WHERE id = '{dynamic}'"),
-    )
+    app.wait_for(&format!(
+        "SELECT count(*) FROM noc.plans WHERE id = '{dynamic}'"
+    ))
     .await;
 
     let sub = Uuid::now_v7();
-    let mut snap = subscriber(sub, "ACC-000555", dynamic.parse().unwrap());
-    publish(&app, "billing", &SubscriberCreated(snap.clone())).await;
+    let mut snap = subscriber_snapshot(sub, "ACC-000555", dynamic.parse().unwrap());
+    app.publish("billing", &SubscriberCreated(snap.clone()))
+        .await;
     let order = installation_order(&app, &admin, sub).await;
     let r = app
         .patch(
@@ -1704,7 +1684,7 @@ async fn moving_between_dynamic_and_static_plans_takes_and_frees_the_static_addr
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let framed = "SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000555' AND attribute = 'Framed-IP-Address'";
     assert_eq!(
-        scalar_i64(&app, framed).await,
+        app.scalar::<i64>(framed).await,
         0,
         "dynamic plans get no Framed-IP-Address"
     );
@@ -1715,18 +1695,16 @@ async fn moving_between_dynamic_and_static_plans_takes_and_frees_the_static_addr
 
     snap.service_plan = static_plan_id.parse().unwrap();
     snap.updated_at = chrono::Utc::now();
-    publish(&app, "billing", &SubscriberUpdated(snap.clone())).await;
-    wait_projected(&app, "SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000555' AND attribute = 'Framed-IP-Address' AND value = '192.0.2.193'").await;
+    app.publish("billing", &SubscriberUpdated(snap.clone()))
+        .await;
+    app.wait_for("SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000555' AND attribute = 'Framed-IP-Address' AND value = '192.0.2.193'").await;
     assert_eq!(
-        scalar_i64(
-            &app,
-            "SELECT count(*) FROM noc.ip_addresses WHERE status = 'Assigned'"
-        )
-        .await,
+        app.scalar::<i64>("SELECT count(*) FROM noc.ip_addresses WHERE status = 'Assigned'")
+            .await,
         1
     );
     assert_eq!(
-        scalar_i64(&app, "SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000555' AND value = '4M/8M'").await,
+        app.scalar::<i64>("SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000555' AND value = '4M/8M'").await,
         1
     );
     // A new address needs a new session.
@@ -1738,33 +1716,27 @@ async fn moving_between_dynamic_and_static_plans_takes_and_frees_the_static_addr
 
     snap.service_plan = dynamic.parse().unwrap();
     snap.updated_at = chrono::Utc::now();
-    publish(&app, "billing", &SubscriberUpdated(snap.clone())).await;
-    wait_projected(
-        &app,
+    app.publish("billing", &SubscriberUpdated(snap.clone()))
+        .await;
+    app.wait_for(
         "SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000555' AND value = '5M/10M'",
     )
     .await;
-    assert_eq!(scalar_i64(&app, framed).await, 0);
+    assert_eq!(app.scalar::<i64>(framed).await, 0);
     assert_eq!(
         next_request(&mut received, "86000001").await.0,
         40,
         "Disconnect-Request"
     );
     assert_eq!(
-        scalar_i64(
-            &app,
-            "SELECT count(*) FROM noc.ip_addresses WHERE status = 'Assigned'"
-        )
-        .await,
+        app.scalar::<i64>("SELECT count(*) FROM noc.ip_addresses WHERE status = 'Assigned'")
+            .await,
         0
     );
     assert_eq!(
-        scalar_i64(
-            &app,
-            &format!(
-                "SELECT count(*) FROM noc.subscribers WHERE id = '{sub}' AND assigned_ip IS NULL"
-            )
-        )
+        app.scalar::<i64>(&format!(
+            "SELECT count(*) FROM noc.subscribers WHERE id = '{sub}' AND assigned_ip IS NULL"
+        ))
         .await,
         1
     );
@@ -1780,14 +1752,13 @@ async fn moving_between_dynamic_and_static_plans_takes_and_frees_the_static_addr
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let faster = r.body["doc"]["id"].as_str().unwrap().to_string();
-    wait_projected(
-        &app,
-        &format!("SELECT count(*) FROM noc.plans WHERE id = '{faster}'"),
-    )
+    app.wait_for(&format!(
+        "SELECT count(*) FROM noc.plans WHERE id = '{faster}'"
+    ))
     .await;
     snap.service_plan = faster.parse().unwrap();
     snap.updated_at = chrono::Utc::now();
-    publish(&app, "billing", &SubscriberUpdated(snap)).await;
+    app.publish("billing", &SubscriberUpdated(snap)).await;
     let (code, attrs) = next_request(&mut received, "86000001").await;
     assert_eq!(code, 43, "CoA-Request");
     let vsa = attrs
@@ -1797,7 +1768,7 @@ async fn moving_between_dynamic_and_static_plans_takes_and_frees_the_static_addr
         .expect("Vendor-Specific");
     assert_eq!(&vsa[6..], b"10M/20M");
     assert_eq!(
-        scalar_i64(&app, "SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000555' AND value = '10M/20M'").await,
+        app.scalar::<i64>("SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000555' AND value = '10M/20M'").await,
         1
     );
 }
@@ -1809,22 +1780,23 @@ async fn a_status_event_that_arrives_before_its_subscriber_is_applied_when_the_s
     let admin = app.admin_token().await;
     let (_, plan) = static_plan(&app, &admin, "192.0.2.32/29", 2, 4).await;
     let sub = Uuid::now_v7();
-    let snap = subscriber(sub, "ACC-000640", plan.parse().unwrap());
+    let snap = subscriber_snapshot(sub, "ACC-000640", plan.parse().unwrap());
     // Billing suspended the subscriber right after creating it, and NOC sees the
     // suspension first.
-    let early = publish(
-        &app,
-        "billing",
-        &SubscriberSuspended(status_change(sub, "ACC-000640")),
-    )
-    .await;
-    processed(&app, early).await;
+    let early = app
+        .publish(
+            "billing",
+            &SubscriberSuspended(status_change(sub, "ACC-000640")),
+        )
+        .await;
+    app.processed("noc", early).await;
     assert_eq!(
-        scalar_i64(&app, "SELECT count(*) FROM noc.early_status_events").await,
+        app.scalar::<i64>("SELECT count(*) FROM noc.early_status_events")
+            .await,
         1,
         "kept, not dropped"
     );
-    publish(&app, "billing", &SubscriberCreated(snap)).await;
+    app.publish("billing", &SubscriberCreated(snap)).await;
     let order = installation_order(&app, &admin, sub).await;
     let s = app
         .get(&format!("/api/noc/subscribers/{sub}"), &admin)
@@ -1832,7 +1804,8 @@ async fn a_status_event_that_arrives_before_its_subscriber_is_applied_when_the_s
         .body;
     assert_eq!(s["status"], "Suspended");
     assert_eq!(
-        scalar_i64(&app, "SELECT count(*) FROM noc.early_status_events").await,
+        app.scalar::<i64>("SELECT count(*) FROM noc.early_status_events")
+            .await,
         0
     );
     // Installed while suspended: the account is written, and blocked.
@@ -1845,9 +1818,7 @@ async fn a_status_event_that_arrives_before_its_subscriber_is_applied_when_the_s
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(
-        scalar_i64(
-            &app,
-            "SELECT count(*) FROM radius.radusergroup WHERE username = 'ACC-000640' AND groupname = 'suspended'"
+        app.scalar::<i64>("SELECT count(*) FROM radius.radusergroup WHERE username = 'ACC-000640' AND groupname = 'suspended'"
         )
         .await,
         1
@@ -1887,8 +1858,9 @@ async fn completing_an_order_while_billing_updates_the_subscriber_does_not_deadl
     let (_, tech_id) = technician(&app).await;
     let (_, plan) = static_plan(&app, &admin, "192.0.2.48/29", 2, 4).await;
     let sub = Uuid::now_v7();
-    let mut snap = subscriber(sub, "ACC-000650", plan.parse().unwrap());
-    publish(&app, "billing", &SubscriberCreated(snap.clone())).await;
+    let mut snap = subscriber_snapshot(sub, "ACC-000650", plan.parse().unwrap());
+    app.publish("billing", &SubscriberCreated(snap.clone()))
+        .await;
     let order = installation_order(&app, &admin, sub).await;
     let order_id = order["id"].as_str().unwrap().to_string();
 
@@ -1912,7 +1884,8 @@ async fn completing_an_order_while_billing_updates_the_subscriber_does_not_deadl
         waiting_on_lock(&pool, "%FROM staff%").await;
         snap.first_name = "Amina W.".into();
         snap.updated_at = chrono::Utc::now();
-        publish(&app, "billing", &SubscriberUpdated(snap.clone())).await;
+        app.publish("billing", &SubscriberUpdated(snap.clone()))
+            .await;
         waiting_on_lock(&pool, "%work_orders%").await;
         // Past deadlock_timeout (1 s), so the waiting consumer has run its check.
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -1938,10 +1911,13 @@ async fn changing_an_online_subscribers_address_by_hand_disconnects_the_session(
     let (ne, _) = app.staff_token("Network Engineer").await;
     let (_, plan) = static_plan(&app, &admin, "192.0.2.56/29", 3, 6).await;
     let sub = Uuid::now_v7();
-    publish(
-        &app,
+    app.publish(
         "billing",
-        &SubscriberCreated(subscriber(sub, "ACC-000660", plan.parse().unwrap())),
+        &SubscriberCreated(subscriber_snapshot(
+            sub,
+            "ACC-000660",
+            plan.parse().unwrap(),
+        )),
     )
     .await;
     let order = installation_order(&app, &admin, sub).await;
@@ -1977,7 +1953,7 @@ async fn changing_an_online_subscribers_address_by_hand_disconnects_the_session(
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(
-        scalar_i64(&app, "SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000660' AND attribute = 'Framed-IP-Address' AND value = '192.0.2.60'").await,
+        app.scalar::<i64>("SELECT count(*) FROM radius.radreply WHERE username = 'ACC-000660' AND attribute = 'Framed-IP-Address' AND value = '192.0.2.60'").await,
         1
     );
     let (code, valid, attrs) = tokio::time::timeout(Duration::from_secs(15), received.recv())
@@ -1995,10 +1971,13 @@ async fn a_naks_error_cause_and_a_silent_nas_timeout_are_recorded_in_the_request
     let admin = app.admin_token().await;
     let (_, plan) = static_plan(&app, &admin, "192.0.2.64/29", 3, 6).await;
     let sub = Uuid::now_v7();
-    publish(
-        &app,
+    app.publish(
         "billing",
-        &SubscriberCreated(subscriber(sub, "ACC-000670", plan.parse().unwrap())),
+        &SubscriberCreated(subscriber_snapshot(
+            sub,
+            "ACC-000670",
+            plan.parse().unwrap(),
+        )),
     )
     .await;
     let order = installation_order(&app, &admin, sub).await;
@@ -2020,8 +1999,7 @@ async fn a_naks_error_cause_and_a_silent_nas_timeout_are_recorded_in_the_request
     open_session(&app, "ACC-000670", "127.0.0.2", "85000001").await;
     open_session(&app, "ACC-000670", "127.0.0.3", "85000002").await;
 
-    publish(
-        &app,
+    app.publish(
         "billing",
         &SubscriberSuspended(status_change(sub, "ACC-000670")),
     )
@@ -2085,10 +2063,13 @@ async fn a_pool_is_not_full_while_its_last_address_is_only_locked_by_a_transacti
         .await;
     assert_eq!(r.status, StatusCode::OK);
     let sub = Uuid::now_v7();
-    publish(
-        &app,
+    app.publish(
         "billing",
-        &SubscriberCreated(subscriber(sub, "ACC-000680", plan.parse().unwrap())),
+        &SubscriberCreated(subscriber_snapshot(
+            sub,
+            "ACC-000680",
+            plan.parse().unwrap(),
+        )),
     )
     .await;
     let order = installation_order(&app, &admin, sub).await;

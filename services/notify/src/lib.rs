@@ -10,6 +10,7 @@
 //!   publishes `notification.status` through the outbox.
 //! - `callbacks`: Africa's Talking delivery reports, opt-outs and inbound STOP
 //!   (path token), Twilio status callbacks and inbound STOP (signature).
+//! - `collections`: Admin's read-only list of deliveries.
 //! - `settings`: `ISP_NOTIFY_*`.
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use isp_platform::service::Service;
 use isp_platform::ServiceContext;
 
 pub mod callbacks;
+pub mod collections;
 pub mod provider;
 pub mod requests;
 pub mod settings;
@@ -102,6 +104,7 @@ pub async fn start_with(ctx: Arc<ServiceContext>, settings: Settings) -> anyhow:
     }
 
     Ok(svc
+        .collection(&Arc::new(collections::deliveries()))
         .merge(
             callbacks::routes(ctx.clone(), settings.clone()),
             callbacks::openapi(),

@@ -5,7 +5,7 @@
 use isp_events::payloads::{
     notification_request, NotificationCategory, NotificationChannel, NotificationRequest,
 };
-use isp_events::{BoxFuture, CloudEvent, EventHandler};
+use isp_events::{CloudEvent, EventHandler};
 use sqlx::PgConnection;
 
 use crate::store::{self, WAKE_CHANNEL};
@@ -15,24 +15,18 @@ pub const DURABLE: &str = "notify-requests";
 pub struct Requests;
 
 impl EventHandler for Requests {
-    fn handle<'a>(
-        &'a self,
-        tx: &'a mut PgConnection,
-        event: &'a CloudEvent,
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move {
-            match notification_request(event) {
-                Ok(Some((requester, req))) => accept(tx, &requester, req).await,
-                Ok(None) => Ok(()),
-                // A request we cannot read would fail the same way forever; it
-                // has no id to report on either, so it is logged and dropped.
-                Err(e) => {
-                    tracing::error!(event = %event.id, r#type = %event.r#type, error = %e,
-                        "unreadable notification request dropped");
-                    Ok(())
-                }
+    async fn handle(&self, tx: &mut PgConnection, event: &CloudEvent) -> anyhow::Result<()> {
+        match notification_request(event) {
+            Ok(Some((requester, req))) => accept(tx, &requester, req).await,
+            Ok(None) => Ok(()),
+            // A request we cannot read would fail the same way forever; it
+            // has no id to report on either, so it is logged and dropped.
+            Err(e) => {
+                tracing::error!(event = %event.id, r#type = %event.r#type, error = %e,
+                    "unreadable notification request dropped");
+                Ok(())
             }
-        })
+        }
     }
 }
 

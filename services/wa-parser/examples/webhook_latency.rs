@@ -64,18 +64,32 @@ async fn main() -> anyhow::Result<()> {
     let admin = app.admin_token().await;
 
     let mut senders = vec![];
+    let mut partners = vec![];
     for i in 0..PARTNERS {
         let phone = format!("07110{i:05}");
         let r = app
             .post("/api/core/partners", &admin, json!({"fullName": format!("Partner {i}"), "phoneNumber": phone, "mpesaNumber": phone, "status": "Active"}))
             .await;
         anyhow::ensure!(r.status.is_success(), "partner: {:?}", r.body);
-        let p = r.body["doc"]["id"].as_str().unwrap().to_string();
+        partners.push(r.body["doc"]["id"].as_str().unwrap().to_string());
+        senders.push(Sender::phone(&format!("2547110{i:05}")));
+    }
+    // CRM accepts a building's partner (and a referral) once its projection has it.
+    let crm_pool = app.ctx("crm").pool.clone();
+    let crm_ready = eventually(30, || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM partners WHERE status = 'Active'")
+            .fetch_one(&crm_pool)
+            .await
+            .ok()?;
+        (n as usize == PARTNERS).then_some(())
+    })
+    .await;
+    anyhow::ensure!(crm_ready.is_some(), "CRM never saw the partners");
+    for (i, p) in partners.iter().enumerate() {
         let b = app
             .post("/api/crm/buildings", &admin, json!({"name": format!("Building {i}"), "address": "Nairobi", "status": "Active", "partner": p}))
             .await;
         anyhow::ensure!(b.status.is_success(), "building: {:?}", b.body);
-        senders.push(Sender::phone(&format!("2547110{i:05}")));
     }
     let pool = app.ctx("wa-parser").pool.clone();
     let ready = eventually(30, || async {
@@ -87,8 +101,6 @@ async fn main() -> anyhow::Result<()> {
     })
     .await;
     anyhow::ensure!(ready.is_some(), "projections not ready");
-    // CRM must also know the partners as Active before it accepts referrals.
-    tokio::time::sleep(Duration::from_secs(1)).await;
 
     println!("sending {total} webhooks at {rate}/s");
     let mut sent_at: HashMap<String, DateTime<Utc>> = HashMap::new();
@@ -99,7 +111,12 @@ async fn main() -> anyhow::Result<()> {
         tick.tick().await;
         let id = format!("wamid.bench.{n}");
         let text = format!("LEAD Bench Lead{n}, 0712{:06}, U{n}", n);
-        let body = serde_json::to_vec(&wa::text_webhook(PHONE_ID, &senders[n % PARTNERS], &id, &text))?;
+        let body = serde_json::to_vec(&wa::text_webhook(
+            PHONE_ID,
+            &senders[n % PARTNERS],
+            &id,
+            &text,
+        ))?;
         let sig = wa::sign(SECRET, &body);
         sent_at.insert(id, Utc::now());
         let req = app
@@ -108,7 +125,9 @@ async fn main() -> anyhow::Result<()> {
             .header("x-hub-signature-256", sig)
             .header("content-type", "application/json")
             .body(body);
-        tasks.push(tokio::spawn(async move { req.send().await.map(|r| r.status()) }));
+        tasks.push(tokio::spawn(
+            async move { req.send().await.map(|r| r.status()) },
+        ));
     }
     let mut bad = 0;
     for t in tasks {
@@ -116,7 +135,10 @@ async fn main() -> anyhow::Result<()> {
             bad += 1;
         }
     }
-    println!("sent in {:.1} s ({bad} webhook answers not 2xx)", started.elapsed().as_secs_f64());
+    println!(
+        "sent in {:.1} s ({bad} webhook answers not 2xx)",
+        started.elapsed().as_secs_f64()
+    );
 
     let done = eventually(300, || async {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM inbound_messages WHERE outcome NOT IN ('Pending', 'CRM unavailable') AND reply_status IS DISTINCT FROM 'Pending'")
@@ -133,11 +155,12 @@ async fn main() -> anyhow::Result<()> {
     )
     .fetch_all(&pool)
     .await?;
-    let leads: HashMap<Uuid, DateTime<Utc>> = sqlx::query_as::<_, (Uuid, DateTime<Utc>)>("SELECT id, created_at FROM leads")
-        .fetch_all(&app.ctx("crm").pool)
-        .await?
-        .into_iter()
-        .collect();
+    let leads: HashMap<Uuid, DateTime<Utc>> =
+        sqlx::query_as::<_, (Uuid, DateTime<Utc>)>("SELECT id, created_at FROM leads")
+            .fetch_all(&app.ctx("crm").pool)
+            .await?
+            .into_iter()
+            .collect();
     let mut to_lead = vec![];
     let mut to_done = vec![];
     let mut outcomes: HashMap<String, usize> = HashMap::new();
@@ -153,8 +176,15 @@ async fn main() -> anyhow::Result<()> {
     }
     to_lead.sort_by(f64::total_cmp);
     to_done.sort_by(f64::total_cmp);
-    println!("outcomes: {outcomes:?}; CRM leads: {}; replies at the stand-in: {}", leads.len(), standin.sent().len());
-    for (name, v) in [("webhook -> lead committed in CRM", &to_lead), ("webhook -> outcome recorded", &to_done)] {
+    println!(
+        "outcomes: {outcomes:?}; CRM leads: {}; replies at the stand-in: {}",
+        leads.len(),
+        standin.sent().len()
+    );
+    for (name, v) in [
+        ("webhook -> lead committed in CRM", &to_lead),
+        ("webhook -> outcome recorded", &to_done),
+    ] {
         if v.is_empty() {
             continue;
         }

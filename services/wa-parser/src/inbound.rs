@@ -62,7 +62,15 @@ pub fn collection() -> Collection {
             Field::new("reply", "reply", Kind::TEXT_AREA).system(),
             Field::new("replyStatus", "reply_status", Kind::Select(REPLY_STATUSES)).system(),
             Field::new("replyError", "reply_error", Kind::TEXT_AREA).system(),
-            Field::new("attempts", "attempts", Kind::Int { min: 0, max: i32::MAX as i64 }).system(),
+            Field::new(
+                "attempts",
+                "attempts",
+                Kind::Int {
+                    min: 0,
+                    max: i32::MAX as i64,
+                },
+            )
+            .system(),
             Field::new("processedAt", "processed_at", Kind::Timestamp).system(),
             Field::new("reprocessedAt", "reprocessed_at", Kind::Timestamp).system(),
             Field::new("previousOutcome", "previous_outcome", Kind::TEXT).system(),
@@ -111,7 +119,9 @@ fn check_read(c: &Collection, p: &Principal) -> ApiResult<()> {
     if c.allowed(p, Operation::Read) {
         Ok(())
     } else {
-        Err(ApiError::forbidden("You are not allowed to read inboundMessages."))
+        Err(ApiError::forbidden(
+            "You are not allowed to read inboundMessages.",
+        ))
     }
 }
 
@@ -198,6 +208,8 @@ async fn reprocess(
     s.worker.wake();
     Ok((
         axum::http::StatusCode::ACCEPTED,
-        Json(json!({"doc": s.coll.present(&p, &doc), "message": "The message will be processed again."})),
+        Json(
+            json!({"doc": s.coll.present(&p, &doc), "message": "The message will be processed again."}),
+        ),
     ))
 }

@@ -217,10 +217,7 @@ pub fn parse(text: &str) -> Parsed {
                             }
                         };
                         if slot.is_some() {
-                            problems.push(format!(
-                                "{} is given twice.",
-                                label_name(label)
-                            ));
+                            problems.push(format!("{} is given twice.", label_name(label)));
                         } else if !value.is_empty() {
                             *slot = Some(value);
                         }
@@ -236,7 +233,14 @@ pub fn parse(text: &str) -> Parsed {
             }
         }
     } else {
-        positional(&lines, &mut name, &mut phone_raw, &mut unit, &mut building, &mut notes);
+        positional(
+            &lines,
+            &mut name,
+            &mut phone_raw,
+            &mut unit,
+            &mut building,
+            &mut notes,
+        );
     }
 
     let phone = match phone_raw.as_deref() {
@@ -266,9 +270,9 @@ pub fn parse(text: &str) -> Parsed {
     let unit = unit.map(|u| squash(&u)).filter(|u| !u.is_empty());
     match &unit {
         None => problems.push("The house or unit number is missing.".into()),
-        Some(u) if u.chars().count() > MAX_UNIT => {
-            problems.push(format!("The unit {u:?} is longer than {MAX_UNIT} characters."))
-        }
+        Some(u) if u.chars().count() > MAX_UNIT => problems.push(format!(
+            "The unit {u:?} is longer than {MAX_UNIT} characters."
+        )),
         Some(_) => {}
     }
     let building = building.map(|b| squash(&b)).filter(|b| !b.is_empty());
@@ -433,7 +437,10 @@ mod tests {
         let l = lead("Lead: 0712-345-678, Jane Wanjiku, B4");
         assert_eq!((l.name.as_str(), l.unit.as_str()), ("Jane Wanjiku", "B4"));
         // Swahili keyword, no keyword at all.
-        assert_eq!(lead("MTEJA Juma Otieno, 0110123456, 12").phone, "+254110123456");
+        assert_eq!(
+            lead("MTEJA Juma Otieno, 0110123456, 12").phone,
+            "+254110123456"
+        );
         assert_eq!(lead("Juma Otieno, 254712345678, 12").name, "Juma Otieno");
     }
 
@@ -456,7 +463,10 @@ mod tests {
         assert_eq!(l.notes.as_deref(), Some("evenings, weekends"));
         // Keyword line, blank lines, odd spacing, other separators and case.
         let l = lead("NEW LEAD\n\n  NAME = Jane   Wanjiku \n\n phone number - 0712 345 678\nHOUSE NUMBER: b4\n");
-        assert_eq!((l.name.as_str(), l.phone.as_str(), l.unit.as_str()), ("Jane Wanjiku", "+254712345678", "b4"));
+        assert_eq!(
+            (l.name.as_str(), l.phone.as_str(), l.unit.as_str()),
+            ("Jane Wanjiku", "+254712345678", "b4")
+        );
         // Labels without a separator on their own line.
         let l = lead("name Jane Wanjiku\nphone 0712345678\nunit B4");
         assert_eq!(l.unit, "B4");
@@ -491,11 +501,17 @@ mod tests {
         let p = problems("LEAD");
         assert_eq!(p.len(), 3, "{p:?}");
         let p = problems("LEAD Jane Wanjiku, 0712, B4");
-        assert_eq!(p, vec!["\"0712\" is not a phone number we can use.".to_string()]);
+        assert_eq!(
+            p,
+            vec!["\"0712\" is not a phone number we can use.".to_string()]
+        );
         let p = problems("Name: Jane\nUnit: B4");
         assert_eq!(p, vec!["The phone number is missing.".to_string()]);
         let p = problems("Phone: 0712345678");
-        assert!(p.iter().any(|s| s.contains("name")) && p.iter().any(|s| s.contains("unit")), "{p:?}");
+        assert!(
+            p.iter().any(|s| s.contains("name")) && p.iter().any(|s| s.contains("unit")),
+            "{p:?}"
+        );
         let p = problems("Name: Jane\nName: June\nPhone: 0712345678\nUnit: 1");
         assert_eq!(p, vec!["The name is given twice.".to_string()]);
         let p = problems("");

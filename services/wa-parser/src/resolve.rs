@@ -24,7 +24,9 @@ pub enum Resolved {
     None,
     /// Say which (no name given, several buildings), or the name matched none or
     /// several.
-    Ask { named: Option<String> },
+    Ask {
+        named: Option<String>,
+    },
 }
 
 /// Lowercase alphanumerics and single spaces.
@@ -67,7 +69,11 @@ pub fn resolve(named: Option<&str>, buildings: &[Building]) -> Resolved {
     }
     let folded: Vec<(String, &Building)> = buildings.iter().map(|b| (fold(&b.name), b)).collect();
 
-    let exact: Vec<&Building> = folded.iter().filter(|(f, _)| *f == want).map(|(_, b)| *b).collect();
+    let exact: Vec<&Building> = folded
+        .iter()
+        .filter(|(f, _)| *f == want)
+        .map(|(_, b)| *b)
+        .collect();
     if !exact.is_empty() {
         return unique(exact).map_or_else(ask, |b| Resolved::One(b.clone()));
     }
@@ -91,7 +97,11 @@ pub fn resolve(named: Option<&str>, buildings: &[Building]) -> Resolved {
     let Some(best) = scored.iter().map(|(d, _)| *d).min() else {
         return ask();
     };
-    let at_best: Vec<&Building> = scored.iter().filter(|(d, _)| *d == best).map(|(_, b)| *b).collect();
+    let at_best: Vec<&Building> = scored
+        .iter()
+        .filter(|(d, _)| *d == best)
+        .map(|(_, b)| *b)
+        .collect();
     unique(at_best).map_or_else(ask, |b| Resolved::One(b.clone()))
 }
 
@@ -118,7 +128,11 @@ mod tests {
 
     #[test]
     fn names_match_tolerating_case_spacing_and_small_typos() {
-        let all = vec![b("Sunrise Apartments"), b("Baraka Court"), b("Plot 42, Ngong Rd")];
+        let all = vec![
+            b("Sunrise Apartments"),
+            b("Baraka Court"),
+            b("Plot 42, Ngong Rd"),
+        ];
         let one = |s: &str| match resolve(Some(s), &all) {
             Resolved::One(x) => x.name,
             other => panic!("{s}: {other:?}"),
@@ -137,7 +151,9 @@ mod tests {
         for s in ["Sunrise", "Sunrise C", "Kilimani Heights", "rise", "!!!"] {
             assert_eq!(
                 resolve(Some(s), &all),
-                Resolved::Ask { named: Some(s.into()) },
+                Resolved::Ask {
+                    named: Some(s.into())
+                },
                 "{s}"
             );
         }

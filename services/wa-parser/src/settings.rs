@@ -76,13 +76,21 @@ impl Settings {
         let d = Settings::default();
         let allowlist = env_or("ISP_WA_PARSER_SMS_ALLOWLIST", "");
         let mut sms_allowlist = vec![];
-        for item in allowlist.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        for item in allowlist
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             let net: IpNet = match item.parse() {
                 Ok(n) => n,
                 Err(_) => item
                     .parse::<std::net::IpAddr>()
                     .map(IpNet::from)
-                    .map_err(|_| anyhow::anyhow!("ISP_WA_PARSER_SMS_ALLOWLIST: {item:?} is not an address or CIDR"))?,
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "ISP_WA_PARSER_SMS_ALLOWLIST: {item:?} is not an address or CIDR"
+                        )
+                    })?,
             };
             sms_allowlist.push(net);
         }
@@ -113,16 +121,28 @@ impl Settings {
 
     pub fn warn_on_dev_secrets(&self) {
         for (name, value, dev) in [
-            ("ISP_WA_PARSER_VERIFY_TOKEN", &self.verify_token, DEV_VERIFY_TOKEN),
+            (
+                "ISP_WA_PARSER_VERIFY_TOKEN",
+                &self.verify_token,
+                DEV_VERIFY_TOKEN,
+            ),
             ("ISP_WA_PARSER_APP_SECRET", &self.app_secret, DEV_APP_SECRET),
-            ("ISP_WA_PARSER_SMS_PATH_TOKEN", &self.sms_path_token, DEV_SMS_PATH_TOKEN),
+            (
+                "ISP_WA_PARSER_SMS_PATH_TOKEN",
+                &self.sms_path_token,
+                DEV_SMS_PATH_TOKEN,
+            ),
         ] {
             if value == dev {
-                tracing::warn!("{name} is not set: using the development default; set it in production");
+                tracing::warn!(
+                    "{name} is not set: using the development default; set it in production"
+                );
             }
         }
         if self.cloud_api_url.is_none() {
-            tracing::info!("ISP_WA_PARSER_CLOUD_API_URL is not set: WhatsApp replies are logged, not sent");
+            tracing::info!(
+                "ISP_WA_PARSER_CLOUD_API_URL is not set: WhatsApp replies are logged, not sent"
+            );
         }
     }
 }

@@ -149,7 +149,8 @@ pub fn whatsapp_messages(v: &Value) -> Vec<Inbound> {
                 continue;
             }
             let value = &change["value"];
-            let contacts: Vec<&Value> = value["contacts"].as_array().into_iter().flatten().collect();
+            let contacts: Vec<&Value> =
+                value["contacts"].as_array().into_iter().flatten().collect();
             for m in value["messages"].as_array().into_iter().flatten() {
                 let Some(id) = m["id"].as_str().filter(|s| !s.is_empty()) else {
                     continue;
@@ -166,7 +167,11 @@ pub fn whatsapp_messages(v: &Value) -> Vec<Inbound> {
                                 && c["user_id"].as_str() == m["from_user_id"].as_str()
                         })
                     })
-                    .or(if contacts.len() == 1 { contacts.first() } else { None });
+                    .or(if contacts.len() == 1 {
+                        contacts.first()
+                    } else {
+                        None
+                    });
                 let wa_id = from.or_else(|| contact.and_then(|c| c["wa_id"].as_str()));
                 let bsuid = contact
                     .and_then(|c| c["user_id"].as_str())
@@ -204,12 +209,17 @@ pub fn whatsapp_messages(v: &Value) -> Vec<Inbound> {
         (status = 503, description = "Not stored (database unavailable); the provider retries")))]
 async fn whatsapp(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     if !signature_ok(&s.settings.app_secret, &headers, &body) {
-        tracing::warn!(bytes = body.len(), "WhatsApp webhook refused: missing or bad X-Hub-Signature-256");
+        tracing::warn!(
+            bytes = body.len(),
+            "WhatsApp webhook refused: missing or bad X-Hub-Signature-256"
+        );
         return ApiError::unauthorized("Missing or invalid X-Hub-Signature-256.").into_response();
     }
     let v: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return ApiError::bad_request(format!("The body is not JSON: {e}")).into_response(),
+        Err(e) => {
+            return ApiError::bad_request(format!("The body is not JSON: {e}")).into_response()
+        }
     };
     let msgs = whatsapp_messages(&v);
     if msgs.is_empty() {
@@ -220,7 +230,11 @@ async fn whatsapp(State(s): State<AppState>, headers: HeaderMap, body: Bytes) ->
             if new > 0 {
                 s.worker.wake();
             }
-            (StatusCode::OK, Json(json!({"received": msgs.len(), "new": new}))).into_response()
+            (
+                StatusCode::OK,
+                Json(json!({"received": msgs.len(), "new": new})),
+            )
+                .into_response()
         }
         Err(e) => e.into_response(),
     }
@@ -258,7 +272,11 @@ async fn sms(State(s): State<AppState>, Path(token): Path<String>, req: Request)
     let form: std::collections::HashMap<String, String> = form_urlencoded::parse(&body)
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
-    let field = |k: &str| form.get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    let field = |k: &str| {
+        form.get(k)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
     let mut missing = vec![];
     for k in ["from", "id"] {
         if field(k).is_none() {
@@ -268,7 +286,10 @@ async fn sms(State(s): State<AppState>, Path(token): Path<String>, req: Request)
     if !missing.is_empty() {
         return ApiError::BadRequest(missing).into_response();
     }
-    let (from, id) = (field("from").unwrap_or_default(), field("id").unwrap_or_default());
+    let (from, id) = (
+        field("from").unwrap_or_default(),
+        field("id").unwrap_or_default(),
+    );
     if let (Some(code), Some(to)) = (&s.settings.sms_shortcode, field("to")) {
         if to.trim_start_matches('+') != code.trim_start_matches('+') {
             tracing::info!(%to, "SMS to another number than our shortcode ignored");
@@ -329,13 +350,19 @@ mod tests {
     fn signature_good_bad_missing_altered() {
         let body = br#"{"object":"whatsapp_business_account"}"#;
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"secret");
-        let sig = format!("sha256={}", hex::encode(ring::hmac::sign(&key, body).as_ref()));
+        let sig = format!(
+            "sha256={}",
+            hex::encode(ring::hmac::sign(&key, body).as_ref())
+        );
         let mut h = HeaderMap::new();
         assert!(!signature_ok("secret", &h, body), "missing");
         h.insert("x-hub-signature-256", sig.parse().unwrap());
         assert!(signature_ok("secret", &h, body), "good");
         assert!(!signature_ok("other", &h, body), "other secret");
-        assert!(!signature_ok("secret", &h, br#"{"object":"whatsapp_business_accounT"}"#), "altered");
+        assert!(
+            !signature_ok("secret", &h, br#"{"object":"whatsapp_business_accounT"}"#),
+            "altered"
+        );
         h.insert("x-hub-signature-256", "sha256=zz".parse().unwrap());
         assert!(!signature_ok("secret", &h, body), "not hex");
     }

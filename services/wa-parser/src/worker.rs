@@ -16,7 +16,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use isp_events::payloads::{
     NotificationCategory, NotificationChannel, NotificationRequest, WaParserNotificationRequested,
 };
@@ -36,6 +35,8 @@ pub const CRM_INTAKE_PATH: &str = "/api/crm/intake/leads";
 pub const CRM_INTAKE_SCOPE: &str = "crm.intake.create";
 /// A WhatsApp reply that failed this many times for transient reasons is given up.
 const MAX_REPLY_ATTEMPTS: i32 = 8;
+/// Messages processed at once per replica.
+const CONCURRENCY: usize = 16;
 
 pub struct Worker {
     ctx: Arc<ServiceContext>,
@@ -74,7 +75,10 @@ struct Done {
 enum Decision {
     Done(Done),
     /// CRM could not be reached; try again later.
-    Retry { partner: Uuid, reason: String },
+    Retry {
+        partner: Uuid,
+        reason: String,
+    },
 }
 
 #[derive(FromRow)]
@@ -107,25 +111,46 @@ impl Worker {
         self.wake.notify_one();
     }
 
+    /// Keeps up to [`CONCURRENCY`] messages in flight: a slot freed by one message
+    /// is filled by the next due one at once, rather than a whole batch waiting
+    /// for its slowest member.
     pub fn spawn(self: Arc<Self>) {
         tokio::spawn(async move {
             let shutdown = self.ctx.shutdown.clone();
+            let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
             loop {
-                if shutdown.is_cancelled() {
-                    break;
-                }
-                match self.claim(32).await {
+                let first = tokio::select! {
+                    p = slots.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    _ = shutdown.cancelled() => break,
+                };
+                let free = slots.available_permits() + 1;
+                match self.claim(free as i64).await {
                     Ok(rows) if !rows.is_empty() => {
-                        futures::stream::iter(rows)
-                            .for_each_concurrent(8, |r| {
-                                let w = self.clone();
-                                async move { w.process(r).await }
-                            })
-                            .await;
+                        let mut permit = Some(first);
+                        for r in rows {
+                            let p = match permit.take() {
+                                Some(p) => p,
+                                None => match slots.clone().acquire_owned().await {
+                                    Ok(p) => p,
+                                    Err(_) => break,
+                                },
+                            };
+                            let w = self.clone();
+                            tokio::spawn(async move {
+                                w.process(r).await;
+                                drop(p);
+                            });
+                        }
                         continue;
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "claiming inbound messages failed"),
+                    Ok(_) => drop(first),
+                    Err(e) => {
+                        drop(first);
+                        tracing::warn!(error = %e, "claiming inbound messages failed");
+                    }
                 }
                 // Woken by a new message; otherwise a short poll finds retries that
                 // came due and messages stored by another replica.
@@ -258,9 +283,14 @@ impl Worker {
     async fn decide(&self, row: &Row) -> anyhow::Result<Decision> {
         let Some(partner) = self.sender(row).await? else {
             let reason = match (&row.sender, &row.sender_bsuid) {
-                (None, None) => "The message carries neither a phone number nor a business-scoped user id.".to_string(),
+                (None, None) => {
+                    "The message carries neither a phone number nor a business-scoped user id."
+                        .to_string()
+                }
                 (Some(s), _) => format!("No partner has the number {s}."),
-                (None, Some(b)) => format!("No partner is known by the business-scoped user id {b}."),
+                (None, Some(b)) => {
+                    format!("No partner is known by the business-scoped user id {b}.")
+                }
             };
             tracing::info!(message = %row.id, %reason, "message from an unknown sender ignored (no reply)");
             return Ok(Decision::Done(Done {
@@ -269,7 +299,12 @@ impl Worker {
                 ..Done::default()
             }));
         };
-        let first_name = partner.full_name.split_whitespace().next().unwrap_or("").to_string();
+        let first_name = partner
+            .full_name
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_string();
         let mut done = Done {
             partner: Some(partner.id),
             ..Done::default()
@@ -388,11 +423,19 @@ impl Worker {
         let key = format!("wa-parser-lead-{}", row.id);
         match self.crm.post(CRM_INTAKE_PATH, &body, &key).await {
             Ok((_, answer)) => {
-                let lead_id = answer["doc"]["id"].as_str().and_then(|s| Uuid::parse_str(s).ok());
+                let lead_id = answer["doc"]["id"]
+                    .as_str()
+                    .and_then(|s| Uuid::parse_str(s).ok());
                 done.outcome = "Lead created";
                 done.lead = lead_id;
                 done.lead_key = Some(lead_key);
-                done.reply = Some(confirmation(&first_name, &lead, &building, lead_id, &answer));
+                done.reply = Some(confirmation(
+                    &first_name,
+                    &lead,
+                    &building,
+                    lead_id,
+                    &answer,
+                ));
                 Ok(Decision::Done(done))
             }
             Err(ApiError::BadRequest(errs)) | Err(ApiError::Conflict(errs)) => {
@@ -436,8 +479,12 @@ impl Worker {
                     category: NotificationCategory::Transactional,
                     reference: Some(row.id.to_string()),
                 };
-                isp_events::outbox::enqueue(&mut tx, self.ctx.name, &WaParserNotificationRequested(req))
-                    .await?;
+                isp_events::outbox::enqueue(
+                    &mut tx,
+                    self.ctx.name,
+                    &WaParserNotificationRequested(req),
+                )
+                .await?;
                 (Some("Requested"), Some(id.to_string()))
             }
             (Some(_), _, Some(_)) => (Some("Pending"), None),
@@ -510,7 +557,12 @@ impl Worker {
     }
 
     /// `Err((message, transient))`.
-    async fn post_message(&self, base: &str, to: &str, text: &str) -> Result<String, (String, bool)> {
+    async fn post_message(
+        &self,
+        base: &str,
+        to: &str,
+        text: &str,
+    ) -> Result<String, (String, bool)> {
         let url = format!("{base}/{}/messages", self.settings.phone_number_id);
         let mut body = json!({
             "messaging_product": "whatsapp",
@@ -535,7 +587,10 @@ impl Worker {
         let status = res.status();
         let v: Value = res.json().await.unwrap_or(Value::Null);
         if status.is_success() {
-            return Ok(v["messages"][0]["id"].as_str().unwrap_or_default().to_string());
+            return Ok(v["messages"][0]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string());
         }
         let msg = format!(
             "Cloud API {status}: {} (code {})",

@@ -126,7 +126,10 @@ async fn wait_partner(w: &World, p: &str, status: &str) {
             }
         })
         .await;
-        assert!(seen.is_some(), "{service} never saw partner {p} as {status}");
+        assert!(
+            seen.is_some(),
+            "{service} never saw partner {p} as {status}"
+        );
     }
 }
 
@@ -200,12 +203,13 @@ async fn outcome(w: &World, provider_id: &str, want: &[&str]) -> Value {
         let want = want.clone();
         let token = token.clone();
         async move {
-            let id: Option<Uuid> =
-                sqlx::query_scalar("SELECT id FROM inbound_messages WHERE provider_message_id = $1")
-                    .bind(provider_id)
-                    .fetch_optional(&pool)
-                    .await
-                    .ok()?;
+            let id: Option<Uuid> = sqlx::query_scalar(
+                "SELECT id FROM inbound_messages WHERE provider_message_id = $1",
+            )
+            .bind(provider_id)
+            .fetch_optional(&pool)
+            .await
+            .ok()?;
             let r = w
                 .app
                 .get(&format!("/api/wa-parser/inboundMessages/{}", id?), &token)
@@ -225,7 +229,12 @@ async fn replies_to(w: &World, recipient: &str, n: usize) -> Vec<wa::Sent> {
         (s.len() >= n).then_some(s)
     })
     .await;
-    got.unwrap_or_else(|| panic!("{recipient} did not get {n} replies: {:?}", w.standin.sent()))
+    got.unwrap_or_else(|| {
+        panic!(
+            "{recipient} did not get {n} replies: {:?}",
+            w.standin.sent()
+        )
+    })
 }
 
 async fn crm_lead(w: &World, lead: &str) -> Value {
@@ -252,11 +261,17 @@ async fn handshake_answers_the_challenge_only_with_our_token() {
             (r.status(), r.text().await.unwrap())
         }
     };
-    let (s, body) = get(format!("hub.mode=subscribe&hub.verify_token={VERIFY}&hub.challenge=1158201444")).await;
+    let (s, body) = get(format!(
+        "hub.mode=subscribe&hub.verify_token={VERIFY}&hub.challenge=1158201444"
+    ))
+    .await;
     assert_eq!((s, body.as_str()), (StatusCode::OK, "1158201444"));
     let (s, _) = get("hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=1".into()).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
-    let (s, _) = get(format!("hub.mode=unsubscribe&hub.verify_token={VERIFY}&hub.challenge=1")).await;
+    let (s, _) = get(format!(
+        "hub.mode=unsubscribe&hub.verify_token={VERIFY}&hub.challenge=1"
+    ))
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     let (s, _) = get("hub.challenge=1".into()).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
@@ -265,33 +280,67 @@ async fn handshake_answers_the_challenge_only_with_our_token() {
 #[tokio::test]
 async fn posts_are_authenticated_before_anything_is_stored() {
     let w = world().await;
-    let v = wa::text_webhook(PHONE_ID, &Sender::phone("254711000001"), "wamid.sig", "HELP");
+    let v = wa::text_webhook(
+        PHONE_ID,
+        &Sender::phone("254711000001"),
+        "wamid.sig",
+        "HELP",
+    );
     let body = serde_json::to_vec(&v).unwrap();
     let good = wa::sign(APP_SECRET, &body);
     // Missing, wrong secret, garbage, and a body altered after signing.
-    assert_eq!(post_raw(&w, &body, None).await.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
-        post_raw(&w, &body, Some(&wa::sign("not-the-secret", &body))).await.status,
+        post_raw(&w, &body, None).await.status,
         StatusCode::UNAUTHORIZED
     );
-    assert_eq!(post_raw(&w, &body, Some("sha256=00")).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        post_raw(&w, &body, Some(&wa::sign("not-the-secret", &body)))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        post_raw(&w, &body, Some("sha256=00")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     let mut altered = body.clone();
     let at = altered.len() - 10;
     altered[at] ^= 1;
-    assert_eq!(post_raw(&w, &altered, Some(&good)).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        post_raw(&w, &altered, Some(&good)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     // Not JSON, even signed, is not stored either.
     assert_eq!(
-        post_raw(&w, b"{oops", Some(&wa::sign(APP_SECRET, b"{oops"))).await.status,
+        post_raw(&w, b"{oops", Some(&wa::sign(APP_SECRET, b"{oops")))
+            .await
+            .status,
         StatusCode::BAD_REQUEST
     );
-    assert_eq!(wa_scalar::<i64>(&w, "SELECT count(*) FROM inbound_messages").await, 0);
+    assert_eq!(
+        wa_scalar::<i64>(&w, "SELECT count(*) FROM inbound_messages").await,
+        0
+    );
     // Statuses are acknowledged and ignored.
-    let r = webhook(&w, &wa::status_webhook(PHONE_ID, "wamid.x", "254711000001", "delivered")).await;
+    let r = webhook(
+        &w,
+        &wa::status_webhook(PHONE_ID, "wamid.x", "254711000001", "delivered"),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(wa_scalar::<i64>(&w, "SELECT count(*) FROM inbound_messages").await, 0);
+    assert_eq!(
+        wa_scalar::<i64>(&w, "SELECT count(*) FROM inbound_messages").await,
+        0
+    );
     // The good one is.
-    assert_eq!(post_raw(&w, &body, Some(&good)).await.status, StatusCode::OK);
-    assert_eq!(wa_scalar::<i64>(&w, "SELECT count(*) FROM inbound_messages").await, 1);
+    assert_eq!(
+        post_raw(&w, &body, Some(&good)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        wa_scalar::<i64>(&w, "SELECT count(*) FROM inbound_messages").await,
+        1
+    );
 }
 
 #[tokio::test]
@@ -319,7 +368,13 @@ async fn an_active_partner_gets_a_lead_and_a_confirmation_once_however_often_del
     assert_eq!(lead["notes"], msg);
     let unit = w
         .app
-        .get(&format!("/api/crm/buildingUnits/{}", lead["serviceLocation"].as_str().unwrap()), &w.admin)
+        .get(
+            &format!(
+                "/api/crm/buildingUnits/{}",
+                lead["serviceLocation"].as_str().unwrap()
+            ),
+            &w.admin,
+        )
         .await;
     assert_eq!(unit.body["unitNumber"], "B4");
     assert_eq!(unit.body["building"], json!(b));
@@ -329,11 +384,21 @@ async fn an_active_partner_gets_a_lead_and_a_confirmation_once_however_often_del
     let r = &replies[0];
     assert_eq!(r.phone_number_id, PHONE_ID);
     assert_eq!(r.body["messaging_product"], "whatsapp");
-    assert!(r.text().contains("Jane Wanjiku") && r.text().contains("B4"), "{}", r.text());
+    assert!(
+        r.text().contains("Jane Wanjiku") && r.text().contains("B4"),
+        "{}",
+        r.text()
+    );
     assert_eq!(m["replyError"], Value::Null);
 
     // The same referral again (a new message id) is a Duplicate, not a second lead.
-    text(&w, &me, "wamid.lead1-again", "lead jane wanjiku, 0712345678, b4").await;
+    text(
+        &w,
+        &me,
+        "wamid.lead1-again",
+        "lead jane wanjiku, 0712345678, b4",
+    )
+    .await;
     let d = outcome(&w, "wamid.lead1-again", &["Duplicate"]).await;
     assert_eq!(d["lead"], m["lead"]);
     replies_to(&w, "254711000002", 2).await;
@@ -341,60 +406,143 @@ async fn an_active_partner_gets_a_lead_and_a_confirmation_once_however_often_del
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(crm_leads(&w).await, 1);
     assert_eq!(w.standin.sent_to("254711000002").len(), 2);
-    assert_eq!(wa_scalar::<i64>(&w, "SELECT count(*) FROM inbound_messages").await, 2);
+    assert_eq!(
+        wa_scalar::<i64>(&w, "SELECT count(*) FROM inbound_messages").await,
+        2
+    );
 }
 
 #[tokio::test]
 async fn unknown_senders_get_nothing_inactive_partners_are_told_and_admin_reprocesses_once() {
     let w = world().await;
-    text(&w, &Sender::phone("254799999999"), "wamid.stranger", "LEAD Jane, 0712345678, B4").await;
+    text(
+        &w,
+        &Sender::phone("254799999999"),
+        "wamid.stranger",
+        "LEAD Jane, 0712345678, B4",
+    )
+    .await;
     let m = outcome(&w, "wamid.stranger", &["Unknown sender"]).await;
-    assert!(m["reason"].as_str().unwrap().contains("+254799999999"), "{m}");
+    assert!(
+        m["reason"].as_str().unwrap().contains("+254799999999"),
+        "{m}"
+    );
     assert_eq!(m["replyStatus"], Value::Null);
 
     let p = partner(&w, "0711000003", "Prospect").await;
     building(&w, &p, "Baraka Court").await;
-    text(&w, &Sender::phone("254711000003"), "wamid.prospect", "LEAD Jane Wanjiku, 0712345678, B4").await;
+    text(
+        &w,
+        &Sender::phone("254711000003"),
+        "wamid.prospect",
+        "LEAD Jane Wanjiku, 0712345678, B4",
+    )
+    .await;
     let m = outcome(&w, "wamid.prospect", &["Inactive partner"]).await;
     let reply = replies_to(&w, "254711000003", 1).await;
-    assert!(reply[0].text().contains("not active"), "{}", reply[0].text());
+    assert!(
+        reply[0].text().contains("not active"),
+        "{}",
+        reply[0].text()
+    );
     assert_eq!(crm_leads(&w).await, 0);
-    assert!(w.standin.sent_to("254799999999").is_empty(), "an unknown number gets no reply");
+    assert!(
+        w.standin.sent_to("254799999999").is_empty(),
+        "an unknown number gets no reply"
+    );
 
     // The log: Admin and Sales Agent read it; nobody writes it; others do not read it.
     let (sales, _) = w.app.staff_token("Sales Agent").await;
-    let list = w.app.get("/api/wa-parser/inboundMessages?sort=-receivedAt", &sales).await;
+    let list = w
+        .app
+        .get("/api/wa-parser/inboundMessages?sort=-receivedAt", &sales)
+        .await;
     assert_eq!(list.status, StatusCode::OK, "{:?}", list.body);
     assert_eq!(list.body["totalDocs"], 2);
     let filtered = w
         .app
-        .get("/api/wa-parser/inboundMessages?where[outcome][equals]=Unknown%20sender", &sales)
+        .get(
+            "/api/wa-parser/inboundMessages?where[outcome][equals]=Unknown%20sender",
+            &sales,
+        )
         .await;
     assert_eq!(filtered.body["totalDocs"], 1);
     let (billing, _) = w.app.staff_token("Billing Manager").await;
-    assert_eq!(w.app.get("/api/wa-parser/inboundMessages", &billing).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        w.app
+            .get("/api/wa-parser/inboundMessages", &billing)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
     let mid = m["id"].as_str().unwrap().to_string();
     // No write routes exist, for any role or service scope.
-    let writer = w.app.service_token("x", &["wa-parser.inboundMessages.create", "wa-parser.inboundMessages.update", "wa-parser.inboundMessages.delete"]);
+    let writer = w.app.service_token(
+        "x",
+        &[
+            "wa-parser.inboundMessages.create",
+            "wa-parser.inboundMessages.update",
+            "wa-parser.inboundMessages.delete",
+        ],
+    );
     for token in [&w.admin, &writer] {
         assert_eq!(
-            w.app.post("/api/wa-parser/inboundMessages", token, json!({"channel": "SMS"})).await.status,
+            w.app
+                .post(
+                    "/api/wa-parser/inboundMessages",
+                    token,
+                    json!({"channel": "SMS"})
+                )
+                .await
+                .status,
             StatusCode::METHOD_NOT_ALLOWED
         );
         assert_eq!(
-            w.app.patch(&format!("/api/wa-parser/inboundMessages/{mid}"), token, json!({"outcome": "Lead created"})).await.status,
+            w.app
+                .patch(
+                    &format!("/api/wa-parser/inboundMessages/{mid}"),
+                    token,
+                    json!({"outcome": "Lead created"})
+                )
+                .await
+                .status,
             StatusCode::METHOD_NOT_ALLOWED
         );
-        assert_eq!(w.app.delete(&format!("/api/wa-parser/inboundMessages/{mid}"), token).await.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(
+            w.app
+                .delete(&format!("/api/wa-parser/inboundMessages/{mid}"), token)
+                .await
+                .status,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
     }
-    let one = w.app.get(&format!("/api/wa-parser/inboundMessages/{mid}"), &sales).await;
+    let one = w
+        .app
+        .get(&format!("/api/wa-parser/inboundMessages/{mid}"), &sales)
+        .await;
     assert_eq!(one.body["outcome"], "Inactive partner");
-    assert_eq!(w.app.get(&format!("/api/wa-parser/inboundMessages/{mid}"), &billing).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        w.app
+            .get(&format!("/api/wa-parser/inboundMessages/{mid}"), &billing)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
 
     // Activated, then re-processed by an Admin (not a Sales Agent): a lead, once.
     let reprocess = format!("/api/wa-parser/inboundMessages/{mid}/reprocess");
-    assert_eq!(w.app.post(&reprocess, &sales, json!({})).await.status, StatusCode::FORBIDDEN);
-    let r = w.app.patch(&format!("/api/core/partners/{p}"), &w.admin, json!({"status": "Active"})).await;
+    assert_eq!(
+        w.app.post(&reprocess, &sales, json!({})).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let r = w
+        .app
+        .patch(
+            &format!("/api/core/partners/{p}"),
+            &w.admin,
+            json!({"status": "Active"}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     wait_partner(&w, &p, "Active").await;
     let r = w.app.post(&reprocess, &w.admin, json!({})).await;
@@ -408,7 +556,14 @@ async fn unknown_senders_get_nothing_inactive_partners_are_told_and_admin_reproc
     // A message that succeeded cannot be re-processed.
     let ok_id = Uuid::new_v4();
     assert_eq!(
-        w.app.post(&format!("/api/wa-parser/inboundMessages/{ok_id}/reprocess"), &w.admin, json!({})).await.status,
+        w.app
+            .post(
+                &format!("/api/wa-parser/inboundMessages/{ok_id}/reprocess"),
+                &w.admin,
+                json!({})
+            )
+            .await
+            .status,
         StatusCode::NOT_FOUND
     );
 }
@@ -425,22 +580,48 @@ async fn buildings_are_inferred_matched_tolerantly_or_asked_for() {
     text(&w, &me, "wamid.b1", "LEAD Jane Wanjiku, 0712345678, B4").await;
     let m = outcome(&w, "wamid.b1", &["Parse error"]).await;
     let reply = &replies_to(&w, "254711000004", 1).await[0];
-    assert!(reply.text().contains("Sunrise Apartments") && reply.text().contains("Baraka Court"), "{}", reply.text());
+    assert!(
+        reply.text().contains("Sunrise Apartments") && reply.text().contains("Baraka Court"),
+        "{}",
+        reply.text()
+    );
     assert!(m["reason"].as_str().unwrap().contains("No building named"));
 
     // An unknown building: asked too.
-    text(&w, &me, "wamid.b2", "LEAD Jane Wanjiku, 0712345678, B4, Kilimani Heights").await;
+    text(
+        &w,
+        &me,
+        "wamid.b2",
+        "LEAD Jane Wanjiku, 0712345678, B4, Kilimani Heights",
+    )
+    .await;
     outcome(&w, "wamid.b2", &["Parse error"]).await;
     let reply = &replies_to(&w, "254711000004", 2).await[1];
-    assert!(reply.text().contains("Kilimani Heights") && reply.text().contains("Baraka Court"), "{}", reply.text());
+    assert!(
+        reply.text().contains("Kilimani Heights") && reply.text().contains("Baraka Court"),
+        "{}",
+        reply.text()
+    );
 
     // A small typo, other case and spacing: matched.
-    text(&w, &me, "wamid.b3", "Jina: Jane Wanjiku\nSimu: 0712345678\nNyumba: B4\nJengo:  sunrse   apartments").await;
+    text(
+        &w,
+        &me,
+        "wamid.b3",
+        "Jina: Jane Wanjiku\nSimu: 0712345678\nNyumba: B4\nJengo:  sunrse   apartments",
+    )
+    .await;
     let m = outcome(&w, "wamid.b3", &["Lead created"]).await;
     let lead = crm_lead(&w, m["lead"].as_str().unwrap()).await;
     let unit = w
         .app
-        .get(&format!("/api/crm/buildingUnits/{}", lead["serviceLocation"].as_str().unwrap()), &w.admin)
+        .get(
+            &format!(
+                "/api/crm/buildingUnits/{}",
+                lead["serviceLocation"].as_str().unwrap()
+            ),
+            &w.admin,
+        )
         .await;
     assert_eq!(unit.body["building"], json!(sunrise));
 
@@ -449,7 +630,11 @@ async fn buildings_are_inferred_matched_tolerantly_or_asked_for() {
     let m = outcome(&w, "wamid.b4", &["Parse error"]).await;
     assert!(m["reason"].as_str().unwrap().contains("\"0712\""), "{m}");
     let reply = &replies_to(&w, "254711000004", 4).await[3];
-    assert!(reply.text().contains("LEAD Jane Wanjiku, 0712345678, B4"), "{}", reply.text());
+    assert!(
+        reply.text().contains("LEAD Jane Wanjiku, 0712345678, B4"),
+        "{}",
+        reply.text()
+    );
     text(&w, &me, "wamid.b5", "help").await;
     outcome(&w, "wamid.b5", &["Help"]).await;
     let reply = &replies_to(&w, "254711000004", 5).await[4];
@@ -469,21 +654,48 @@ async fn a_business_scoped_id_is_learned_with_the_number_and_matched_later() {
     let p = partner(&w, "0711000005", "Active").await;
     building(&w, &p, "Sunrise Apartments").await;
     // Only the BSUID, before we know it: unknown.
-    text(&w, &Sender::bsuid("US.1349000000000001"), "wamid.u0", "LEAD Ann Njeri, 0722000111, 3").await;
+    text(
+        &w,
+        &Sender::bsuid("US.1349000000000001"),
+        "wamid.u0",
+        "LEAD Ann Njeri, 0722000111, 3",
+    )
+    .await;
     outcome(&w, "wamid.u0", &["Unknown sender"]).await;
     // Both: learned.
-    text(&w, &Sender::both("254711000005", "US.1349000000000001"), "wamid.u1", "LEAD Jane Wanjiku, 0712345678, 1").await;
+    text(
+        &w,
+        &Sender::both("254711000005", "US.1349000000000001"),
+        "wamid.u1",
+        "LEAD Jane Wanjiku, 0712345678, 1",
+    )
+    .await;
     outcome(&w, "wamid.u1", &["Lead created"]).await;
-    let learned: i64 = wa_scalar(&w, "SELECT count(*) FROM partner_bsuids WHERE bsuid = 'US.1349000000000001'").await;
+    let learned: i64 = wa_scalar(
+        &w,
+        "SELECT count(*) FROM partner_bsuids WHERE bsuid = 'US.1349000000000001'",
+    )
+    .await;
     assert_eq!(learned, 1);
     // Only the BSUID now: the partner; the reply goes to the BSUID.
-    text(&w, &Sender::bsuid("US.1349000000000001"), "wamid.u2", "LEAD Peter Otieno, 0733000222, 2").await;
+    text(
+        &w,
+        &Sender::bsuid("US.1349000000000001"),
+        "wamid.u2",
+        "LEAD Peter Otieno, 0733000222, 2",
+    )
+    .await;
     let m = outcome(&w, "wamid.u2", &["Lead created"]).await;
     assert_eq!(m["partner"], json!(p));
     let r = replies_to(&w, "US.1349000000000001", 1).await;
     assert!(r[0].text().contains("Peter Otieno"));
     // Neither: unknown, logged.
-    let mut v = wa::text_webhook(PHONE_ID, &Sender::default(), "wamid.u3", "LEAD X Y, 0712345678, 1");
+    let mut v = wa::text_webhook(
+        PHONE_ID,
+        &Sender::default(),
+        "wamid.u3",
+        "LEAD X Y, 0712345678, 1",
+    );
     v["entry"][0]["changes"][0]["value"]["contacts"] = json!([]);
     assert_eq!(webhook(&w, &v).await.status, StatusCode::OK);
     let m = outcome(&w, "wamid.u3", &["Unknown sender"]).await;
@@ -530,7 +742,9 @@ async fn switch() -> Switch {
         let status = res.status();
         (status, res.bytes().await.unwrap()).into_response()
     }
-    let app = axum::Router::new().fallback(forward).with_state(target.clone());
+    let app = axum::Router::new()
+        .fallback(forward)
+        .with_state(target.clone());
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
@@ -544,10 +758,22 @@ async fn crm_down_keeps_the_message_and_it_is_processed_once_when_crm_returns() 
     let w = world_with(|s| s.crm_url = Some(crm)).await;
     let p = partner(&w, "0711000006", "Active").await;
     building(&w, &p, "Sunrise Apartments").await;
-    text(&w, &Sender::phone("254711000006"), "wamid.down", "LEAD Jane Wanjiku, 0712345678, B4").await;
+    text(
+        &w,
+        &Sender::phone("254711000006"),
+        "wamid.down",
+        "LEAD Jane Wanjiku, 0712345678, B4",
+    )
+    .await;
     let m = outcome(&w, "wamid.down", &["CRM unavailable"]).await;
-    assert!(m["reason"].as_str().unwrap().contains("CRM unavailable"), "{m}");
-    assert!(w.standin.sent_to("254711000006").is_empty(), "no reply while pending");
+    assert!(
+        m["reason"].as_str().unwrap().contains("CRM unavailable"),
+        "{m}"
+    );
+    assert!(
+        w.standin.sent_to("254711000006").is_empty(),
+        "no reply while pending"
+    );
     // Retried with backoff while down.
     let tries = eventually(15, || async {
         let n: i32 = wa_scalar(&w, "SELECT attempts FROM inbound_messages").await;
@@ -601,7 +827,10 @@ async fn inbound_sms_is_authenticated_by_path_token_stored_once_and_answered_thr
         ("linkId", "SampleLinkId123"),
         ("networkCode", "63902"),
     ];
-    assert_eq!(sms(&w, "wrong-token", &form).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        sms(&w, "wrong-token", &form).await.status,
+        StatusCode::NOT_FOUND
+    );
     let r = sms(&w, SMS_TOKEN, &[("text", "x")]).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     let mut paths = r.error_paths();
@@ -618,7 +847,10 @@ async fn inbound_sms_is_authenticated_by_path_token_stored_once_and_answered_thr
     let m = outcome(&w, "ATXid_0a1b2c", &["Lead created"]).await;
     assert_eq!(m["channel"], "SMS");
     assert_eq!(m["replyStatus"], "Requested");
-    assert_eq!(wa_scalar::<i64>(&w, "SELECT count(*) FROM inbound_messages").await, 1);
+    assert_eq!(
+        wa_scalar::<i64>(&w, "SELECT count(*) FROM inbound_messages").await,
+        1
+    );
     assert_eq!(crm_leads(&w).await, 1);
     // The reply is a request to Notify, in wa-parser's outbox.
     let ev: Value = wa_scalar::<Value>(
@@ -630,14 +862,32 @@ async fn inbound_sms_is_authenticated_by_path_token_stored_once_and_answered_thr
     assert_eq!(ev["data"]["recipient"], "+254711000007");
     assert_eq!(ev["data"]["category"], "transactional");
     assert_eq!(ev["data"]["reference"], m["id"]);
-    assert!(ev["data"]["body"].as_str().unwrap().contains("Jane Wanjiku"));
-    assert!(w.standin.sent().is_empty(), "SMS replies do not go to WhatsApp");
+    assert!(ev["data"]["body"]
+        .as_str()
+        .unwrap()
+        .contains("Jane Wanjiku"));
+    assert!(
+        w.standin.sent().is_empty(),
+        "SMS replies do not go to WhatsApp"
+    );
 }
 
 #[tokio::test]
 async fn the_sms_allowlist_refuses_other_sources() {
     let w = world_with(|s| s.sms_allowlist = vec!["10.0.0.0/8".parse().unwrap()]).await;
-    let r = sms(&w, SMS_TOKEN, &[("from", "+254711000008"), ("id", "ATXid_1"), ("text", "HELP")]).await;
+    let r = sms(
+        &w,
+        SMS_TOKEN,
+        &[
+            ("from", "+254711000008"),
+            ("id", "ATXid_1"),
+            ("text", "HELP"),
+        ],
+    )
+    .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    assert_eq!(wa_scalar::<i64>(&w, "SELECT count(*) FROM inbound_messages").await, 0);
+    assert_eq!(
+        wa_scalar::<i64>(&w, "SELECT count(*) FROM inbound_messages").await,
+        0
+    );
 }

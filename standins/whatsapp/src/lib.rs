@@ -107,7 +107,12 @@ impl WhatsAppStandIn {
 }
 
 /// A Graph API error, as the Cloud API answers one.
-fn graph_error(status: StatusCode, code: u32, kind: &str, message: &str) -> (StatusCode, Json<Value>) {
+fn graph_error(
+    status: StatusCode,
+    code: u32,
+    kind: &str,
+    message: &str,
+) -> (StatusCode, Json<Value>) {
     (
         status,
         Json(json!({"error": {
@@ -138,7 +143,12 @@ async fn messages(
         );
     }
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return graph_error(StatusCode::BAD_REQUEST, 100, "OAuthException", "(#100) Invalid JSON");
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            100,
+            "OAuthException",
+            "(#100) Invalid JSON",
+        );
     };
     let recipient = body["to"].as_str().or_else(|| body["recipient"].as_str());
     let text = body["text"]["body"].as_str().unwrap_or_default();
@@ -175,7 +185,10 @@ async fn messages(
 /// `X-Hub-Signature-256` for `body`: `sha256=<hex HMAC-SHA256(app secret, raw body)>`.
 pub fn sign(app_secret: &str, body: &[u8]) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, app_secret.as_bytes());
-    format!("sha256={}", hex::encode(ring::hmac::sign(&key, body).as_ref()))
+    format!(
+        "sha256={}",
+        hex::encode(ring::hmac::sign(&key, body).as_ref())
+    )
 }
 
 /// Who sent a message: a phone number (`wa_id`/`from`, digits without `+`), a
@@ -274,7 +287,12 @@ pub fn image_webhook(phone_number_id: &str, s: &Sender, id: &str) -> Value {
 }
 
 /// A delivery status update (no message).
-pub fn status_webhook(phone_number_id: &str, message_id: &str, recipient: &str, status: &str) -> Value {
+pub fn status_webhook(
+    phone_number_id: &str,
+    message_id: &str,
+    recipient: &str,
+    status: &str,
+) -> Value {
     envelope(json!({
             "messaging_product": "whatsapp",
             "metadata": {"display_phone_number": "254700000000", "phone_number_id": phone_number_id},

@@ -1,0 +1,71 @@
+//! CRM's projections follow the shared rule (`isp_events::projection`), and so
+//! does the `staff_access` projection every service but core keeps.
+
+use chrono::{Duration, SubsecRound, Utc};
+use isp_events::payloads::StaffUpdated;
+use isp_testkit::fixtures::{partner_snapshot, resource_snapshot, staff_snapshot};
+use isp_testkit::projection::ProjectionCase;
+use isp_testkit::{service, TestApp};
+use uuid::Uuid;
+
+#[tokio::test]
+async fn partners_and_resources_ignore_older_snapshots_and_stay_deleted() {
+    let app = TestApp::spawn(&[service!(svc_crm)]).await;
+    ProjectionCase {
+        app: &app,
+        source: "core",
+        service: "crm",
+        durable: "crm-core",
+        probe: "SELECT full_name, deleted FROM partners WHERE id = $1",
+    }
+    .check_tombstone(partner_snapshot)
+    .await;
+    ProjectionCase {
+        app: &app,
+        source: "noc",
+        service: "crm",
+        durable: "crm-noc",
+        probe: "SELECT resource_name, deleted FROM resources WHERE id = $1",
+    }
+    .check_tombstone(resource_snapshot)
+    .await;
+}
+
+#[tokio::test]
+async fn staff_access_follows_the_newest_snapshot_and_its_token_version_never_falls() {
+    let app = TestApp::spawn(&[service!(svc_crm)]).await;
+    let id = Uuid::now_v7();
+    let t0 = Utc::now().trunc_subsecs(3) - Duration::seconds(30);
+    let snap = |version: i32, status: &str, secs: i64| {
+        let mut s = staff_snapshot(id, "Tess Technician", t0 + Duration::seconds(secs));
+        s.token_version = version;
+        s.status = status.into();
+        StaffUpdated(s)
+    };
+    let held = || async {
+        sqlx::query_as::<_, (i32, bool)>(
+            "SELECT token_version, active FROM staff_access WHERE staff_id = $1",
+        )
+        .bind(id)
+        .fetch_one(&app.ctx("crm").pool)
+        .await
+        .unwrap()
+    };
+    // A logout (version 2) and then, late, the older snapshot before it.
+    app.publish("core", &snap(2, "Active", 10)).await;
+    let last = app.publish("core", &snap(1, "Inactive", 0)).await;
+    app.processed_by("crm", "crm-staff-access", last).await;
+    assert_eq!(
+        held().await,
+        (2, true),
+        "an older snapshot changed staff_access"
+    );
+    // Core's deletion snapshot: Inactive, newer, without the token version.
+    let last = app.publish("core", &snap(0, "Inactive", 20)).await;
+    app.processed_by("crm", "crm-staff-access", last).await;
+    assert_eq!(
+        held().await,
+        (2, false),
+        "the deletion lowered the version or kept the member active"
+    );
+}
