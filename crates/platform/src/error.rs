@@ -42,6 +42,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("conflict")]
     Conflict(Vec<FieldError>),
+    #[error("method not allowed")]
+    MethodNotAllowed,
     #[error("locked: {0}")]
     Locked(String),
     #[error("payload too large")]
@@ -87,6 +89,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Locked(_) => StatusCode::LOCKED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -108,6 +111,9 @@ impl ApiError {
             | ApiError::TooLarge(m)
             | ApiError::Unavailable(m) => vec![FieldError::general(m.clone())],
             ApiError::NotFound(what) => vec![FieldError::general(format!("{what} not found"))],
+            ApiError::MethodNotAllowed => vec![FieldError::general(
+                "This method is not allowed here; the Allow header lists those that are.",
+            )],
             ApiError::Internal(_) => vec![FieldError::general("Something went wrong.")],
         }
     }

@@ -174,6 +174,21 @@ async fn track(State(service): State<&'static str>, req: Request, next: Next) ->
 /// Runs the request in its W3C trace context: the caller's `traceparent` when valid,
 /// else a new trace. Outbox events and service calls made while handling it carry
 /// the same trace id, so one lead's journey is one trace across services.
+/// axum answers a method a path does not serve with a bare 405; clients get the
+/// platform's JSON error instead, with axum's `Allow` header kept.
+async fn method_not_allowed_json(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    if res.status() != axum::http::StatusCode::METHOD_NOT_ALLOWED {
+        return res;
+    }
+    let allow = res.headers().get(axum::http::header::ALLOW).cloned();
+    let mut json = ApiError::MethodNotAllowed.into_response();
+    if let Some(allow) = allow {
+        json.headers_mut().insert(axum::http::header::ALLOW, allow);
+    }
+    json
+}
+
 async fn trace_context(mut req: Request, next: Next) -> Response {
     let incoming = req
         .headers()
@@ -234,6 +249,7 @@ pub fn service_router(ctx: Arc<ServiceContext>, routes: Router, openapi: OpenApi
                 .config(Config::new([Url::new(name, spec_url)])),
         )
         .merge(routes)
+        .layer(middleware::from_fn(method_not_allowed_json))
         .layer(middleware::from_fn(trace_context))
         .layer(middleware::from_fn_with_state(name, track))
         .layer(TraceLayer::new_for_http())

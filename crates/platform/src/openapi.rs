@@ -15,7 +15,7 @@ use utoipa::openapi::{
 
 use serde_json::{json, Value};
 
-use crate::collection::{Collection, Field, Kind, Operation, Serve};
+use crate::collection::{Collection, Field, Kind, Operation};
 use crate::query::MAX_LIMIT;
 
 /// A schema written as JSON Schema (OpenAPI 3.1), which says what utoipa's
@@ -544,8 +544,9 @@ pub fn collections_doc(service: &str, title: &str, collections: &[&Collection]) 
                     )),
             );
         }
-        // Operations a service serves itself are documented by its own route.
-        let served = |op: Operation| c.serves(op) != Serve::Custom;
+        // Operations a service serves itself are documented by its own route;
+        // those no role may perform are not served at all.
+        let served = |op: Operation| c.routes_op(op);
         let mut all = PathItemBuilder::new();
         if served(Operation::Read) {
             all = all.operation(HttpMethod::Get, list.build());

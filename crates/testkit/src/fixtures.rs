@@ -128,6 +128,7 @@ pub fn resource_snapshot(id: Uuid, resource_name: &str, at: DateTime<Utc>) -> Re
         resource_type: "Router".into(),
         status: "In Stock".into(),
         location: None,
+        management_ip: None,
         updated_at: at,
     }
 }

@@ -770,13 +770,13 @@ async fn payment_rules_reject_duplicates_bad_input_and_unpayable_invoices() {
         )
         .await
         .status,
-        StatusCode::FORBIDDEN
+        StatusCode::METHOD_NOT_ALLOWED
     );
     assert_eq!(
         app.delete(&format!("/api/billing/payments/{pid}"), &admin)
             .await
             .status,
-        StatusCode::FORBIDDEN
+        StatusCode::METHOD_NOT_ALLOWED
     );
     // A cancelled or draft invoice cannot be paid.
     let sub: String = app
@@ -1126,8 +1126,9 @@ async fn daily_run_marks_overdue_suspends_unless_grace_and_logs_each_run() {
         run(&app, &admin, &today().to_string()).await["runDate"],
         today().to_string()
     );
+    // Runs start through /dailyRuns/run only: the log itself takes no writes.
     let r = app.post("/api/billing/dailyRuns", &admin, json!({})).await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     // Events written by set-based SQL honour the same contract as the typed ones.
     use isp_events::payloads::*;
     let pool = app.admin_pool().await;
@@ -1464,7 +1465,7 @@ async fn mpesa_confirmed_payment_is_recorded_once_per_receipt_against_the_accoun
             json!({"paymentReference": "X"}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{:?}", r.body);
     let allocate = format!(
         "/api/billing/unallocatedPayments/{}/allocate",
         kept["id"].as_str().unwrap()

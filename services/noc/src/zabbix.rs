@@ -32,7 +32,7 @@ use isp_events::payloads::{
 };
 use isp_platform::auth::secret_eq;
 use isp_platform::http::parse_json_body;
-use isp_platform::{ApiError, ApiResult};
+use isp_platform::{ApiError, ApiResult, ServiceContext};
 use ring::rand::SecureRandom;
 use serde::Deserialize;
 use serde_json::{json, Value};

@@ -1076,7 +1076,7 @@ async fn technical_subscriber_fields_follow_the_rules_and_billing_fields_are_rea
         )
         .await
         .status,
-        StatusCode::FORBIDDEN
+        StatusCode::METHOD_NOT_ALLOWED
     );
 
     for field in [

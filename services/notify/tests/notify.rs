@@ -894,7 +894,7 @@ async fn admin_lists_deliveries_and_nobody_writes_them() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 403);
+    assert_eq!(r.status().as_u16(), 405);
     let r = env
         .app
         .http
@@ -903,6 +903,6 @@ async fn admin_lists_deliveries_and_nobody_writes_them() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 403);
+    assert_eq!(r.status().as_u16(), 405);
     assert_eq!(env.status(ok.id).await.as_deref(), Some("Delivered"));
 }

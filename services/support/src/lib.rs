@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use isp_platform::collection::{self, Collection};
+use isp_platform::collection::Collection;
 use isp_platform::runtime::ServiceInfo;
 use isp_platform::service::Service;
 use isp_platform::ServiceContext;
@@ -40,7 +40,8 @@ pub const INFO: ServiceInfo = ServiceInfo {
     scopes: &[],
 };
 
-const TITLE: &str = "ISP Support & Communications: tickets, messages, contacts, templates, bulk sends";
+const TITLE: &str =
+    "ISP Support & Communications: tickets, messages, contacts, templates, bulk sends";
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/support");
 
@@ -142,49 +143,38 @@ pub async fn start_with(ctx: Arc<ServiceContext>, settings: Settings) -> anyhow:
         .consume("support-core", "isp.core.>", consumers::CoreEvents)
         .consume("support-crm", "isp.crm.>", consumers::CrmEvents)
         .consume(
-        "support-billing",
-        "isp.billing.>",
-        consumers::BillingEvents {
-            notifier: notifier.clone(),
-        },
-    )
-        .consume(
-        "support-noc",
-        "isp.noc.>",
-        consumers::NocEvents {
-            network: network::NetworkSettings {
-                resolve_on_recovery: settings.resolve_on_recovery,
-                timezone: ctx.config.timezone,
-                tickets: colls.tickets.clone(),
+            "support-billing",
+            "isp.billing.>",
+            consumers::BillingEvents {
+                notifier: notifier.clone(),
             },
-        },
-    )
+        )
         .consume(
-        "support-tickets",
-        "isp.support.ticket.>",
-        consumers::TicketEvents { notifier },
-    )
+            "support-noc",
+            "isp.noc.>",
+            consumers::NocEvents {
+                network: network::NetworkSettings {
+                    resolve_on_recovery: settings.resolve_on_recovery,
+                    timezone: ctx.config.timezone,
+                    tickets: colls.tickets.clone(),
+                },
+            },
+        )
+        .consume(
+            "support-tickets",
+            "isp.support.ticket.>",
+            consumers::TicketEvents { notifier },
+        )
         .consume("support-notify", "isp.notify.>", consumers::NotifyEvents);
     let bulk = bulk::Bulk::start(ctx.clone(), colls.clone(), settings.clone());
 
-    let mut routes = Router::new()
+    let routes = Router::new()
         .merge(api::routes(ctx.clone(), colls.clone()))
         .merge(bulk::routes(bulk));
     let mut doc = api::openapi();
     doc.merge(bulk::openapi());
-    // The message log and the subscriber projection are read-only: their routes
-    // answer reads only, so the engine does not serve them.
-    for c in [&colls.messages, &colls.subscribers] {
-        routes = routes.merge(api::read_only_routes(ctx.clone(), c.clone()));
-        let mut d = isp_platform::openapi::collections_doc("support", TITLE, &[c.as_ref()]);
-        api::drop_forbidden_operations(&mut d, "support", c);
-        doc.merge(d);
-    }
     for c in colls.all() {
-        if !Arc::ptr_eq(c, &colls.messages) && !Arc::ptr_eq(c, &colls.subscribers) {
-            svc = svc.collection(c);
-        }
+        svc = svc.collection(c);
     }
     Ok(svc.merge(routes, doc).router())
-}
 }

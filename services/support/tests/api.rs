@@ -313,7 +313,12 @@ async fn only_admin_and_support_agents_work_here_and_never_see_money() {
                 json!({"recipient": "+254700000000", "type": "SMS", "content": "x", "status": "Sent"}),
             )
             .await;
-        assert_eq!(r.status, StatusCode::FORBIDDEN);
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert!(
+            r.body["errors"][0]["message"].as_str().is_some(),
+            "405 in the platform's error shape: {:?}",
+            r.body
+        );
     }
     // Which events notify is Admin's to decide.
     let r = app

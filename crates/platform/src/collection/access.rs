@@ -4,24 +4,34 @@
 use serde_json::{Map, Value};
 
 use super::{Collection, Field, Kind, Operation};
-use crate::auth::Principal;
+use crate::auth::{Principal, Roles};
 use crate::error::{ApiError, ApiResult};
 
 impl Collection {
     /// The roles of an operation, and services whose token has the scope
     /// `<service>.<slug>.<operation>`.
     pub fn allowed(&self, p: &Principal, op: Operation) -> bool {
-        let roles = match op {
+        if let Operation::Action(name) = op {
+            if !self.actions.iter().any(|(n, _)| *n == name) {
+                return false;
+            }
+        }
+        p.in_roles(self.roles(op)) || p.has_scope(&self.scope(op))
+    }
+
+    /// The staff roles that may do `op`.
+    pub fn roles(&self, op: Operation) -> Roles {
+        match op {
             Operation::Read => self.read,
             Operation::Create => self.create,
             Operation::Update => self.update,
             Operation::Delete => self.delete,
-            Operation::Action(name) => match self.actions.iter().find(|(n, _)| *n == name) {
-                Some((_, roles)) => *roles,
-                None => return false,
-            },
-        };
-        p.in_roles(roles) || p.has_scope(&self.scope(op))
+            Operation::Action(name) => self
+                .actions
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(Roles::NONE, |(_, r)| *r),
+        }
     }
 
     /// The service scope that allows `op`: `<service>.<slug>.<operation>`.

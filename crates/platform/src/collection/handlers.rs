@@ -72,12 +72,12 @@ pub fn routes(coll: Arc<Collection>, ctx: Ctx) -> Router {
         MethodFilter::DELETE,
         delete(delete_handler),
     );
-    let custom = |ops: &[Operation]| ops.iter().all(|op| c.serves(*op) == Serve::Custom);
+    let routed = |ops: &[Operation]| ops.iter().any(|op| c.routes_op(*op));
     let mut router = Router::new();
-    if !custom(&[Operation::Read, Operation::Create]) {
+    if routed(&[Operation::Read, Operation::Create]) {
         router = router.route(&base, all);
     }
-    if !custom(&[Operation::Read, Operation::Update, Operation::Delete]) {
+    if routed(&[Operation::Read, Operation::Update, Operation::Delete]) {
         router = router.route(&format!("{base}/{{id}}"), one);
     }
     router.with_state(Routed { ctx, coll })
@@ -92,7 +92,7 @@ fn method(
 ) -> MethodRouter<Routed> {
     match coll.serves(op) {
         Serve::Engine => router.merge(engine),
-        Serve::Custom => router,
+        Serve::Custom | Serve::Closed => router,
         Serve::Off(message) => router.on(filter, move |_: Principal| async move {
             ApiError::forbidden(message)
         }),

@@ -77,6 +77,10 @@ pub enum Serve {
     Custom,
     /// Refused with 403 and this message (subscribers are deactivated, not deleted).
     Off(&'static str),
+    /// No role may do it (a log only the service itself writes): neither routed
+    /// (HTTP answers 405 with the methods that are) nor documented. Services that
+    /// must write such a collection do it in their own code, not over HTTP.
+    Closed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -206,7 +210,14 @@ impl Collection {
     }
     /// How the engine serves a CRUD operation.
     pub fn serves(&self, op: Operation) -> Serve {
-        op.index().map_or(Serve::Custom, |i| self.serve[i])
+        match op.index().map_or(Serve::Custom, |i| self.serve[i]) {
+            Serve::Engine if self.roles(op) == Roles::NONE => Serve::Closed,
+            s => s,
+        }
+    }
+    /// Whether the engine answers `op` over HTTP (itself or with its refusal).
+    pub fn routes_op(&self, op: Operation) -> bool {
+        matches!(self.serves(op), Serve::Engine | Serve::Off(_))
     }
     pub fn is_idempotent_create(&self) -> bool {
         self.idempotent_create
