@@ -577,19 +577,238 @@ plain_event!(
 // notify
 // ---------------------------------------------------------------------------
 
-/// `notification.status`: a delivery's outcome (Support updates its Messages log).
+// How other services ask Notify to send. Every producer publishes the same
+// [`NotificationRequest`] through its own outbox, wrapped in its own event type
+// `notification.requested.<producer>` (types stay unique across services; the
+// subject is `isp.<producer>.notification.requested.<producer>`). Notify consumes
+// them all with one durable consumer on [`NOTIFICATION_REQUEST_FILTER`] and reads
+// any of them with [`notification_request`], so a new producer only adds a wrapper
+// below. The request's `id` is the idempotency id: Notify sends at most once per
+// id, however often the event is delivered, and reports on that id.
+
+/// The JetStream filter that matches every producer's request event.
+pub const NOTIFICATION_REQUEST_FILTER: &str = "isp.*.notification.requested.>";
+/// The event type prefix every request wrapper shares.
+pub const NOTIFICATION_REQUEST_TYPE_PREFIX: &str = "notification.requested.";
+
+/// `sms` | `email`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotificationChannel {
+    Sms,
+    Email,
+}
+
+impl NotificationChannel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sms => "sms",
+            Self::Email => "email",
+        }
+    }
+}
+
+/// `transactional` (invoices, outages, replies) | `promotional` (marketing:
+/// Notify refuses it to a suppressed recipient even if the requester forgot to
+/// filter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotificationCategory {
+    Transactional,
+    Promotional,
+}
+
+impl NotificationCategory {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Transactional => "transactional",
+            Self::Promotional => "promotional",
+        }
+    }
+}
+
+/// One message to send, as rendered by the requester.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationRequest {
+    /// The idempotency id (UUID, chosen by the requester, e.g. derived from its
+    /// message log row). Also the `deliveryId` of every `notification.status`
+    /// about this send.
+    pub id: Uuid,
+    pub channel: NotificationChannel,
+    /// E.164 phone (`+254712345678`) for `sms`, an email address for `email`.
+    pub recipient: String,
+    /// Email subject; ignored for SMS. Absent on an email: Notify's default
+    /// subject (`ISP_NOTIFY_EMAIL_DEFAULT_SUBJECT`).
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// The text exactly as it is to be sent (already rendered, footer included).
+    pub body: String,
+    pub category: NotificationCategory,
+    /// The requester's own reference (Support's message id, wa-parser's inbound
+    /// message id), echoed back in every `notification.status`.
+    #[serde(default)]
+    pub reference: Option<String>,
+}
+
+snapshot_events! { NotificationRequest, "support", |r| r.id;
+    /// `notification.requested.support`: Support asks Notify for one send
+    /// (automated notifications, manual replies, each bulk recipient).
+    SupportNotificationRequested = "notification.requested.support";
+}
+
+snapshot_events! { NotificationRequest, "wa-parser", |r| r.id;
+    /// `notification.requested.waParser`: wa-parser's SMS replies to partners.
+    WaParserNotificationRequested = "notification.requested.waParser";
+}
+
+/// The request in any producer's `notification.requested.*` event, with the
+/// producing service (from the envelope's `source`); `None` for other events.
+pub fn notification_request(
+    ev: &crate::CloudEvent,
+) -> serde_json::Result<Option<(String, NotificationRequest)>> {
+    if !ev.r#type.starts_with(NOTIFICATION_REQUEST_TYPE_PREFIX) {
+        return Ok(None);
+    }
+    let requester = ev
+        .source_service()
+        .map(str::to_string)
+        .unwrap_or_else(|| ev.r#type[NOTIFICATION_REQUEST_TYPE_PREFIX.len()..].to_string());
+    Ok(Some((requester, ev.data_as()?)))
+}
+
+/// Where a delivery stands. Notify never moves a delivery backwards
+/// ([`DeliveryStatus::rank`]); consumers that keep their own copy should apply
+/// the same rule, since events can arrive out of order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DeliveryStatus {
+    /// Received by Notify, not yet handed to a provider (also while retrying).
+    Queued,
+    /// The provider took it (Africa's Talking 100 to 102, Twilio `queued` /
+    /// `accepted`); not yet on the network.
+    Accepted,
+    /// The provider handed it to the network (Twilio `sent`, AT `Sent`), or
+    /// an SMTP server / the log-only provider accepted it (final for those).
+    Sent,
+    /// Handset confirmed (AT `Success`, Twilio `delivered`).
+    Delivered,
+    /// The network could not deliver it (AT `Rejected` / `Failed` /
+    /// `AbsentSubscriber`, Twilio `undelivered`).
+    Undelivered,
+    /// The network gave up waiting (AT `Expired`).
+    Expired,
+    /// Never sent: a permanent provider error (invalid number, insufficient
+    /// balance), retries exhausted, or refused by Notify (suppressed, bad
+    /// recipient). `failureReason` says which.
+    Failed,
+}
+
+impl DeliveryStatus {
+    /// Progress order: a status may replace another only if its rank is
+    /// higher. The four outcomes share the top rank, so the first one reported
+    /// is final (a late `Sent` does not undo `Delivered`, nor does a second
+    /// outcome replace the first).
+    pub fn rank(self) -> u8 {
+        match self {
+            Self::Queued => 0,
+            Self::Accepted => 1,
+            Self::Sent => 2,
+            Self::Delivered | Self::Undelivered | Self::Expired | Self::Failed => 3,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "Queued",
+            Self::Accepted => "Accepted",
+            Self::Sent => "Sent",
+            Self::Delivered => "Delivered",
+            Self::Undelivered => "Undelivered",
+            Self::Expired => "Expired",
+            Self::Failed => "Failed",
+        }
+    }
+
+    /// The label as stored (`Queued`, ...).
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Queued,
+            Self::Accepted,
+            Self::Sent,
+            Self::Delivered,
+            Self::Undelivered,
+            Self::Expired,
+            Self::Failed,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
+}
+
+/// `notification.status`: a delivery's progress or outcome (Support updates its
+/// Messages log). Published on every change, in the same transaction as it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NotificationStatus {
+    /// The request's `id` (Notify keys its delivery by it).
     pub delivery_id: Uuid,
-    /// e.g. `Sent` | `Delivered` | `Failed`.
-    pub status: String,
-    /// e.g. `africastalking` | `twilio` | `smtp` | `log`.
+    pub status: DeliveryStatus,
+    /// `africastalking` | `twilio` | `smtp` | `log` (`none` when Notify refused
+    /// it before choosing one).
     pub provider: String,
     pub at: DateTime<Utc>,
+    /// The service that asked (`support`, `wa-parser`), so each ignores others'.
+    #[serde(default)]
+    pub requester: Option<String>,
+    /// The request's `reference`, echoed.
+    #[serde(default)]
+    pub reference: Option<String>,
+    #[serde(default)]
+    pub channel: Option<NotificationChannel>,
+    #[serde(default)]
+    pub recipient: Option<String>,
+    /// The provider's id (AT `messageId`, Twilio `MessageSid`, SMTP `Message-ID`).
+    #[serde(default)]
+    pub provider_message_id: Option<String>,
+    /// What the provider charged, exact (AT's `"KES 0.8000"` is `cost` `"0.8000"`
+    /// with `costCurrency` `"KES"`).
+    #[serde(default)]
+    pub cost: Option<Decimal>,
+    #[serde(default)]
+    pub cost_currency: Option<String>,
+    /// Why it failed / was not delivered, as the provider said it
+    /// (`InvalidPhoneNumber`, `InsufficientBalance`, `Twilio 21610: ...`,
+    /// `DeliveryFailure`, ...), or Notify's own (`Suppressed`, `Retries exhausted: ...`).
+    #[serde(default)]
+    pub failure_reason: Option<String>,
 }
 plain_event!(NotificationStatus, "notify", "notification.status", |e| e
     .delivery_id);
+
+/// A recipient's opt-out state changed: Support keeps the suppression list for
+/// promotional sends from these (plus its own staff marking).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SuppressionChange {
+    /// E.164 phone (or email address for an email opt-out).
+    pub recipient: String,
+    pub channel: NotificationChannel,
+    /// `africastalking-optout` (the gateway's opt-out callback), `inbound-stop`
+    /// (a STOP reply), `twilio-21610` (Twilio refused: the number replied STOP
+    /// to Twilio), `inbound-start` (a START reply; on removal).
+    pub source: String,
+    /// The keyword or text that caused it, where there was one.
+    #[serde(default)]
+    pub detail: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+snapshot_events! { SuppressionChange, "notify", |s| s.recipient;
+    /// `suppression.added`: the recipient opted out.
+    SuppressionAdded = "suppression.added";
+    /// `suppression.removed`: the recipient opted back in (START).
+    SuppressionRemoved = "suppression.removed";
+}
 
 /// For projections: the snapshot carried by any of an entity's created, updated or
 /// deleted events, and whether it was a deletion; `None` for other event types.
@@ -654,7 +873,11 @@ mod tests {
             TicketUpdated,
             MpesaPaymentConfirmed,
             MpesaCommissionPaid,
+            SupportNotificationRequested,
+            WaParserNotificationRequested,
             NotificationStatus,
+            SuppressionAdded,
+            SuppressionRemoved,
         )
     }
 
@@ -715,5 +938,61 @@ mod tests {
             .subject_id(),
             "200"
         );
+    }
+
+    #[test]
+    fn every_notification_request_matches_notifys_filter() {
+        for (service, ty) in [
+            (
+                SupportNotificationRequested::SERVICE,
+                SupportNotificationRequested::TYPE,
+            ),
+            (
+                WaParserNotificationRequested::SERVICE,
+                WaParserNotificationRequested::TYPE,
+            ),
+        ] {
+            assert!(ty.starts_with(NOTIFICATION_REQUEST_TYPE_PREFIX));
+            let subject = nats_subject(service, ty);
+            let tokens: Vec<_> = subject.split('.').collect();
+            // isp.*.notification.requested.>
+            assert!(tokens.len() >= 5, "{subject}");
+            assert_eq!(tokens[0], "isp");
+            assert_eq!(&tokens[2..4], ["notification", "requested"]);
+        }
+        let req = NotificationRequest {
+            id: Uuid::nil(),
+            channel: NotificationChannel::Sms,
+            recipient: "+254712345678".into(),
+            subject: None,
+            body: "Hi".into(),
+            category: NotificationCategory::Promotional,
+            reference: Some("m-1".into()),
+        };
+        let ev = crate::CloudEvent::new("wa-parser", &WaParserNotificationRequested(req.clone()))
+            .unwrap();
+        let v = serde_json::to_value(&ev.data).unwrap();
+        assert_eq!(v["channel"], "sms");
+        assert_eq!(v["category"], "promotional");
+        assert_eq!(
+            notification_request(&ev).unwrap(),
+            Some(("wa-parser".to_string(), req))
+        );
+    }
+
+    #[test]
+    fn delivery_status_never_goes_backwards_and_old_events_still_parse() {
+        assert!(DeliveryStatus::Delivered.rank() > DeliveryStatus::Sent.rank());
+        assert_eq!(
+            DeliveryStatus::Delivered.rank(),
+            DeliveryStatus::Failed.rank()
+        );
+        let old = serde_json::json!({
+            "deliveryId": Uuid::nil(), "status": "Sent", "provider": "log",
+            "at": "2026-01-31T10:00:00Z"
+        });
+        let s: NotificationStatus = serde_json::from_value(old).unwrap();
+        assert_eq!(s.status, DeliveryStatus::Sent);
+        assert_eq!(DeliveryStatus::parse("Expired"), Some(DeliveryStatus::Expired));
     }
 }
