@@ -1,5 +1,5 @@
 //! The event backbone against real Postgres and a real nats-server: the outbox,
-//! the relay and idempotent durable consumers (DESIGN.md section 4).
+//! the relay and idempotent durable consumers (docs/contract.md#events).
 //!
 //! Each test gets its own database (schema `t`, like a service's own schema) and
 //! its own nats-server. Waits are bounded polls; nothing sleeps to assert.

@@ -1,4 +1,4 @@
-//! DESIGN section 5, flow 2, across the whole fleet over real HTTP, Postgres and
+//! docs/contract.md#flows, flow 2, across the whole fleet over real HTTP, Postgres and
 //! NATS: a Sales Agent converts a partner's referral lead in CRM -> Billing creates
 //! the subscriber (Pending Installation, account number) and the first invoice
 //! (plan fee + one-off charges) -> Core counts the partner's referral exactly once,

@@ -1,4 +1,4 @@
-//! DESIGN flow 5 across the whole fleet over real HTTP, Postgres, NATS, FreeRADIUS
+//! docs/contract.md flow 5 across the whole fleet over real HTTP, Postgres, NATS, FreeRADIUS
 //! and the Daraja stand-in (callbacks come through the launcher's `/hooks/daraja`
 //! route): two subscribers are suspended for an overdue invoice; one pays by STK
 //! push, the other by paybill with the account number typed in lower case with

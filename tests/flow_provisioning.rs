@@ -1,4 +1,4 @@
-//! DESIGN section 5, flow 3, across the whole fleet over real HTTP, Postgres, NATS
+//! docs/contract.md#flows, flow 3, across the whole fleet over real HTTP, Postgres, NATS
 //! and FreeRADIUS: a Sales Agent converts a lead -> Billing creates the subscriber
 //! -> NOC opens the New Installation work order -> the assigned Technician
 //! completes it -> NOC allocates the static IP and writes FreeRADIUS's tables ->

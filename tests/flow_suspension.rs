@@ -1,4 +1,4 @@
-//! DESIGN section 5, flows 4 and 5 across the whole fleet over real HTTP, Postgres,
+//! docs/contract.md#flows, flow 4 and 5 across the whole fleet over real HTTP, Postgres,
 //! NATS and FreeRADIUS: an installed subscriber is online -> the daily run finds
 //! the first invoice overdue and Billing suspends -> NOC blocks the RADIUS account
 //! and sends an RFC 5176 Disconnect-Request to the subscriber's NAS -> the Billing

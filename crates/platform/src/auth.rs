@@ -5,6 +5,12 @@
 //! tokens carry the role; service tokens (minted by the launcher or `isp token`)
 //! carry `scopes` naming exactly the operations one service may call on another.
 //!
+//! Service tokens live hours, not a year ([`service_token_ttl`], at most
+//! [`MAX_SERVICE_TOKEN_TTL`]): the runtime mints a fresh one or renews it at core
+//! before it is half spent (see [`crate::client::TokenSource`]). Each names its
+//! audience, the services its scopes are for (`billing.subscribers.create` is for
+//! `billing`), and a service refuses a service token not addressed to it.
+//!
 //! A valid signature is not enough for a staff token: logout, a password, role or
 //! status change end it at once on every service. [`Keys`] of a running service
 //! carry a [`StaffAccess`] (its own schema's `staff_access`, see
@@ -24,7 +30,7 @@ use crate::config::env_opt;
 use crate::error::ApiError;
 use crate::staff_access::StaffAccess;
 
-/// The spec's staff roles (SPEC section 2), spelled as the API spells them.
+/// The spec's staff roles (docs/contract.md#roles), spelled as the API spells them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Role {
     Admin,
@@ -119,6 +125,11 @@ pub struct Claims {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,
+    /// Service tokens: the services the token may be presented to (RFC 7519
+    /// `aud`, always an array here). Staff tokens have none: they are valid on
+    /// every service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aud: Vec<String>,
     /// The member's token version when the token was issued. Logout and password,
     /// role and status changes bump the member's version; every service then
     /// refuses tokens carrying an older one.
@@ -200,6 +211,43 @@ pub struct Keys {
     decoding: Arc<DecodingKey>,
     public_raw: Vec<u8>,
     staff_access: Option<StaffAccess>,
+    /// The service these keys verify for: service tokens must name it in `aud`.
+    audience: Option<&'static str>,
+}
+
+/// Default lifetime of a service token (`ISP_SERVICE_TOKEN_TTL_SECONDS`): 4 hours.
+pub const DEFAULT_SERVICE_TOKEN_TTL: i64 = 4 * 3600;
+/// No service token is accepted whose lifetime (`exp - iat`) is longer: 24 hours.
+pub const MAX_SERVICE_TOKEN_TTL: i64 = 24 * 3600;
+
+/// `ISP_SERVICE_TOKEN_TTL_SECONDS` (default 4 h), at most [`MAX_SERVICE_TOKEN_TTL`].
+pub fn service_token_ttl() -> anyhow::Result<i64> {
+    let ttl: i64 = crate::config::env_parse("ISP_SERVICE_TOKEN_TTL_SECONDS", DEFAULT_SERVICE_TOKEN_TTL)?;
+    anyhow::ensure!(
+        (60..=MAX_SERVICE_TOKEN_TTL).contains(&ttl),
+        "ISP_SERVICE_TOKEN_TTL_SECONDS={ttl}: must be between 60 and {MAX_SERVICE_TOKEN_TTL}"
+    );
+    Ok(ttl)
+}
+
+/// The services a set of scopes is for: the first segment of each
+/// (`billing.subscribers.create` → `billing`), in order, without repeats.
+pub fn audience_of<S: AsRef<str>>(scopes: &[S]) -> Vec<String> {
+    let mut aud: Vec<String> = vec![];
+    for s in scopes {
+        let svc = s.as_ref().split('.').next().unwrap_or_default();
+        if !svc.is_empty() && !aud.iter().any(|a| a == svc) {
+            aud.push(svc.to_string());
+        }
+    }
+    aud
+}
+
+/// Compares two secrets (webhook tokens, shared keys) in time that depends only on
+/// their lengths, never on where they first differ.
+pub fn secret_eq(given: &[u8], expected: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    given.ct_eq(expected).into()
 }
 
 impl std::fmt::Debug for Keys {
@@ -207,6 +255,7 @@ impl std::fmt::Debug for Keys {
         f.debug_struct("Keys")
             .field("can_sign", &self.encoding.is_some())
             .field("staff_access", &self.staff_access)
+            .field("audience", &self.audience)
             .finish()
     }
 }
@@ -221,6 +270,7 @@ impl Keys {
             decoding: Arc::new(DecodingKey::from_ed_der(&public_raw)),
             public_raw,
             staff_access: None,
+            audience: None,
         })
     }
 
@@ -230,6 +280,7 @@ impl Keys {
             decoding: Arc::new(DecodingKey::from_ed_der(public_raw)),
             public_raw: public_raw.to_vec(),
             staff_access: None,
+            audience: None,
         }
     }
 
@@ -272,20 +323,17 @@ impl Keys {
         if let Some(dir) = file.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        match write_private(&file, &b64.encode(pkcs8)) {
+        match crate::config::write_secret_file(&file, &b64.encode(pkcs8), false) {
             Ok(()) => {
                 tracing::info!(path = %file.display(), "generated a new JWT signing key");
                 Ok(keys)
             }
             // Another process sharing the data folder created it first: use theirs.
-            Err(e)
-                if e.downcast_ref::<std::io::Error>()
-                    .is_some_and(|e| e.kind() == std::io::ErrorKind::AlreadyExists) =>
-            {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 std::thread::sleep(std::time::Duration::from_millis(50));
                 Self::from_pkcs8(&b64.decode(std::fs::read_to_string(&file)?.trim())?)
             }
-            Err(e) => Err(e),
+            Err(e) => Err(anyhow::anyhow!("writing {}: {e}", file.display())),
         }
     }
 
@@ -301,12 +349,24 @@ impl Keys {
         self.staff_access.as_ref()
     }
 
+    /// These keys, verifying for the service `name`: a service token is accepted
+    /// only if its `aud` names this service. [`crate::runtime::context`] sets it.
+    pub fn with_audience(mut self, name: &'static str) -> Self {
+        self.audience = Some(name);
+        self
+    }
+
     /// Who a bearer token names, if it may still be used: a valid signature and,
     /// for a staff token, a token version no older than the member's and an active
-    /// member (when these keys carry a [`StaffAccess`]). Service tokens are not
-    /// checked beyond their signature.
+    /// member (when these keys carry a [`StaffAccess`]). A service token must be
+    /// addressed to this service (when these keys have an audience) and have a
+    /// lifetime of at most [`MAX_SERVICE_TOKEN_TTL`].
     pub async fn authenticate(&self, token: &str) -> Result<Principal, ApiError> {
-        let principal = Principal::from_claims(self.verify(token)?)?;
+        let claims = self.verify(token)?;
+        if claims.sub.starts_with("service:") {
+            self.check_service_claims(&claims)?;
+        }
+        let principal = Principal::from_claims(claims)?;
         if let (
             Some(access),
             Principal::Staff {
@@ -314,9 +374,27 @@ impl Keys {
             },
         ) = (&self.staff_access, &principal)
         {
-            access.check(*id, *token_version).await?;
+            access.check(*id, *token_version, token).await?;
         }
         Ok(principal)
+    }
+
+    /// A service token's lifetime is bounded and, where these keys verify for one
+    /// service, it names that service in `aud`.
+    pub fn check_service_claims(&self, c: &Claims) -> Result<(), ApiError> {
+        if c.exp - c.iat > MAX_SERVICE_TOKEN_TTL {
+            return Err(ApiError::unauthorized(
+                "This service token lives longer than a service token may; mint a new one.",
+            ));
+        }
+        if let Some(me) = self.audience {
+            if !c.aud.iter().any(|a| a == me) {
+                return Err(ApiError::unauthorized(format!(
+                    "This service token is not meant for {me}."
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Whether these keys can sign (only core's can, in a distributed deployment).
@@ -344,6 +422,9 @@ impl Keys {
         let mut v = Validation::new(Algorithm::EdDSA);
         v.leeway = 5;
         v.required_spec_claims = ["exp", "sub"].into_iter().map(String::from).collect();
+        // `aud` is checked by `authenticate` against the service verifying, not here:
+        // core's renewal endpoint reads tokens addressed to other services.
+        v.validate_aud = false;
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &v)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
@@ -354,38 +435,51 @@ impl Keys {
             })
     }
 
-    /// A long-lived token for one service calling others, limited to `scopes`.
+    /// A token for one service calling others, limited to `scopes`, addressed to
+    /// the services they name, living [`service_token_ttl`].
     pub fn service_token(&self, service: &str, scopes: &[&str]) -> anyhow::Result<String> {
+        self.service_token_for(service, scopes, service_token_ttl()?)
+    }
+
+    /// [`Keys::service_token`] with an explicit lifetime (at most [`MAX_SERVICE_TOKEN_TTL`]).
+    pub fn service_token_for(
+        &self,
+        service: &str,
+        scopes: &[&str],
+        ttl_seconds: i64,
+    ) -> anyhow::Result<String> {
+        anyhow::ensure!(
+            ttl_seconds <= MAX_SERVICE_TOKEN_TTL,
+            "a service token lives at most {MAX_SERVICE_TOKEN_TTL} s"
+        );
         let now = chrono::Utc::now().timestamp();
         self.sign(&Claims {
             sub: format!("service:{service}"),
-            exp: now + 365 * 24 * 3600,
+            exp: now + ttl_seconds,
             iat: now,
             email: None,
             role: None,
             name: Some(service.to_string()),
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            aud: audience_of(scopes),
             ver: 0,
         })
     }
-}
 
-#[cfg(unix)]
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(contents.as_bytes())?;
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    Ok(std::fs::write(path, contents)?)
+    /// The same rights as the service token `claims` (same subject, scopes and
+    /// audience) for another [`service_token_ttl`]: what core's renewal endpoint
+    /// signs. The caller has checked that `claims` came from a valid token.
+    pub fn renew_service_token(&self, claims: &Claims) -> anyhow::Result<(String, i64)> {
+        anyhow::ensure!(claims.sub.starts_with("service:"), "not a service token");
+        let now = chrono::Utc::now().timestamp();
+        let exp = now + service_token_ttl()?;
+        let token = self.sign(&Claims {
+            exp,
+            iat: now,
+            ..claims.clone()
+        })?;
+        Ok((token, exp))
+    }
 }
 
 impl Principal {
@@ -501,6 +595,7 @@ mod tests {
             role: Some(Role::SalesAgent),
             name: None,
             scopes: vec![],
+            aud: vec![],
             ver: 0,
         };
         let t = keys.sign(&claims).unwrap();
@@ -510,6 +605,46 @@ mod tests {
         let (other, _) = Keys::generate().unwrap();
         assert!(other.verify(&t).is_err());
         assert!(verifier.sign(&claims).is_err());
+    }
+
+    #[tokio::test]
+    async fn service_tokens_live_hours_and_are_refused_by_services_they_do_not_name() {
+        let (keys, _) = Keys::generate().unwrap();
+        let t = keys
+            .service_token("crm", &["billing.subscribers.create", "billing.subscribers.firstName.write"])
+            .unwrap();
+        let c = keys.verify(&t).unwrap();
+        assert_eq!(c.aud, vec!["billing".to_string()]);
+        assert_eq!(c.exp - c.iat, DEFAULT_SERVICE_TOKEN_TTL);
+        let billing = keys.clone().with_audience("billing");
+        let p = billing.authenticate(&t).await.expect("billing accepts");
+        assert!(p.has_scope("billing.subscribers.create"));
+        let noc = keys.clone().with_audience("noc");
+        let e = noc.authenticate(&t).await.unwrap_err();
+        assert_eq!(e.status(), axum::http::StatusCode::UNAUTHORIZED);
+        // A year-long token, as minted before lifetimes were bounded, is refused.
+        let now = chrono::Utc::now().timestamp();
+        let old = keys
+            .sign(&Claims {
+                exp: now + 365 * 24 * 3600,
+                ..c.clone()
+            })
+            .unwrap();
+        assert!(billing.authenticate(&old).await.is_err());
+        assert!(keys.service_token_for("crm", &["billing.x.read"], MAX_SERVICE_TOKEN_TTL + 1).is_err());
+        // Renewal keeps the rights and moves the expiry.
+        let (renewed, exp) = keys.renew_service_token(&c).unwrap();
+        let r = keys.verify(&renewed).unwrap();
+        assert_eq!((r.sub, r.scopes, r.aud), (c.sub, c.scopes, c.aud));
+        assert!(exp >= c.exp);
+    }
+
+    #[test]
+    fn secrets_compare_by_value() {
+        assert!(secret_eq(b"s3cret-token", b"s3cret-token"));
+        assert!(!secret_eq(b"s3cret-tokem", b"s3cret-token"));
+        assert!(!secret_eq(b"s3cret", b"s3cret-token"));
+        assert!(!secret_eq(b"", b"x"));
     }
 
     #[test]

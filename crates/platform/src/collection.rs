@@ -395,7 +395,13 @@ impl Collection {
             return false;
         }
         match p {
-            Principal::Service { .. } => true,
+            // As for reads: a field kept from some roles (a subscriber's status, a
+            // work order's assignee) is kept from services too, unless their token
+            // names it: `<prefix>.<field>.write`.
+            Principal::Service { .. } => {
+                f.write.is_none()
+                    || p.has_scope(&format!("{}.{}.write", self.scope_prefix, f.name))
+            }
             Principal::Staff { role, .. } => f
                 .write
                 .unwrap_or(if create { self.create } else { self.update })

@@ -196,8 +196,14 @@ fn quote_literal(s: &str) -> String {
 
 /// A pool connected as the service's own role with its schema as search_path.
 pub async fn connect(cfg: &PlatformConfig, db: &ServiceDb) -> anyhow::Result<PgPool> {
-    let opts = PgConnectOptions::new()
-        .host(&cfg.database_host)
+    let opts = PgConnectOptions::new();
+    // A host starting with `/` is a Unix socket directory (libpq's rule).
+    let opts = if cfg.database_host.starts_with('/') {
+        opts.socket(&cfg.database_host)
+    } else {
+        opts.host(&cfg.database_host)
+    };
+    let opts = opts
         .port(cfg.database_port)
         .database(&cfg.database_name)
         .username(&db.role)

@@ -1,5 +1,5 @@
 //! The error type of the HTTP edge. Every handler returns `ApiResult<T>`; the body is
-//! always `{"errors":[{"message": "...", "path": "field"?}]}` (DESIGN section 2).
+//! always `{"errors":[{"message": "...", "path": "field"?}]}` (docs/contract.md#http-api).
 //! Internal failures are logged in full and answered with a bare 500: their details
 //! never reach a client.
 

@@ -31,9 +31,12 @@ pub fn key_from(headers: &HeaderMap) -> ApiResult<Option<String>> {
     }
 }
 
+/// SHA-256 of the request's JSON text, hex. serde_json keeps object keys sorted
+/// (no `preserve_order` feature), so the same fields in another order hash alike.
 pub fn request_hash(body: &Value) -> String {
-    use sha2_lite::hash_hex;
-    hash_hex(body.to_string().as_bytes())
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(body.to_string().as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Takes the key's lock for this transaction and returns a stored answer if the key
@@ -91,15 +94,16 @@ pub async fn store(
     Ok(())
 }
 
-/// A small, dependency-free digest for request fingerprints (not for security):
-/// FNV-1a 128 over the canonical JSON text.
-mod sha2_lite {
-    pub fn hash_hex(bytes: &[u8]) -> String {
-        let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
-        for b in bytes {
-            h ^= *b as u128;
-            h = h.wrapping_mul(0x0000000001000000000000000000013B);
-        }
-        format!("{h:032x}")
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn request_hash_is_sha256_of_the_canonical_json() {
+        // echo -n '{"a":1,"b":"x"}' | sha256sum
+        assert_eq!(
+            super::request_hash(&json!({"b": "x", "a": 1})),
+            "ecf9e98ec0641e23113ff3ce8bdc78d0ddd249886517fd4a7f68cc83d4e65667"
+        );
     }
 }

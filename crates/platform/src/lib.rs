@@ -2,7 +2,7 @@
 //!
 //! - [`config`]: settings from environment variables, each with a working default.
 //! - [`telemetry`]: tracing (readable locally, JSON when `ISP_LOG_FORMAT=json`).
-//! - [`error`]: the one error type and its mapping onto DESIGN's error JSON.
+//! - [`error`]: the one error type and its mapping onto the error JSON of docs/contract.md#http-api.
 //! - [`db`]: one Postgres role and schema per service (least privilege), pools, migrations.
 //! - [`auth`]: EdDSA JWTs signed by core and verified everywhere; roles; service tokens.
 //! - [`query`]: Payload-style list queries (`limit`, `page`, `sort`, `where[field][op]`).

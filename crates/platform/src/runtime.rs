@@ -23,7 +23,7 @@ pub struct ServiceInfo {
     pub schema: &'static str,
     /// Further schemas the service owns (NOC owns `radius`).
     pub extra_schemas: &'static [&'static str],
-    /// Standalone port from DESIGN.md.
+    /// Standalone port in docs/contract.md#services.
     pub port: u16,
     /// Scopes of the service token this service calls others with.
     pub scopes: &'static [&'static str],
@@ -84,10 +84,15 @@ pub async fn context(info: ServiceInfo, shared: &Shared) -> anyhow::Result<Arc<S
     }
     let pool = db::connect(&shared.config, &db).await?;
     // Staff tokens are checked against this service's own `staff_access`.
+    // Service tokens must be addressed to this service.
     let keys = shared
         .keys
         .clone()
-        .with_staff_access(StaffAccess::for_service(info.name, pool.clone()));
+        .with_audience(info.name)
+        .with_staff_access(
+            StaffAccess::for_service(info.name, pool.clone())
+                .with_core(&shared.config.internal_url),
+        );
     Ok(Arc::new(ServiceContext {
         name: info.name,
         schema: info.schema,
@@ -145,22 +150,55 @@ impl ServiceContext {
     /// A client for calling another service with this service's token:
     /// `ISP_<SCHEMA>_SERVICE_TOKEN`, else the file `ISP_<SCHEMA>_SERVICE_TOKEN_FILE`
     /// (written by `isp init` in a distributed deployment), else one minted with
-    /// the signing key (single process).
+    /// the signing key (single process). Either way the token is renewed before it
+    /// expires (see [`crate::client::TokenSource`]).
     pub fn client(&self, scopes: &[&str]) -> anyhow::Result<crate::client::ServiceClient> {
+        use crate::client::TokenOrigin;
         let var = format!("ISP_{}_SERVICE_TOKEN", self.schema.to_uppercase());
-        let token = match crate::config::env_opt(&var) {
-            Some(t) => t,
+        let origin = match crate::config::env_opt(&var) {
+            Some(t) => TokenOrigin::Fixed(t.trim().to_string()),
             None => match crate::config::env_opt(&format!("{var}_FILE")) {
-                Some(f) => std::fs::read_to_string(&f)
-                    .map_err(|e| anyhow::anyhow!("{var}_FILE={f}: {e}"))?
-                    .trim()
-                    .to_string(),
-                None => self.keys.service_token(self.name, scopes)?,
+                Some(f) => TokenOrigin::File(f.into()),
+                None => {
+                    anyhow::ensure!(
+                        self.keys.can_sign(),
+                        "{var} or {var}_FILE is needed: this process cannot sign tokens"
+                    );
+                    TokenOrigin::Mint {
+                        keys: self.keys.clone(),
+                        service: self.name.to_string(),
+                        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                    }
+                }
             },
+        };
+        let base = self.config.internal_url.clone();
+        if let TokenOrigin::Mint { .. } = origin {
+            // Minting is local and cheap: a fresh source per client.
+            let source = crate::client::TokenSource::new(origin, base.clone());
+            return Ok(crate::client::ServiceClient::new(base, source));
+        }
+        // A token given to the process: one source per service for the whole
+        // process, so a renewed token is kept (clients are often made per request)
+        // and one background task keeps it alive.
+        static SOURCES: std::sync::LazyLock<
+            std::sync::Mutex<std::collections::HashMap<String, crate::client::TokenSource>>,
+        > = std::sync::LazyLock::new(Default::default);
+        let key = format!("{}|{}", self.name, base);
+        let source = {
+            let mut sources = SOURCES.lock().unwrap_or_else(|e| e.into_inner());
+            sources
+                .entry(key)
+                .or_insert_with(|| {
+                    let s = crate::client::TokenSource::new(origin, base.clone());
+                    s.keep_fresh(self.shutdown.clone());
+                    s
+                })
+                .clone()
         };
         Ok(crate::client::ServiceClient::new(
             self.config.internal_url.clone(),
-            token,
+            source,
         ))
     }
 }

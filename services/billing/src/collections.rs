@@ -1,7 +1,7 @@
 //! The collections, their field-level access and the hooks that keep the ledger
 //! consistent inside each write's transaction.
 //!
-//! Access (SPEC 2, DESIGN 3): Admin does everything. Billing Manager has CRUD on
+//! Access (docs/contract.md#roles): Admin does everything. Billing Manager has CRUD on
 //! invoices, payments (append-only, see docs/billing.md) and expenses, and edits
 //! only the financial fields of subscribers. Sales Agent, Support Agent and Network
 //! Engineer read basic subscriber info (never `accountBalance` or other financial
@@ -39,7 +39,7 @@ pub const SUB_READ: Roles = Roles::of(&[
 ]);
 
 /// Who may read a subscriber's network data (`connectionType`, `assignedIp`):
-/// Sales Agent and Billing Manager have no access to network data (SPEC 2).
+/// Sales Agent and Billing Manager have no access to network data (docs/contract.md#roles).
 pub const NET_READ: Roles = Roles::of(&[Role::Admin, Role::NetworkEngineer, Role::SupportAgent]);
 
 pub const SUBSCRIBER_STATUS: &[&str] =

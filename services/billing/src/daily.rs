@@ -1,4 +1,4 @@
-//! The daily run (SPEC 3.3 "Automated Billing Cycle" and "Automated Suspension").
+//! The daily run (docs/contract.md#billing, flow 4).
 //!
 //! One transaction, three set-based statements, so 100,000 due subscribers cost a
 //! few statements rather than 100,000 round trips:

@@ -1,4 +1,4 @@
-//! ISP Billing & Finance (SPEC 3.3, DESIGN section 1).
+//! ISP Billing & Finance (SPEC 3.3, docs/contract.md#services).
 //!
 //! - [`collections`]: subscribers, invoices, payments, expenses and the daily-run
 //!   log, with their field-level access and the hooks that keep the ledger right.

@@ -62,6 +62,7 @@ pub fn routes(ctx: Arc<ServiceContext>, staff: Arc<Collection>, settings: Settin
         .route("/api/core/staff/refresh-token", post(refresh))
         .route("/api/core/staff/unlock", post(unlock))
         .route("/api/core/jwks", get(public_key))
+        .route("/api/core/service-tokens/renew", post(renew_service_token))
         .with_state(AuthState {
             ctx,
             staff,
@@ -71,7 +72,7 @@ pub fn routes(ctx: Arc<ServiceContext>, staff: Arc<Collection>, settings: Settin
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(login, me, logout, refresh, unlock, public_key),
+    paths(login, me, logout, refresh, unlock, public_key, renew_service_token),
     components(schemas(LoginInput, UnlockInput))
 )]
 struct AuthDoc;
@@ -136,6 +137,7 @@ fn issue(keys: &Keys, s: &StaffAuthRow, ttl: i64) -> ApiResult<(String, i64)> {
             role: Role::parse(&s.role),
             name: Some(s.full_name.clone()),
             scopes: vec![],
+            aud: vec![],
             ver: s.token_version,
         })
         .map_err(ApiError::Internal)?;
@@ -316,6 +318,39 @@ async fn unlock(
 #[utoipa::path(get, path = "/api/core/jwks", tag = "staff", responses((status = 200, description = "The Ed25519 public key that verifies staff and service tokens")))]
 async fn public_key(State(st): State<AuthState>) -> Json<Value> {
     Json(json!({"alg": "EdDSA", "crv": "Ed25519", "publicKey": st.ctx.keys.public_key_b64()}))
+}
+
+/// A service token, still valid, for another lifetime with the same rights
+/// (subject, scopes, audience): how a service that cannot sign keeps its token
+/// (see `isp_platform::client::TokenSource`). Staff tokens renew with
+/// `refresh-token` instead.
+#[utoipa::path(post, path = "/api/core/service-tokens/renew", security(("jwt" = [])), tag = "staff",
+    responses((status = 200, description = "{token, exp}"), (status = 401, description = "Not a valid service token")))]
+async fn renew_service_token(
+    State(st): State<AuthState>,
+    req: axum::http::request::Parts,
+) -> ApiResult<Json<Value>> {
+    let token = bearer(&req).ok_or_else(|| ApiError::unauthorized("You are not logged in."))?;
+    // Not `authenticate`: the token is addressed to the services it calls, not core.
+    let claims = st.ctx.keys.verify(token)?;
+    if !claims.sub.starts_with("service:") {
+        return Err(ApiError::unauthorized(
+            "Only service tokens are renewed here; staff use /api/core/staff/refresh-token.",
+        ));
+    }
+    // A year-long token from before lifetimes were bounded is not renewed either.
+    if claims.exp - claims.iat > isp_platform::auth::MAX_SERVICE_TOKEN_TTL {
+        return Err(ApiError::unauthorized(
+            "This service token lives longer than a service token may; mint a new one.",
+        ));
+    }
+    let (token, exp) = st
+        .ctx
+        .keys
+        .renew_service_token(&claims)
+        .map_err(ApiError::Internal)?;
+    tracing::info!(service = %claims.sub, "renewed a service token");
+    Ok(Json(json!({"token": token, "exp": exp})))
 }
 
 /// An argon2id hash of a random string, for constant-time failure on unknown emails.

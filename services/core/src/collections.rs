@@ -30,7 +30,7 @@ fn internal(e: anyhow::Error) -> ApiError {
 
 // ---- staff ----------------------------------------------------------------------
 
-/// Only Admin manages staff (SPEC 2); everyone reads themselves through `/me`.
+/// Only Admin manages staff (docs/contract.md#roles); everyone reads themselves through `/me`.
 pub fn staff() -> Collection {
     Collection::new(
         "core",

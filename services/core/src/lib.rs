@@ -1,4 +1,4 @@
-//! Core & Company (SPEC 3.1): staff (the auth collection), service plans and
+//! Core & Company (docs/contract.md#core): staff (the auth collection), service plans and
 //! partners. Core is the only service holding the JWT signing key; it publishes
 //! `plan.*`, `partner.*` and `staff.*` so other services keep projections, and
 //! consumes `lead.converted` to count each partner's referrals exactly once.

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-/// SPEC 2: Sales Agents have CRUD on buildings and leads and convert leads; Admin
+/// docs/contract.md#roles: Sales Agents have CRUD on buildings and leads and convert leads; Admin
 /// has everything. Every other role (Billing Manager, Network Engineer,
 /// Technician, Support Agent) works in another module and has no CRM access: the
 /// spec gives Support "Tickets and Messages" and subscriber data, not the pipeline.

@@ -26,6 +26,21 @@ use crate::collections::{doc_id, internal, mark_unit_subscriber, SALES};
 /// Billing's endpoint and the scope CRM's service token carries for it.
 pub const BILLING_SUBSCRIBERS: &str = "/api/billing/subscribers";
 pub const BILLING_SCOPE: &str = "billing.subscribers.create";
+/// Everything CRM's token carries: the create scope, and a write scope for each
+/// field of a converted lead that Billing keeps from some roles (a service may
+/// write such a field only if its token names it).
+pub const BILLING_SCOPES: &[&str] = &[
+    BILLING_SCOPE,
+    "billing.subscribers.firstName.write",
+    "billing.subscribers.lastName.write",
+    "billing.subscribers.mpesaNumber.write",
+    "billing.subscribers.contactPhone.write",
+    "billing.subscribers.email.write",
+    "billing.subscribers.servicePlan.write",
+    "billing.subscribers.billingCycle.write",
+    "billing.subscribers.trialEndDate.write",
+    "billing.subscribers.addressNotes.write",
+];
 /// A service (none today) may convert leads with this scope.
 pub const CONVERT_SCOPE: &str = "crm.leads.convert";
 
@@ -319,7 +334,7 @@ pub fn split_name(
 }
 
 /// What a Sales Agent may see of the subscriber Billing created: basic,
-/// non-financial information (SPEC 2).
+/// non-financial information (docs/contract.md#roles).
 fn subscriber_summary(doc: &Value) -> Value {
     let mut out = Map::new();
     for k in [
@@ -502,7 +517,7 @@ async fn convert(
     }
 
     // 2. Billing creates the subscriber (once per lead, whatever the retries).
-    let client = s.ctx.client(&[BILLING_SCOPE]).map_err(internal)?;
+    let client = s.ctx.client(BILLING_SCOPES).map_err(internal)?;
     let res = match client
         .post(BILLING_SUBSCRIBERS, &req, &format!("lead-convert-{id}"))
         .await

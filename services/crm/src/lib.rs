@@ -1,4 +1,4 @@
-//! CRM & Sales (SPEC 3.2): buildings, building units and leads, and the lead's
+//! CRM & Sales (docs/contract.md#crm): buildings, building units and leads, and the lead's
 //! conversion into a Billing subscriber.
 //!
 //! - [`collections`]: the three collections, their rules (partner checks, unique
@@ -30,7 +30,7 @@ pub const INFO: ServiceInfo = ServiceInfo {
     schema: "crm",
     extra_schemas: &[],
     port: 8082,
-    scopes: &[leads::BILLING_SCOPE],
+    scopes: leads::BILLING_SCOPES,
 };
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/crm");

@@ -31,7 +31,8 @@ mod standin {
     pub const PLAN_PRICE: &str = "2500.00";
 
     pub const INFO: ServiceInfo = ServiceInfo {
-        name: "billing-standin",
+        // Billing's name (the audience of CRM's token), in a schema of its own.
+        name: "billing",
         schema: "billing_standin",
         extra_schemas: &[],
         port: 0,
@@ -229,7 +230,7 @@ fn convert_body() -> Value {
 
 async fn billing_calls(app: &TestApp) -> Vec<(String, Value)> {
     sqlx::query_as("SELECT key, body FROM calls ORDER BY n")
-        .fetch_all(&app.ctx("billing-standin").pool)
+        .fetch_all(&app.ctx("billing").pool)
         .await
         .unwrap()
 }
@@ -804,7 +805,7 @@ async fn two_simultaneous_converts_create_one_subscriber() {
     let calls = billing_calls(&app).await;
     assert!(!calls.is_empty() && calls.iter().all(|(k, _)| *k == format!("lead-convert-{l}")));
     let created: i64 = sqlx::query_scalar("SELECT count(*) FROM subscribers")
-        .fetch_one(&app.ctx("billing-standin").pool)
+        .fetch_one(&app.ctx("billing").pool)
         .await
         .unwrap();
     assert_eq!(created, 1);

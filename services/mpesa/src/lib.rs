@@ -1,4 +1,4 @@
-//! ISP M-Pesa (SPEC 3.3, DESIGN flow 5): money in and out through Safaricom Daraja.
+//! ISP M-Pesa (docs/contract.md#services): money in and out through Safaricom Daraja.
 //!
 //! - [`daraja`]: the whole Daraja wire format and the client (shared OAuth token,
 //!   STK push and query, C2B registration, Pull Transactions, B2C, status).

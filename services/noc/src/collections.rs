@@ -1,4 +1,4 @@
-//! NOC's five collections (SPEC 3.4) and their rules.
+//! NOC's five collections (docs/contract.md#noc) and their rules.
 
 use std::net::IpAddr;
 
@@ -15,7 +15,7 @@ use crate::provision;
 use crate::radius;
 use crate::secrets::SecretBox;
 
-/// Who manages the network (SPEC 2: Network Engineer, and Admin).
+/// Who manages the network (docs/contract.md#roles: Network Engineer, and Admin).
 pub const NETWORK: Roles = Roles::of(&[Role::Admin, Role::NetworkEngineer]);
 const NETWORK_AND_SUPPORT: Roles =
     Roles::of(&[Role::Admin, Role::NetworkEngineer, Role::SupportAgent]);

@@ -1,4 +1,4 @@
-//! Operations & NOC (SPEC 3.4): the technical backbone.
+//! Operations & NOC (docs/contract.md#noc): the technical backbone.
 //!
 //! - `collections`: subscribers (technical view: Billing's fields are a read-only
 //!   projection, NOC owns connection type, RADIUS credentials, IP, MAC, router),

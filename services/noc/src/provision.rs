@@ -1,4 +1,4 @@
-//! Provisioning (SPEC 3.4 workflow): static IP allocation and the RADIUS account,
+//! Provisioning (docs/contract.md#noc, flow 3): static IP allocation and the RADIUS account,
 //! all inside the transaction that completes the installation order, so a full
 //! pool or any failure leaves nothing half-done.
 

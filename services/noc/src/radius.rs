@@ -1,4 +1,4 @@
-//! Writes to FreeRADIUS's own tables (schema `radius`, INTEGRATIONS.md), always
+//! Writes to FreeRADIUS's own tables (schema `radius`, docs/operations.md), always
 //! inside the caller's transaction so a RADIUS account changes exactly when the
 //! NOC's decision commits.
 

@@ -6,7 +6,9 @@
 //! Zabbix cannot sign requests, so the media type sends a shared token as
 //! `Authorization: Bearer <token>`. The token is `ISP_NOC_ZABBIX_TOKEN`, or the file
 //! `<data>/keys/zabbix-webhook.token` created on first start (paste it into the
-//! media type's `token` parameter).
+//! media type's `token` parameter), readable by its owner only. The token is
+//! checked (in constant time) before the body is even parsed, so an unauthenticated
+//! caller learns nothing about what the endpoint accepts.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,7 +20,9 @@ use axum::{Json, Router};
 use base64::Engine;
 use isp_events::outbox::enqueue;
 use isp_events::payloads::{NetworkProblem, NetworkRecovered, ZabbixEvent};
-use isp_platform::http::ApiJson;
+use axum::body::Bytes;
+use isp_platform::auth::secret_eq;
+use isp_platform::http::parse_json_body;
 use isp_platform::{ApiError, ApiResult, ServiceContext};
 use ring::rand::SecureRandom;
 use serde::Deserialize;
@@ -44,12 +48,18 @@ pub fn load_token(data_dir: &Path) -> anyhow::Result<String> {
         .fill(&mut raw)
         .map_err(|_| anyhow::anyhow!("no randomness"))?;
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
-    if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir)?;
+    match isp_platform::config::write_secret_file(&file, &token, false) {
+        Ok(()) => {
+            tracing::info!(path = %file.display(), "generated the Zabbix webhook token");
+            Ok(token)
+        }
+        // Another NOC replica sharing the data folder wrote it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            Ok(std::fs::read_to_string(&file)?.trim().to_string())
+        }
+        Err(e) => Err(anyhow::anyhow!("writing {}: {e}", file.display())),
     }
-    std::fs::write(&file, &token)?;
-    tracing::info!(path = %file.display(), "generated the Zabbix webhook token");
-    Ok(token)
 }
 
 pub fn routes(ctx: Arc<ServiceContext>, token: String) -> Router {
@@ -108,27 +118,24 @@ fn expanded(v: &Option<String>) -> Option<String> {
         .map(String::from)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[utoipa::path(post, path = "/api/noc/zabbix/webhook", tag = "zabbix", request_body = ZabbixWebhook,
     responses((status = 200, description = "{message} (published, duplicate or ignored)"), (status = 400), (status = 401)))]
 async fn webhook(
     State(st): State<St>,
     headers: HeaderMap,
-    ApiJson(body): ApiJson<ZabbixWebhook>,
+    raw: Bytes,
 ) -> ApiResult<Json<Value>> {
     let given = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if !constant_time_eq(given.trim().as_bytes(), st.token.as_bytes()) {
+    if !secret_eq(given.trim().as_bytes(), st.token.as_bytes()) {
         return Err(ApiError::unauthorized(
             "A valid Zabbix webhook token is required.",
         ));
     }
+    let body: ZabbixWebhook = parse_json_body(&raw)?;
     let event_id = body.event_id.trim().to_string();
     if event_id.is_empty() || event_id.starts_with('{') {
         return Err(ApiError::field("eventId", "eventId is required."));

@@ -1,4 +1,4 @@
-//! ISP Support & Communications (DESIGN.md section 1). Not built yet beyond the platform's
+//! ISP Support & Communications (docs/contract.md#services). Not built yet beyond the platform's
 //! health, readiness, metrics, docs and event tables.
 
 use std::sync::Arc;

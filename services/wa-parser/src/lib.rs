@@ -1,4 +1,4 @@
-//! ISP WhatsApp/SMS lead parser (DESIGN.md section 1). Not built yet beyond the platform's
+//! ISP WhatsApp/SMS lead parser (docs/contract.md#services). Not built yet beyond the platform's
 //! health, readiness, metrics, docs and event tables.
 
 use std::sync::Arc;
