@@ -993,6 +993,9 @@ mod tests {
         });
         let s: NotificationStatus = serde_json::from_value(old).unwrap();
         assert_eq!(s.status, DeliveryStatus::Sent);
-        assert_eq!(DeliveryStatus::parse("Expired"), Some(DeliveryStatus::Expired));
+        assert_eq!(
+            DeliveryStatus::parse("Expired"),
+            Some(DeliveryStatus::Expired)
+        );
     }
 }
