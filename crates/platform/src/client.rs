@@ -237,6 +237,13 @@ impl ServiceClient {
         }
     }
 
+    /// The same token against another base URL (a service whose peer is deployed
+    /// elsewhere than `ISP_INTERNAL_URL`).
+    pub fn with_base(mut self, base: impl Into<String>) -> Self {
+        self.base = base.into().trim_end_matches('/').to_string();
+        self
+    }
+
     /// POSTs JSON; retries transport failures and 5xx/503 a few times with the same
     /// idempotency key. Client errors from the callee are passed through as ours, so
     /// a 400 naming a field reaches the user who caused it.

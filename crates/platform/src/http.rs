@@ -265,7 +265,10 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let router = router.fallback(not_found);
-    axum::serve(listener, router)
+    // The peer address is there for handlers that check a source allowlist
+    // (wa-parser's SMS callback).
+    let app = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await?;
     Ok(())

@@ -7,6 +7,8 @@
 //! - `leads`: the leads API (with `Idempotency-Key` on create, for wa-parser) and
 //!   `POST /api/crm/leads/{id}/convert`, which calls Billing synchronously and
 //!   publishes `lead.converted` (Core counts the partner's referral once).
+//! - [`intake`]: `POST /api/crm/intake/leads`, a partner's referral from wa-parser
+//!   (the unit created when its number is new in the building).
 //! - `consumers`: projections of Core's partners (`isp.core.>`, durable `crm-core`)
 //!   and NOC's resources (`isp.noc.>`, durable `crm-noc`, a building's read-only
 //!   `equipment`).
@@ -20,6 +22,7 @@ use isp_platform::ServiceContext;
 
 pub mod collections;
 mod consumers;
+pub mod intake;
 mod leads;
 
 pub use collections::{building_units, buildings, leads, transition_allowed};
@@ -68,12 +71,14 @@ pub async fn start(ctx: Arc<ServiceContext>) -> anyhow::Result<Router> {
     let routes = Router::new()
         .merge(collection::routes(colls.buildings.clone(), ctx.clone()))
         .merge(collection::routes(colls.units.clone(), ctx.clone()))
-        .merge(leads::routes(ctx.clone(), colls.leads.clone()));
+        .merge(leads::routes(ctx.clone(), colls.leads.clone()))
+        .merge(intake::routes(ctx.clone(), colls.leads.clone()));
     let mut doc = isp_platform::openapi::collections_doc(
         "crm",
         "ISP CRM & Sales: buildings, building units, leads",
         &[&colls.buildings, &colls.units, &colls.leads],
     );
     doc.merge(leads::openapi());
+    doc.merge(intake::openapi());
     Ok(isp_platform::http::service_router(ctx, routes, doc))
 }
