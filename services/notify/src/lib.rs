@@ -10,6 +10,7 @@
 //!   publishes `notification.status` through the outbox.
 //! - `callbacks`: Africa's Talking delivery reports, opt-outs and inbound STOP
 //!   (path token), Twilio status callbacks and inbound STOP (signature).
+//! - `collections`: Admin's read-only list of deliveries.
 //! - `settings`: `ISP_NOTIFY_*`.
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use isp_platform::runtime::ServiceInfo;
 use isp_platform::ServiceContext;
 
 pub mod callbacks;
+pub mod collections;
 pub mod provider;
 pub mod requests;
 pub mod settings;
@@ -99,11 +101,17 @@ pub async fn start_with(ctx: Arc<ServiceContext>, settings: Settings) -> anyhow:
         .spawn(ctx.shutdown.clone());
     }
 
-    let routes = Router::new().merge(callbacks::routes(ctx.clone(), settings.clone()));
+    let deliveries = Arc::new(collections::deliveries());
+    let routes = Router::new()
+        .merge(callbacks::routes(ctx.clone(), settings.clone()))
+        .merge(isp_platform::collection::routes(
+            deliveries.clone(),
+            ctx.clone(),
+        ));
     let mut doc = isp_platform::openapi::collections_doc(
         "notify",
         "ISP Notifications: SMS and email deliveries, gateway callbacks",
-        &[],
+        &[deliveries.as_ref()],
     );
     doc.merge(callbacks::openapi());
     Ok(isp_platform::http::service_router(ctx, routes, doc))

@@ -35,6 +35,8 @@ pub struct Settings {
     pub email_rate_per_second: f64,
     /// Sends in flight at once per channel.
     pub concurrency: usize,
+    /// Pullers sharing the request consumer (requests are recorded in parallel).
+    pub request_consumers: usize,
     /// Attempts before a transiently failing message is Failed.
     pub max_attempts: i32,
     /// Backoff after the n-th transient failure: base * 2^(n-1), capped.
@@ -181,6 +183,7 @@ impl Settings {
             sms_rate_per_second: env_parse("ISP_NOTIFY_SMS_RATE_PER_SECOND", 10.0)?,
             email_rate_per_second: env_parse("ISP_NOTIFY_EMAIL_RATE_PER_SECOND", 5.0)?,
             concurrency: env_parse("ISP_NOTIFY_CONCURRENCY", 16usize)?,
+            request_consumers: env_parse("ISP_NOTIFY_REQUEST_CONSUMERS", 4usize)?,
             max_attempts: env_parse("ISP_NOTIFY_MAX_ATTEMPTS", 8)?,
             retry_base: secs("ISP_NOTIFY_RETRY_BASE_SECONDS", 5.0)?,
             retry_max: secs("ISP_NOTIFY_RETRY_MAX_SECONDS", 900.0)?,
@@ -206,6 +209,10 @@ impl Settings {
             "ISP_NOTIFY_EMAIL_RATE_PER_SECOND must be >= 0"
         );
         anyhow::ensure!(self.concurrency >= 1, "ISP_NOTIFY_CONCURRENCY must be >= 1");
+        anyhow::ensure!(
+            (1..=32).contains(&self.request_consumers),
+            "ISP_NOTIFY_REQUEST_CONSUMERS must be 1 to 32"
+        );
         anyhow::ensure!(
             self.max_attempts >= 1,
             "ISP_NOTIFY_MAX_ATTEMPTS must be >= 1"

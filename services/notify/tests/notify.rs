@@ -40,7 +40,17 @@ struct Env {
 
 impl Env {
     async fn new(opts: Options) -> Env {
-        let app = TestApp::spawn(&[]).await;
+        Self::with(TestApp::spawn(&[]).await, opts).await
+    }
+
+    /// With Core, for staff tokens.
+    async fn with_core(opts: Options) -> Env {
+        let core: (runtime::ServiceInfo, runtime::StartFn) =
+            (svc_core::INFO, |c| Box::pin(svc_core::start(c)));
+        Self::with(TestApp::spawn(&[core]).await, opts).await
+    }
+
+    async fn with(app: TestApp, opts: Options) -> Env {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let gw = StandIns::start(Options {
@@ -106,6 +116,7 @@ impl Env {
             sms_rate_per_second: 0.0,
             email_rate_per_second: 0.0,
             concurrency: 8,
+            request_consumers: 4,
             max_attempts: 5,
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_millis(500),
@@ -826,4 +837,72 @@ async fn a_send_rate_spaces_the_sends() {
         spread >= chrono::Duration::milliseconds(900),
         "spread {spread}"
     );
+}
+
+#[tokio::test]
+async fn admin_lists_deliveries_and_nobody_writes_them() {
+    let mut env = Env::with_core(Options::default()).await;
+    env.start(env.settings(Gateway::AfricasTalking)).await;
+    env.gw.mark_invalid("+254712000030");
+    let ok = sms("+254712000031", "Hello");
+    let bad = sms("+254712000030", "Hello");
+    env.request(&ok).await;
+    env.request(&bad).await;
+    env.wait_status(ok.id, "Delivered", 20).await;
+    env.wait_status(bad.id, "Failed", 20).await;
+    let admin = env.app.admin_token().await;
+    let get = |path: String, token: String| {
+        let http = env.app.http.clone();
+        let url = format!("{}{path}", env.base);
+        async move {
+            let r = http
+                .get(url)
+                .header("authorization", format!("JWT {token}"))
+                .send()
+                .await
+                .unwrap();
+            let code = r.status().as_u16();
+            (code, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (code, body) = get(
+        "/api/notify/deliveries?where[status][equals]=Failed".into(),
+        admin.clone(),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["totalDocs"], 1);
+    let doc = &body["docs"][0];
+    assert_eq!(doc["id"], bad.id.to_string());
+    assert_eq!(doc["failureReason"], "InvalidPhoneNumber (403)");
+    assert_eq!(doc["requester"], "support");
+    let (code, doc) = get(format!("/api/notify/deliveries/{}", ok.id), admin.clone()).await;
+    assert_eq!(code, 200);
+    assert_eq!(doc["status"], "Delivered");
+    assert_eq!(doc["cost"], "0.8000");
+    assert_eq!(doc["costCurrency"], "KES");
+    // Other roles see nothing; nobody creates, edits or deletes a delivery.
+    let (agent, _) = env.app.staff_token("Support Agent").await;
+    assert_eq!(get("/api/notify/deliveries".into(), agent).await.0, 403);
+    let url = format!("{}/api/notify/deliveries/{}", env.base, ok.id);
+    let r = env
+        .app
+        .http
+        .patch(&url)
+        .header("authorization", format!("JWT {admin}"))
+        .json(&serde_json::json!({"status": "Queued"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let r = env
+        .app
+        .http
+        .delete(&url)
+        .header("authorization", format!("JWT {admin}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert_eq!(env.status(ok.id).await.as_deref(), Some("Delivered"));
 }

@@ -64,18 +64,32 @@ async fn main() -> anyhow::Result<()> {
     let admin = app.admin_token().await;
 
     let mut senders = vec![];
+    let mut partners = vec![];
     for i in 0..PARTNERS {
         let phone = format!("07110{i:05}");
         let r = app
             .post("/api/core/partners", &admin, json!({"fullName": format!("Partner {i}"), "phoneNumber": phone, "mpesaNumber": phone, "status": "Active"}))
             .await;
         anyhow::ensure!(r.status.is_success(), "partner: {:?}", r.body);
-        let p = r.body["doc"]["id"].as_str().unwrap().to_string();
+        partners.push(r.body["doc"]["id"].as_str().unwrap().to_string());
+        senders.push(Sender::phone(&format!("2547110{i:05}")));
+    }
+    // CRM accepts a building's partner (and a referral) once its projection has it.
+    let crm_pool = app.ctx("crm").pool.clone();
+    let crm_ready = eventually(30, || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM partners WHERE status = 'Active'")
+            .fetch_one(&crm_pool)
+            .await
+            .ok()?;
+        (n as usize == PARTNERS).then_some(())
+    })
+    .await;
+    anyhow::ensure!(crm_ready.is_some(), "CRM never saw the partners");
+    for (i, p) in partners.iter().enumerate() {
         let b = app
             .post("/api/crm/buildings", &admin, json!({"name": format!("Building {i}"), "address": "Nairobi", "status": "Active", "partner": p}))
             .await;
         anyhow::ensure!(b.status.is_success(), "building: {:?}", b.body);
-        senders.push(Sender::phone(&format!("2547110{i:05}")));
     }
     let pool = app.ctx("wa-parser").pool.clone();
     let ready = eventually(30, || async {
@@ -87,8 +101,6 @@ async fn main() -> anyhow::Result<()> {
     })
     .await;
     anyhow::ensure!(ready.is_some(), "projections not ready");
-    // CRM must also know the partners as Active before it accepts referrals.
-    tokio::time::sleep(Duration::from_secs(1)).await;
 
     println!("sending {total} webhooks at {rate}/s");
     let mut sent_at: HashMap<String, DateTime<Utc>> = HashMap::new();

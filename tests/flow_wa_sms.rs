@@ -1,0 +1,149 @@
+//! DESIGN.md flow 1 by SMS across the fleet: Africa's Talking posts an inbound SMS
+//! from an Active partner to wa-parser's callback -> a Partner Referral lead in CRM
+//! -> the confirmation is requested from Notify through the outbox -> Notify sends
+//! it through Africa's Talking (the stand-in in `standins/sms`) to the partner.
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use isp_platform::runtime::{ServiceInfo, StartFn};
+use isp_standin_sms::{Options, StandIns};
+use isp_testkit::{eventually, TestApp};
+use reqwest::StatusCode;
+use serde_json::json;
+use svc_notify::provider::africastalking::AfricasTalkingConfig;
+use svc_notify::{EmailProvider, SmsProvider};
+use uuid::Uuid;
+
+const SMS_TOKEN: &str = "flow-sms-path-token-7d1e";
+
+thread_local! {
+    // StartFns cannot capture; the stand-in's port is known at run time only, and
+    // services start on the test's own thread.
+    static NOTIFY: RefCell<Option<svc_notify::Settings>> = const { RefCell::new(None) };
+}
+
+fn fleet() -> Vec<(ServiceInfo, StartFn)> {
+    let mut f: Vec<_> = isp::fleet()
+        .into_iter()
+        .filter(|(info, _)| info.name != "wa-parser" && info.name != "notify")
+        .collect();
+    f.push((svc_notify::INFO, |c| {
+        let s = NOTIFY.with(|s| s.borrow().clone()).expect("notify settings");
+        Box::pin(svc_notify::start_with(c, s))
+    }));
+    f.push((svc_wa_parser::INFO, |c| {
+        Box::pin(svc_wa_parser::start_with(
+            c,
+            svc_wa_parser::Settings {
+                sms_path_token: SMS_TOKEN.into(),
+                sms_shortcode: Some("22384".into()),
+                ..Default::default()
+            },
+        ))
+    }));
+    f
+}
+
+fn notify_settings(gw: &StandIns) -> svc_notify::Settings {
+    let o = gw.options();
+    svc_notify::Settings {
+        sms: SmsProvider::AfricasTalking(AfricasTalkingConfig {
+            username: o.at_username.clone(),
+            api_key: o.at_api_key.clone(),
+            sender_id: Some("22384".into()),
+            base_url: gw.base_url.clone(),
+        }),
+        email: EmailProvider::Log,
+        sms_rate_per_second: 0.0,
+        email_rate_per_second: 0.0,
+        concurrency: 4,
+        request_consumers: 2,
+        max_attempts: 5,
+        retry_base: Duration::from_millis(100),
+        retry_max: Duration::from_millis(500),
+        request_timeout: Duration::from_secs(5),
+        lease: Duration::from_secs(30),
+        poll_interval: Duration::from_millis(200),
+        at_callback_token: "flow-at-callback-token".into(),
+        twilio_auth_token: None,
+        twilio_status_url: "http://127.0.0.1:9/unused".into(),
+        twilio_inbound_url: "http://127.0.0.1:9/unused".into(),
+    }
+}
+
+#[tokio::test]
+async fn an_sms_lead_is_created_and_the_partner_is_answered_by_sms_through_notify() {
+    let gw = StandIns::start(Options::default()).await.unwrap();
+    NOTIFY.with(|c| *c.borrow_mut() = Some(notify_settings(&gw)));
+    let app = TestApp::spawn(&fleet()).await;
+    let admin = app.admin_token().await;
+    let r = app
+        .post("/api/core/partners", &admin, json!({"fullName": "Grace Caretaker", "phoneNumber": "0711222444", "mpesaNumber": "0711222444", "status": "Active"}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let partner = r.body["doc"]["id"].as_str().unwrap().to_string();
+    let pid: Uuid = partner.parse().unwrap();
+    let ready = eventually(20, || async {
+        let crm: Option<bool> = sqlx::query_scalar("SELECT status = 'Active' FROM partners WHERE id = $1")
+            .bind(pid).fetch_optional(&app.ctx("crm").pool).await.ok()?;
+        let wa: Option<bool> = sqlx::query_scalar("SELECT status = 'Active' FROM partners WHERE id = $1")
+            .bind(pid).fetch_optional(&app.ctx("wa-parser").pool).await.ok()?;
+        (crm? && wa?).then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "projections never caught up");
+    let r = app
+        .post("/api/crm/buildings", &admin, json!({"name": "Baraka Court", "address": "Thika Road", "status": "Active", "partner": partner}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let building: Uuid = r.body["doc"]["id"].as_str().unwrap().parse().unwrap();
+    let seen = eventually(15, || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM buildings WHERE id = $1")
+            .bind(building).fetch_one(&app.ctx("wa-parser").pool).await.ok().filter(|n| *n == 1)
+    })
+    .await;
+    assert!(seen.is_some(), "wa-parser never saw the building");
+
+    // Africa's Talking's callback, form-encoded, delivered twice.
+    let form: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("from", "+254711222444"),
+            ("to", "22384"),
+            ("text", "lead  Mary Achieng, 0722 333 444, 5B"),
+            ("date", "2026-12-01 12:00:00"),
+            ("id", "ATXid_flow_1"),
+            ("linkId", "SampleLinkId"),
+            ("networkCode", "63902"),
+        ])
+        .finish();
+    for _ in 0..2 {
+        let r = app
+            .http
+            .post(format!("{}/api/wa-parser/sms/{SMS_TOKEN}", app.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let lead = eventually(20, || async {
+        let r = app.get(&format!("/api/crm/leads?where[referredBy][equals]={partner}"), &admin).await;
+        (r.body["totalDocs"] == 1).then(|| r.body["docs"][0].clone())
+    })
+    .await
+    .expect("the lead reached CRM");
+    assert_eq!(lead["subscriberName"], "Mary Achieng");
+    assert_eq!(lead["subscriberPhone"], "+254722333444");
+
+    let sent = eventually(20, || async {
+        let s: Vec<_> = gw.sms().into_iter().filter(|m| m.to.contains("+254711222444")).collect();
+        (!s.is_empty()).then_some(s)
+    })
+    .await
+    .expect("Notify sent the reply through Africa's Talking");
+    assert!(sent[0].message.contains("Mary Achieng") && sent[0].message.contains("5B"), "{}", sent[0].message);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(gw.sms().len(), 1, "one reply for a message delivered twice");
+}
