@@ -419,6 +419,9 @@ pub struct ResourceSnapshot {
     /// The building.
     #[serde(default)]
     pub location: Option<Uuid>,
+    /// A Router's management address (Support matches Zabbix hosts by it).
+    #[serde(default)]
+    pub management_ip: Option<String>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -480,19 +483,63 @@ snapshot_events! { ZabbixEvent, "noc", |z| z.recovery_of.as_deref().unwrap_or(&z
     NetworkRecovered = "network.recovered";
 }
 
+/// `network.problem_updated`: Zabbix sent an update of an open problem (an
+/// acknowledgement, a comment, a severity change). Support adds a note to the
+/// problem's ticket; it never opens one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkProblemUpdated {
+    /// The problem's event id ({EVENT.ID} is the original problem in updates too).
+    pub event_id: String,
+    /// {EVENT.UPDATE.ACTION}, e.g. `acknowledged`, `commented`, `changed severity to High`.
+    #[serde(default)]
+    pub action: Option<String>,
+    /// {EVENT.UPDATE.MESSAGE}
+    #[serde(default)]
+    pub message: Option<String>,
+    /// {USER.FULLNAME} of whoever updated it in Zabbix.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The severity now (after a severity change).
+    #[serde(default)]
+    pub severity: Option<String>,
+    pub at: DateTime<Utc>,
+}
+plain_event!(
+    NetworkProblemUpdated,
+    "noc",
+    "network.problem_updated",
+    |e| e.event_id
+);
+
 // ---------------------------------------------------------------------------
 // support
 // ---------------------------------------------------------------------------
+
+/// The ticket reference of the Zabbix problem `event_id`: Support names the
+/// problem's ticket so, and the NOC's webhook answers Zabbix with it at once.
+pub fn network_ticket_id(zabbix_event_id: &str) -> String {
+    format!("NET-{zabbix_event_id}")
+}
 
 /// A support ticket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TicketSnapshot {
     pub id: Uuid,
-    /// The human ticket number, e.g. `TCK-000042`.
+    /// The human ticket number, e.g. `TCK-000042` (customer tickets) or
+    /// `NET-<Zabbix event id>` (network tickets).
+    #[serde(alias = "ticketID")]
     pub ticket_id: String,
+    /// `Customer` (about one subscriber) | `Network` (a Zabbix problem, no subscriber).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Required on Customer tickets, absent on Network tickets.
     #[serde(default)]
     pub subscriber: Option<Uuid>,
+    /// The Support Agent.
+    #[serde(default)]
+    pub assigned_to: Option<Uuid>,
     pub subject: String,
     /// e.g. `Open` | `In Progress` | `Resolved` | `Closed`.
     pub status: String,
@@ -506,6 +553,8 @@ snapshot_events! { TicketSnapshot, "support", |t| t.id;
     TicketCreated = "ticket.created";
     /// `ticket.updated`
     TicketUpdated = "ticket.updated";
+    /// `ticket.deleted`: the last snapshot before deletion.
+    TicketDeleted = "ticket.deleted";
 }
 
 // ---------------------------------------------------------------------------
@@ -869,8 +918,10 @@ mod tests {
             ResourceDeleted,
             NetworkProblem,
             NetworkRecovered,
+            NetworkProblemUpdated,
             TicketCreated,
             TicketUpdated,
+            TicketDeleted,
             MpesaPaymentConfirmed,
             MpesaCommissionPaid,
             SupportNotificationRequested,

@@ -1231,6 +1231,7 @@ async fn noc_resource_events_fill_building_equipment() {
         resource_type: "Router".into(),
         status: "Deployed".into(),
         location: Some(b1.parse().unwrap()),
+        management_ip: None,
         updated_at: t0,
     };
     let antenna = ResourceSnapshot {

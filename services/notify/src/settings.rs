@@ -26,7 +26,7 @@ pub enum EmailProvider {
     Smtp(SmtpConfig),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     pub sms: SmsProvider,
     pub email: EmailProvider,
@@ -56,6 +56,80 @@ pub struct Settings {
     /// The exact URLs Twilio calls (it signs the URL it called).
     pub twilio_status_url: String,
     pub twilio_inbound_url: String,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("sms", &self.sms)
+            .field("email", &self.email)
+            .field("sms_rate_per_second", &self.sms_rate_per_second)
+            .field("email_rate_per_second", &self.email_rate_per_second)
+            .field("concurrency", &self.concurrency)
+            .field("request_consumers", &self.request_consumers)
+            .field("max_attempts", &self.max_attempts)
+            .field("retry_base", &self.retry_base)
+            .field("retry_max", &self.retry_max)
+            .field("request_timeout", &self.request_timeout)
+            .field("lease", &self.lease)
+            .field("at_callback_token", &"<redacted>")
+            .field(
+                "twilio_auth_token",
+                &self.twilio_auth_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("twilio_status_url", &self.twilio_status_url)
+            .field("twilio_inbound_url", &self.twilio_inbound_url)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_has_no_secrets() {
+        let s = Settings {
+            sms: SmsProvider::AfricasTalking(AfricasTalkingConfig {
+                username: "isp".into(),
+                api_key: "at-secret-key".into(),
+                sender_id: None,
+                base_url: "https://api.africastalking.com".into(),
+            }),
+            email: EmailProvider::Smtp(SmtpConfig {
+                host: "smtp.example.com".into(),
+                port: 587,
+                tls: SmtpTls::StartTls,
+                username: Some("mailer".into()),
+                password: Some("smtp-secret-pw".into()),
+                from: "ISP <noreply@isp.local>".into(),
+                default_subject: "Hi".into(),
+            }),
+            sms_rate_per_second: 1.0,
+            email_rate_per_second: 1.0,
+            concurrency: 1,
+            request_consumers: 1,
+            max_attempts: 1,
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+            lease: Duration::from_secs(1),
+            poll_interval: Duration::from_secs(1),
+            at_callback_token: "path-token-secret-0123".into(),
+            twilio_auth_token: Some("twilio-secret-tok".into()),
+            twilio_status_url: String::new(),
+            twilio_inbound_url: String::new(),
+        };
+        let out = format!("{s:?}");
+        for secret in [
+            "at-secret-key",
+            "smtp-secret-pw",
+            "path-token-secret-0123",
+            "twilio-secret-tok",
+        ] {
+            assert!(!out.contains(secret), "{secret} in {out}");
+        }
+    }
 }
 
 fn secs(key: &str, default: f64) -> anyhow::Result<Duration> {
