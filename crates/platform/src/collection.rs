@@ -90,6 +90,10 @@ pub struct Field {
     /// Payload's `defaultValue`: filled in on create when the client leaves the
     /// field out (or sends null), before hooks and the required check.
     pub default: Option<Value>,
+    /// What the OpenAPI documents say a client may send for this field, where a
+    /// collection's rules accept less than the kind does (a CIDR network, money
+    /// above zero): JSON Schema keywords that replace the kind's.
+    pub schema: Option<Value>,
 }
 
 impl Field {
@@ -105,6 +109,7 @@ impl Field {
             hidden: false,
             immutable: false,
             default: None,
+            schema: None,
         }
     }
     pub fn required(mut self) -> Self {
@@ -133,6 +138,12 @@ impl Field {
         self
     }
     /// The spec's `defaultValue` (any form [`canonical`] accepts for the kind).
+    /// Documents the collection's own rule for this field (see [`Field::schema`]):
+    /// the keywords given replace the kind's in create and update bodies.
+    pub fn schema(mut self, keywords: Value) -> Self {
+        self.schema = Some(keywords);
+        self
+    }
     pub fn default_value(mut self, value: Value) -> Self {
         self.default = Some(value);
         self
@@ -973,7 +984,15 @@ pub fn canonical(f: &Field, v: &Value) -> Result<Value, String> {
         }
         Kind::Int { min, max } => {
             let n = match v {
-                Value::Number(n) => n.as_i64().ok_or("Must be a whole number.")?,
+                // 200.0 is a whole number too (JSON Schema's `integer` says so).
+                Value::Number(n) => n
+                    .as_i64()
+                    .or_else(|| {
+                        n.as_f64()
+                            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                            .map(|f| f as i64)
+                    })
+                    .ok_or("Must be a whole number.")?,
                 Value::String(s) => s
                     .trim()
                     .parse::<i64>()

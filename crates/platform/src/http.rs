@@ -211,6 +211,8 @@ pub fn service_router(ctx: Arc<ServiceContext>, routes: Router, openapi: OpenApi
     let prefix = ctx.api_prefix();
     // Swagger UI's config borrows for 'static; these strings are made once per service at start.
     let spec_url: &'static str = Box::leak(format!("{prefix}/openapi.json").into_boxed_str());
+    let mut openapi = openapi;
+    crate::openapi::complete(&mut openapi);
     let spec = Arc::new(openapi);
     let name = ctx.name;
     Router::new()

@@ -432,7 +432,11 @@ pub fn parse_line_items(v: &Value, path: &str, allow_empty: bool) -> ApiResult<V
             ));
         }
         let quantity = match obj.get("quantity") {
-            Some(Value::Number(n)) => n.as_i64().filter(|q| (1..=10_000).contains(q)),
+            // 2.0 is a whole number too (JSON Schema's `integer` says so).
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 1e6).map(|f| f as i64))
+                .filter(|q| (1..=10_000).contains(q)),
             _ => None,
         };
         if quantity.is_none() {
@@ -761,7 +765,8 @@ pub fn payments() -> Collection {
             Field::new("subscriber", "subscriber_id", Kind::Relation).system(),
             Field::new("amountPaid", "amount_paid", Kind::Money)
                 .required()
-                .immutable(),
+                .immutable()
+                .schema(isp_platform::openapi::positive_money()),
             Field::new(
                 "paymentMethod",
                 "payment_method",
@@ -900,7 +905,9 @@ pub fn expenses(store: Arc<dyn Storage>) -> Collection {
             Field::new("expenseDate", "expense_date", Kind::Date).required(),
             Field::new("category", "category", Kind::Select(EXPENSE_CATEGORIES)).required(),
             Field::new("vendor", "vendor", Kind::TEXT),
-            Field::new("amount", "amount", Kind::Money).required(),
+            Field::new("amount", "amount", Kind::Money)
+                .required()
+                .schema(isp_platform::openapi::positive_money()),
             Field::new("description", "description", Kind::TEXT_AREA),
             Field::new("receipt", "receipt", Kind::Json).system(),
         ],

@@ -432,12 +432,14 @@ pub struct RunInput {
     /// `YYYY-MM-DD`, today or earlier (a catch-up); default today in the ISP's
     /// time zone. A future date is a 400.
     #[serde(default)]
+    #[schema(format = Date)]
     date: Option<String>,
 }
 
 /// Runs the daily job now for a date (Admin only). 200 `{doc, message}` with the
 /// run log entry.
 #[utoipa::path(post, path = "/api/billing/jobs/daily-run", tag = "jobs", request_body = RunInput,
+    extensions(("x-rules" = json!(["date: today or earlier, in the ISP's time zone"]))),
     responses((status = 200, description = "{doc: the daily run log entry, message}"), (status = 400), (status = 403)))]
 async fn run_now(
     State(s): State<St>,

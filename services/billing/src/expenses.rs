@@ -123,10 +123,24 @@ fn clean_filename(name: &str, ext: &str) -> String {
     }
 }
 
+/// The upload form: one part, `file`.
+pub struct ReceiptUpload;
+
+impl utoipa::PartialSchema for ReceiptUpload {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        isp_platform::openapi::schema(json!({"type": "object", "required": ["file"],
+            "properties": {"file": {"type": "string", "format": "binary",
+                "description": "A PDF, JPEG or PNG"}}}))
+    }
+}
+
+impl utoipa::ToSchema for ReceiptUpload {}
+
 /// Attaches (or replaces) an expense's receipt. 200 `{doc, message}`.
 #[utoipa::path(post, path = "/api/billing/expenses/{id}/receipt", tag = "expenses",
     params(("id" = Uuid, Path)),
-    request_body(content_type = "multipart/form-data", description = "field `file`: PDF, JPEG or PNG"),
+    request_body(content_type = "multipart/form-data", content = ReceiptUpload, description = "field `file`: PDF, JPEG or PNG"),
+    extensions(("x-rules" = json!(["file: the content of a PDF, JPEG or PNG"]))),
     responses((status = 200, description = "{doc, message}"), (status = 400, description = "No file, or not PDF/JPEG/PNG"),
               (status = 403), (status = 404), (status = 413, description = "Too large")))]
 async fn upload(

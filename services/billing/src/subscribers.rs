@@ -147,6 +147,40 @@ const CREATE_FIELDS: &[&str] = &[
 ];
 
 /// Relationship fields the create body names that are system fields on updates.
+/// The create body's schema: exactly what [`validate`] accepts.
+pub struct SubscriberCreateBody;
+
+impl utoipa::PartialSchema for SubscriberCreateBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use isp_platform::collection::Kind;
+        use isp_platform::openapi::field_input as f;
+        let mut charges = isp_platform::openapi::line_items(true);
+        charges["type"] = json!(["array", "null"]);
+        isp_platform::openapi::schema(json!({
+            "type": "object", "additionalProperties": false,
+            "required": ["firstName", "lastName", "mpesaNumber", "servicePlan", "billingCycle"],
+            "properties": {
+                "firstName": f("firstName", Kind::TEXT, true),
+                "lastName": f("lastName", Kind::TEXT, true),
+                "mpesaNumber": f("mpesaNumber", Kind::Phone, true),
+                "contactPhone": f("contactPhone", Kind::Phone, false),
+                "email": f("email", Kind::Email, false),
+                "servicePlan": f("servicePlan", Kind::Relation, true),
+                "billingCycle": f("billingCycle", Kind::Select(c::BILLING_CYCLES), true),
+                "trialEndDate": f("trialEndDate", Kind::Date, false),
+                "gracePeriodEndDate": f("gracePeriodEndDate", Kind::Date, false),
+                "addressNotes": f("addressNotes", Kind::TEXT_AREA, false),
+                "internalNotes": f("internalNotes", Kind::RICH_TEXT, false),
+                "serviceLocation": f("serviceLocation", Kind::Relation, false),
+                "building": f("building", Kind::Relation, false),
+                "lead": f("lead", Kind::Relation, false),
+                "oneOffCharges": charges,
+            }}))
+    }
+}
+
+impl utoipa::ToSchema for SubscriberCreateBody {}
+
 fn create_field(coll: &Collection, name: &str) -> Option<collection::Field> {
     coll.field(name).cloned().map(|mut f| {
         f.required = matches!(
@@ -161,7 +195,8 @@ fn create_field(coll: &Collection, name: &str) -> Option<collection::Field> {
 /// plus one-off charges. 201 `{doc, invoice, message}`.
 #[utoipa::path(post, path = "/api/billing/subscribers", tag = "subscribers",
     params(("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key and body return the first answer")),
-    request_body(content = Object, description = "{firstName, lastName, mpesaNumber, contactPhone?, email?, servicePlan, billingCycle, trialEndDate?, gracePeriodEndDate?, addressNotes?, internalNotes?, serviceLocation?, building?, lead?, oneOffCharges?: [{description, quantity, price}]}"),
+    request_body = SubscriberCreateBody,
+    extensions(("x-references" = json!(["servicePlan"]))),
     responses((status = 201, description = "{doc, invoice, message}"), (status = 400, description = "Invalid input, unknown plan"),
               (status = 403, description = "Not Admin, Billing Manager or a service with billing.subscribers.create"),
               (status = 409, description = "Plan disabled or closed to signups; Idempotency-Key reused with another body")))]

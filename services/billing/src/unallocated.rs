@@ -130,6 +130,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 #[serde(deny_unknown_fields)]
 pub struct AllocateInput {
     /// The invoice (id) the money pays.
+    #[schema(format = Uuid, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     invoice: String,
 }
 
@@ -139,6 +140,7 @@ pub struct AllocateInput {
 /// covered, balance, nextDueDate, reactivation), in one transaction.
 #[utoipa::path(post, path = "/api/billing/unallocatedPayments/{id}/allocate", tag = "unallocatedPayments",
     params(("id" = Uuid, Path)), request_body = AllocateInput,
+    extensions(("x-references" = json!(["invoice"]))),
     responses((status = 200, description = "{doc: the unallocated payment (Allocated), payment, message}"),
         (status = 400, description = "Bad invoice"), (status = 403), (status = 404),
         (status = 409, description = "Already allocated, or the invoice cannot take a payment")))]

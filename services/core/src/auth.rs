@@ -82,13 +82,18 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct LoginInput {
+    #[schema(pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$")]
     email: String,
+    #[schema(min_length = 1, format = Password, pattern = r"^[^\u0000]*$")]
     password: String,
 }
 
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UnlockInput {
+    #[schema(pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$")]
     email: String,
 }
 

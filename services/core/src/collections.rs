@@ -220,7 +220,9 @@ pub fn plans() -> Collection {
                 },
             )
             .required(),
-            Field::new("price", "price", Kind::Money).required(),
+            Field::new("price", "price", Kind::Money)
+                .required()
+                .schema(isp_platform::openapi::positive_money()),
             Field::new(
                 "billingCycle",
                 "billing_cycle",
@@ -322,7 +324,9 @@ pub fn partners() -> Collection {
             Field::new("mpesaNumber", "mpesa_number", Kind::Phone).required(),
             Field::new("status", "status", Kind::Select(PARTNER_STATUS)).required(),
             Field::new("buildings", "buildings", Kind::Relations),
-            Field::new("commissionRate", "commission_rate", Kind::Money).default_value(json!(1500)),
+            Field::new("commissionRate", "commission_rate", Kind::Money)
+                .default_value(json!(1500))
+                .schema(isp_platform::openapi::non_negative_money()),
             Field::new(
                 "referralCount",
                 "referral_count",

@@ -195,6 +195,35 @@ pub struct ConvertInput {
 
 const BILLING_CYCLES: &[&str] = &["Monthly", "Quarterly"];
 
+/// The convert body's schema: exactly what [`ConvertInput::parse`] accepts.
+pub struct ConvertBody;
+
+impl utoipa::PartialSchema for ConvertBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use isp_platform::openapi::field_input as f;
+        // Billing stores the charges: its limits are the operation's.
+        let mut charges = isp_platform::openapi::line_items(true);
+        charges["type"] = json!(["array", "null"]);
+        isp_platform::openapi::schema(json!({
+            "type": "object", "additionalProperties": false,
+            "required": ["servicePlan", "billingCycle"],
+            "properties": {
+                "servicePlan": f("servicePlan", Kind::Relation, true),
+                "billingCycle": f("billingCycle", Kind::Select(BILLING_CYCLES), true),
+                "mpesaNumber": f("mpesaNumber", Kind::Phone, false),
+                "contactPhone": f("contactPhone", Kind::Phone, false),
+                "email": f("email", Kind::Email, false),
+                "trialEndDate": f("trialEndDate", Kind::Date, false),
+                "firstName": f("firstName", Kind::TEXT, false),
+                "lastName": f("lastName", Kind::TEXT, false),
+                "addressNotes": f("addressNotes", Kind::TEXT_AREA, false),
+                "oneOffCharges": charges,
+            }}))
+    }
+}
+
+impl utoipa::ToSchema for ConvertBody {}
+
 impl ConvertInput {
     pub fn parse(body: &Value) -> ApiResult<ConvertInput> {
         let Value::Object(m) = body else {
@@ -440,7 +469,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// here: no half-converted lead, unit or event.
 #[utoipa::path(post, path = "/api/crm/leads/{id}/convert", tag = "leads",
     params(("id" = String, Path, description = "Lead id")),
-    request_body(content = Object, description = "{servicePlan, billingCycle, mpesaNumber?, contactPhone?, email?, trialEndDate?, firstName?, lastName?, addressNotes?, oneOffCharges?: [{description, quantity, price}]}"),
+    request_body = ConvertBody,
+    extensions(("x-references" = json!(["servicePlan"]))),
     responses(
         (status = 201, description = "{doc: lead, subscriber, invoice (Admin only), message}"),
         (status = 200, description = "Already converted: the same subscriber"),

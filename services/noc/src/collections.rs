@@ -104,7 +104,9 @@ pub fn subscribers(secrets: SecretBox) -> Collection {
                 .system()
                 .read(NETWORK),
             Field::new("assignedIp", "assigned_ip", Kind::Relation),
-            Field::new("macAddress", "mac_address", Kind::TEXT),
+            Field::new("macAddress", "mac_address", Kind::TEXT)
+                .schema(serde_json::json!({"pattern": "^\\s*[:.\\-]*([0-9A-Fa-f][:.\\-]*){12}\\s*$",
+                    "description": "12 hexadecimal digits, any of : - . between them (AA:BB:CC:DD:EE:FF)"})),
             Field::new("router", "router", Kind::Relation),
             Field::new("provisionedAt", "provisioned_at", Kind::Timestamp).system(),
         ],
@@ -249,11 +251,15 @@ pub fn resources() -> Collection {
             )
             .required(),
             Field::new("serialNumber", "serial_number", Kind::TEXT),
-            Field::new("macAddress", "mac_address", Kind::TEXT),
+            Field::new("macAddress", "mac_address", Kind::TEXT)
+                .schema(serde_json::json!({"pattern": "^\\s*[:.\\-]*([0-9A-Fa-f][:.\\-]*){12}\\s*$",
+                    "description": "12 hexadecimal digits, any of : - . between them (AA:BB:CC:DD:EE:FF)"})),
             Field::new("status", "status", Kind::Select(RESOURCE_STATUS)).required(),
             Field::new("assignedTo", "assigned_to", Kind::Json),
             Field::new("location", "location", Kind::Relation),
-            Field::new("managementIp", "management_ip", Kind::TEXT),
+            Field::new("managementIp", "management_ip", Kind::TEXT).schema(serde_json::json!({
+                "anyOf": [{"type": "string", "format": "ipv4"}, {"type": "string", "format": "ipv6"}],
+                "description": "The router's IP address (NAS)"})),
             Field::new("nasSecret", "nas_secret", Kind::Text { max: 128 }).read(NETWORK),
             Field::new(
                 "dynauthPort",
@@ -422,7 +428,10 @@ pub fn ip_subnets() -> Collection {
         vec![
             Field::new("network", "network", Kind::Text { max: 64 })
                 .required()
-                .immutable(),
+                .immutable()
+                .schema(serde_json::json!({
+                    "pattern": "^\\s*((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])/(2[0-9]|3[0-2])\\s*$",
+                    "description": "An IPv4 network in CIDR notation, /20 to /32 (10.30.20.0/24)"})),
             Field::new("description", "description", Kind::TEXT).required(),
         ],
     )

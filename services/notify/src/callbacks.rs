@@ -339,13 +339,19 @@ fn twilio_verified(
     url: &str,
     body: &[u8],
 ) -> Result<Vec<(String, String)>, ApiError> {
-    let Some(token) = st.settings.twilio_auth_token.as_deref() else {
-        return Err(ApiError::not_found("callback"));
-    };
     let given = headers
         .get("x-twilio-signature")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
+    // An unsigned request is refused as such, whether or not Twilio is set up.
+    if given.is_empty() {
+        return Err(ApiError::unauthorized(
+            "A valid X-Twilio-Signature is required.",
+        ));
+    }
+    let Some(token) = st.settings.twilio_auth_token.as_deref() else {
+        return Err(ApiError::not_found("callback"));
+    };
     // Signed over the raw decoded values, untrimmed.
     let raw: Vec<(String, String)> = form_urlencoded::parse(body)
         .map(|(k, v)| (k.into_owned(), v.into_owned()))

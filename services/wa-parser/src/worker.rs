@@ -16,7 +16,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use isp_events::payloads::{
     NotificationCategory, NotificationChannel, NotificationRequest, WaParserNotificationRequested,
 };
@@ -36,6 +35,8 @@ pub const CRM_INTAKE_PATH: &str = "/api/crm/intake/leads";
 pub const CRM_INTAKE_SCOPE: &str = "crm.intake.create";
 /// A WhatsApp reply that failed this many times for transient reasons is given up.
 const MAX_REPLY_ATTEMPTS: i32 = 8;
+/// Messages processed at once per replica.
+const CONCURRENCY: usize = 16;
 
 pub struct Worker {
     ctx: Arc<ServiceContext>,
@@ -107,25 +108,46 @@ impl Worker {
         self.wake.notify_one();
     }
 
+    /// Keeps up to [`CONCURRENCY`] messages in flight: a slot freed by one message
+    /// is filled by the next due one at once, rather than a whole batch waiting
+    /// for its slowest member.
     pub fn spawn(self: Arc<Self>) {
         tokio::spawn(async move {
             let shutdown = self.ctx.shutdown.clone();
+            let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
             loop {
-                if shutdown.is_cancelled() {
-                    break;
-                }
-                match self.claim(32).await {
+                let first = tokio::select! {
+                    p = slots.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    _ = shutdown.cancelled() => break,
+                };
+                let free = slots.available_permits() + 1;
+                match self.claim(free as i64).await {
                     Ok(rows) if !rows.is_empty() => {
-                        futures::stream::iter(rows)
-                            .for_each_concurrent(8, |r| {
-                                let w = self.clone();
-                                async move { w.process(r).await }
-                            })
-                            .await;
+                        let mut permit = Some(first);
+                        for r in rows {
+                            let p = match permit.take() {
+                                Some(p) => p,
+                                None => match slots.clone().acquire_owned().await {
+                                    Ok(p) => p,
+                                    Err(_) => break,
+                                },
+                            };
+                            let w = self.clone();
+                            tokio::spawn(async move {
+                                w.process(r).await;
+                                drop(p);
+                            });
+                        }
                         continue;
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "claiming inbound messages failed"),
+                    Ok(_) => drop(first),
+                    Err(e) => {
+                        drop(first);
+                        tracing::warn!(error = %e, "claiming inbound messages failed");
+                    }
                 }
                 // Woken by a new message; otherwise a short poll finds retries that
                 // came due and messages stored by another replica.
