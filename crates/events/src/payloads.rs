@@ -579,6 +579,13 @@ pub struct MpesaPaymentConfirmed {
     pub transaction_time: DateTime<Utc>,
     /// `stk` | `c2b`.
     pub source: String,
+    /// What the payer typed (C2B BillRefNumber) when `accountReference` is the
+    /// account number it was recognised as (case, spaces): kept for finance.
+    #[serde(default)]
+    pub bill_ref_number: Option<String>,
+    /// sha256 of the payer's `2547...` number (C2B v2 carries only this).
+    #[serde(default)]
+    pub payer_sha256: Option<String>,
 }
 plain_event!(
     MpesaPaymentConfirmed,
@@ -586,6 +593,30 @@ plain_event!(
     "mpesa.payment.confirmed",
     |e| e.receipt
 );
+
+/// `mpesa.commission.paid`: a partner's commission for a converted referral
+/// reached their M-Pesa (B2C result). Billing records it as an expense (category
+/// Commissions, the receipt as its reference).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MpesaCommissionPaid {
+    pub commission: Uuid,
+    pub partner: Uuid,
+    pub partner_name: String,
+    pub amount: Decimal,
+    /// The B2C TransactionReceipt.
+    pub receipt: String,
+    /// The partner's M-Pesa number, E.164.
+    pub phone: String,
+    /// The converted lead and the subscriber whose first paid invoice earned it.
+    #[serde(default)]
+    pub lead: Option<Uuid>,
+    #[serde(default)]
+    pub subscriber: Option<Uuid>,
+    pub paid_at: DateTime<Utc>,
+}
+plain_event!(MpesaCommissionPaid, "mpesa", "mpesa.commission.paid", |e| e
+    .commission);
 
 // ---------------------------------------------------------------------------
 // notify
@@ -870,6 +901,7 @@ mod tests {
             TicketUpdated,
             TicketDeleted,
             MpesaPaymentConfirmed,
+            MpesaCommissionPaid,
             SupportNotificationRequested,
             WaParserNotificationRequested,
             NotificationStatus,

@@ -1408,6 +1408,8 @@ async fn mpesa_confirmed_payment_is_recorded_once_per_receipt_against_the_accoun
         invoice: None,
         transaction_time: chrono::Utc::now(),
         source: "c2b".into(),
+        bill_ref_number: None,
+        payer_sha256: None,
     };
     // Published twice as two distinct events (a retried callback).
     app.publish("mpesa", &ev).await;
