@@ -372,13 +372,16 @@ pub fn invoices() -> Collection {
                 .system(),
             Field::new("subscriber", "subscriber_id", Kind::Relation)
                 .required()
-                .immutable(),
+                .immutable()
+                .references("subscribers"),
             Field::new("amountDue", "amount_due", Kind::Money)
                 .required()
                 .system(),
             Field::new("amountPaid", "amount_paid", Kind::Money).system(),
             Field::new("dueDate", "due_date", Kind::Date).required(),
-            Field::new("status", "status", Kind::Select(INVOICE_STATUS)).required(),
+            Field::new("status", "status", Kind::Select(INVOICE_STATUS))
+                .required()
+                .default_value(json!("Unpaid")),
             Field::new("lineItems", "line_items", Kind::Json).required(),
             Field::new("periodStart", "period_start", Kind::Date).system(),
             Field::new("periodEnd", "period_end", Kind::Date).system(),
@@ -538,7 +541,7 @@ impl Hooks for InvoiceHooks {
             .and_then(|e| e["status"].as_str())
             .map(str::to_string);
         if c.create {
-            let status = c.str("status").unwrap_or("Unpaid").to_string();
+            let status = c.str("status").unwrap_or_default().to_string();
             if !matches!(status.as_str(), "Draft" | "Unpaid") {
                 return Err(ApiError::field(
                     "status",
@@ -777,12 +780,13 @@ pub fn payments() -> Collection {
             .immutable(),
             Field::new("invoice", "invoice_id", Kind::Relation)
                 .required()
-                .immutable(),
+                .immutable()
+                .references("invoices"),
             Field::new("subscriber", "subscriber_id", Kind::Relation).system(),
             Field::new("amountPaid", "amount_paid", Kind::Money)
                 .required()
                 .immutable()
-                .schema(isp_platform::openapi::positive_money()),
+                .positive_money(),
             Field::new(
                 "paymentMethod",
                 "payment_method",
@@ -923,7 +927,7 @@ pub fn expenses(store: Arc<dyn Storage>) -> Collection {
             Field::new("vendor", "vendor", Kind::TEXT),
             Field::new("amount", "amount", Kind::Money)
                 .required()
-                .schema(isp_platform::openapi::positive_money()),
+                .positive_money(),
             Field::new("description", "description", Kind::TEXT_AREA),
             Field::new("receipt", "receipt", Kind::Json).system(),
         ],

@@ -223,7 +223,7 @@ pub fn plans() -> Collection {
             .required(),
             Field::new("price", "price", Kind::Money)
                 .required()
-                .schema(isp_platform::openapi::positive_money()),
+                .positive_money(),
             Field::new(
                 "billingCycle",
                 "billing_cycle",
@@ -255,17 +255,6 @@ struct PlanHooks;
 impl Hooks for PlanHooks {
     async fn before_change(&self, tx: &mut PgConnection, c: &mut Change<'_>) -> ApiResult<()> {
         let mut errors = vec![];
-        if let Some(price) = c.data.get("price").and_then(Value::as_str) {
-            if price
-                .parse::<Decimal>()
-                .map_or(true, |d| d <= Decimal::ZERO)
-            {
-                errors.push(FieldError::new(
-                    "price",
-                    "The price must be more than 0 KES.",
-                ));
-            }
-        }
         match c.str("ipAssignmentType") {
             Some("Static-Public") => {
                 if c.value("staticIpPool").is_none() {
@@ -327,7 +316,7 @@ pub fn partners() -> Collection {
             Field::new("buildings", "buildings", Kind::Relations),
             Field::new("commissionRate", "commission_rate", Kind::Money)
                 .default_value(json!(1500))
-                .schema(isp_platform::openapi::non_negative_money()),
+                .non_negative_money(),
             Field::new(
                 "referralCount",
                 "referral_count",

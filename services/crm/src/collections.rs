@@ -184,7 +184,9 @@ pub fn leads() -> Collection {
         "leads",
         "Lead",
         vec![
-            Field::new("status", "status", Kind::Select(LEAD_STATUS)).required(),
+            Field::new("status", "status", Kind::Select(LEAD_STATUS))
+                .required()
+                .default_value(json!("New")),
             Field::new("leadSource", "lead_source", Kind::Select(LEAD_SOURCES)).required(),
             Field::new("referredBy", "referred_by", Kind::Relation),
             Field::new("subscriberName", "subscriber_name", Kind::TEXT).required(),
@@ -239,9 +241,6 @@ pub fn transition_allowed(from: &str, to: &str) -> bool {
 #[async_trait]
 impl Hooks for LeadHooks {
     async fn before_change(&self, tx: &mut PgConnection, c: &mut Change<'_>) -> ApiResult<()> {
-        if c.create && c.data.get("status").is_none_or(Value::is_null) {
-            c.data.insert("status".into(), json!("New"));
-        }
         let old_status = c
             .existing
             .and_then(|e| e["status"].as_str())

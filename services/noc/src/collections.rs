@@ -620,7 +620,9 @@ pub fn ip_addresses() -> Collection {
             Field::new("subnet", "subnet", Kind::Relation)
                 .required()
                 .immutable(),
-            Field::new("status", "status", Kind::Select(IP_STATUS)).required(),
+            Field::new("status", "status", Kind::Select(IP_STATUS))
+                .required()
+                .default_value(serde_json::json!("Available")),
             Field::new("assignedTo", "assigned_to", Kind::Relation).system(),
         ],
     )
@@ -637,9 +639,6 @@ const ASSIGN_HINT: &str =
 impl Hooks for AddressHooks {
     async fn before_change(&self, tx: &mut PgConnection, c: &mut Change<'_>) -> ApiResult<()> {
         if c.create {
-            if !c.data.contains_key("status") {
-                c.data.insert("status".into(), json!("Available"));
-            }
             let mut errors = vec![];
             let ip = c.str("ipAddress").map(|s| s.parse::<IpAddr>());
             if let Some(Err(_)) = ip {
@@ -724,6 +723,7 @@ pub fn work_orders(secrets: SecretBox) -> Collection {
                 .write(NETWORK),
             Field::new("status", "status", Kind::Select(ORDER_STATUS))
                 .required()
+                .default_value(serde_json::json!("Pending"))
                 .write(techs),
             Field::new("assignedTo", "assigned_to", Kind::Relation).write(NETWORK),
             Field::new("notes", "notes", Kind::RICH_TEXT).write(NETWORK),
@@ -756,9 +756,6 @@ impl Hooks for WorkOrderHooks {
 
     async fn before_change(&self, tx: &mut PgConnection, c: &mut Change<'_>) -> ApiResult<()> {
         if c.create {
-            if !c.data.contains_key("status") {
-                c.data.insert("status".into(), json!("Pending"));
-            }
             if c.str("status") == Some("Completed") {
                 // Provisioning happens when an installation is completed; an order
                 // born Completed would skip it.

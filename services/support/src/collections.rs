@@ -14,10 +14,10 @@
 
 use async_trait::async_trait;
 use isp_events::payloads::{TicketCreated, TicketDeleted, TicketUpdated};
-use isp_platform::auth::{Role, Roles};
+use isp_platform::auth::{Principal, Role, Roles};
 use isp_platform::collection::{Change, Collection, Field, Hooks, Kind};
 use isp_platform::{ApiError, ApiResult, FieldError};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -117,6 +117,8 @@ pub fn tickets() -> Collection {
 
 struct TicketHooks;
 
+const NOT_AN_AGENT: &str = "Must be an active staff member with the role Support Agent.";
+
 /// An Active Support Agent in Core's staff (as projected here).
 async fn is_support_agent(tx: &mut PgConnection, id: Uuid) -> ApiResult<bool> {
     Ok(sqlx::query_scalar(
@@ -129,6 +131,67 @@ async fn is_support_agent(tx: &mut PgConnection, id: Uuid) -> ApiResult<bool> {
 
 #[async_trait]
 impl Hooks for TicketHooks {
+    /// A new ticket's kind decides whether it names a subscriber; reported with
+    /// the fields' own errors.
+    async fn validate(
+        &self,
+        tx: &mut PgConnection,
+        _principal: &Principal,
+        data: &Map<String, Value>,
+        create: bool,
+    ) -> ApiResult<Vec<FieldError>> {
+        let mut bad = vec![];
+        if !create {
+            return Ok(bad);
+        }
+        let kind = data
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or("Customer");
+        let subscriber = data
+            .get("subscriber")
+            .and_then(Value::as_str)
+            .and_then(|s| Uuid::parse_str(s).ok());
+        match (kind, subscriber) {
+            ("Customer", None) => bad.push(FieldError::new(
+                "subscriber",
+                "subscriber is required for a Customer ticket.",
+            )),
+            ("Customer", Some(s)) => {
+                let known: bool =
+                    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM subscribers WHERE id = $1)")
+                        .bind(s)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                if !known {
+                    bad.push(FieldError::new("subscriber", "No such subscriber."));
+                }
+            }
+            (_, Some(_)) => bad.push(FieldError::new(
+                "subscriber",
+                "A Network ticket has no subscriber.",
+            )),
+            (_, None) => {}
+        }
+        if data
+            .get("status")
+            .and_then(Value::as_str)
+            .is_some_and(|s| s != "Open")
+        {
+            bad.push(FieldError::new("status", "A new ticket is Open."));
+        }
+        if let Some(staff) = data
+            .get("assignedTo")
+            .and_then(Value::as_str)
+            .and_then(|s| Uuid::parse_str(s).ok())
+        {
+            if !is_support_agent(tx, staff).await? {
+                bad.push(FieldError::new("assignedTo", NOT_AN_AGENT));
+            }
+        }
+        Ok(bad)
+    }
+
     async fn before_change(&self, tx: &mut PgConnection, c: &mut Change<'_>) -> ApiResult<()> {
         let mut bad = vec![];
         if let Some(existing) = c.existing {
@@ -147,47 +210,12 @@ impl Hooks for TicketHooks {
                     ));
                 }
             }
-        } else {
-            // Named here too, so one answer lists them with the subscriber's.
-            for f in ["subject", "description", "priority"] {
-                if c.value(f).is_none() {
-                    bad.push(FieldError::new(f, format!("{f} is required.")));
-                }
-            }
-            let kind = c.str("kind").unwrap_or("Customer");
-            match (kind, c.uuid("subscriber")) {
-                ("Customer", None) => bad.push(FieldError::new(
-                    "subscriber",
-                    "subscriber is required for a Customer ticket.",
-                )),
-                ("Customer", Some(s)) => {
-                    let known: bool = sqlx::query_scalar(
-                        "SELECT EXISTS (SELECT 1 FROM subscribers WHERE id = $1)",
-                    )
-                    .bind(s)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    if !known {
-                        bad.push(FieldError::new("subscriber", "No such subscriber."));
-                    }
-                }
-                (_, Some(_)) => bad.push(FieldError::new(
-                    "subscriber",
-                    "A Network ticket has no subscriber.",
-                )),
-                (_, None) => {}
-            }
-            if c.str("status").is_some_and(|s| s != "Open") {
-                bad.push(FieldError::new("status", "A new ticket is Open."));
-            }
         }
-        if c.changed("assignedTo") {
+        // A new ticket's assignee was checked in `validate`.
+        if !c.create && c.changed("assignedTo") {
             if let Some(staff) = c.uuid("assignedTo") {
                 if !is_support_agent(tx, staff).await? {
-                    bad.push(FieldError::new(
-                        "assignedTo",
-                        "Must be an active staff member with the role Support Agent.",
-                    ));
+                    bad.push(FieldError::new("assignedTo", NOT_AN_AGENT));
                 }
             }
         }

@@ -49,6 +49,9 @@ impl Kind {
     pub const RICH_TEXT: Kind = Kind::Text { max: 100_000 };
 }
 
+/// A field's own rule on its canonical value: the message of a 400 when broken.
+pub type FieldRule = fn(&Value) -> Result<(), String>;
+
 #[derive(Debug, Clone)]
 pub struct Field {
     pub name: &'static str,
@@ -72,6 +75,13 @@ pub struct Field {
     /// collection's rules accept less than the kind does (a CIDR network, money
     /// above zero): JSON Schema keywords that replace the kind's.
     pub schema: Option<Value>,
+    /// A rule beyond the kind (money above zero), checked by the engine with the
+    /// kind's own checks on the canonical value, so that a 400 names it beside
+    /// every other bad field.
+    pub check: Option<FieldRule>,
+    /// The table (the service's own, or a projection) whose `id` a relation's
+    /// value must name; checked before hooks run, beside the other fields.
+    pub references: Option<&'static str>,
 }
 
 impl Field {
@@ -88,6 +98,8 @@ impl Field {
             immutable: false,
             default: None,
             schema: None,
+            check: None,
+            references: None,
         }
     }
     pub fn required(mut self) -> Self {
@@ -115,20 +127,49 @@ impl Field {
         self.immutable = true;
         self
     }
-    /// The spec's `defaultValue` (any form [`canonical`] accepts for the kind).
     /// Documents the collection's own rule for this field (see [`Field::schema`]):
     /// the keywords given replace the kind's in create and update bodies.
     pub fn schema(mut self, keywords: Value) -> Self {
         self.schema = Some(keywords);
         self
     }
+    /// A rule the engine checks (see [`Field::check`]), documented by `keywords`.
+    pub fn rule(mut self, keywords: Value, check: FieldRule) -> Self {
+        self.schema = Some(keywords);
+        self.check = Some(check);
+        self
+    }
+    /// Money above zero (a price, a payment): documented and checked.
+    pub fn positive_money(self) -> Self {
+        self.rule(
+            crate::openapi::positive_money(),
+            |v| match crate::money::parse_json(v) {
+                Ok(d) if d > rust_decimal::Decimal::ZERO => Ok(()),
+                _ => Err("Must be more than 0 KES.".into()),
+            },
+        )
+    }
+    /// Money of zero or more (a commission rate's amount): documented and checked.
+    pub fn non_negative_money(self) -> Self {
+        self.rule(
+            crate::openapi::non_negative_money(),
+            |v| match crate::money::parse_json(v) {
+                Ok(d) if d >= rust_decimal::Decimal::ZERO => Ok(()),
+                _ => Err("Must be 0 KES or more.".into()),
+            },
+        )
+    }
+    /// The relation must name a row of `table` (see [`Field::references`]).
+    pub fn references(mut self, table: &'static str) -> Self {
+        self.references = Some(table);
+        self
+    }
+    /// The spec's `defaultValue` (any form [`canonical`] accepts for the kind).
     pub fn default_value(mut self, value: Value) -> Self {
         self.default = Some(value);
         self
     }
 }
-
-/// Which rows of a collection a principal may see.
 
 /// Parses JSON input for one field into its canonical JSON form.
 pub fn canonical(f: &Field, v: &Value) -> Result<Value, String> {

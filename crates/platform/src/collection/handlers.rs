@@ -148,7 +148,6 @@ async fn create_handler(
         None
     };
     let input = parse_body(&body)?;
-    let data = s.coll.validate_input(&p, &input, true)?;
     let hash = idempotency::request_hash(&input);
     let mut tx = s.ctx.pool.begin().await?;
     if let Some(k) = &key {
@@ -156,6 +155,7 @@ async fn create_handler(
             return Ok((status, Json(answer)));
         }
     }
+    let data = s.coll.validate_in(&mut tx, &p, &input, true).await?;
     let doc = s.coll.create_in(&mut tx, &s.ctx, &p, data).await?;
     let answer = json!({ "doc": s.coll.present(&p, &doc), "message": format!("{} successfully created.", s.coll.label) });
     if let Some(k) = &key {
@@ -174,8 +174,9 @@ async fn update_handler(
 ) -> ApiResult<Json<Value>> {
     s.coll.authorize(&p, Operation::Update)?;
     let id = parse_id(&id)?;
-    let data = s.coll.validate_input(&p, &parse_body(&body)?, false)?;
+    let input = parse_body(&body)?;
     let mut tx = s.ctx.pool.begin().await?;
+    let data = s.coll.validate_in(&mut tx, &p, &input, false).await?;
     s.coll
         .hooks
         .before_lock(&mut tx, Operation::Update, id)

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::Operation;
 use crate::auth::Principal;
-use crate::error::ApiResult;
+use crate::error::{ApiResult, FieldError};
 use crate::ServiceContext;
 
 #[derive(Debug, Clone)]
@@ -61,6 +61,19 @@ impl Change<'_> {
 pub trait Hooks: Send + Sync + 'static {
     fn scope(&self, _principal: &Principal) -> Scope {
         Scope::All
+    }
+    /// Rules across fields, or against other tables, that need no stored
+    /// document: the errors are reported with the fields' own (types, required,
+    /// references) in one 400. `data` holds the fields that passed their own
+    /// checks, before defaults. Runs inside the transaction, before `before_lock`.
+    async fn validate(
+        &self,
+        _tx: &mut PgConnection,
+        _principal: &Principal,
+        _data: &Map<String, Value>,
+        _create: bool,
+    ) -> ApiResult<Vec<FieldError>> {
+        Ok(vec![])
     }
     /// Validate across fields, normalize, derive system fields. Runs inside the
     /// transaction, after per-field validation.
