@@ -24,6 +24,7 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod idempotency;
+pub mod line_items;
 pub mod money;
 pub mod openapi;
 pub mod phone;

@@ -20,10 +20,7 @@ pub fn max_price() -> Decimal {
     Decimal::from(10_000_000)
 }
 
-/// The largest amount a numeric(14,2) column holds.
-pub fn money_max() -> Decimal {
-    Decimal::new(99_999_999_999_999, 2)
-}
+use crate::money::max as money_max;
 
 /// One line of an invoice.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -96,7 +93,15 @@ pub fn parse(v: &Value, path: &str, allow_empty: bool) -> ApiResult<Vec<LineItem
             ));
         }
         let quantity = match obj.get("quantity") {
-            Some(Value::Number(n)) => n.as_i64().filter(|q| (1..=MAX_QUANTITY).contains(q)),
+            // 2.0 is a whole number too (JSON Schema's `integer` says so).
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.fract() == 0.0 && f.abs() < 1e6)
+                        .map(|f| f as i64)
+                })
+                .filter(|q| (1..=MAX_QUANTITY).contains(q)),
             _ => None,
         };
         if quantity.is_none() {

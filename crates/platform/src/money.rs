@@ -31,6 +31,11 @@ pub fn parse_json(v: &serde_json::Value) -> Result<Decimal, String> {
     Ok(d.round_dp(2))
 }
 
+/// The largest amount a `numeric(14,2)` column holds: 999,999,999,999.99.
+pub fn max() -> Decimal {
+    Decimal::new(99_999_999_999_999, 2)
+}
+
 /// Formats with exactly two decimals, the way the API returns money.
 pub fn format(d: Decimal) -> String {
     let mut d = d.round_dp(2);

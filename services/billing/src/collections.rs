@@ -67,10 +67,7 @@ pub(crate) fn internal(e: anyhow::Error) -> ApiError {
     ApiError::Internal(e)
 }
 
-/// The largest amount a `numeric(14,2)` column holds: 999,999,999,999.99.
-pub(crate) fn money_max() -> Decimal {
-    Decimal::new(99_999_999_999_999, 2)
-}
+pub(crate) use isp_platform::money::max as money_max;
 
 /// A numeric overflow (SQLSTATE 22003) inside `e` is the client's amount being too
 /// large for what it adds up to: 400 naming `field`. Anything else is internal.
@@ -391,123 +388,7 @@ pub fn invoices() -> Collection {
     .hooks(InvoiceHooks)
 }
 
-/// One line of an invoice.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct LineItem {
-    pub description: String,
-    pub quantity: i64,
-    pub price: Decimal,
-}
-
-impl LineItem {
-    pub fn to_json(&self) -> Value {
-        json!({"description": self.description, "quantity": self.quantity,
-               "price": isp_platform::money::format(self.price)})
-    }
-}
-
-/// Parses line items (`path` names the field in errors), returning them with
-/// their total.
-pub fn parse_line_items(v: &Value, path: &str, allow_empty: bool) -> ApiResult<Vec<LineItem>> {
-    let Some(arr) = v.as_array() else {
-        return Err(ApiError::field(
-            path,
-            "Must be a list of {description, quantity, price}.",
-        ));
-    };
-    if arr.is_empty() && !allow_empty {
-        return Err(ApiError::field(path, "At least one line item is required."));
-    }
-    if arr.len() > 100 {
-        return Err(ApiError::field(path, "At most 100 line items."));
-    }
-    let mut errors = vec![];
-    let mut out = vec![];
-    for (i, item) in arr.iter().enumerate() {
-        let p = |f: &str| format!("{path}.{i}.{f}");
-        let Some(obj) = item.as_object() else {
-            errors.push(FieldError::new(format!("{path}.{i}"), "Must be an object."));
-            continue;
-        };
-        if let Some(k) = obj
-            .keys()
-            .find(|k| !matches!(k.as_str(), "description" | "quantity" | "price" | "id"))
-        {
-            errors.push(FieldError::new(p(k), format!("Unknown field {k:?}.")));
-        }
-        let description = obj
-            .get("description")
-            .and_then(Value::as_str)
-            .map(str::trim)
-            .unwrap_or("");
-        if description.is_empty() || description.chars().count() > 200 {
-            errors.push(FieldError::new(
-                p("description"),
-                "A description of 1 to 200 characters is required.",
-            ));
-        }
-        let quantity = match obj.get("quantity") {
-            // 2.0 is a whole number too (JSON Schema's `integer` says so).
-            Some(Value::Number(n)) => n
-                .as_i64()
-                .or_else(|| {
-                    n.as_f64()
-                        .filter(|f| f.fract() == 0.0 && f.abs() < 1e6)
-                        .map(|f| f as i64)
-                })
-                .filter(|q| (1..=10_000).contains(q)),
-            _ => None,
-        };
-        if quantity.is_none() {
-            errors.push(FieldError::new(
-                p("quantity"),
-                "Must be a whole number from 1 to 10000.",
-            ));
-        }
-        let price = match obj.get("price") {
-            None | Some(Value::Null) => Err("price is required.".to_string()),
-            Some(v) => isp_platform::money::parse_json(v).and_then(|d| {
-                if d < Decimal::ZERO {
-                    Err("The price cannot be negative.".into())
-                } else if d > Decimal::from(10_000_000) {
-                    Err("The price is too large.".into())
-                } else {
-                    Ok(d)
-                }
-            }),
-        };
-        match (&price, quantity) {
-            (Ok(price), Some(quantity)) if errors.is_empty() => out.push(LineItem {
-                description: description.to_string(),
-                quantity,
-                price: *price,
-            }),
-            (Err(m), _) => errors.push(FieldError::new(p("price"), m.clone())),
-            _ => {}
-        }
-    }
-    if errors.is_empty() && total(&out) > money_max() {
-        errors.push(FieldError::new(
-            path,
-            format!(
-                "The total of the line items is too large (at most {}).",
-                money_max()
-            ),
-        ));
-    }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(ApiError::BadRequest(errors))
-    }
-}
-
-pub fn total(items: &[LineItem]) -> Decimal {
-    items
-        .iter()
-        .map(|i| i.price * Decimal::from(i.quantity))
-        .sum()
-}
+pub use isp_platform::line_items::{parse as parse_line_items, total, LineItem};
 
 /// Whether an invoice in `status` counts against the subscriber's balance.
 fn charged(status: &str) -> bool {

@@ -125,66 +125,16 @@ impl ConvertInput {
                 Err(msg) => errors.push(FieldError::new(f.name, msg)),
             }
         }
+        // Billing's rule for line items, checked here so that a conversion Billing
+        // would refuse never reaches it.
         let mut charges = vec![];
         match m.get("oneOffCharges") {
             None | Some(Value::Null) => {}
-            Some(Value::Array(items)) => {
-                let item_fields = [
-                    Field::new("description", "", Kind::TEXT).required(),
-                    Field::new(
-                        "quantity",
-                        "",
-                        Kind::Int {
-                            min: 1,
-                            max: 10_000,
-                        },
-                    )
-                    .required(),
-                    Field::new("price", "", Kind::Money).required(),
-                ];
-                for (i, item) in items.iter().enumerate() {
-                    let Value::Object(im) = item else {
-                        errors.push(FieldError::new(
-                            format!("oneOffCharges.{i}"),
-                            "Each charge is {description, quantity, price}.",
-                        ));
-                        continue;
-                    };
-                    for k in im.keys() {
-                        if !item_fields.iter().any(|f| f.name == k) {
-                            errors.push(FieldError::new(
-                                format!("oneOffCharges.{i}.{k}"),
-                                format!("Unknown field {k:?}."),
-                            ));
-                        }
-                    }
-                    let mut out = Map::new();
-                    for f in &item_fields {
-                        match canonical(f, im.get(f.name).unwrap_or(&Value::Null)) {
-                            Ok(v) => {
-                                if f.name == "price"
-                                    && v.as_str().is_some_and(|s| s.starts_with('-'))
-                                {
-                                    errors.push(FieldError::new(
-                                        format!("oneOffCharges.{i}.price"),
-                                        "A charge cannot be negative.",
-                                    ));
-                                }
-                                out.insert(f.name.into(), v);
-                            }
-                            Err(msg) => errors.push(FieldError::new(
-                                format!("oneOffCharges.{i}.{}", f.name),
-                                msg,
-                            )),
-                        }
-                    }
-                    charges.push(Value::Object(out));
-                }
-            }
-            Some(_) => errors.push(FieldError::new(
-                "oneOffCharges",
-                "Must be a list of {description, quantity, price}.",
-            )),
+            Some(v) => match isp_platform::line_items::parse(v, "oneOffCharges", true) {
+                Ok(items) => charges = items.iter().map(|i| i.to_json()).collect(),
+                Err(ApiError::BadRequest(e)) => errors.extend(e),
+                Err(e) => return Err(e),
+            },
         }
         if !errors.is_empty() {
             return Err(ApiError::BadRequest(errors));
