@@ -569,14 +569,9 @@ impl Hooks for InvoiceHooks {
             .and_then(|s| Uuid::parse_str(s).ok())
             .unwrap_or_default();
         if before != after {
-            sqlx::query(
-                "UPDATE subscribers SET account_balance = account_balance - $2 WHERE id = $1",
-            )
-            .bind(sub)
-            .bind(after - before)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| overflow_is_bad_input("lineItems", e.into()))?;
+            crate::ledger::charge(tx, sub, after - before)
+                .await
+                .map_err(|e| overflow_is_bad_input("lineItems", e))?;
         }
         let snap: InvoiceSnapshot = snapshot(doc)?;
         if previous.is_none() {

@@ -15,6 +15,74 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+/// Charges `amount` to a subscriber's balance (negative: gives it back). Every
+/// write of `accountBalance` is in this module: here, [`apply_payment`] and
+/// [`charge_due`].
+pub async fn charge(
+    tx: &mut PgConnection,
+    subscriber: Uuid,
+    amount: Decimal,
+) -> anyhow::Result<()> {
+    sqlx::query("UPDATE subscribers SET account_balance = account_balance - $2 WHERE id = $1")
+        .bind(subscriber)
+        .bind(amount)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// The daily run's invoices for everyone in `billing_run_due` (see
+/// `daily::invoice_due`), charged to their balances, with their events, in one
+/// statement; credit settles what it covers. Returns how many were created.
+pub async fn charge_due(tx: &mut PgConnection) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(CHARGE_DUE_SQL)
+        .fetch_one(&mut *tx)
+        .await?)
+}
+
+const CHARGE_DUE_SQL: &str = r#"
+WITH ins AS (
+    INSERT INTO invoices (id, invoice_number, subscriber_id, amount_due, amount_paid, due_date, status,
+                          line_items, period_start, period_end)
+    SELECT uuid_v7(), 'INV-' || lpad(nextval('invoice_number_seq')::text, 6, '0'), d.id, d.price,
+           LEAST(d.price, GREATEST(d.bal, 0)), d.due,
+           CASE WHEN d.bal >= d.price THEN 'Paid' ELSE 'Unpaid' END,
+           jsonb_build_array(jsonb_build_object(
+               'description', d.name || ' ' || to_char(d.ps, 'YYYY-MM-DD') || ' to ' || to_char(d.pe - 1, 'YYYY-MM-DD'),
+               'quantity', 1, 'price', to_char(d.price, 'FM999999999990.00'))),
+           d.ps, d.pe
+    FROM (SELECT * FROM billing_run_due ORDER BY account_number) d
+    ON CONFLICT (subscriber_id, period_start) DO NOTHING
+    RETURNING id, invoice_number, subscriber_id, amount_due, due_date, status, period_end, updated_at
+), sub AS (
+    UPDATE subscribers s
+       SET account_balance = s.account_balance - i.amount_due,
+           next_due_date = CASE WHEN i.status = 'Paid' THEN i.period_end ELSE d.ps END,
+           billing_anchor_day = d.anchor,
+           updated_at = CASE WHEN i.status = 'Paid' OR d.ps <> d.nd THEN now() ELSE s.updated_at END
+      FROM ins i JOIN billing_run_due d ON d.id = i.subscriber_id
+     WHERE s.id = i.subscriber_id
+    RETURNING s.id, (i.status = 'Paid' OR d.ps <> d.nd) AS moved,
+              CASE WHEN i.status = 'Paid' OR d.ps <> d.nd THEN subscriber_snapshot(s) END AS snap
+), ev AS (
+    INSERT INTO outbox (id, subject, type, payload)
+    SELECT e.id, 'isp.billing.invoice.created', 'invoice.created',
+           cloud_event(e.id, 'invoice.created', i.id::text, jsonb_build_object(
+               'id', i.id, 'invoiceNumber', i.invoice_number, 'subscriber', i.subscriber_id,
+               'amountDue', to_char(i.amount_due, 'FM999999999990.00'), 'dueDate', i.due_date,
+               'status', i.status,
+               'updatedAt', to_char(i.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')))
+    FROM ins i CROSS JOIN LATERAL (SELECT uuid_v7() AS id, i.id AS k) e
+), ev2 AS (
+    INSERT INTO outbox (id, subject, type, payload)
+    SELECT e.id, 'isp.billing.subscriber.updated', 'subscriber.updated',
+           cloud_event(e.id, 'subscriber.updated', u.id::text, u.snap)
+    FROM sub u CROSS JOIN LATERAL (SELECT uuid_v7() AS id, u.id AS k) e
+    WHERE u.moved
+)
+SELECT count(*) FROM ins
+"#;
+
 pub async fn subscriber_snapshot(
     tx: &mut PgConnection,
     id: Uuid,

@@ -310,10 +310,10 @@ async fn insert(
     }
     sqlx::query(
         "INSERT INTO subscribers (id, account_number, first_name, last_name, mpesa_number, contact_phone, email,
-             status, service_plan, billing_cycle, next_due_date, billing_anchor_day, account_balance,
+             status, service_plan, billing_cycle, next_due_date, billing_anchor_day,
              grace_period_end_date, trial_end_date, address_notes, internal_notes, service_location, building, lead_id,
              first_period_cycle)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'Pending Installation', $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $9)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'Pending Installation', $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $9)",
     )
     .bind(id)
     .bind(account_number(n))
@@ -326,7 +326,6 @@ async fn insert(
     .bind(&cycle)
     .bind(next_due)
     .bind(start.day() as i32)
-    .bind(-amount)
     .bind(day("gracePeriodEndDate"))
     .bind(day("trialEndDate"))
     .bind(s("addressNotes"))
@@ -352,6 +351,9 @@ async fn insert(
     .bind(Value::Array(items.iter().map(LineItem::to_json).collect()))
     .execute(&mut *tx)
     .await?;
+    crate::ledger::charge(tx, id, amount)
+        .await
+        .map_err(|e| c::overflow_is_bad_input("oneOffCharges", e))?;
     let subs = c::subscribers();
     let sub = subs
         .fetch(tx, id, false)
