@@ -97,6 +97,8 @@ struct Inner {
     refused_addresses: HashSet<String>,
     /// Delivery reports posted and the status their callback answered.
     callbacks: Vec<(String, u16)>,
+    /// Replaces `Options::at_delivery_callback` once the receiver's address is known.
+    at_delivery_callback: Option<String>,
 }
 
 #[derive(Clone)]
@@ -164,6 +166,12 @@ impl StandIns {
             shared,
             shutdown,
         })
+    }
+
+    /// Points Africa's Talking's delivery reports at `url` (the dashboard setting),
+    /// for receivers whose address is known only after the stand-in started.
+    pub fn set_at_delivery_callback(&self, url: impl Into<String>) {
+        self.shared.inner.lock().unwrap().at_delivery_callback = Some(url.into());
     }
 
     pub fn options(&self) -> &Options {
@@ -291,7 +299,8 @@ async fn at_send(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Re
         }
     }
     let n = accepted.len();
-    if let Some(url) = s.opts.at_delivery_callback.clone() {
+    let url = s.inner.lock().unwrap().at_delivery_callback.clone();
+    if let Some(url) = url.or_else(|| s.opts.at_delivery_callback.clone()) {
         for (id, number) in accepted {
             let s = s.clone();
             let url = url.clone();

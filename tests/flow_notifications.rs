@@ -1,0 +1,191 @@
+//! Customer notifications across the fleet: the daily run invoices an Active
+//! subscriber -> Support renders the invoice SMS from its template and asks Notify
+//! -> Notify sends it through Africa's Talking (the stand-in in `standins/sms`) ->
+//! the gateway's delivery report reaches Notify -> Support's message log shows the
+//! SMS Delivered.
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use isp_platform::runtime::{ServiceInfo, StartFn};
+use isp_standin_sms::{Options, StandIns};
+use isp_testkit::{eventually, TestApp};
+use reqwest::StatusCode;
+use serde_json::json;
+use svc_notify::provider::africastalking::AfricasTalkingConfig;
+use svc_notify::{EmailProvider, SmsProvider};
+
+const AT_TOKEN: &str = "flow-notifications-at-token-31c9";
+
+thread_local! {
+    // StartFns cannot capture; the stand-in's port is known at run time only.
+    static NOTIFY: RefCell<Option<svc_notify::Settings>> = const { RefCell::new(None) };
+}
+
+fn fleet() -> Vec<(ServiceInfo, StartFn)> {
+    let mut f: Vec<_> = isp::fleet()
+        .into_iter()
+        .filter(|(info, _)| info.name != "notify")
+        .collect();
+    f.push((svc_notify::INFO, |c| {
+        let s = NOTIFY
+            .with(|s| s.borrow().clone())
+            .expect("notify settings");
+        Box::pin(svc_notify::start_with(c, s))
+    }));
+    f
+}
+
+fn notify_settings(gw: &StandIns) -> svc_notify::Settings {
+    let o = gw.options();
+    svc_notify::Settings {
+        sms: SmsProvider::AfricasTalking(AfricasTalkingConfig {
+            username: o.at_username.clone(),
+            api_key: o.at_api_key.clone(),
+            sender_id: Some("ISPNET".into()),
+            base_url: gw.base_url.clone(),
+        }),
+        email: EmailProvider::Log,
+        sms_rate_per_second: 0.0,
+        email_rate_per_second: 0.0,
+        concurrency: 4,
+        request_consumers: 2,
+        max_attempts: 5,
+        retry_base: Duration::from_millis(100),
+        retry_max: Duration::from_millis(500),
+        request_timeout: Duration::from_secs(5),
+        lease: Duration::from_secs(30),
+        poll_interval: Duration::from_millis(200),
+        at_callback_token: AT_TOKEN.into(),
+        twilio_auth_token: None,
+        twilio_status_url: "http://127.0.0.1:9/unused".into(),
+        twilio_inbound_url: "http://127.0.0.1:9/unused".into(),
+    }
+}
+
+#[tokio::test]
+async fn the_daily_runs_invoice_sms_is_rendered_sent_and_logged_delivered() {
+    let gw = StandIns::start(Options::default()).await.unwrap();
+    NOTIFY.with(|c| *c.borrow_mut() = Some(notify_settings(&gw)));
+    let app = TestApp::spawn(&fleet()).await;
+    gw.set_at_delivery_callback(format!(
+        "{}/api/notify/callbacks/africastalking/{AT_TOKEN}/delivery",
+        app.base
+    ));
+    let admin = app.admin_token().await;
+    let (ne, _) = app.staff_token("Network Engineer").await;
+    let (agent, _) = app.staff_token("Support Agent").await;
+
+    // An installed, Active subscriber.
+    let plan = app.create("/api/core/plans", &admin, json!({"name": "Home 10", "downloadSpeed": 10, "uploadSpeed": 5, "price": 2500, "billingCycle": "Monthly"})).await;
+    let walk_in = json!({"firstName": "Wanjiru", "lastName": "Kamau", "mpesaNumber": "0722 555 111", "servicePlan": plan, "billingCycle": "Monthly"});
+    let created = eventually(15, || async {
+        let r = app
+            .post("/api/billing/subscribers", &admin, walk_in.clone())
+            .await;
+        (r.status == StatusCode::CREATED).then_some(r)
+    })
+    .await
+    .expect("Billing learns the plan and creates the subscriber");
+    let sub = created.body["doc"]["id"].as_str().unwrap().to_string();
+    let account = created.body["doc"]["accountNumber"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let order = eventually(15, || async {
+        let r = app
+            .get(
+                &format!("/api/noc/workOrders?where[subscriber][equals]={sub}"),
+                &ne,
+            )
+            .await;
+        r.body["docs"][0]["id"].as_str().map(String::from)
+    })
+    .await
+    .expect("installation work order");
+    let r = app
+        .patch(
+            &format!("/api/noc/workOrders/{order}"),
+            &ne,
+            json!({"status": "Completed"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let active = eventually(15, || async {
+        let r = app
+            .get(&format!("/api/billing/subscribers/{sub}"), &admin)
+            .await;
+        (r.body["status"] == "Active").then_some(())
+    })
+    .await;
+    assert!(active.is_some(), "Billing activates after installation");
+
+    // The next period is due today (a run cannot be dated in the future).
+    sqlx::query("UPDATE billing.subscribers SET next_due_date = current_date WHERE id = $1::uuid")
+        .bind(&sub)
+        .execute(&app.admin_pool().await)
+        .await
+        .unwrap();
+    let r = app
+        .post(
+            "/api/billing/jobs/daily-run",
+            &admin,
+            json!({"date": app.ctx("billing").today().to_string()}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["doc"]["invoicesCreated"], 1, "{:?}", r.body);
+    let invoices = app
+        .get(
+            &format!("/api/billing/invoices?where[subscriber][equals]={sub}&sort=-createdAt"),
+            &admin,
+        )
+        .await;
+    let run_invoice = invoices.body["docs"][0].clone();
+    let number = run_invoice["invoiceNumber"].as_str().unwrap().to_string();
+
+    // The SMS reaches Africa's Talking with the rendered text.
+    let sms = eventually(30, || async {
+        gw.sms()
+            .into_iter()
+            .find(|m| m.to.contains("+254722555111") && m.message.contains(&number))
+    })
+    .await
+    .expect("the invoice SMS reached the gateway");
+    assert!(
+        sms.message
+            .starts_with(&format!("Dear Wanjiru, invoice {number} for KES 2500.00"))
+            && sms.message.contains(&format!("account {account}")),
+        "{}",
+        sms.message
+    );
+
+    // The delivery report comes back: the message log says Delivered.
+    let logged = eventually(30, || async {
+        let r = app
+            .get(
+                &format!(
+                    "/api/support/messages?where[content][like]={number}&where[type][equals]=SMS"
+                ),
+                &agent,
+            )
+            .await;
+        let doc = r.body["docs"][0].clone();
+        (doc["status"] == "Delivered").then_some(doc)
+    })
+    .await;
+    let logged = logged.unwrap_or_else(|| {
+        panic!(
+            "the message log never showed Delivered; callbacks: {:?}",
+            gw.callbacks()
+        )
+    });
+    assert_eq!(logged["recipient"], "+254722555111");
+    assert_eq!(logged["triggerEvent"], "invoice.created");
+    assert_eq!(logged["content"], sms.message.as_str());
+    assert!(
+        gw.callbacks().iter().any(|(_, code)| *code == 200),
+        "{:?}",
+        gw.callbacks()
+    );
+}
