@@ -41,6 +41,7 @@ fn options(daraja: &Standin, base: &str) -> svc_mpesa::Options {
     o.stk_query_after = Duration::from_secs(2);
     o.pull_interval = None;
     o.tick = Duration::from_millis(200);
+    o.b2c_status_after = Duration::from_secs(1);
     o
 }
 
@@ -682,4 +683,419 @@ async fn replicas_share_one_daraja_token_and_renew_it_once_when_daraja_refuses_i
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     assert_eq!(t.daraja.tokens_issued(), 2);
+}
+
+// ---------------------------------------------------------------------------
+// partner commissions (B2C)
+// ---------------------------------------------------------------------------
+
+impl App {
+    /// A partner (created in Core with `rate`) whose referral's first invoice
+    /// (plan `price`) is paid by STK push: (commission id, partner id).
+    async fn earned_commission(&self, admin: &str, rate: &str, price: i64) -> (String, String) {
+        let phone = format!("07{:08}", rand_digits());
+        let partner = self
+            .app
+            .post(
+                "/api/core/partners",
+                admin,
+                json!({"fullName": "Jane Caretaker", "phoneNumber": phone, "mpesaNumber": "0722000111",
+                       "status": "Active", "commissionRate": rate}),
+            )
+            .await
+            .expect(StatusCode::CREATED)
+            .id();
+        let (sub, inv, _, _) = self.subscriber(admin, price, "0712345678").await;
+        self.app
+            .publish(
+                "crm",
+                &isp_events::payloads::LeadConverted {
+                    lead_id: uuid::Uuid::now_v7(),
+                    referred_by: Some(partner.parse().unwrap()),
+                    subscriber_id: sub.parse().unwrap(),
+                    converted_at: chrono::Utc::now(),
+                },
+            )
+            .await;
+        let r = self
+            .post("/api/mpesa/stk-push", admin, json!({"invoice": inv}))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        let id = eventually(20, || async {
+            sqlx::query_scalar::<_, uuid::Uuid>(
+                "SELECT id FROM mpesa.commissions WHERE partner_id = $1::uuid",
+            )
+            .bind(&partner)
+            .fetch_optional(&self.pool)
+            .await
+            .unwrap()
+        })
+        .await
+        .expect("the paid first invoice makes the referral's commission payable");
+        (id.to_string(), partner)
+    }
+
+    async fn commission_status(&self, token: &str, id: &str, want: &str) -> Value {
+        eventually(20, || async {
+            let r = self
+                .get(&format!("/api/mpesa/commissions/{id}"), token)
+                .await;
+            (r.body["status"] == want).then_some(r.body)
+        })
+        .await
+        .unwrap_or_else(|| panic!("commission {id} never {want}"))
+    }
+}
+
+fn rand_digits() -> u32 {
+    (uuid::Uuid::new_v4().as_u128() % 100_000_000) as u32
+}
+
+#[tokio::test]
+async fn a_referral_earns_one_commission_that_admin_approves_and_b2c_pays_once() {
+    let t = App::start().await;
+    let admin = t.app.admin_token().await;
+    let (bm, _) = t.app.staff_token("Billing Manager").await;
+    let (tech, _) = t.app.staff_token("Technician").await;
+    let (c, partner) = t.earned_commission(&admin, "1500.50", 2500).await;
+
+    let r = t.get(&format!("/api/mpesa/commissions/{c}"), &bm).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["status"], "Pending Approval");
+    assert_eq!(r.body["partner"], partner.as_str());
+    assert_eq!(r.body["amount"], "1500.50");
+    // B2C pays whole shillings: half away from zero.
+    assert_eq!(r.body["payoutAmount"], "1501.00");
+    assert_eq!(r.body["basis"], "Flat");
+    let list = t.get("/api/mpesa/commissions", &admin).await;
+    assert_eq!(list.body["totalDocs"], 1, "{:?}", list.body);
+    assert_eq!(
+        t.get("/api/mpesa/commissions", &tech).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let path = format!("/api/mpesa/commissions/{c}/approve");
+    let r = t.post(&path, &bm, json!({})).await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "only Admin approves: {:?}",
+        r.body
+    );
+
+    let r = t.post(&path, &admin, json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert!(
+        matches!(r.body["doc"]["status"].as_str(), Some("Sent" | "Paid")),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(
+        r.body["doc"]["originatorConversationId"],
+        format!("{c}-1").as_str()
+    );
+    assert_eq!(r.body["doc"]["phone"], "+254722000111");
+    let again = t.post(&path, &admin, json!({})).await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{:?}", again.body);
+
+    let paid = t.commission_status(&bm, &c, "Paid").await;
+    let receipt = paid["receipt"].as_str().unwrap().to_string();
+    assert!(!receipt.is_empty());
+    assert_eq!(paid["paidAmount"], "1501.00");
+
+    // The result callback replayed ten times in a row and ten at once.
+    let cbs = t.wait_callback("/b2c/result", 1).await;
+    for _ in 0..10 {
+        assert_eq!(t.replay(&cbs[0]).await, StatusCode::OK);
+    }
+    let all = futures::future::join_all((0..10).map(|_| t.replay(&cbs[0]))).await;
+    assert!(all.iter().all(|s| *s == StatusCode::OK), "{all:?}");
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.outbox WHERE type = 'mpesa.commission.paid'")
+            .await,
+        1
+    );
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.transactions WHERE kind = 'B2C Result'")
+            .await,
+        21
+    );
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.transactions WHERE kind = 'B2C Result' AND status = 'Settled already (Paid)'").await,
+        20
+    );
+    // Billing books it once as an expense, the receipt as its reference.
+    let booked = eventually(20, || async {
+        let r = t
+            .app
+            .get(
+                "/api/billing/expenses?where[category][equals]=Commissions",
+                &bm,
+            )
+            .await;
+        (r.body["totalDocs"] == 1).then_some(r.body)
+    })
+    .await
+    .expect("an expense in Billing");
+    let e = &booked["docs"][0];
+    assert_eq!(e["amount"], "1501.00");
+    assert_eq!(e["vendor"], "Jane Caretaker");
+    assert!(
+        e["description"].as_str().unwrap().contains(&receipt),
+        "{e:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM billing.expenses WHERE category = 'Commissions'")
+            .await,
+        1
+    );
+    // The request is in the log, without the SecurityCredential.
+    let raw: Value =
+        sqlx::query_scalar("SELECT raw FROM mpesa.transactions WHERE kind = 'B2C Request'")
+            .fetch_one(&t.pool)
+            .await
+            .unwrap();
+    assert_eq!(raw["request"]["SecurityCredential"], "<redacted>");
+    assert_eq!(raw["request"]["Amount"], 1501);
+    // A second paid invoice of the same subscriber earns nothing more.
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.commissions").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn approval_refuses_what_b2c_would_refuse_and_a_failed_commission_may_be_retried() {
+    let t = App::start().await;
+    let admin = t.app.admin_token().await;
+    let (small, _) = t.earned_commission(&admin, "5", 2500).await;
+    let r = t
+        .post(
+            &format!("/api/mpesa/commissions/{small}/approve"),
+            &admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    assert_eq!(r.error_paths(), vec!["payoutAmount"]);
+    let retry = t
+        .post(
+            &format!("/api/mpesa/commissions/{small}/retry"),
+            &admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(retry.status, StatusCode::CONFLICT, "{:?}", retry.body);
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.transactions WHERE kind = 'B2C Request'")
+            .await,
+        0,
+        "nothing is sent"
+    );
+    let r = t
+        .post(
+            &format!("/api/mpesa/commissions/{}/approve", uuid::Uuid::now_v7()),
+            &admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?}", r.body);
+    let r = t
+        .post(
+            "/api/mpesa/commissions/not-an-id/approve",
+            &admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    assert_eq!(r.error_path(), Some("id"));
+
+    // The stand-in fails B2C of KES 2040 (unregistered customer).
+    let (c, _) = t.earned_commission(&admin, "2040", 2500).await;
+    let r = t
+        .post(
+            &format!("/api/mpesa/commissions/{c}/approve"),
+            &admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let failed = t.commission_status(&admin, &c, "Failed").await;
+    assert_eq!(failed["resultCode"], "2040");
+    assert!(failed["receipt"].is_null());
+    let r = t
+        .post(
+            &format!("/api/mpesa/commissions/{c}/retry"),
+            &admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["doc"]["attempts"], 2);
+    assert_eq!(
+        r.body["doc"]["originatorConversationId"],
+        format!("{c}-2").as_str()
+    );
+    t.commission_status(&admin, &c, "Failed").await;
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT originator_conversation_id FROM mpesa.transactions WHERE kind = 'B2C Request' ORDER BY created_at",
+    )
+    .fetch_all(&t.pool)
+    .await
+    .unwrap();
+    assert_eq!(ids, vec![format!("{c}-1"), format!("{c}-2")]);
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.outbox WHERE type = 'mpesa.commission.paid'")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_queue_timeout_leaves_the_commission_sent_until_transaction_status_settles_it() {
+    let t = App::start().await;
+    let admin = t.app.admin_token().await;
+    // The stand-in answers B2C of KES 1111 with the queue-timeout callback only.
+    let (c, _) = t.earned_commission(&admin, "1111", 2500).await;
+    let r = t
+        .post(
+            &format!("/api/mpesa/commissions/{c}/approve"),
+            &admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    t.wait_callback("/b2c/timeout", 1).await;
+    let paid = t.commission_status(&admin, &c, "Paid").await;
+    assert!(paid["receipt"].as_str().is_some_and(|r| !r.is_empty()));
+    assert!(paid["statusQueries"].as_i64().unwrap() >= 1);
+    assert!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.transactions WHERE kind = 'B2C Timeout'")
+            .await
+            >= 1
+    );
+    assert!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.transactions WHERE kind = 'Transaction Status Result' AND status = 'Paid'").await
+            == 1
+    );
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.outbox WHERE type = 'mpesa.commission.paid'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn commissions_up_to_the_setting_are_approved_and_paid_automatically() {
+    let t = App::start_with(daraja_standin::Config::default(), |o| {
+        o.commissions.auto_approve_up_to = Some(rust_decimal::Decimal::from(2000))
+    })
+    .await;
+    let admin = t.app.admin_token().await;
+    let (c, _) = t.earned_commission(&admin, "1500", 2500).await;
+    let paid = t.commission_status(&admin, &c, "Paid").await;
+    assert_eq!(paid["approvedBy"], "Automatic");
+    let (big, _) = t.earned_commission(&admin, "3000", 2500).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let r = t
+        .get(&format!("/api/mpesa/commissions/{big}"), &admin)
+        .await;
+    assert_eq!(r.body["status"], "Pending Approval", "{:?}", r.body);
+}
+
+#[tokio::test]
+async fn reconciliation_puts_every_receipt_in_exactly_one_place_and_names_bad_parameters() {
+    let t = App::start_with(daraja_standin::Config::default(), |o| {
+        o.c2b_accept_all = true
+    })
+    .await;
+    let admin = t.app.admin_token().await;
+    let (bm, _) = t.app.staff_token("Billing Manager").await;
+    let (tech, _) = t.app.staff_token("Technician").await;
+    let (c, _) = t.earned_commission(&admin, "1500", 2500).await;
+    let stk_amount: String =
+        sqlx::query_scalar("SELECT amount::text FROM mpesa.payments WHERE source = 'stk'")
+            .fetch_one(&t.pool)
+            .await
+            .unwrap();
+    t.post(
+        &format!("/api/mpesa/commissions/{c}/approve"),
+        &admin,
+        json!({}),
+    )
+    .await;
+    t.commission_status(&admin, &c, "Paid").await;
+    // Money for an account that does not exist: unallocated.
+    t.simulate("700", "254733000111", "NOSUCH99").await;
+    let today = chrono::Utc::now()
+        .with_timezone(&chrono_tz::Africa::Nairobi)
+        .date_naive();
+    let q = format!(
+        "/api/mpesa/reconciliation?from={}&to={}",
+        today.pred_opt().unwrap(),
+        today.succ_opt().unwrap()
+    );
+    let r = eventually(20, || async {
+        let r = t.get(&q, &bm).await;
+        (r.body["receipts"]["count"] == 2 && r.body["matched"]["count"] == 1).then_some(r)
+    })
+    .await
+    .expect("both receipts, the STK one matched to its invoice");
+    let b = &r.body;
+    assert_eq!(b["matched"]["total"], stk_amount.as_str(), "{b:?}");
+    assert_eq!(b["unallocated"]["count"], 1);
+    assert_eq!(b["unallocated"]["total"], "700.00");
+    let want_total =
+        stk_amount.parse::<rust_decimal::Decimal>().unwrap() + rust_decimal::Decimal::from(700);
+    assert_eq!(
+        b["receipts"]["total"],
+        isp_platform::money::format(want_total).as_str()
+    );
+    assert_eq!(b["balanced"], true);
+    assert_eq!(b["unallocatedReceipts"][0]["billRefNumber"], "NOSUCH99");
+    assert_eq!(b["bySource"]["c2b"]["total"], "700.00");
+    assert_eq!(b["commissionsPaid"]["count"], 1);
+    assert_eq!(b["commissionsPaid"]["total"], "1500.00");
+    assert_eq!(
+        b["net"],
+        isp_platform::money::format(want_total - rust_decimal::Decimal::from(1500)).as_str()
+    );
+    // Another range holds none of it.
+    let r = t
+        .get(
+            "/api/mpesa/reconciliation?from=2020-01-01&to=2020-01-31",
+            &admin,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["receipts"]["count"], 0);
+    assert_eq!(r.body["balanced"], true);
+
+    let r = t.get("/api/mpesa/reconciliation", &bm).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    assert_eq!(r.error_paths(), vec!["from", "to"]);
+    let r = t
+        .get(
+            "/api/mpesa/reconciliation?from=2026-13-01&to=yesterday&x=1",
+            &bm,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    let mut paths = r.error_paths();
+    paths.sort();
+    assert_eq!(paths, vec!["from", "to", "x"]);
+    let r = t
+        .get(
+            "/api/mpesa/reconciliation?from=2026-02-01&to=2026-01-01",
+            &bm,
+        )
+        .await;
+    assert_eq!(r.error_paths(), vec!["to"]);
+    let r = t
+        .get(
+            "/api/mpesa/reconciliation?from=2026-01-01&to=2026-01-02",
+            &tech,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
 }
