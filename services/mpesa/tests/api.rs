@@ -1099,3 +1099,118 @@ async fn reconciliation_puts_every_receipt_in_exactly_one_place_and_names_bad_pa
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn confirmations_arriving_while_nats_is_down_reach_billing_once_when_it_returns() {
+    let mut t = App::start().await;
+    let admin = t.app.admin_token().await;
+    let mut subs = vec![];
+    for _ in 0..3 {
+        subs.push(t.subscriber(&admin, 1800, "0712345678").await);
+    }
+    let registered = eventually(10, || async {
+        (t.scalar_i64("SELECT count(*) FROM mpesa.transactions WHERE kind = 'C2B Register' AND status = 'Registered'").await == 1).then_some(())
+    })
+    .await;
+    assert!(registered.is_some());
+    t.app.nats.stop().await;
+    for (_, _, acct, due) in &subs {
+        t.simulate(due.trim_end_matches(".00"), "254712345678", acct)
+            .await;
+    }
+    let conf = t.wait_callback("/c2b/confirmation", 3).await;
+    // Each confirmation replayed while NATS is still down.
+    for c in &conf {
+        for _ in 0..3 {
+            assert_eq!(t.replay(c).await, StatusCode::OK);
+        }
+    }
+    let credited = eventually(10, || async {
+        (t.scalar_i64("SELECT count(*) FROM mpesa.payments").await == 3).then_some(())
+    })
+    .await;
+    assert!(credited.is_some(), "M-Pesa keeps working without NATS");
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.outbox WHERE type = 'mpesa.payment.confirmed' AND published_at IS NULL").await,
+        3,
+        "the outbox holds the events"
+    );
+    t.app.nats.restart().await.expect("nats-server restarts");
+    for (_, inv, _, _) in &subs {
+        assert!(
+            t.invoice_status(&admin, inv, "Paid").await,
+            "invoice {inv} Paid once NATS is back"
+        );
+    }
+    for c in &conf {
+        let receipt = c["body"]["TransID"].as_str().unwrap();
+        assert_eq!(t.billing_payments(receipt).await, 1, "{receipt}");
+    }
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM billing.payments").await,
+        3
+    );
+}
+
+#[tokio::test]
+async fn a_b2c_request_daraja_took_before_a_crash_is_not_paid_twice_when_the_worker_sends_it_again()
+{
+    let t = App::start().await;
+    let admin = t.app.admin_token().await;
+    let (c, _) = t.earned_commission(&admin, "1500", 2500).await;
+    let ocid = format!("{c}-1");
+    // What an approval commits before it sends...
+    sqlx::query(
+        "UPDATE mpesa.commissions SET status = 'Approved', attempts = 1, originator_conversation_id = $2,
+             approved_by = 'admin', approved_at = now(), send_claimed_until = now() + interval '1 hour'
+         WHERE id = $1::uuid",
+    )
+    .bind(&c)
+    .bind(&ocid)
+    .execute(&t.pool)
+    .await
+    .unwrap();
+    // ...then the request reaches Daraja and the process dies: nothing recorded,
+    // and the result callback goes nowhere.
+    let o = options(&t.daraja, &t.base);
+    let daraja = svc_mpesa::daraja::Daraja::new(o.daraja, t.ctx.pool.clone()).unwrap();
+    let (_, res) = daraja
+        .b2c(
+            &ocid,
+            1500,
+            "254722000111",
+            "Partner referral commission",
+            "http://127.0.0.1:9/lost",
+            "http://127.0.0.1:9/lost",
+        )
+        .await;
+    assert!(res.is_ok(), "{res:?}");
+    let lost = t.wait_callback("/lost", 1).await;
+    let receipt = lost[0]["body"]["Result"]["TransactionID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // After the restart the claim has expired: the worker sends the attempt again.
+    sqlx::query("UPDATE mpesa.commissions SET send_claimed_until = now() - interval '1 second' WHERE id = $1::uuid")
+        .bind(&c)
+        .execute(&t.pool)
+        .await
+        .unwrap();
+    let paid = t.commission_status(&admin, &c, "Paid").await;
+    assert_eq!(
+        paid["receipt"],
+        receipt.as_str(),
+        "the one payment Daraja made"
+    );
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.transactions WHERE kind = 'B2C Request' AND status LIKE 'Duplicate%'").await,
+        1
+    );
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.outbox WHERE type = 'mpesa.commission.paid'")
+            .await,
+        1
+    );
+    // Daraja made one payment: one result (to the lost URL), no second.
+    assert_eq!(t.callbacks_to("/b2c/result").len(), 0);
+}
