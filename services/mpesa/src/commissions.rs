@@ -579,8 +579,10 @@ pub(crate) async fn send(m: &Mpesa, id: Uuid) -> anyhow::Result<()> {
                 sent(None, 0.0, None).execute(&mut *tx).await?;
             }
         }
-        Err(DarajaError::Transport(t)) => {
-            // It may or may not have reached Daraja: never assume it failed.
+        Err(e @ (DarajaError::Transport(_) | DarajaError::Api { .. })) if unknown_outcome(e) => {
+            // It may or may not have reached Daraja (no answer, or a gateway's
+            // 5xx without Daraja's error body): never assume it failed.
+            let t = e.to_string();
             entry.status = "No answer".into();
             entry.result_description = Some(t.clone());
             if open {
@@ -613,6 +615,16 @@ pub(crate) async fn send(m: &Mpesa, id: Uuid) -> anyhow::Result<()> {
     record(&mut tx, entry).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// Whether a failed B2C request may still have reached Daraja: no answer at all,
+/// or a 5xx that is not Daraja's own error body (a proxy's timeout page).
+fn unknown_outcome(e: &DarajaError) -> bool {
+    match e {
+        DarajaError::Transport(_) => true,
+        DarajaError::Api { status, code, .. } => *status >= 500 && code.is_empty(),
+        DarajaError::Config(_) => false,
+    }
 }
 
 fn text(v: &Value) -> String {

@@ -44,6 +44,8 @@ mod reconciliation;
 mod stk;
 mod txlog;
 
+pub use stk::AutoStk;
+
 pub const INFO: ServiceInfo = ServiceInfo {
     name: "mpesa",
     schema: "mpesa",
@@ -82,6 +84,10 @@ pub struct Options {
     /// `ISP_MPESA_B2C_STATUS_AFTER_SECONDS` (120): a Sent commission without a
     /// result this long is asked about with Transaction Status (then with back-off).
     pub b2c_status_after: Duration,
+    /// `ISP_MPESA_AUTO_STK` (`off`): STK prompts sent automatically when an
+    /// invoice is created and/or becomes overdue (`created`, `overdue`, or both
+    /// comma-separated), once per invoice per trigger.
+    pub auto_stk: AutoStk,
     /// How often the workers look for due work.
     pub tick: Duration,
 }
@@ -141,6 +147,7 @@ impl Options {
                 "ISP_MPESA_B2C_STATUS_AFTER_SECONDS",
                 120,
             )?),
+            auto_stk: AutoStk::parse(&env_or("ISP_MPESA_AUTO_STK", "off"))?,
             tick: Duration::from_secs(1),
         })
     }
@@ -228,6 +235,7 @@ pub async fn start_with(ctx: Arc<ServiceContext>, opts: Options) -> anyhow::Resu
             "isp.billing.>",
             projections::BillingEvents {
                 rules: rules.clone(),
+                auto_stk: m.opts.auto_stk,
             },
         )
         .consume(

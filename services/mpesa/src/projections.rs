@@ -46,6 +46,7 @@ const PARTNERS: Projection = Projection::new(
 
 pub struct BillingEvents {
     pub rules: Rules,
+    pub auto_stk: crate::stk::AutoStk,
 }
 
 impl EventHandler for BillingEvents {
@@ -65,6 +66,16 @@ impl EventHandler for BillingEvents {
                 .await?;
             if written && i.status == "Paid" {
                 commissions::invoice_paid(tx, &self.rules, i.subscriber).await?;
+            }
+            let trigger = if ev.is::<InvoiceCreated>() && self.auto_stk.on_created {
+                Some("Invoice Created")
+            } else if ev.is::<InvoiceOverdue>() && self.auto_stk.on_overdue {
+                Some("Invoice Overdue")
+            } else {
+                None
+            };
+            if let Some(trigger) = trigger {
+                crate::stk::queue_auto_prompt(tx, i.id, trigger, ev.time).await?;
             }
             return Ok(());
         }

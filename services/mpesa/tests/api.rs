@@ -1214,3 +1214,65 @@ async fn a_b2c_request_daraja_took_before_a_crash_is_not_paid_twice_when_the_wor
     // Daraja made one payment: one result (to the lost URL), no second.
     assert_eq!(t.callbacks_to("/b2c/result").len(), 0);
 }
+
+#[tokio::test]
+async fn with_automatic_prompts_a_new_invoice_is_prompted_once_and_paid() {
+    let t = App::start_with(daraja_standin::Config::default(), |o| {
+        o.auto_stk = svc_mpesa::AutoStk::parse("created").unwrap()
+    })
+    .await;
+    let admin = t.app.admin_token().await;
+    let (_, inv, _, _) = t.subscriber(&admin, 2500, "0712345678").await;
+    assert!(
+        t.invoice_status(&admin, &inv, "Paid").await,
+        "the automatic prompt is paid"
+    );
+    let r = t.get("/api/mpesa/stkRequests", &admin).await;
+    assert_eq!(r.body["totalDocs"], 1, "{:?}", r.body);
+    assert_eq!(r.body["docs"][0]["trigger"], "Invoice Created");
+    assert_eq!(r.body["docs"][0]["requestedBy"], "automatic");
+    // The same invoice.created again (a redelivery, a replay): no second prompt.
+    let snap: Value = t
+        .app
+        .get(&format!("/api/billing/invoices/{inv}"), &admin)
+        .await
+        .body;
+    let ev = t
+        .app
+        .publish(
+            "billing",
+            &isp_events::payloads::InvoiceCreated(isp_events::payloads::InvoiceSnapshot {
+                id: inv.parse().unwrap(),
+                invoice_number: snap["invoiceNumber"].as_str().unwrap().into(),
+                subscriber: snap["subscriber"].as_str().unwrap().parse().unwrap(),
+                amount_due: snap["amountDue"].as_str().unwrap().parse().unwrap(),
+                due_date: snap["dueDate"].as_str().unwrap().parse().unwrap(),
+                status: "Unpaid".into(),
+                updated_at: chrono::Utc::now() - chrono::Duration::minutes(5),
+            }),
+        )
+        .await;
+    let applied = eventually(15, || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM mpesa.processed_events WHERE consumer = 'mpesa-billing' AND event_id = $1",
+        )
+        .bind(ev)
+        .fetch_one(&t.pool)
+        .await
+        .unwrap();
+        (n == 1).then_some(())
+    })
+    .await;
+    assert!(applied.is_some(), "M-Pesa applied the replayed event");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.stk_requests")
+            .await,
+        1
+    );
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.auto_prompts WHERE status = 'Sent'")
+            .await,
+        1
+    );
+}
