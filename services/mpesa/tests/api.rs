@@ -1276,3 +1276,71 @@ async fn with_automatic_prompts_a_new_invoice_is_prompted_once_and_paid() {
         1
     );
 }
+
+#[tokio::test]
+async fn mpesa_partners_ignore_older_snapshots_and_stay_deleted() {
+    std::env::set_var("ISP_MPESA_C2B_REGISTER_AT_START", "false");
+    let app = TestApp::spawn(&[isp_testkit::service!(svc_mpesa)]).await;
+    isp_testkit::projection::ProjectionCase {
+        app: &app,
+        source: "core",
+        service: "mpesa",
+        durable: "mpesa-core",
+        probe: "SELECT full_name, deleted FROM partners WHERE id = $1",
+    }
+    .check_tombstone(isp_testkit::fixtures::partner_snapshot)
+    .await;
+}
+
+#[tokio::test]
+async fn the_commission_is_at_the_rate_in_force_at_the_conversion_whatever_order_events_arrive() {
+    let t = App::start().await;
+    let admin = t.app.admin_token().await;
+    let (sub, inv, _, _) = t.subscriber(&admin, 2500, "0712345678").await;
+    let partner = uuid::Uuid::now_v7();
+    let now = chrono::Utc::now();
+    let snap = |rate: i64, at| isp_events::payloads::PartnerSnapshot {
+        commission_rate: rate.into(),
+        mpesa_number: "+254722000111".into(),
+        ..isp_testkit::fixtures::partner_snapshot(partner, "Jane Caretaker", at)
+    };
+    // The conversion reaches M-Pesa before anything about the partner.
+    t.app
+        .publish(
+            "crm",
+            &isp_events::payloads::LeadConverted {
+                lead_id: uuid::Uuid::now_v7(),
+                referred_by: Some(partner),
+                subscriber_id: sub.parse().unwrap(),
+                converted_at: now - chrono::Duration::minutes(10),
+            },
+        )
+        .await;
+    // The partner had 1000 then; 3000 since.
+    t.app
+        .publish(
+            "core",
+            &isp_events::payloads::PartnerCreated(snap(1000, now - chrono::Duration::hours(1))),
+        )
+        .await;
+    t.app
+        .publish(
+            "core",
+            &isp_events::payloads::PartnerUpdated(snap(3000, now - chrono::Duration::minutes(1))),
+        )
+        .await;
+    let r = t
+        .post("/api/mpesa/stk-push", &admin, json!({"invoice": inv}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let c = eventually(20, || async {
+        let r = t.get("/api/mpesa/commissions", &admin).await;
+        (r.body["totalDocs"] == 1).then(|| r.body["docs"][0].clone())
+    })
+    .await
+    .expect("a commission");
+    assert_eq!(c["commissionRate"], "1000.00");
+    assert_eq!(c["amount"], "1000.00");
+    assert_eq!(c["invoice"], inv.as_str());
+    assert_eq!(c["subscriber"], sub.as_str());
+}
