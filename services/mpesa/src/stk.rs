@@ -670,6 +670,23 @@ pub(crate) fn spawn_query_worker(m: Arc<Mpesa>) {
 }
 
 async fn query_due(m: &Mpesa) -> anyhow::Result<()> {
+    // A prompt still Requested well past Daraja's timeout was never answered, or
+    // its answer was lost with a restart: it would block the invoice's next prompt
+    // for ever. Without Daraja's ids no callback or query can settle it; if the
+    // customer paid, Pull Transactions credits the receipt by account number.
+    let stale = sqlx::query(
+        "UPDATE stk_requests SET status = 'Failed', result_code = 'No answer',
+             result_description = 'Daraja''s answer to the prompt was never recorded (timeout or restart); a payment is credited by Pull Transactions',
+             updated_at = now()
+         WHERE status = 'Requested' AND created_at < now() - make_interval(secs => $1)",
+    )
+    .bind(m.daraja.config().timeout.as_secs_f64() * 2.0 + 60.0)
+    .execute(&m.ctx.pool)
+    .await?
+    .rows_affected();
+    if stale > 0 {
+        tracing::warn!(stale, "STK prompts without a recorded answer marked Failed");
+    }
     // Claimed by moving next_query_at on (with back-off), so replicas and the next
     // pass do not query the same prompt at once.
     let due: Vec<(Uuid, String)> = sqlx::query_as(

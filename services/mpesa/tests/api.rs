@@ -1344,3 +1344,36 @@ async fn the_commission_is_at_the_rate_in_force_at_the_conversion_whatever_order
     assert_eq!(c["invoice"], inv.as_str());
     assert_eq!(c["subscriber"], sub.as_str());
 }
+
+#[tokio::test]
+async fn a_prompt_whose_answer_was_lost_with_a_restart_does_not_block_the_invoice() {
+    let t = App::start().await;
+    let admin = t.app.admin_token().await;
+    let (sub, inv, acct, _) = t.subscriber(&admin, 2500, "0712345678").await;
+    // What a crash between saving the prompt and recording Daraja's answer leaves.
+    sqlx::query(
+        "INSERT INTO mpesa.stk_requests (id, invoice_id, subscriber_id, account_reference, phone, amount, created_at)
+         VALUES ($1, $2::uuid, $3::uuid, $4, '+254712345678', 2500, now() - interval '1 hour')",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(&inv)
+    .bind(&sub)
+    .bind(&acct)
+    .execute(&t.pool)
+    .await
+    .unwrap();
+    let r = eventually(10, || async {
+        let r = t
+            .post("/api/mpesa/stk-push", &admin, json!({"invoice": inv}))
+            .await;
+        (r.status == StatusCode::CREATED).then_some(r)
+    })
+    .await
+    .expect("a new prompt once the lost one is marked Failed");
+    assert_eq!(r.body["doc"]["status"], "Pending");
+    assert!(t.invoice_status(&admin, &inv, "Paid").await);
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.stk_requests WHERE status = 'Failed' AND result_code = 'No answer'").await,
+        1
+    );
+}
