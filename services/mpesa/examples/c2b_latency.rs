@@ -127,8 +127,21 @@ async fn main() -> anyhow::Result<()> {
         "{total} subscribers with open invoices in {:.1}s; sending {rate}/s for {secs}s",
         t0.elapsed().as_secs_f64()
     );
-    // Let the setup's events drain so they do not count against the run.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Let the setup's events drain (Billing's outbox published, M-Pesa's
+    // projection holding every invoice) so they do not count against the run.
+    let drained_setup = eventually(300, || async {
+        let (unsent, projected): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM billing.outbox WHERE published_at IS NULL),
+                    (SELECT count(*) FROM mpesa.invoices)",
+        )
+        .fetch_one(&pool)
+        .await
+        .ok()?;
+        (unsent == 0 && projected as usize > total).then_some(())
+    })
+    .await;
+    anyhow::ensure!(drained_setup.is_some(), "the setup's events never drained");
+    eprintln!("setup drained after {:.1}s", t0.elapsed().as_secs_f64());
 
     let url = format!("{base}/hooks/daraja/{TOKEN}/c2b/confirmation");
     let http = reqwest::Client::builder()
@@ -217,6 +230,27 @@ async fn main() -> anyhow::Result<()> {
             lat.push((*paid_at - *at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
         }
     }
+    // In send order too: a backlog shows as latency growing through the run.
+    let mut by_order: Vec<(usize, f64)> = vec![];
+    for (receipt, _, paid_at, _) in &rows {
+        if let (Some((_, at)), Ok(i)) = (sent.get(receipt), receipt[1..].parse::<usize>()) {
+            by_order.push((
+                i,
+                (*paid_at - *at).num_microseconds().unwrap_or(0) as f64 / 1000.0,
+            ));
+        }
+    }
+    by_order.sort_by_key(|(i, _)| *i);
+    by_order.dedup_by_key(|(i, _)| *i);
+    let tenth = (by_order.len() / 10).max(1);
+    let deciles: Vec<String> = by_order
+        .chunks(tenth)
+        .map(|c| {
+            let mut v: Vec<f64> = c.iter().map(|(_, l)| *l).collect();
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            format!("{:.0}", percentile(&v, 0.5))
+        })
+        .collect();
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let lost = total - seen.len();
     println!(
@@ -231,6 +265,7 @@ async fn main() -> anyhow::Result<()> {
             lat[lat.len() - 1]
         );
     }
+    println!("p50 per tenth of the run, ms: {}", deciles.join(" "));
     println!(
         "non-200 answers {not_ok}, credited in M-Pesa {credited}, lost {lost}, duplicated {dup}, on the wrong invoice {wrong_invoice}"
     );
