@@ -1377,3 +1377,62 @@ async fn a_prompt_whose_answer_was_lost_with_a_restart_does_not_block_the_invoic
         1
     );
 }
+
+#[tokio::test]
+async fn two_simultaneous_approvals_send_one_payment() {
+    let t = App::start().await;
+    let admin = t.app.admin_token().await;
+    let (c, _) = t.earned_commission(&admin, "1500", 2500).await;
+    let path = format!("/api/mpesa/commissions/{c}/approve");
+    let (a, b) = tokio::join!(
+        t.post(&path, &admin, json!({})),
+        t.post(&path, &admin, json!({}))
+    );
+    let mut statuses = [a.status.as_u16(), b.status.as_u16()];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409], "{:?} {:?}", a.body, b.body);
+    t.commission_status(&admin, &c, "Paid").await;
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.transactions WHERE kind = 'B2C Request'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn billing_books_a_paid_commission_once_however_often_it_hears_of_it() {
+    let t = App::start().await;
+    let (bm, _) = t.app.staff_token("Billing Manager").await;
+    let paid = isp_events::payloads::MpesaCommissionPaid {
+        commission: uuid::Uuid::now_v7(),
+        partner: uuid::Uuid::now_v7(),
+        partner_name: "Jane Caretaker".into(),
+        amount: rust_decimal::Decimal::from(1500),
+        receipt: "TBK1234567".into(),
+        phone: "+254722000111".into(),
+        lead: None,
+        subscriber: None,
+        paid_at: chrono::Utc::now(),
+    };
+    // Two events (two ids: JetStream's de-duplication does not apply).
+    t.app.publish("mpesa", &paid).await;
+    let last = t.app.publish("mpesa", &paid).await;
+    t.app.processed_by("billing", "billing-mpesa", last).await;
+    let r = t
+        .app
+        .get(
+            "/api/billing/expenses?where[category][equals]=Commissions",
+            &bm,
+        )
+        .await;
+    assert_eq!(r.body["totalDocs"], 1, "{:?}", r.body);
+    assert_eq!(
+        r.body["docs"][0]["id"],
+        paid.commission.to_string().as_str()
+    );
+    assert_eq!(r.body["docs"][0]["amount"], "1500.00");
+    assert!(r.body["docs"][0]["description"]
+        .as_str()
+        .unwrap()
+        .contains("TBK1234567"));
+}
