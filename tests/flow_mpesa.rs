@@ -4,6 +4,10 @@
 //! push, the other by paybill with the account number typed in lower case with
 //! spaces. Each gets one Payment, the invoice Paid, nextDueDate kept at the end of the paid period,
 //! `subscriber.reactivated`, and FreeRADIUS accepts them again.
+//!
+//! And money out: a partner's referral converted in CRM -> its first invoice
+//! paid by STK push -> a commission -> approved by Admin -> B2C -> Paid -> an
+//! expense in Billing; the B2C result replayed -> paid once.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -271,4 +275,206 @@ async fn futures_join(app: &TestApp, token: &str, ids: &[&str]) -> Vec<Value> {
         );
     }
     out
+}
+
+async fn scalar(pool: &sqlx::PgPool, q: &str) -> i64 {
+    sqlx::query_scalar(q).fetch_one(pool).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_converted_referral_whose_first_invoice_is_paid_earns_a_commission_paid_once_by_b2c_and_booked_in_billing(
+) {
+    let daraja = standin().to_string();
+    let app = TestApp::spawn(&isp::fleet()).await;
+    let pool = app.admin_pool().await;
+    let admin = app.admin_token().await;
+    let (sales, _) = app.staff_token("Sales Agent").await;
+    let (billing, _) = app.staff_token("Billing Manager").await;
+    let plan = app.create_plan(&admin, json!({"price": 3000})).await;
+    let partner = app
+        .create(
+            "/api/core/partners",
+            &sales,
+            json!({"fullName": "Jane Caretaker", "phoneNumber": "0711222333", "mpesaNumber": "0722000111",
+                   "status": "Active", "commissionRate": "2000"}),
+        )
+        .await;
+    let crm_knows = eventually(15, || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM crm.partners WHERE id = $1::uuid AND status = 'Active'",
+        )
+        .bind(&partner)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (n == 1).then_some(())
+    })
+    .await;
+    assert!(crm_knows.is_some(), "CRM sees the partner");
+    let building = app
+        .create(
+            "/api/crm/buildings",
+            &sales,
+            json!({"name": "Mombasa Trade Center", "address": "Moi Avenue", "status": "Active", "partner": partner}),
+        )
+        .await;
+    let unit = app
+        .create(
+            "/api/crm/buildingUnits",
+            &sales,
+            json!({"unitNumber": "Apt 3B", "building": building, "status": "Vacant"}),
+        )
+        .await;
+    let lead = app
+        .create(
+            "/api/crm/leads",
+            &sales,
+            json!({"leadSource": "Partner Referral", "referredBy": partner, "subscriberName": "John Kamau",
+                   "subscriberPhone": "0712345678", "serviceLocation": unit}),
+        )
+        .await;
+    let r = eventually(15, || async {
+        let r = app
+            .post(
+                &format!("/api/crm/leads/{lead}/convert"),
+                &sales,
+                json!({"servicePlan": plan, "billingCycle": "Monthly",
+                       "oneOffCharges": [{"description": "Installation Fee", "quantity": 1, "price": "1500"}]}),
+            )
+            .await;
+        (r.status == StatusCode::CREATED).then_some(r)
+    })
+    .await
+    .expect("the lead converts (once Billing knows the plan)");
+    // Sales Agents see no finance data: Billing names the first invoice.
+    let sub = r.body["subscriber"]["id"].as_str().unwrap().to_string();
+    let invoices = app
+        .get(
+            &format!("/api/billing/invoices?where[subscriber][equals]={sub}"),
+            &billing,
+        )
+        .await;
+    assert_eq!(invoices.body["totalDocs"], 1, "{:?}", invoices.body);
+    let invoice = invoices.body["docs"][0]["id"].as_str().unwrap().to_string();
+
+    // The first invoice, paid by STK push.
+    let r = eventually(15, || async {
+        let r = app
+            .post("/api/mpesa/stk-push", &billing, json!({"invoice": invoice}))
+            .await;
+        (r.status == StatusCode::CREATED).then_some(r)
+    })
+    .await
+    .expect("STK push accepted");
+    assert_eq!(r.body["doc"]["amount"], "4500.00");
+    let commission = eventually(20, || async {
+        let r = app
+            .get(
+                &format!("/api/mpesa/commissions?where[lead][equals]={lead}"),
+                &billing,
+            )
+            .await;
+        (r.body["totalDocs"] == 1).then(|| r.body["docs"][0].clone())
+    })
+    .await
+    .expect("the paid first invoice makes the referral's commission payable");
+    assert_eq!(commission["status"], "Pending Approval");
+    assert_eq!(commission["partner"], partner.as_str());
+    assert_eq!(commission["invoice"], invoice.as_str());
+    assert_eq!(commission["amount"], "2000.00");
+    let id = commission["id"].as_str().unwrap().to_string();
+
+    let r = app
+        .post(
+            &format!("/api/mpesa/commissions/{id}/approve"),
+            &admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let paid = eventually(20, || async {
+        let r = app
+            .get(&format!("/api/mpesa/commissions/{id}"), &billing)
+            .await;
+        (r.body["status"] == "Paid").then_some(r.body)
+    })
+    .await
+    .expect("the B2C result marks it Paid");
+    let receipt = paid["receipt"].as_str().unwrap().to_string();
+
+    // The B2C result, as Daraja sent it through the launcher, replayed.
+    let http = reqwest::Client::new();
+    let sent: Vec<Value> = http
+        .get(format!("{daraja}/standin/callbacks"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let result = sent
+        .iter()
+        .find(|c| {
+            c["url"].as_str().unwrap_or("").ends_with("/b2c/result")
+                && c["body"]["Result"]["TransactionID"] == receipt.as_str()
+        })
+        .expect("the B2C result callback")
+        .clone();
+    let replay = || async {
+        http.post(result["url"].as_str().unwrap())
+            .json(&result["body"])
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    for _ in 0..10 {
+        assert_eq!(replay().await, StatusCode::OK);
+    }
+    let all = futures::future::join_all((0..10).map(|_| replay())).await;
+    assert!(all.iter().all(|s| *s == StatusCode::OK), "{all:?}");
+
+    let expense = eventually(20, || async {
+        let r = app
+            .get(
+                "/api/billing/expenses?where[category][equals]=Commissions",
+                &billing,
+            )
+            .await;
+        (r.body["totalDocs"] == 1).then(|| r.body["docs"][0].clone())
+    })
+    .await
+    .expect("Billing books the commission as an expense");
+    assert_eq!(expense["amount"], "2000.00");
+    assert_eq!(expense["vendor"], "Jane Caretaker");
+    assert!(
+        expense["description"].as_str().unwrap().contains(&receipt),
+        "{expense:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        scalar(
+            &pool,
+            "SELECT count(*) FROM billing.expenses WHERE category = 'Commissions'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        scalar(
+            &pool,
+            "SELECT count(*) FROM mpesa.outbox WHERE type = 'mpesa.commission.paid'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        scalar(&pool, "SELECT count(*) FROM mpesa.commissions").await,
+        1
+    );
+    let again = app
+        .get(&format!("/api/mpesa/commissions/{id}"), &billing)
+        .await;
+    assert_eq!(again.body["receipt"], receipt.as_str());
+    assert_eq!(again.body["status"], "Paid");
 }

@@ -60,6 +60,7 @@ pub const EXPENSE_CATEGORIES: &[&str] = &[
     "Transport",
     "Marketing",
     "Licenses & Fees",
+    "Commissions",
     "Other",
 ];
 

@@ -1,6 +1,6 @@
 //! Events Billing consumes: Core's plans (the local projection subscribers are
 //! checked against), NOC's provisioning (activation, technical fields) and
-//! M-Pesa's confirmed payments.
+//! M-Pesa's confirmed payments and paid partner commissions (expenses).
 
 use std::sync::Arc;
 
@@ -167,11 +167,48 @@ impl EventHandler for MpesaEvents {
         if let Some(m) = ev.payload::<MpesaPaymentConfirmed>()? {
             return self.confirmed(tx, &m).await;
         }
+        if let Some(c) = ev.payload::<MpesaCommissionPaid>()? {
+            return self.commission_paid(tx, &c).await;
+        }
         Ok(())
     }
 }
 
 impl MpesaEvents {
+    /// A partner's commission paid by B2C: an expense (category Commissions, the
+    /// M-Pesa receipt as its reference), once per commission: the expense's id is
+    /// the commission's, so a second event for it changes nothing.
+    async fn commission_paid(
+        &self,
+        tx: &mut PgConnection,
+        c: &MpesaCommissionPaid,
+    ) -> anyhow::Result<()> {
+        let date = c
+            .paid_at
+            .with_timezone(&self.ctx.config.timezone)
+            .date_naive();
+        let vendor = if c.partner_name.is_empty() {
+            "Partner".to_string()
+        } else {
+            c.partner_name.clone()
+        };
+        sqlx::query(
+            "INSERT INTO expenses (id, expense_date, category, vendor, amount, description)
+             VALUES ($1, $2, 'Commissions', $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(c.commission)
+        .bind(date)
+        .bind(vendor)
+        .bind(c.amount)
+        .bind(format!(
+            "Partner referral commission, M-Pesa receipt {} (B2C to {})",
+            c.receipt, c.phone
+        ))
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
     /// One Payment per receipt. The invoice is the one the STK push was for, else
     /// the subscriber's oldest open invoice, else their latest (the money becomes
     /// credit). A receipt naming no known subscriber is logged and skipped.

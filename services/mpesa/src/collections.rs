@@ -9,11 +9,13 @@ use isp_platform::auth::{Role, Roles};
 use isp_platform::collection::{Collection, Field, Kind};
 
 pub const FIN: Roles = Roles::of(&[Role::Admin, Role::BillingManager]);
+pub const ADMIN: Roles = Roles::of(&[Role::Admin]);
 
 pub struct Collections {
     pub transactions: Arc<Collection>,
     pub stk_requests: Arc<Collection>,
     pub payments: Arc<Collection>,
+    pub commissions: Arc<Collection>,
 }
 
 impl Collections {
@@ -22,6 +24,7 @@ impl Collections {
             transactions: Arc::new(transactions()),
             stk_requests: Arc::new(stk_requests()),
             payments: Arc::new(payments()),
+            commissions: Arc::new(commissions()),
         }
     }
 }
@@ -154,4 +157,54 @@ fn payments() -> Collection {
         ],
     )
     .access(FIN, Roles::NONE, Roles::NONE, Roles::NONE)
+}
+
+pub const COMMISSION_STATUSES: &[&str] =
+    &["Pending Approval", "Approved", "Sent", "Paid", "Failed"];
+
+/// Partner commissions, one per converted referral (see `commissions`).
+fn commissions() -> Collection {
+    const INT: Kind = Kind::Int {
+        min: 0,
+        max: i32::MAX as i64,
+    };
+    Collection::new(
+        "mpesa",
+        "commissions",
+        "commissions",
+        "Commission",
+        vec![
+            Field::new("lead", "lead_id", Kind::Relation).system(),
+            Field::new("partner", "partner_id", Kind::Relation).system(),
+            Field::new("subscriber", "subscriber_id", Kind::Relation).system(),
+            Field::new("invoice", "invoice_id", Kind::Relation).system(),
+            Field::new("invoiceAmount", "invoice_amount", Kind::Money).system(),
+            Field::new("commissionRate", "commission_rate", Kind::Money).system(),
+            Field::new("basis", "basis", Kind::Select(&["Flat", "Percent"])).system(),
+            Field::new("amount", "amount", Kind::Money).system(),
+            Field::new("payoutAmount", "payout_amount", Kind::Money).system(),
+            Field::new("status", "status", Kind::Select(COMMISSION_STATUSES)).system(),
+            Field::new("phone", "phone", Kind::TEXT).system(),
+            Field::new("attempts", "attempts", INT).system(),
+            Field::new(
+                "originatorConversationId",
+                "originator_conversation_id",
+                Kind::TEXT,
+            )
+            .system(),
+            Field::new("conversationId", "conversation_id", Kind::TEXT).system(),
+            Field::new("receipt", "receipt", Kind::TEXT).system(),
+            Field::new("paidAmount", "paid_amount", Kind::Money).system(),
+            Field::new("resultCode", "result_code", Kind::TEXT).system(),
+            Field::new("resultDescription", "result_description", Kind::TEXT).system(),
+            Field::new("approvedBy", "approved_by", Kind::TEXT).system(),
+            Field::new("approvedAt", "approved_at", Kind::Timestamp).system(),
+            Field::new("sentAt", "sent_at", Kind::Timestamp).system(),
+            Field::new("paidAt", "paid_at", Kind::Timestamp).system(),
+            Field::new("statusQueries", "status_queries", INT).system(),
+        ],
+    )
+    .access(FIN, Roles::NONE, Roles::NONE, Roles::NONE)
+    .action("approve", ADMIN)
+    .action("retry", ADMIN)
 }

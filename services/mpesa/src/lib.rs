@@ -14,7 +14,13 @@
 //! - `projections`: Billing's subscribers, invoices and payments from events, so
 //!   a prompt is priced without calling Billing.
 //! - `collections`: the read-only lists staff see (transactions, STK requests,
-//!   payments).
+//!   payments, commissions).
+//! - `commissions`: partner commissions for converted referrals, approved by
+//!   Admin (or automatically up to an amount) and paid by B2C, settled by the
+//!   result callback or Transaction Status; a paid one publishes
+//!   `mpesa.commission.paid` (Billing records the expense).
+//! - `reconciliation`: receipts matched and unallocated, commissions paid, for
+//!   a date range.
 //!
 //! Settings (`ISP_MPESA_*`) are listed in `services/mpesa/README.md`.
 
@@ -29,12 +35,16 @@ use isp_platform::ServiceContext;
 
 mod c2b;
 mod collections;
+pub mod commissions;
 mod credit;
 pub mod daraja;
 mod hooks;
 mod projections;
+mod reconciliation;
 mod stk;
 mod txlog;
+
+pub use stk::AutoStk;
 
 pub const INFO: ServiceInfo = ServiceInfo {
     name: "mpesa",
@@ -68,6 +78,16 @@ pub struct Options {
     /// `ISP_MPESA_PULL_INTERVAL_SECONDS` (900; 0 = never): Pull Transactions of
     /// the last 48 hours, crediting receipts not yet seen.
     pub pull_interval: Option<Duration>,
+    /// `ISP_MPESA_COMMISSION_BASIS` (`flat`) and
+    /// `ISP_MPESA_COMMISSION_AUTO_APPROVE_UP_TO` (unset: never).
+    pub commissions: commissions::Rules,
+    /// `ISP_MPESA_B2C_STATUS_AFTER_SECONDS` (120): a Sent commission without a
+    /// result this long is asked about with Transaction Status (then with back-off).
+    pub b2c_status_after: Duration,
+    /// `ISP_MPESA_AUTO_STK` (`off`): STK prompts sent automatically when an
+    /// invoice is created and/or becomes overdue (`created`, `overdue`, or both
+    /// comma-separated), once per invoice per trigger.
+    pub auto_stk: AutoStk,
     /// How often the workers look for due work.
     pub tick: Duration,
 }
@@ -112,6 +132,22 @@ impl Options {
             c2b_accept_all: env_parse("ISP_MPESA_C2B_ACCEPT_ALL", false)?,
             c2b_register_at_start: env_parse("ISP_MPESA_C2B_REGISTER_AT_START", true)?,
             pull_interval: (pull > 0).then(|| Duration::from_secs(pull)),
+            commissions: commissions::Rules {
+                basis: commissions::Basis::parse(&env_or("ISP_MPESA_COMMISSION_BASIS", "flat"))?,
+                auto_approve_up_to: match env_opt("ISP_MPESA_COMMISSION_AUTO_APPROVE_UP_TO") {
+                    None => None,
+                    Some(v) => Some(v.trim().parse::<rust_decimal::Decimal>().map_err(|_| {
+                        anyhow::anyhow!(
+                            "ISP_MPESA_COMMISSION_AUTO_APPROVE_UP_TO must be an amount in KES, not {v:?}"
+                        )
+                    })?),
+                },
+            },
+            b2c_status_after: Duration::from_secs(env_parse(
+                "ISP_MPESA_B2C_STATUS_AFTER_SECONDS",
+                120,
+            )?),
+            auto_stk: AutoStk::parse(&env_or("ISP_MPESA_AUTO_STK", "off"))?,
             tick: Duration::from_secs(1),
         })
     }
@@ -174,20 +210,42 @@ pub async fn start_with(ctx: Arc<ServiceContext>, opts: Options) -> anyhow::Resu
     });
     stk::spawn_query_worker(m.clone());
     c2b::spawn_workers(m.clone());
+    commissions::spawn_worker(m.clone());
 
     let colls = collections::Collections::new();
     let routes = Router::new()
         .merge(stk::routes(m.clone(), colls.stk_requests.clone()))
         .merge(c2b::routes(m.clone()))
+        .merge(commissions::routes(m.clone(), colls.commissions.clone()))
+        .merge(reconciliation::routes(m.clone()))
         .merge(hooks::routes(m.clone()));
     let mut doc = stk::openapi();
     doc.merge(c2b::openapi());
+    doc.merge(commissions::openapi());
+    doc.merge(reconciliation::openapi());
+    let rules = m.opts.commissions.clone();
     Ok(svc
         .collection(&colls.transactions)
         .collection(&colls.stk_requests)
         .collection(&colls.payments)
+        .collection(&colls.commissions)
         .merge(routes, doc)
-        .consume("mpesa-billing", "isp.billing.>", projections::BillingEvents)
+        .consume(
+            "mpesa-billing",
+            "isp.billing.>",
+            projections::BillingEvents {
+                rules: rules.clone(),
+                auto_stk: m.opts.auto_stk,
+            },
+        )
+        .consume(
+            "mpesa-core",
+            "isp.core.>",
+            projections::CoreEvents {
+                rules: rules.clone(),
+            },
+        )
+        .consume("mpesa-crm", "isp.crm.>", projections::CrmEvents { rules })
         .router())
 }
 

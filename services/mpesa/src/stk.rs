@@ -543,6 +543,110 @@ async fn apply_callback(
     Ok(if new { "Credited" } else { "Duplicate" }.into())
 }
 
+/// Which invoice events send a prompt automatically (`ISP_MPESA_AUTO_STK`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AutoStk {
+    pub on_created: bool,
+    pub on_overdue: bool,
+}
+
+impl AutoStk {
+    /// `off`, `created`, `overdue`, or `created,overdue`.
+    pub fn parse(s: &str) -> anyhow::Result<AutoStk> {
+        let mut a = AutoStk::default();
+        for part in s.split(',').map(|p| p.trim().to_ascii_lowercase()) {
+            match part.as_str() {
+                "" | "off" | "none" | "false" => {}
+                "created" => a.on_created = true,
+                "overdue" => a.on_overdue = true,
+                other => anyhow::bail!(
+                    "ISP_MPESA_AUTO_STK takes off, created, overdue or created,overdue, not {other:?}"
+                ),
+            }
+        }
+        Ok(a)
+    }
+    fn any(&self) -> bool {
+        self.on_created || self.on_overdue
+    }
+}
+
+/// Events older than this send no automatic prompt (a fresh schema converging
+/// from the stream's history must not prompt for last year's invoices).
+const AUTO_MAX_AGE: chrono::Duration = chrono::Duration::hours(1);
+/// Tries while the invoice's subscriber is not projected yet.
+const AUTO_MAX_ATTEMPTS: i32 = 10;
+
+/// Queues the automatic prompt of `invoice` for `trigger` (once: the key is the
+/// invoice and trigger), in the consumer's transaction.
+pub(crate) async fn queue_auto_prompt(
+    tx: &mut PgConnection,
+    invoice: Uuid,
+    trigger: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<()> {
+    if chrono::Utc::now() - at > AUTO_MAX_AGE {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO auto_prompts (invoice_id, trigger) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(invoice)
+    .bind(trigger)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Sends queued automatic prompts: priced and refused exactly as staff's are
+/// (a Paid invoice, nothing outstanding, a prompt already waiting are Skipped
+/// with the reason); the STK request carries the trigger, unique per invoice.
+async fn auto_due(m: &Mpesa) -> anyhow::Result<()> {
+    let due: Vec<(Uuid, String, i32)> = sqlx::query_as(
+        "UPDATE auto_prompts SET attempts = attempts + 1, updated_at = now(),
+             next_at = now() + make_interval(secs => 2 * power(2, LEAST(attempts, 6)))
+         WHERE (invoice_id, trigger) IN (
+             SELECT invoice_id, trigger FROM auto_prompts WHERE status = 'Queued' AND next_at <= now()
+             ORDER BY next_at LIMIT 20 FOR UPDATE SKIP LOCKED)
+         RETURNING invoice_id, trigger, attempts",
+    )
+    .fetch_all(&m.ctx.pool)
+    .await?;
+    for (invoice, trigger, attempts) in due {
+        let (status, outcome, stk) = match prepare(m, invoice, None, &trigger, "automatic").await {
+            Ok(id) => {
+                let msg = match send(m, id).await {
+                    Ok(msg) => msg,
+                    Err(why) => why,
+                };
+                ("Sent", msg, Some(id))
+            }
+            Err(e) => {
+                let why = e
+                    .errors()
+                    .iter()
+                    .map(|f| f.message.clone())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let wait = why.contains("try again shortly") && attempts < AUTO_MAX_ATTEMPTS;
+                (if wait { "Queued" } else { "Skipped" }, why, None)
+            }
+        };
+        sqlx::query(
+            "UPDATE auto_prompts SET status = $3, outcome = $4, stk_request_id = $5, updated_at = now()
+             WHERE invoice_id = $1 AND trigger = $2",
+        )
+        .bind(invoice)
+        .bind(&trigger)
+        .bind(status)
+        .bind(outcome)
+        .bind(stk)
+        .execute(&m.ctx.pool)
+        .await?;
+    }
+    Ok(())
+}
+
 /// Settles Pending prompts whose callback has not come: the STK query after
 /// `ISP_MPESA_STK_QUERY_AFTER_SECONDS`, then again with back-off while Daraja
 /// says the transaction is being processed.
@@ -556,11 +660,33 @@ pub(crate) fn spawn_query_worker(m: Arc<Mpesa>) {
             if let Err(e) = query_due(&m).await {
                 tracing::warn!("STK query pass: {e:#}");
             }
+            if m.opts.auto_stk.any() {
+                if let Err(e) = auto_due(&m).await {
+                    tracing::warn!("automatic STK prompt pass: {e:#}");
+                }
+            }
         }
     });
 }
 
 async fn query_due(m: &Mpesa) -> anyhow::Result<()> {
+    // A prompt still Requested well past Daraja's timeout was never answered, or
+    // its answer was lost with a restart: it would block the invoice's next prompt
+    // for ever. Without Daraja's ids no callback or query can settle it; if the
+    // customer paid, Pull Transactions credits the receipt by account number.
+    let stale = sqlx::query(
+        "UPDATE stk_requests SET status = 'Failed', result_code = 'No answer',
+             result_description = 'Daraja''s answer to the prompt was never recorded (timeout or restart); a payment is credited by Pull Transactions',
+             updated_at = now()
+         WHERE status = 'Requested' AND created_at < now() - make_interval(secs => $1)",
+    )
+    .bind(m.daraja.config().timeout.as_secs_f64() * 2.0 + 60.0)
+    .execute(&m.ctx.pool)
+    .await?
+    .rows_affected();
+    if stale > 0 {
+        tracing::warn!(stale, "STK prompts without a recorded answer marked Failed");
+    }
     // Claimed by moving next_query_at on (with back-off), so replicas and the next
     // pass do not query the same prompt at once.
     let due: Vec<(Uuid, String)> = sqlx::query_as(

@@ -41,6 +41,7 @@ fn options(daraja: &Standin, base: &str) -> svc_mpesa::Options {
     o.stk_query_after = Duration::from_secs(2);
     o.pull_interval = None;
     o.tick = Duration::from_millis(200);
+    o.b2c_status_after = Duration::from_secs(1);
     o
 }
 
@@ -682,4 +683,756 @@ async fn replicas_share_one_daraja_token_and_renew_it_once_when_daraja_refuses_i
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     assert_eq!(t.daraja.tokens_issued(), 2);
+}
+
+// ---------------------------------------------------------------------------
+// partner commissions (B2C)
+// ---------------------------------------------------------------------------
+
+impl App {
+    /// A partner (created in Core with `rate`) whose referral's first invoice
+    /// (plan `price`) is paid by STK push: (commission id, partner id).
+    async fn earned_commission(&self, admin: &str, rate: &str, price: i64) -> (String, String) {
+        let phone = format!("07{:08}", rand_digits());
+        let partner = self
+            .app
+            .post(
+                "/api/core/partners",
+                admin,
+                json!({"fullName": "Jane Caretaker", "phoneNumber": phone, "mpesaNumber": "0722000111",
+                       "status": "Active", "commissionRate": rate}),
+            )
+            .await
+            .expect(StatusCode::CREATED)
+            .id();
+        let (sub, inv, _, _) = self.subscriber(admin, price, "0712345678").await;
+        self.app
+            .publish(
+                "crm",
+                &isp_events::payloads::LeadConverted {
+                    lead_id: uuid::Uuid::now_v7(),
+                    referred_by: Some(partner.parse().unwrap()),
+                    subscriber_id: sub.parse().unwrap(),
+                    converted_at: chrono::Utc::now(),
+                },
+            )
+            .await;
+        let r = self
+            .post("/api/mpesa/stk-push", admin, json!({"invoice": inv}))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        let id = eventually(20, || async {
+            sqlx::query_scalar::<_, uuid::Uuid>(
+                "SELECT id FROM mpesa.commissions WHERE partner_id = $1::uuid",
+            )
+            .bind(&partner)
+            .fetch_optional(&self.pool)
+            .await
+            .unwrap()
+        })
+        .await
+        .expect("the paid first invoice makes the referral's commission payable");
+        (id.to_string(), partner)
+    }
+
+    async fn commission_status(&self, token: &str, id: &str, want: &str) -> Value {
+        eventually(20, || async {
+            let r = self
+                .get(&format!("/api/mpesa/commissions/{id}"), token)
+                .await;
+            (r.body["status"] == want).then_some(r.body)
+        })
+        .await
+        .unwrap_or_else(|| panic!("commission {id} never {want}"))
+    }
+}
+
+fn rand_digits() -> u32 {
+    (uuid::Uuid::new_v4().as_u128() % 100_000_000) as u32
+}
+
+#[tokio::test]
+async fn a_referral_earns_one_commission_that_admin_approves_and_b2c_pays_once() {
+    let t = App::start().await;
+    let admin = t.app.admin_token().await;
+    let (bm, _) = t.app.staff_token("Billing Manager").await;
+    let (tech, _) = t.app.staff_token("Technician").await;
+    let (c, partner) = t.earned_commission(&admin, "1500.50", 2500).await;
+
+    let r = t.get(&format!("/api/mpesa/commissions/{c}"), &bm).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["status"], "Pending Approval");
+    assert_eq!(r.body["partner"], partner.as_str());
+    assert_eq!(r.body["amount"], "1500.50");
+    // B2C pays whole shillings: half away from zero.
+    assert_eq!(r.body["payoutAmount"], "1501.00");
+    assert_eq!(r.body["basis"], "Flat");
+    let list = t.get("/api/mpesa/commissions", &admin).await;
+    assert_eq!(list.body["totalDocs"], 1, "{:?}", list.body);
+    assert_eq!(
+        t.get("/api/mpesa/commissions", &tech).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let path = format!("/api/mpesa/commissions/{c}/approve");
+    let r = t.post(&path, &bm, json!({})).await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "only Admin approves: {:?}",
+        r.body
+    );
+
+    let r = t.post(&path, &admin, json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert!(
+        matches!(r.body["doc"]["status"].as_str(), Some("Sent" | "Paid")),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(
+        r.body["doc"]["originatorConversationId"],
+        format!("{c}-1").as_str()
+    );
+    assert_eq!(r.body["doc"]["phone"], "+254722000111");
+    let again = t.post(&path, &admin, json!({})).await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{:?}", again.body);
+
+    let paid = t.commission_status(&bm, &c, "Paid").await;
+    let receipt = paid["receipt"].as_str().unwrap().to_string();
+    assert!(!receipt.is_empty());
+    assert_eq!(paid["paidAmount"], "1501.00");
+
+    // The result callback replayed ten times in a row and ten at once.
+    let cbs = t.wait_callback("/b2c/result", 1).await;
+    for _ in 0..10 {
+        assert_eq!(t.replay(&cbs[0]).await, StatusCode::OK);
+    }
+    let all = futures::future::join_all((0..10).map(|_| t.replay(&cbs[0]))).await;
+    assert!(all.iter().all(|s| *s == StatusCode::OK), "{all:?}");
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.outbox WHERE type = 'mpesa.commission.paid'")
+            .await,
+        1
+    );
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.transactions WHERE kind = 'B2C Result'")
+            .await,
+        21
+    );
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.transactions WHERE kind = 'B2C Result' AND status = 'Settled already (Paid)'").await,
+        20
+    );
+    // Billing books it once as an expense, the receipt as its reference.
+    let booked = eventually(20, || async {
+        let r = t
+            .app
+            .get(
+                "/api/billing/expenses?where[category][equals]=Commissions",
+                &bm,
+            )
+            .await;
+        (r.body["totalDocs"] == 1).then_some(r.body)
+    })
+    .await
+    .expect("an expense in Billing");
+    let e = &booked["docs"][0];
+    assert_eq!(e["amount"], "1501.00");
+    assert_eq!(e["vendor"], "Jane Caretaker");
+    assert!(
+        e["description"].as_str().unwrap().contains(&receipt),
+        "{e:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM billing.expenses WHERE category = 'Commissions'")
+            .await,
+        1
+    );
+    // The request is in the log, without the SecurityCredential.
+    let raw: Value =
+        sqlx::query_scalar("SELECT raw FROM mpesa.transactions WHERE kind = 'B2C Request'")
+            .fetch_one(&t.pool)
+            .await
+            .unwrap();
+    assert_eq!(raw["request"]["SecurityCredential"], "<redacted>");
+    assert_eq!(raw["request"]["Amount"], 1501);
+    // A second paid invoice of the same subscriber earns nothing more.
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.commissions").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn approval_refuses_what_b2c_would_refuse_and_a_failed_commission_may_be_retried() {
+    let t = App::start().await;
+    let admin = t.app.admin_token().await;
+    let (small, _) = t.earned_commission(&admin, "5", 2500).await;
+    let r = t
+        .post(
+            &format!("/api/mpesa/commissions/{small}/approve"),
+            &admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    assert_eq!(r.error_paths(), vec!["payoutAmount"]);
+    let retry = t
+        .post(
+            &format!("/api/mpesa/commissions/{small}/retry"),
+            &admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(retry.status, StatusCode::CONFLICT, "{:?}", retry.body);
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.transactions WHERE kind = 'B2C Request'")
+            .await,
+        0,
+        "nothing is sent"
+    );
+    let r = t
+        .post(
+            &format!("/api/mpesa/commissions/{}/approve", uuid::Uuid::now_v7()),
+            &admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?}", r.body);
+    let r = t
+        .post(
+            "/api/mpesa/commissions/not-an-id/approve",
+            &admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    assert_eq!(r.error_path(), Some("id"));
+
+    // The stand-in fails B2C of KES 2040 (unregistered customer).
+    let (c, _) = t.earned_commission(&admin, "2040", 2500).await;
+    let r = t
+        .post(
+            &format!("/api/mpesa/commissions/{c}/approve"),
+            &admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let failed = t.commission_status(&admin, &c, "Failed").await;
+    assert_eq!(failed["resultCode"], "2040");
+    assert!(failed["receipt"].is_null());
+    let r = t
+        .post(
+            &format!("/api/mpesa/commissions/{c}/retry"),
+            &admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["doc"]["attempts"], 2);
+    assert_eq!(
+        r.body["doc"]["originatorConversationId"],
+        format!("{c}-2").as_str()
+    );
+    t.commission_status(&admin, &c, "Failed").await;
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT originator_conversation_id FROM mpesa.transactions WHERE kind = 'B2C Request' ORDER BY created_at",
+    )
+    .fetch_all(&t.pool)
+    .await
+    .unwrap();
+    assert_eq!(ids, vec![format!("{c}-1"), format!("{c}-2")]);
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.outbox WHERE type = 'mpesa.commission.paid'")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_queue_timeout_leaves_the_commission_sent_until_transaction_status_settles_it() {
+    let t = App::start().await;
+    let admin = t.app.admin_token().await;
+    // The stand-in answers B2C of KES 1111 with the queue-timeout callback only.
+    let (c, _) = t.earned_commission(&admin, "1111", 2500).await;
+    let r = t
+        .post(
+            &format!("/api/mpesa/commissions/{c}/approve"),
+            &admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    t.wait_callback("/b2c/timeout", 1).await;
+    let paid = t.commission_status(&admin, &c, "Paid").await;
+    assert!(paid["receipt"].as_str().is_some_and(|r| !r.is_empty()));
+    assert!(paid["statusQueries"].as_i64().unwrap() >= 1);
+    assert!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.transactions WHERE kind = 'B2C Timeout'")
+            .await
+            >= 1
+    );
+    assert!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.transactions WHERE kind = 'Transaction Status Result' AND status = 'Paid'").await
+            == 1
+    );
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.outbox WHERE type = 'mpesa.commission.paid'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn commissions_up_to_the_setting_are_approved_and_paid_automatically() {
+    let t = App::start_with(daraja_standin::Config::default(), |o| {
+        o.commissions.auto_approve_up_to = Some(rust_decimal::Decimal::from(2000))
+    })
+    .await;
+    let admin = t.app.admin_token().await;
+    let (c, _) = t.earned_commission(&admin, "1500", 2500).await;
+    let paid = t.commission_status(&admin, &c, "Paid").await;
+    assert_eq!(paid["approvedBy"], "Automatic");
+    let (big, _) = t.earned_commission(&admin, "3000", 2500).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let r = t
+        .get(&format!("/api/mpesa/commissions/{big}"), &admin)
+        .await;
+    assert_eq!(r.body["status"], "Pending Approval", "{:?}", r.body);
+}
+
+#[tokio::test]
+async fn reconciliation_puts_every_receipt_in_exactly_one_place_and_names_bad_parameters() {
+    let t = App::start_with(daraja_standin::Config::default(), |o| {
+        o.c2b_accept_all = true
+    })
+    .await;
+    let admin = t.app.admin_token().await;
+    let (bm, _) = t.app.staff_token("Billing Manager").await;
+    let (tech, _) = t.app.staff_token("Technician").await;
+    let (c, _) = t.earned_commission(&admin, "1500", 2500).await;
+    let stk_amount: String =
+        sqlx::query_scalar("SELECT amount::text FROM mpesa.payments WHERE source = 'stk'")
+            .fetch_one(&t.pool)
+            .await
+            .unwrap();
+    t.post(
+        &format!("/api/mpesa/commissions/{c}/approve"),
+        &admin,
+        json!({}),
+    )
+    .await;
+    t.commission_status(&admin, &c, "Paid").await;
+    // Money for an account that does not exist: unallocated.
+    t.simulate("700", "254733000111", "NOSUCH99").await;
+    let today = chrono::Utc::now()
+        .with_timezone(&chrono_tz::Africa::Nairobi)
+        .date_naive();
+    let q = format!(
+        "/api/mpesa/reconciliation?from={}&to={}",
+        today.pred_opt().unwrap(),
+        today.succ_opt().unwrap()
+    );
+    let r = eventually(20, || async {
+        let r = t.get(&q, &bm).await;
+        (r.body["receipts"]["count"] == 2 && r.body["matched"]["count"] == 1).then_some(r)
+    })
+    .await
+    .expect("both receipts, the STK one matched to its invoice");
+    let b = &r.body;
+    assert_eq!(b["matched"]["total"], stk_amount.as_str(), "{b:?}");
+    assert_eq!(b["unallocated"]["count"], 1);
+    assert_eq!(b["unallocated"]["total"], "700.00");
+    let want_total =
+        stk_amount.parse::<rust_decimal::Decimal>().unwrap() + rust_decimal::Decimal::from(700);
+    assert_eq!(
+        b["receipts"]["total"],
+        isp_platform::money::format(want_total).as_str()
+    );
+    assert_eq!(b["balanced"], true);
+    assert_eq!(b["unallocatedReceipts"][0]["billRefNumber"], "NOSUCH99");
+    assert_eq!(b["bySource"]["c2b"]["total"], "700.00");
+    assert_eq!(b["commissionsPaid"]["count"], 1);
+    assert_eq!(b["commissionsPaid"]["total"], "1500.00");
+    assert_eq!(
+        b["net"],
+        isp_platform::money::format(want_total - rust_decimal::Decimal::from(1500)).as_str()
+    );
+    // Another range holds none of it.
+    let r = t
+        .get(
+            "/api/mpesa/reconciliation?from=2020-01-01&to=2020-01-31",
+            &admin,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["receipts"]["count"], 0);
+    assert_eq!(r.body["balanced"], true);
+
+    let r = t.get("/api/mpesa/reconciliation", &bm).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    assert_eq!(r.error_paths(), vec!["from", "to"]);
+    let r = t
+        .get(
+            "/api/mpesa/reconciliation?from=2026-13-01&to=yesterday&x=1",
+            &bm,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    let mut paths = r.error_paths();
+    paths.sort();
+    assert_eq!(paths, vec!["from", "to", "x"]);
+    let r = t
+        .get(
+            "/api/mpesa/reconciliation?from=2026-02-01&to=2026-01-01",
+            &bm,
+        )
+        .await;
+    assert_eq!(r.error_paths(), vec!["to"]);
+    let r = t
+        .get(
+            "/api/mpesa/reconciliation?from=2026-01-01&to=2026-01-02",
+            &tech,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn confirmations_arriving_while_nats_is_down_reach_billing_once_when_it_returns() {
+    let mut t = App::start().await;
+    let admin = t.app.admin_token().await;
+    let mut subs = vec![];
+    for _ in 0..3 {
+        subs.push(t.subscriber(&admin, 1800, "0712345678").await);
+    }
+    let registered = eventually(10, || async {
+        (t.scalar_i64("SELECT count(*) FROM mpesa.transactions WHERE kind = 'C2B Register' AND status = 'Registered'").await == 1).then_some(())
+    })
+    .await;
+    assert!(registered.is_some());
+    t.app.nats.stop().await;
+    for (_, _, acct, due) in &subs {
+        t.simulate(due.trim_end_matches(".00"), "254712345678", acct)
+            .await;
+    }
+    let conf = t.wait_callback("/c2b/confirmation", 3).await;
+    // Each confirmation replayed while NATS is still down.
+    for c in &conf {
+        for _ in 0..3 {
+            assert_eq!(t.replay(c).await, StatusCode::OK);
+        }
+    }
+    let credited = eventually(10, || async {
+        (t.scalar_i64("SELECT count(*) FROM mpesa.payments").await == 3).then_some(())
+    })
+    .await;
+    assert!(credited.is_some(), "M-Pesa keeps working without NATS");
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.outbox WHERE type = 'mpesa.payment.confirmed' AND published_at IS NULL").await,
+        3,
+        "the outbox holds the events"
+    );
+    t.app.nats.restart().await.expect("nats-server restarts");
+    for (_, inv, _, _) in &subs {
+        assert!(
+            t.invoice_status(&admin, inv, "Paid").await,
+            "invoice {inv} Paid once NATS is back"
+        );
+    }
+    for c in &conf {
+        let receipt = c["body"]["TransID"].as_str().unwrap();
+        assert_eq!(t.billing_payments(receipt).await, 1, "{receipt}");
+    }
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM billing.payments").await,
+        3
+    );
+}
+
+#[tokio::test]
+async fn a_b2c_request_daraja_took_before_a_crash_is_not_paid_twice_when_the_worker_sends_it_again()
+{
+    let t = App::start().await;
+    let admin = t.app.admin_token().await;
+    let (c, _) = t.earned_commission(&admin, "1500", 2500).await;
+    let ocid = format!("{c}-1");
+    // What an approval commits before it sends...
+    sqlx::query(
+        "UPDATE mpesa.commissions SET status = 'Approved', attempts = 1, originator_conversation_id = $2,
+             approved_by = 'admin', approved_at = now(), send_claimed_until = now() + interval '1 hour'
+         WHERE id = $1::uuid",
+    )
+    .bind(&c)
+    .bind(&ocid)
+    .execute(&t.pool)
+    .await
+    .unwrap();
+    // ...then the request reaches Daraja and the process dies: nothing recorded,
+    // and the result callback goes nowhere.
+    let o = options(&t.daraja, &t.base);
+    let daraja = svc_mpesa::daraja::Daraja::new(o.daraja, t.ctx.pool.clone()).unwrap();
+    let (_, res) = daraja
+        .b2c(
+            &ocid,
+            1500,
+            "254722000111",
+            "Partner referral commission",
+            "http://127.0.0.1:9/lost",
+            "http://127.0.0.1:9/lost",
+        )
+        .await;
+    assert!(res.is_ok(), "{res:?}");
+    let lost = t.wait_callback("/lost", 1).await;
+    let receipt = lost[0]["body"]["Result"]["TransactionID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // After the restart the claim has expired: the worker sends the attempt again.
+    sqlx::query("UPDATE mpesa.commissions SET send_claimed_until = now() - interval '1 second' WHERE id = $1::uuid")
+        .bind(&c)
+        .execute(&t.pool)
+        .await
+        .unwrap();
+    let paid = t.commission_status(&admin, &c, "Paid").await;
+    assert_eq!(
+        paid["receipt"],
+        receipt.as_str(),
+        "the one payment Daraja made"
+    );
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.transactions WHERE kind = 'B2C Request' AND status LIKE 'Duplicate%'").await,
+        1
+    );
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.outbox WHERE type = 'mpesa.commission.paid'")
+            .await,
+        1
+    );
+    // Daraja made one payment: one result (to the lost URL), no second.
+    assert_eq!(t.callbacks_to("/b2c/result").len(), 0);
+}
+
+#[tokio::test]
+async fn with_automatic_prompts_a_new_invoice_is_prompted_once_and_paid() {
+    let t = App::start_with(daraja_standin::Config::default(), |o| {
+        o.auto_stk = svc_mpesa::AutoStk::parse("created").unwrap()
+    })
+    .await;
+    let admin = t.app.admin_token().await;
+    let (_, inv, _, _) = t.subscriber(&admin, 2500, "0712345678").await;
+    assert!(
+        t.invoice_status(&admin, &inv, "Paid").await,
+        "the automatic prompt is paid"
+    );
+    let r = t.get("/api/mpesa/stkRequests", &admin).await;
+    assert_eq!(r.body["totalDocs"], 1, "{:?}", r.body);
+    assert_eq!(r.body["docs"][0]["trigger"], "Invoice Created");
+    assert_eq!(r.body["docs"][0]["requestedBy"], "automatic");
+    // The same invoice.created again (a redelivery, a replay): no second prompt.
+    let snap: Value = t
+        .app
+        .get(&format!("/api/billing/invoices/{inv}"), &admin)
+        .await
+        .body;
+    let ev = t
+        .app
+        .publish(
+            "billing",
+            &isp_events::payloads::InvoiceCreated(isp_events::payloads::InvoiceSnapshot {
+                id: inv.parse().unwrap(),
+                invoice_number: snap["invoiceNumber"].as_str().unwrap().into(),
+                subscriber: snap["subscriber"].as_str().unwrap().parse().unwrap(),
+                amount_due: snap["amountDue"].as_str().unwrap().parse().unwrap(),
+                due_date: snap["dueDate"].as_str().unwrap().parse().unwrap(),
+                status: "Unpaid".into(),
+                updated_at: chrono::Utc::now() - chrono::Duration::minutes(5),
+            }),
+        )
+        .await;
+    let applied = eventually(15, || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM mpesa.processed_events WHERE consumer = 'mpesa-billing' AND event_id = $1",
+        )
+        .bind(ev)
+        .fetch_one(&t.pool)
+        .await
+        .unwrap();
+        (n == 1).then_some(())
+    })
+    .await;
+    assert!(applied.is_some(), "M-Pesa applied the replayed event");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.stk_requests")
+            .await,
+        1
+    );
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.auto_prompts WHERE status = 'Sent'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn mpesa_partners_ignore_older_snapshots_and_stay_deleted() {
+    std::env::set_var("ISP_MPESA_C2B_REGISTER_AT_START", "false");
+    let app = TestApp::spawn(&[isp_testkit::service!(svc_mpesa)]).await;
+    isp_testkit::projection::ProjectionCase {
+        app: &app,
+        source: "core",
+        service: "mpesa",
+        durable: "mpesa-core",
+        probe: "SELECT full_name, deleted FROM partners WHERE id = $1",
+    }
+    .check_tombstone(isp_testkit::fixtures::partner_snapshot)
+    .await;
+}
+
+#[tokio::test]
+async fn the_commission_is_at_the_rate_in_force_at_the_conversion_whatever_order_events_arrive() {
+    let t = App::start().await;
+    let admin = t.app.admin_token().await;
+    let (sub, inv, _, _) = t.subscriber(&admin, 2500, "0712345678").await;
+    let partner = uuid::Uuid::now_v7();
+    let now = chrono::Utc::now();
+    let snap = |rate: i64, at| isp_events::payloads::PartnerSnapshot {
+        commission_rate: rate.into(),
+        mpesa_number: "+254722000111".into(),
+        ..isp_testkit::fixtures::partner_snapshot(partner, "Jane Caretaker", at)
+    };
+    // The conversion reaches M-Pesa before anything about the partner.
+    t.app
+        .publish(
+            "crm",
+            &isp_events::payloads::LeadConverted {
+                lead_id: uuid::Uuid::now_v7(),
+                referred_by: Some(partner),
+                subscriber_id: sub.parse().unwrap(),
+                converted_at: now - chrono::Duration::minutes(10),
+            },
+        )
+        .await;
+    // The partner had 1000 then; 3000 since.
+    t.app
+        .publish(
+            "core",
+            &isp_events::payloads::PartnerCreated(snap(1000, now - chrono::Duration::hours(1))),
+        )
+        .await;
+    t.app
+        .publish(
+            "core",
+            &isp_events::payloads::PartnerUpdated(snap(3000, now - chrono::Duration::minutes(1))),
+        )
+        .await;
+    let r = t
+        .post("/api/mpesa/stk-push", &admin, json!({"invoice": inv}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let c = eventually(20, || async {
+        let r = t.get("/api/mpesa/commissions", &admin).await;
+        (r.body["totalDocs"] == 1).then(|| r.body["docs"][0].clone())
+    })
+    .await
+    .expect("a commission");
+    assert_eq!(c["commissionRate"], "1000.00");
+    assert_eq!(c["amount"], "1000.00");
+    assert_eq!(c["invoice"], inv.as_str());
+    assert_eq!(c["subscriber"], sub.as_str());
+}
+
+#[tokio::test]
+async fn a_prompt_whose_answer_was_lost_with_a_restart_does_not_block_the_invoice() {
+    let t = App::start().await;
+    let admin = t.app.admin_token().await;
+    let (sub, inv, acct, _) = t.subscriber(&admin, 2500, "0712345678").await;
+    // What a crash between saving the prompt and recording Daraja's answer leaves.
+    sqlx::query(
+        "INSERT INTO mpesa.stk_requests (id, invoice_id, subscriber_id, account_reference, phone, amount, created_at)
+         VALUES ($1, $2::uuid, $3::uuid, $4, '+254712345678', 2500, now() - interval '1 hour')",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(&inv)
+    .bind(&sub)
+    .bind(&acct)
+    .execute(&t.pool)
+    .await
+    .unwrap();
+    let r = eventually(10, || async {
+        let r = t
+            .post("/api/mpesa/stk-push", &admin, json!({"invoice": inv}))
+            .await;
+        (r.status == StatusCode::CREATED).then_some(r)
+    })
+    .await
+    .expect("a new prompt once the lost one is marked Failed");
+    assert_eq!(r.body["doc"]["status"], "Pending");
+    assert!(t.invoice_status(&admin, &inv, "Paid").await);
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.stk_requests WHERE status = 'Failed' AND result_code = 'No answer'").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn two_simultaneous_approvals_send_one_payment() {
+    let t = App::start().await;
+    let admin = t.app.admin_token().await;
+    let (c, _) = t.earned_commission(&admin, "1500", 2500).await;
+    let path = format!("/api/mpesa/commissions/{c}/approve");
+    let (a, b) = tokio::join!(
+        t.post(&path, &admin, json!({})),
+        t.post(&path, &admin, json!({}))
+    );
+    let mut statuses = [a.status.as_u16(), b.status.as_u16()];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409], "{:?} {:?}", a.body, b.body);
+    t.commission_status(&admin, &c, "Paid").await;
+    assert_eq!(
+        t.scalar_i64("SELECT count(*) FROM mpesa.transactions WHERE kind = 'B2C Request'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn billing_books_a_paid_commission_once_however_often_it_hears_of_it() {
+    let t = App::start().await;
+    let (bm, _) = t.app.staff_token("Billing Manager").await;
+    let paid = isp_events::payloads::MpesaCommissionPaid {
+        commission: uuid::Uuid::now_v7(),
+        partner: uuid::Uuid::now_v7(),
+        partner_name: "Jane Caretaker".into(),
+        amount: rust_decimal::Decimal::from(1500),
+        receipt: "TBK1234567".into(),
+        phone: "+254722000111".into(),
+        lead: None,
+        subscriber: None,
+        paid_at: chrono::Utc::now(),
+    };
+    // Two events (two ids: JetStream's de-duplication does not apply).
+    t.app.publish("mpesa", &paid).await;
+    let last = t.app.publish("mpesa", &paid).await;
+    t.app.processed_by("billing", "billing-mpesa", last).await;
+    let r = t
+        .app
+        .get(
+            "/api/billing/expenses?where[category][equals]=Commissions",
+            &bm,
+        )
+        .await;
+    assert_eq!(r.body["totalDocs"], 1, "{:?}", r.body);
+    assert_eq!(
+        r.body["docs"][0]["id"],
+        paid.commission.to_string().as_str()
+    );
+    assert_eq!(r.body["docs"][0]["amount"], "1500.00");
+    assert!(r.body["docs"][0]["description"]
+        .as_str()
+        .unwrap()
+        .contains("TBK1234567"));
 }
