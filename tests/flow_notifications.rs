@@ -4,16 +4,15 @@
 //! the gateway's delivery report reaches Notify -> Support's message log shows the
 //! SMS Delivered.
 
+mod common;
+
 use std::cell::RefCell;
-use std::time::Duration;
 
 use isp_platform::runtime::{ServiceInfo, StartFn};
 use isp_standin_sms::{Options, StandIns};
 use isp_testkit::{eventually, TestApp};
 use reqwest::StatusCode;
 use serde_json::json;
-use svc_notify::provider::africastalking::AfricasTalkingConfig;
-use svc_notify::{EmailProvider, SmsProvider};
 
 const AT_TOKEN: &str = "flow-notifications-at-token-31c9";
 
@@ -36,37 +35,14 @@ fn fleet() -> Vec<(ServiceInfo, StartFn)> {
     f
 }
 
-fn notify_settings(gw: &StandIns) -> svc_notify::Settings {
-    let o = gw.options();
-    svc_notify::Settings {
-        sms: SmsProvider::AfricasTalking(AfricasTalkingConfig {
-            username: o.at_username.clone(),
-            api_key: o.at_api_key.clone(),
-            sender_id: Some("ISPNET".into()),
-            base_url: gw.base_url.clone(),
-        }),
-        email: EmailProvider::Log,
-        sms_rate_per_second: 0.0,
-        email_rate_per_second: 0.0,
-        concurrency: 4,
-        request_consumers: 2,
-        max_attempts: 5,
-        retry_base: Duration::from_millis(100),
-        retry_max: Duration::from_millis(500),
-        request_timeout: Duration::from_secs(5),
-        lease: Duration::from_secs(30),
-        poll_interval: Duration::from_millis(200),
-        at_callback_token: AT_TOKEN.into(),
-        twilio_auth_token: None,
-        twilio_status_url: "http://127.0.0.1:9/unused".into(),
-        twilio_inbound_url: "http://127.0.0.1:9/unused".into(),
-    }
-}
-
 #[tokio::test]
 async fn the_daily_runs_invoice_sms_is_rendered_sent_and_logged_delivered() {
     let gw = StandIns::start(Options::default()).await.unwrap();
-    NOTIFY.with(|c| *c.borrow_mut() = Some(notify_settings(&gw)));
+    NOTIFY.with(|c| {
+        *c.borrow_mut() = Some(common::notify_through_africastalking(
+            &gw, "ISPNET", AT_TOKEN,
+        ))
+    });
     let app = TestApp::spawn(&fleet()).await;
     gw.set_at_delivery_callback(format!(
         "{}/api/notify/callbacks/africastalking/{AT_TOKEN}/delivery",
@@ -79,46 +55,12 @@ async fn the_daily_runs_invoice_sms_is_rendered_sent_and_logged_delivered() {
     // An installed, Active subscriber.
     let plan = app.create("/api/core/plans", &admin, json!({"name": "Home 10", "downloadSpeed": 10, "uploadSpeed": 5, "price": 2500, "billingCycle": "Monthly"})).await;
     let walk_in = json!({"firstName": "Wanjiru", "lastName": "Kamau", "mpesaNumber": "0722 555 111", "servicePlan": plan, "billingCycle": "Monthly"});
-    let created = eventually(15, || async {
-        let r = app
-            .post("/api/billing/subscribers", &admin, walk_in.clone())
-            .await;
-        (r.status == StatusCode::CREATED).then_some(r)
-    })
-    .await
-    .expect("Billing learns the plan and creates the subscriber");
-    let sub = created.body["doc"]["id"].as_str().unwrap().to_string();
-    let account = created.body["doc"]["accountNumber"]
+    let created = common::installed_subscriber(&app, &admin, &ne, walk_in).await;
+    let sub = created["doc"]["id"].as_str().unwrap().to_string();
+    let account = created["doc"]["accountNumber"]
         .as_str()
         .unwrap()
         .to_string();
-    let order = eventually(15, || async {
-        let r = app
-            .get(
-                &format!("/api/noc/workOrders?where[subscriber][equals]={sub}"),
-                &ne,
-            )
-            .await;
-        r.body["docs"][0]["id"].as_str().map(String::from)
-    })
-    .await
-    .expect("installation work order");
-    let r = app
-        .patch(
-            &format!("/api/noc/workOrders/{order}"),
-            &ne,
-            json!({"status": "Completed"}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    let active = eventually(15, || async {
-        let r = app
-            .get(&format!("/api/billing/subscribers/{sub}"), &admin)
-            .await;
-        (r.body["status"] == "Active").then_some(())
-    })
-    .await;
-    assert!(active.is_some(), "Billing activates after installation");
 
     // The next period is due today (a run cannot be dated in the future).
     sqlx::query("UPDATE billing.subscribers SET next_due_date = current_date WHERE id = $1::uuid")

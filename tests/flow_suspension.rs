@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+mod common;
+
 use isp_testkit::{eventually, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -56,49 +58,15 @@ async fn an_overdue_subscriber_is_suspended_disconnected_and_restored_after_payi
     // A Dynamic plan, known to Billing and NOC through Core's events.
     let plan = app.create("/api/core/plans", &admin, json!({"name": "Home 10", "downloadSpeed": 10, "uploadSpeed": 5, "price": 2500, "billingCycle": "Monthly"})).await;
     let walk_in = json!({"firstName": "Otieno", "lastName": "Odhiambo", "mpesaNumber": "0722333444", "servicePlan": plan, "billingCycle": "Monthly"});
-    let created = eventually(15, || async {
-        let r = app
-            .post("/api/billing/subscribers", &admin, walk_in.clone())
-            .await;
-        (r.status == StatusCode::CREATED).then_some(r)
-    })
-    .await
-    .expect("Billing learns the plan and creates the walk-in subscriber");
-    let sub = created.body["doc"]["id"].as_str().unwrap().to_string();
-    let invoice = created.body["invoice"]["id"].as_str().unwrap().to_string();
-    let due = created.body["invoice"]["dueDate"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let amount = created.body["invoice"]["amountDue"]
+    let created = common::installed_subscriber(&app, &admin, &ne, walk_in).await;
+    let sub = created["doc"]["id"].as_str().unwrap().to_string();
+    let invoice = created["invoice"]["id"].as_str().unwrap().to_string();
+    let due = created["invoice"]["dueDate"].as_str().unwrap().to_string();
+    let amount = created["invoice"]["amountDue"]
         .as_str()
         .unwrap()
         .to_string();
 
-    // Installed: the NOC engineer completes the automatic work order.
-    let order = eventually(15, || async {
-        let r = app
-            .get(
-                &format!("/api/noc/workOrders?where[subscriber][equals]={sub}"),
-                &ne,
-            )
-            .await;
-        r.body["docs"][0]["id"].as_str().map(String::from)
-    })
-    .await
-    .expect("installation work order");
-    let r = app
-        .patch(
-            &format!("/api/noc/workOrders/{order}"),
-            &ne,
-            json!({"status": "Completed"}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    assert!(
-        status_of(&app, &admin, &sub, "Active").await.is_some(),
-        "Billing activates after provisioning"
-    );
     let tech = app
         .get(&format!("/api/noc/subscribers/{sub}"), &ne)
         .await

@@ -3,6 +3,8 @@
 //! -> the confirmation is requested from Notify through the outbox -> Notify sends
 //! it through Africa's Talking (the stand-in in `standins/sms`) to the partner.
 
+mod common;
+
 use std::cell::RefCell;
 use std::time::Duration;
 
@@ -11,8 +13,6 @@ use isp_standin_sms::{Options, StandIns};
 use isp_testkit::{eventually, TestApp};
 use reqwest::StatusCode;
 use serde_json::json;
-use svc_notify::provider::africastalking::AfricasTalkingConfig;
-use svc_notify::{EmailProvider, SmsProvider};
 use uuid::Uuid;
 
 const SMS_TOKEN: &str = "flow-sms-path-token-7d1e";
@@ -47,37 +47,16 @@ fn fleet() -> Vec<(ServiceInfo, StartFn)> {
     f
 }
 
-fn notify_settings(gw: &StandIns) -> svc_notify::Settings {
-    let o = gw.options();
-    svc_notify::Settings {
-        sms: SmsProvider::AfricasTalking(AfricasTalkingConfig {
-            username: o.at_username.clone(),
-            api_key: o.at_api_key.clone(),
-            sender_id: Some("22384".into()),
-            base_url: gw.base_url.clone(),
-        }),
-        email: EmailProvider::Log,
-        sms_rate_per_second: 0.0,
-        email_rate_per_second: 0.0,
-        concurrency: 4,
-        request_consumers: 2,
-        max_attempts: 5,
-        retry_base: Duration::from_millis(100),
-        retry_max: Duration::from_millis(500),
-        request_timeout: Duration::from_secs(5),
-        lease: Duration::from_secs(30),
-        poll_interval: Duration::from_millis(200),
-        at_callback_token: "flow-at-callback-token".into(),
-        twilio_auth_token: None,
-        twilio_status_url: "http://127.0.0.1:9/unused".into(),
-        twilio_inbound_url: "http://127.0.0.1:9/unused".into(),
-    }
-}
-
 #[tokio::test]
 async fn an_sms_lead_is_created_and_the_partner_is_answered_by_sms_through_notify() {
     let gw = StandIns::start(Options::default()).await.unwrap();
-    NOTIFY.with(|c| *c.borrow_mut() = Some(notify_settings(&gw)));
+    NOTIFY.with(|c| {
+        *c.borrow_mut() = Some(common::notify_through_africastalking(
+            &gw,
+            "22384",
+            "flow-at-callback-token",
+        ))
+    });
     let app = TestApp::spawn(&fleet()).await;
     let admin = app.admin_token().await;
     let r = app

@@ -1,0 +1,89 @@
+//! Fixtures the cross-service tests share (each `tests/*.rs` is its own crate and
+//! takes this module with `mod common;`): what needs the services' own types,
+//! which `crates/testkit` does not depend on.
+#![allow(dead_code)] // each test crate uses a part
+
+use std::time::Duration;
+
+use isp_standin_sms::StandIns;
+use isp_testkit::{eventually, TestApp};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use svc_notify::provider::africastalking::AfricasTalkingConfig;
+use svc_notify::{EmailProvider, SmsProvider};
+
+/// Notify sending SMS through the Africa's Talking stand-in `gw` (sender id
+/// `sender`), as fast as it can, with delivery reports under `callback_token`.
+pub fn notify_through_africastalking(
+    gw: &StandIns,
+    sender: &str,
+    callback_token: &str,
+) -> svc_notify::Settings {
+    let o = gw.options();
+    svc_notify::Settings {
+        sms: SmsProvider::AfricasTalking(AfricasTalkingConfig {
+            username: o.at_username.clone(),
+            api_key: o.at_api_key.clone(),
+            sender_id: Some(sender.into()),
+            base_url: gw.base_url.clone(),
+        }),
+        email: EmailProvider::Log,
+        sms_rate_per_second: 0.0,
+        email_rate_per_second: 0.0,
+        concurrency: 4,
+        request_consumers: 2,
+        max_attempts: 5,
+        retry_base: Duration::from_millis(100),
+        retry_max: Duration::from_millis(500),
+        request_timeout: Duration::from_secs(5),
+        lease: Duration::from_secs(30),
+        poll_interval: Duration::from_millis(200),
+        at_callback_token: callback_token.into(),
+        twilio_auth_token: None,
+        twilio_status_url: "http://127.0.0.1:9/unused".into(),
+        twilio_inbound_url: "http://127.0.0.1:9/unused".into(),
+    }
+}
+
+/// A walk-in subscriber created in Billing (once Billing knows the plan named in
+/// `body`), installed by the NOC's engineer `ne` and Active: Billing's answer to
+/// the create (`doc` and the first `invoice`).
+pub async fn installed_subscriber(app: &TestApp, admin: &str, ne: &str, body: Value) -> Value {
+    let created = eventually(15, || async {
+        let r = app
+            .post("/api/billing/subscribers", admin, body.clone())
+            .await;
+        (r.status == StatusCode::CREATED).then_some(r)
+    })
+    .await
+    .expect("Billing learns the plan and creates the walk-in subscriber");
+    let sub = created.body["doc"]["id"].as_str().unwrap().to_string();
+    let order = eventually(15, || async {
+        let r = app
+            .get(
+                &format!("/api/noc/workOrders?where[subscriber][equals]={sub}"),
+                ne,
+            )
+            .await;
+        r.body["docs"][0]["id"].as_str().map(String::from)
+    })
+    .await
+    .expect("installation work order");
+    let r = app
+        .patch(
+            &format!("/api/noc/workOrders/{order}"),
+            ne,
+            json!({"status": "Completed"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let active = eventually(15, || async {
+        let r = app
+            .get(&format!("/api/billing/subscribers/{sub}"), admin)
+            .await;
+        (r.body["status"] == "Active").then_some(())
+    })
+    .await;
+    assert!(active.is_some(), "Billing activates after provisioning");
+    created.body
+}
