@@ -89,6 +89,7 @@
 pub mod bus;
 pub mod consumer;
 pub mod envelope;
+pub mod options;
 pub mod outbox;
 pub mod payloads;
 pub mod projection;

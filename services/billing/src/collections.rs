@@ -42,15 +42,15 @@ pub const SUB_READ: Roles = Roles::of(&[
 /// Sales Agent and Billing Manager have no access to network data (docs/contract.md#roles).
 pub const NET_READ: Roles = Roles::of(&[Role::Admin, Role::NetworkEngineer, Role::SupportAgent]);
 
-pub const SUBSCRIBER_STATUS: &[&str] =
-    &["Pending Installation", "Active", "Suspended", "Deactivated"];
-pub const BILLING_CYCLES: &[&str] = &["Monthly", "Quarterly"];
-/// Why a subscriber is Suspended: the daily run ('Non-payment', lifted by paying
-/// up) or staff ('Manual', lifted only by staff).
-pub const SUSPENSION_REASONS: &[&str] = &["Non-payment", "Manual"];
-pub const CONNECTION_TYPES: &[&str] = &["PPPoE", "IPoE/DHCP", "Static IP", "Hotspot"];
-pub const INVOICE_STATUS: &[&str] = &["Draft", "Unpaid", "Paid", "Overdue", "Cancelled"];
-pub const PAYMENT_METHODS: &[&str] = &["Mpesa", "Bank Transfer", "Cash"];
+use isp_events::options::{
+    BillingCycle, ConnectionType, InvoiceStatus, PaymentMethod, SubscriberStatus, SuspensionReason,
+};
+pub const SUBSCRIBER_STATUS: &[&str] = SubscriberStatus::ALL;
+pub const BILLING_CYCLES: &[&str] = BillingCycle::ALL;
+pub const SUSPENSION_REASONS: &[&str] = SuspensionReason::ALL;
+pub const CONNECTION_TYPES: &[&str] = ConnectionType::ALL;
+pub const INVOICE_STATUS: &[&str] = InvoiceStatus::ALL;
+pub const PAYMENT_METHODS: &[&str] = PaymentMethod::ALL;
 pub const EXPENSE_CATEGORIES: &[&str] = &[
     "Bandwidth",
     "Salaries",
@@ -238,7 +238,7 @@ impl Hooks for SubscriberHooks {
             ));
         };
         let old = existing["status"].as_str().unwrap_or_default();
-        if old == "Deactivated" {
+        if old == SubscriberStatus::Deactivated {
             return Err(ApiError::conflict(
                 "A deactivated subscriber cannot be changed.",
             ));
@@ -261,10 +261,13 @@ impl Hooks for SubscriberHooks {
                     ))
                 }
             }
-            if new != "Suspended" {
+            if new != SubscriberStatus::Suspended {
                 c.data.insert("suspensionReason".into(), Value::Null);
             }
-            if old == "Suspended" && new == "Active" && !c.data.contains_key("nextDueDate") {
+            if old == SubscriberStatus::Suspended
+                && new == SubscriberStatus::Active
+                && !c.data.contains_key("nextDueDate")
+            {
                 // Reactivated by hand: the next period starts no earlier than
                 // today, unless an invoiced period still runs past today.
                 let today = c.ctx.today();
@@ -279,9 +282,14 @@ impl Hooks for SubscriberHooks {
                 }
             }
         }
-        if c.data.get("status").and_then(Value::as_str) == Some("Suspended") {
+        if c.data.get("status").and_then(Value::as_str)
+            == Some(SubscriberStatus::Suspended.as_str())
+        {
             // Staff suspending (or confirming a run's suspension): only staff lift it.
-            c.data.insert("suspensionReason".into(), json!("Manual"));
+            c.data.insert(
+                "suspensionReason".into(),
+                json!(SuspensionReason::Manual.as_str()),
+            );
         }
         if c.changed("servicePlan") {
             let plan = c.uuid("servicePlan").unwrap_or_default();
@@ -439,7 +447,7 @@ impl Hooks for InvoiceHooks {
                     .await?;
             match exists.as_deref() {
                 None => return Err(ApiError::field("subscriber", "Unknown subscriber.")),
-                Some("Deactivated") => {
+                Some(s) if s == SubscriberStatus::Deactivated => {
                     return Err(ApiError::conflict_field(
                         "subscriber",
                         "This subscriber is deactivated.",
@@ -454,29 +462,40 @@ impl Hooks for InvoiceHooks {
                 .insert("invoiceNumber".into(), json!(invoice_number(n)));
             c.data.insert("amountPaid".into(), json!("0.00"));
         } else {
-            match old.as_deref() {
-                Some("Paid") => return Err(ApiError::conflict("A paid invoice cannot be edited.")),
-                Some("Cancelled") => {
+            // A stored status that is not one of the spec's is a bug, not a default.
+            let old = old
+                .as_deref()
+                .and_then(InvoiceStatus::parse)
+                .ok_or_else(|| internal(anyhow::anyhow!("invoice without a known status")))?;
+            match old {
+                InvoiceStatus::Paid => {
+                    return Err(ApiError::conflict("A paid invoice cannot be edited."))
+                }
+                InvoiceStatus::Cancelled => {
                     return Err(ApiError::conflict("A cancelled invoice cannot be edited."))
                 }
                 _ => {}
             }
             if c.changed("status") {
-                let old = old.as_deref().unwrap_or_default();
-                let new = c.str("status").unwrap_or_default().to_string();
+                use InvoiceStatus::*;
+                // Validated against the options already.
+                let new = c
+                    .str("status")
+                    .and_then(InvoiceStatus::parse)
+                    .ok_or_else(|| internal(anyhow::anyhow!("status not canonical")))?;
                 let ok = matches!(
-                    (old, new.as_str()),
-                    ("Draft", "Unpaid") | ("Draft" | "Unpaid" | "Overdue", "Cancelled")
+                    (old, new),
+                    (Draft, Unpaid) | (Draft | Unpaid | Overdue, Cancelled)
                 );
                 if !ok {
-                    let why = match new.as_str() {
-                        "Paid" => "An invoice becomes Paid when payments cover it.".to_string(),
-                        "Overdue" => "The daily run marks invoices Overdue.".to_string(),
+                    let why = match new {
+                        Paid => "An invoice becomes Paid when payments cover it.".to_string(),
+                        Overdue => "The daily run marks invoices Overdue.".to_string(),
                         _ => format!("An invoice cannot go from {old} to {new}."),
                     };
                     return Err(ApiError::conflict_field("status", why));
                 }
-                if new == "Cancelled" {
+                if new == Cancelled {
                     let id = c.existing.map(id_of).transpose()?.unwrap_or_default();
                     let named: bool = sqlx::query_scalar(
                         "SELECT EXISTS (SELECT 1 FROM payments WHERE invoice_id = $1)",

@@ -14,10 +14,10 @@ use uuid::Uuid;
 const ADMIN: Roles = Roles::of(&[Role::Admin]);
 const SALES: Roles = Roles::of(&[Role::Admin, Role::SalesAgent]);
 
-pub const STAFF_STATUS: &[&str] = &["Active", "Inactive"];
-pub const BILLING_CYCLES: &[&str] = &["Monthly", "Quarterly"];
+pub const STAFF_STATUS: &[&str] = isp_events::options::StaffStatus::ALL;
+pub const BILLING_CYCLES: &[&str] = isp_events::options::BillingCycle::ALL;
 pub const IP_ASSIGNMENT: &[&str] = &["Dynamic", "Static-Public"];
-pub const PARTNER_STATUS: &[&str] = &["Prospect", "Active", "Inactive"];
+pub const PARTNER_STATUS: &[&str] = isp_events::options::PartnerStatus::ALL;
 
 fn snapshot<T: serde::de::DeserializeOwned>(doc: &Value) -> ApiResult<T> {
     serde_json::from_value(doc.clone())

@@ -22,9 +22,8 @@ const NETWORK_AND_SUPPORT: Roles =
 const WORK_ORDER_READERS: Roles =
     Roles::of(&[Role::Admin, Role::NetworkEngineer, Role::Technician]);
 
-pub const SUBSCRIBER_STATUS: &[&str] =
-    &["Pending Installation", "Active", "Suspended", "Deactivated"];
-pub const CONNECTION_TYPES: &[&str] = &["PPPoE", "IPoE/DHCP", "Static IP", "Hotspot"];
+pub const SUBSCRIBER_STATUS: &[&str] = isp_events::options::SubscriberStatus::ALL;
+pub const CONNECTION_TYPES: &[&str] = isp_events::options::ConnectionType::ALL;
 pub const RESOURCE_TYPES: &[&str] = &["Router", "Antenna", "Switch", "Cable"];
 pub const RESOURCE_STATUS: &[&str] = &["In Stock", "Deployed", "Faulty", "Retired"];
 pub const IP_STATUS: &[&str] = &["Available", "Assigned", "Reserved"];

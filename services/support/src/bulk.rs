@@ -651,7 +651,7 @@ async fn check_audience(
             return Ok(());
         }
     }
-    const STATUSES: &[&str] = &["Pending Installation", "Active", "Suspended", "Deactivated"];
+    const STATUSES: &[&str] = isp_events::options::SubscriberStatus::ALL;
     for (i, s) in a.statuses.iter().enumerate() {
         if !STATUSES.contains(&s.as_str()) {
             errors.push(FieldError::new(

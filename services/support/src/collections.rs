@@ -27,8 +27,8 @@ pub const SUPPORT: Roles = Roles::of(&[Role::Admin, Role::SupportAgent]);
 pub const ADMIN: Roles = Roles::of(&[Role::Admin]);
 
 pub const KINDS: &[&str] = &["Customer", "Network"];
-pub const STATUSES: &[&str] = &["Open", "In Progress", "Resolved", "Closed"];
-pub const PRIORITIES: &[&str] = &["Low", "Medium", "High"];
+pub const STATUSES: &[&str] = isp_events::options::TicketStatus::ALL;
+pub const PRIORITIES: &[&str] = isp_events::options::TicketPriority::ALL;
 pub const CHANNELS: &[&str] = &["SMS", "Email"];
 /// The spec's Sent and Failed, what gateways report (Queued, Accepted, Delivered,
 /// Undelivered, Expired), and Skipped / Cancelled for bulk recipients not sent to.
