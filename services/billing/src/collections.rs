@@ -432,12 +432,10 @@ pub fn parse_line_items(v: &Value, path: &str, allow_empty: bool) -> ApiResult<V
         {
             errors.push(FieldError::new(p(k), format!("Unknown field {k:?}.")));
         }
-        let description = obj
-            .get("description")
-            .and_then(Value::as_str)
-            .map(str::trim)
-            .unwrap_or("");
-        if description.is_empty() || description.chars().count() > 200 {
+        let sent = obj.get("description").and_then(Value::as_str).unwrap_or("");
+        let description = sent.trim();
+        // The bound is on what is sent (the documents' maxLength), before trimming.
+        if description.is_empty() || sent.chars().count() > 200 {
             errors.push(FieldError::new(
                 p("description"),
                 "A description of 1 to 200 characters is required.",

@@ -129,8 +129,10 @@ impl ConvertInput {
         match m.get("oneOffCharges") {
             None | Some(Value::Null) => {}
             Some(Value::Array(items)) => {
+                // Billing's limits (isp_platform::openapi::line_items), which the
+                // document states.
                 let item_fields = [
-                    Field::new("description", "", Kind::TEXT).required(),
+                    Field::new("description", "", Kind::Text { max: 200 }).required(),
                     Field::new(
                         "quantity",
                         "",
@@ -151,7 +153,8 @@ impl ConvertInput {
                         continue;
                     };
                     for k in im.keys() {
-                        if !item_fields.iter().any(|f| f.name == k) {
+                        // Clients echo `id` back; it is ignored.
+                        if k != "id" && !item_fields.iter().any(|f| f.name == k) {
                             errors.push(FieldError::new(
                                 format!("oneOffCharges.{i}.{k}"),
                                 format!("Unknown field {k:?}."),
@@ -330,7 +333,7 @@ fn billing_error(e: ApiError) -> ApiError {
 /// `servicePlan`; bad fields: 400) pass through unchanged, and nothing is written
 /// here: no half-converted lead, unit or event.
 #[utoipa::path(post, path = "/api/crm/leads/{id}/convert", tag = "leads",
-    params(("id" = String, Path, description = "Lead id")),
+    params(("id" = Uuid, Path, description = "Lead id")),
     request_body = ConvertBody,
     extensions(("x-references" = json!(["servicePlan"]))),
     responses(
