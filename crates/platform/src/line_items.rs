@@ -81,11 +81,12 @@ pub fn parse(v: &Value, path: &str, allow_empty: bool) -> ApiResult<Vec<LineItem
         {
             errors.push(FieldError::new(p(k), format!("Unknown field {k:?}.")));
         }
+        // The bound is on what is sent (the documents' maxLength), before trimming.
         let description = match obj.get("description") {
-            Some(Value::String(s)) => Some(s.trim()),
+            Some(Value::String(s)) if s.chars().count() <= MAX_DESCRIPTION => Some(s.trim()),
             _ => None,
         }
-        .filter(|d| !d.is_empty() && d.chars().count() <= MAX_DESCRIPTION && !d.contains('\0'));
+        .filter(|d| !d.is_empty() && !d.contains('\0'));
         if description.is_none() {
             errors.push(FieldError::new(
                 p("description"),

@@ -51,17 +51,29 @@ fn nullable(mut v: Value, null: bool) -> Value {
     v
 }
 
+/// The characters the validator trims and counts as blank: Unicode White_Space,
+/// as Rust's `char::is_whitespace` has it, spelled out for a character class
+/// (`\\s` differs between regex dialects: ECMA-262 has U+FEFF and not U+0085,
+/// Python has U+001C to U+001F). Use it as `[{WS}]` or `[^{WS}]`.
+pub const WS: &str =
+    "\\t\\n\\u000b\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
+
 /// Text the validator accepts: no NUL (Postgres stores none) and, for a required
 /// field, something besides whitespace (it is trimmed, and blank is "required").
 const NO_NUL: &str = "^[^\\u0000]*$";
-const NOT_BLANK: &str = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$";
+fn not_blank() -> String {
+    format!("^[^\\u0000]*[^{WS}\\u0000][^\\u0000]*$")
+}
 /// What Kenyan numbers look like in every form the API reads (07.., 01.., 2547..,
 /// +2547..); libphonenumber's Kenyan mobile ranges. Any valid international
 /// number in E.164 is accepted too, but no pattern can say which are valid.
 const KE_PHONE: &str = "^(\\+254|254|0)(7[0-9]{2}|10[0-8]|11[0-7])[0-9]{6}$";
 const E164: &str = "^\\+[1-9][0-9]{6,14}$";
 /// The email check the validator applies: one `@`, a dotted domain, no spaces.
-const EMAIL: &str = "^[^@\\s,;<>\\u0000]{1,64}@[^@\\s,;<>.\\u0000][^@\\s,;<>\\u0000]*\\.[^@\\s,;<>\\u0000]*[^@\\s,;<>.\\u0000]$";
+fn email() -> String {
+    let c = format!("@{WS},;<>\\u0000");
+    format!("^[^{c}]{{1,64}}@[^{c}.][^{c}]*\\.[^{c}]*[^{c}.]$")
+}
 const UUID: &str = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
 /// Money on input: a decimal string with at most two places, below 10^12.
 const MONEY_IN: &str = "^-?[0-9]{1,12}(\\.[0-9]{1,2})?$";
@@ -73,7 +85,7 @@ fn out_schema(f: &Field) -> Value {
         Kind::Text { max } => json!({"type": "string", "maxLength": max}),
         // The validator's rule, not RFC 5322's: a `format` would lie both ways.
         Kind::Email => {
-            json!({"type": "string", "pattern": EMAIL, "description": "An email address"})
+            json!({"type": "string", "pattern": email(), "description": "An email address"})
         }
         Kind::Phone => json!({"type": "string", "pattern": E164, "description": "E.164"}),
         Kind::Int { min, max } => json!({"type": "integer", "minimum": min, "maximum": max}),
@@ -119,7 +131,7 @@ pub fn line_items(allow_empty: bool) -> Value {
         "required": ["description", "quantity", "price"],
         "properties": {
             "id": any("Ignored (clients echo it back)"),
-            "description": {"type": "string", "maxLength": 200, "pattern": NOT_BLANK},
+            "description": {"type": "string", "maxLength": 200, "pattern": not_blank()},
             "quantity": {"type": "integer", "minimum": 1, "maximum": 10_000},
             "price": {"anyOf": [
                 {"type": "string", "pattern": "^([0-9]{1,7}(\\.[0-9]{1,2})?|10000000(\\.0{1,2})?)$"},
@@ -138,14 +150,15 @@ pub fn field_input(name: &'static str, kind: Kind, required: bool) -> Value {
 
 /// A field as the validator accepts it in a create (`create`) or update body.
 fn in_schema(f: &Field, create: bool) -> Value {
-    // Required fields refuse null and blank text; on create a default fills in
-    // null. A checkbox is never null (its column is NOT NULL).
-    let may_be_null = (!f.required && f.kind != Kind::Bool) || (create && f.default.is_some());
+    // Required fields refuse null and blank text (a default fills in only what
+    // is left out); an optional field's default fills in null on create. A
+    // checkbox is never null (its column is NOT NULL) but for that default.
+    let may_be_null = !f.required && (f.kind != Kind::Bool || (create && f.default.is_some()));
     let v = match f.kind {
         Kind::Text { max } => json!({"type": "string", "maxLength": max,
-            "pattern": if may_be_null { NO_NUL } else { NOT_BLANK }}),
+            "pattern": if may_be_null { NO_NUL.to_string() } else { not_blank() }}),
         // 255 keeps the domain within the validator's 253 whatever the local part.
-        Kind::Email => json!({"type": "string", "maxLength": 255, "pattern": EMAIL}),
+        Kind::Email => json!({"type": "string", "maxLength": 255, "pattern": email()}),
         Kind::Phone => json!({"type": "string", "pattern": KE_PHONE,
             "description": "A Kenyan number in any usual form (0712345678, +254712345678, 254712345678), or any valid number in E.164; stored in E.164"}),
         Kind::Int { min, max } => json!({"type": "integer", "minimum": min, "maximum": max}),
@@ -172,7 +185,7 @@ fn in_schema(f: &Field, create: bool) -> Value {
         Kind::Json => json!({"type": ["boolean", "object", "array", "number", "string"],
             "description": "JSON, checked by the collection's rules"}),
         Kind::Password => json!({"type": "string", "format": "password",
-            "minLength": 8, "maxLength": 256}),
+            "minLength": 8, "maxLength": 256, "pattern": NO_NUL}),
     };
     let mut v = match (&f.schema, v) {
         // The collection's rule replaces the kind's keywords; anyOf replaces type.
@@ -186,6 +199,16 @@ fn in_schema(f: &Field, create: bool) -> Value {
         }
         (_, v) => v,
     };
+    // Optional text that is blank is stored as null, whatever the collection's
+    // rule for a value: the rule's pattern (or anyOf) admits blank too.
+    if !f.required && matches!(f.kind, Kind::Text { .. }) && f.schema.is_some() {
+        let blank = format!("^[{WS}]*$");
+        if let Some(any_of) = v.get_mut("anyOf").and_then(Value::as_array_mut) {
+            any_of.push(json!({"type": "string", "pattern": blank}));
+        } else if let Some(p) = v.get("pattern").and_then(Value::as_str) {
+            v["pattern"] = json!(format!("{blank}|{p}"));
+        }
+    }
     v = nullable(v, may_be_null);
     if let (Some(default), true) = (&f.default, create) {
         v["default"] = default.clone();
@@ -414,12 +437,16 @@ pub fn collections_doc(service: &str, title: &str, collections: &[&Collection]) 
             })
             .map(|f| f.name)
             .collect();
+        // And what the hooks check that no schema can say (`x-rules`).
         let refs_ext = || {
-            (!references.is_empty()).then(|| {
-                utoipa::openapi::extensions::ExtensionsBuilder::new()
-                    .add("x-references", json!(references))
-                    .build()
-            })
+            let mut ext = utoipa::openapi::extensions::ExtensionsBuilder::new();
+            if !references.is_empty() {
+                ext = ext.add("x-references", json!(references));
+            }
+            if !c.rules().is_empty() {
+                ext = ext.add("x-rules", json!(c.rules()));
+            }
+            (!references.is_empty() || !c.rules().is_empty()).then(|| ext.build())
         };
         let query = |name: &str, s: Value, d: &str| {
             ParameterBuilder::new()
@@ -584,4 +611,48 @@ pub fn collections_doc(service: &str, title: &str, collections: &[&Collection]) 
         .paths(paths.build())
         .components(Some(components.build()))
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matches(pattern: &str, s: &str) -> bool {
+        regex::Regex::new(pattern).unwrap().is_match(s)
+    }
+
+    /// The schemas say what the validator refuses: NUL in a password, blank in
+    /// an optional field with a rule of its own (stored as null).
+    #[test]
+    fn input_schemas_are_the_validators() {
+        let pw = in_schema(
+            &Field::new("password", "p", Kind::Password).required(),
+            true,
+        );
+        let p = pw["pattern"].as_str().unwrap();
+        assert!(matches(p, "secret-password"));
+        assert!(!matches(p, "secret\u{0}password"));
+        let mac = Field::new("mac", "mac", Kind::TEXT)
+            .schema(json!({"pattern": format!("^[{WS}]*[0-9A-F]{{12}}[{WS}]*$")}));
+        let v = in_schema(&mac, true);
+        let p = v["pattern"].as_str().unwrap();
+        assert!(matches(p, "") && matches(p, " \u{a0}") && matches(p, "AABBCCDDEEFF"));
+        assert!(!matches(p, "AABB"));
+        let ip = Field::new("ip", "ip", Kind::TEXT)
+            .schema(json!({"anyOf": [{"type": "string", "format": "ipv4"}]}));
+        let v = in_schema(&ip, true);
+        assert_eq!(v["anyOf"][1]["pattern"], json!(format!("^[{WS}]*$")));
+        // What trimming drops is what the patterns call blank.
+        let blank: String = (0..=0x3000u32)
+            .filter_map(char::from_u32)
+            .filter(|c| c.is_whitespace())
+            .collect();
+        assert!(matches(&format!("^[{WS}]*$"), &blank));
+        let one = regex::Regex::new(&format!("^[{WS}]$")).unwrap();
+        let not = (0..=0x10ffffu32)
+            .filter_map(char::from_u32)
+            .find(|c| !c.is_whitespace() && one.is_match(c.encode_utf8(&mut [0; 4])));
+        assert_eq!(not, None);
+        assert!(!matches(&not_blank(), &blank));
+    }
 }

@@ -370,7 +370,8 @@ pub struct RunInput {
 
 /// Runs the daily job now for a date (Admin only). 200 `{doc, message}` with the
 /// run log entry.
-#[utoipa::path(post, path = "/api/billing/jobs/daily-run", tag = "jobs", request_body = RunInput,
+// The body may be left out (today's run): ApiJson reads an empty body as `{}`.
+#[utoipa::path(post, path = "/api/billing/jobs/daily-run", tag = "jobs", request_body = Option<RunInput>,
     extensions(("x-rules" = json!(["date: today or earlier, in the ISP's time zone"]))),
     responses((status = 200, description = "{doc: the daily run log entry, message}"), (status = 400), (status = 403)))]
 async fn run_now(

@@ -202,7 +202,8 @@ async fn upload(
 /// Downloads an expense's receipt.
 #[utoipa::path(get, path = "/api/billing/expenses/{id}/receipt", tag = "expenses",
     params(("id" = Uuid, Path)),
-    responses((status = 200, description = "The file"), (status = 403), (status = 404, description = "No expense or no receipt")))]
+    responses((status = 200, description = "The file"), (status = 403), (status = 404, description = "No such expense"),
+        (status = 409, description = "The expense has no receipt (yet)")))]
 async fn download(
     State(s): State<App>,
     p: Principal,
@@ -215,8 +216,15 @@ async fn download(
             .bind(id)
             .fetch_optional(&s.ctx.pool)
             .await?;
-    let Some((Some(meta), Some(key))) = row else {
-        return Err(ApiError::not_found("Receipt"));
+    // No expense is a 404; an expense without a receipt is in a state that has
+    // nothing to download (409), so a client can tell the two apart.
+    let Some((meta, key)) = row else {
+        return Err(ApiError::not_found("Expense"));
+    };
+    let (Some(meta), Some(key)) = (meta, key) else {
+        return Err(ApiError::conflict(
+            "This expense has no receipt: upload one with POST /api/billing/expenses/{id}/receipt.",
+        ));
     };
     let data = s
         .store

@@ -1288,6 +1288,22 @@ async fn expenses_keep_receipts_that_only_finance_can_upload_and_download() {
         );
         assert_eq!(r.error_path(), Some(field), "{patch}");
     }
+    // No receipt yet: the expense is there (not a 404), with nothing to download.
+    let r = app
+        .get(&format!("/api/billing/expenses/{id}/receipt"), &bm)
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{:?}", r.body);
+    assert!(r.body["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("no receipt"));
+    let r = app
+        .get(
+            &format!("/api/billing/expenses/{}/receipt", Uuid::new_v4()),
+            &bm,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?}", r.body);
     let url = format!("{}/api/billing/expenses/{id}/receipt", app.base);
     let upload = |token: String, name: &str, data: Vec<u8>| {
         let (ct, body) = multipart(name, &data);

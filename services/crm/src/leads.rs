@@ -280,7 +280,7 @@ fn billing_error(e: ApiError) -> ApiError {
 /// `servicePlan`; bad fields: 400) pass through unchanged, and nothing is written
 /// here: no half-converted lead, unit or event.
 #[utoipa::path(post, path = "/api/crm/leads/{id}/convert", tag = "leads",
-    params(("id" = String, Path, description = "Lead id")),
+    params(("id" = Uuid, Path, description = "Lead id")),
     request_body = ConvertBody,
     extensions(("x-references" = json!(["servicePlan"]))),
     responses(

@@ -236,6 +236,12 @@ async fn buildings_validate_every_field_check_the_partner_and_publish_events() {
         ("name", Value::Null),
         ("name", json!(5)),
         ("address", json!("")),
+        // The 500-character bound is on what is sent (the documents' maxLength),
+        // spaces that trimming would drop included.
+        (
+            "address",
+            json!(format!("Links Rd{}", "\u{a0}".repeat(493))),
+        ),
         ("status", json!("Signed")),
         ("status", Value::Null),
         ("partner", json!(Uuid::new_v4())),
@@ -864,6 +870,12 @@ async fn convert_input_is_validated_before_billing_is_called() {
         (
             "oneOffCharges",
             json!([{"quantity": 1, "price": 10}]),
+            "oneOffCharges.0.description",
+        ),
+        // Billing's bound, which the document states: 200 characters.
+        (
+            "oneOffCharges",
+            json!([{"description": "x".repeat(201), "quantity": 1, "price": 10}]),
             "oneOffCharges.0.description",
         ),
         ("discount", json!(100), "discount"),

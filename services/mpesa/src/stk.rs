@@ -58,16 +58,27 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     Doc::openapi()
 }
 
-#[allow(dead_code)]
-#[derive(ToSchema)]
-pub struct StkPushInput {
-    /// The invoice (id) to collect. It must be Unpaid or Overdue with something outstanding.
-    invoice: Uuid,
-    /// The Kenyan mobile number to prompt (07.., 01.., 2547.., +2547..);
-    /// default: the subscriber's mpesaNumber.
-    #[schema(nullable)]
-    phone: Option<String>,
+/// The body: `invoice` (id) to collect, Unpaid or Overdue with something
+/// outstanding; `phone`, the Kenyan mobile number to prompt (07.., 01.., 2547..,
+/// +2547..), default the subscriber's mpesaNumber. Exactly what [`stk_push`] reads.
+pub struct StkPushInput;
+
+impl utoipa::PartialSchema for StkPushInput {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use isp_platform::collection::Kind;
+        use isp_platform::openapi::field_input as f;
+        let mut invoice = f("invoice", Kind::Relation, true);
+        invoice["description"] =
+            json!("The invoice to collect: Unpaid or Overdue, with something outstanding");
+        let mut phone = f("phone", Kind::Phone, false);
+        phone["description"] = json!("The Kenyan mobile number to prompt (07.., 01.., 2547.., +2547..); default: the subscriber's mpesaNumber");
+        isp_platform::openapi::schema(json!({
+            "type": "object", "additionalProperties": false, "required": ["invoice"],
+            "properties": {"invoice": invoice, "phone": phone}}))
+    }
 }
+
+impl ToSchema for StkPushInput {}
 
 /// A Kenyan mobile number (Safaricom, Airtel, Telkom all start 7 or 1).
 pub fn kenyan_mobile(input: &str) -> Result<String, String> {
@@ -89,6 +100,8 @@ pub fn kenyan_mobile(input: &str) -> Result<String, String> {
 /// account number and the phone defaults to the subscriber's mpesaNumber. The
 /// prompt is Pending until Daraja's callback, or the STK query, settles it.
 #[utoipa::path(post, path = "/api/mpesa/stk-push", tag = "stkRequests", request_body = StkPushInput,
+    extensions(("x-references" = json!(["invoice"])),
+        ("x-rules" = json!(["invoice: its outstanding amount, rounded up to the shilling, is KES 1 to 250,000"]))),
     responses(
         (status = 201, description = "{doc: the STK request (Pending), message: Daraja's CustomerMessage}"),
         (status = 400, description = "Every bad field named: invoice (missing, not an id, unknown, amount outside KES 1-250,000), phone (not a Kenyan mobile number)"),

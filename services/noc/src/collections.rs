@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use isp_events::payloads::*;
 use isp_platform::auth::{Principal, Role, Roles};
 use isp_platform::collection::{Change, Collection, Field, Hooks, Kind, Scope, SqlValue};
+use isp_platform::openapi::WS;
 use isp_platform::{ApiError, ApiResult, FieldError, ServiceContext};
 use serde_json::{json, Map, Value};
 use sqlx::PgConnection;
@@ -104,7 +105,7 @@ pub fn subscribers(secrets: SecretBox) -> Collection {
                 .read(NETWORK),
             Field::new("assignedIp", "assigned_ip", Kind::Relation),
             Field::new("macAddress", "mac_address", Kind::TEXT)
-                .schema(serde_json::json!({"pattern": "^\\s*[:.\\-]*([0-9A-Fa-f][:.\\-]*){12}\\s*$",
+                .schema(serde_json::json!({"pattern": format!("^[{WS}]*[:.\\-]*([0-9A-Fa-f][:.\\-]*){{12}}[{WS}]*$"),
                     "description": "12 hexadecimal digits, any of : - . between them (AA:BB:CC:DD:EE:FF)"})),
             Field::new("router", "router", Kind::Relation),
             Field::new("provisionedAt", "provisioned_at", Kind::Timestamp).system(),
@@ -251,7 +252,7 @@ pub fn resources() -> Collection {
             .required(),
             Field::new("serialNumber", "serial_number", Kind::TEXT),
             Field::new("macAddress", "mac_address", Kind::TEXT)
-                .schema(serde_json::json!({"pattern": "^\\s*[:.\\-]*([0-9A-Fa-f][:.\\-]*){12}\\s*$",
+                .schema(serde_json::json!({"pattern": format!("^[{WS}]*[:.\\-]*([0-9A-Fa-f][:.\\-]*){{12}}[{WS}]*$"),
                     "description": "12 hexadecimal digits, any of : - . between them (AA:BB:CC:DD:EE:FF)"})),
             Field::new("status", "status", Kind::Select(RESOURCE_STATUS)).required(),
             Field::new("assignedTo", "assigned_to", Kind::Json),
@@ -429,7 +430,7 @@ pub fn ip_subnets() -> Collection {
                 .required()
                 .immutable()
                 .schema(serde_json::json!({
-                    "pattern": "^\\s*((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])/(2[0-9]|3[0-2])\\s*$",
+                    "pattern": format!("^[{WS}]*((25[0-5]|2[0-4][0-9]|1[0-9]{{2}}|[1-9]?[0-9])\\.){{3}}(25[0-5]|2[0-4][0-9]|1[0-9]{{2}}|[1-9]?[0-9])/(2[0-9]|3[0-2])[{WS}]*$"),
                     "description": "An IPv4 network in CIDR notation, /20 to /32 (10.30.20.0/24)"})),
             Field::new("description", "description", Kind::TEXT).required(),
         ],

@@ -698,6 +698,36 @@ async fn ipam_subnets_are_validated_normalized_non_overlapping_and_addresses_fol
         .as_str()
         .unwrap()
         .contains("too large"));
+    // The 64-character bound is on what is sent (the documents' maxLength), the
+    // spaces that trimming would drop included; within it they are trimmed.
+    let padded = format!("10.30.21.0/24{}", " ".repeat(52));
+    let r = app
+        .post(
+            "/api/noc/ipSubnets",
+            &ne,
+            json!({"network": padded, "description": "x"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_path()),
+        (StatusCode::BAD_REQUEST, Some("network")),
+        "{:?}",
+        r.body
+    );
+    let r = app
+        .post(
+            "/api/noc/ipSubnets",
+            &ne,
+            json!({"network": padded.trim_end_matches(' ').to_string() + "   ", "description": "x"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.body["doc"]["network"], "10.30.21.0/24");
+    let padded_id = r.body["doc"]["id"].as_str().unwrap().to_string();
+    let r = app
+        .delete(&format!("/api/noc/ipSubnets/{padded_id}"), &ne)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let r = app
         .post("/api/noc/ipSubnets", &ne, json!({"description": "x"}))
         .await;

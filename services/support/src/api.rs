@@ -90,10 +90,33 @@ struct LineError {
     message: String,
 }
 
+/// The file: CSV whose header row (its first line) names a `phoneNumber` column,
+/// in any case, trimmed and optionally quoted; what follows are rows, each
+/// stored or reported by line. (The pattern leaves out headers whose other
+/// cells are quoted, which the handler reads too.)
+struct CsvFile;
+
+impl utoipa::PartialSchema for CsvFile {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let name: String = "phoneNumber"
+            .chars()
+            .map(|c| format!("[{}{}]", c.to_ascii_lowercase(), c.to_ascii_uppercase()))
+            .collect();
+        // A cell of the header row, trimmed (csv's Trim::All); a quote opens a
+        // quoted cell only as its first character.
+        let cell = format!("(\"{name}\"|[ \\t]*{name})[ \\t]*");
+        isp_platform::openapi::schema(json!({"type": "string",
+            "pattern": format!("^([^\\r\\n\"]*,)?{cell}(,[^\\r\\n\"]*)?(\\r?\\n[\\s\\S]*)?$"),
+            "description": "CSV with a header row naming phoneNumber (and optionally fullName, source)"}))
+    }
+}
+
+impl ToSchema for CsvFile {}
+
 /// A CSV file (`Content-Type: text/csv`) with a header row naming the columns
 /// `phoneNumber` (required), `fullName` and `source`, in any order and case.
 #[utoipa::path(post, path = "/api/support/contacts/import", tag = "contacts",
-    request_body(content = String, content_type = "text/csv", description = "phoneNumber,fullName,source\n0712345678,Jane Doe,Marketing List"),
+    request_body(content = CsvFile, content_type = "text/csv", description = "phoneNumber,fullName,source\n0712345678,Jane Doe,Marketing List"),
     responses((status = 200, body = ImportResult, description = "Good rows stored, bad ones reported by line (a number already in contacts, or twice in the file, is reported too)"),
         (status = 400, description = "Not CSV, or no phoneNumber column"), (status = 401), (status = 403)))]
 async fn import_contacts(
@@ -240,19 +263,63 @@ async fn ticket_messages(
     Ok(Json(s.colls.messages.list(&mut conn, &p, &q).await?))
 }
 
-/// A manual reply: `template` (a messageTemplates id) or `content` (free text),
-/// not both.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-struct TicketMessage {
-    /// `SMS` (to the subscriber's contact phone, else the M-Pesa number) or
-    /// `Email` (to the subscriber's email; 400 when none is known).
-    channel: String,
-    template: Option<Uuid>,
-    /// At most 1600 characters (10 SMS parts).
-    content: Option<String>,
-    /// Email subject (a template's subject when absent).
-    subject: Option<String>,
+/// A manual reply: `channel`, and `template` (a messageTemplates id) or `content`
+/// (free text), not both; exactly what [`send_ticket_message`] reads.
+struct TicketMessage;
+
+impl utoipa::PartialSchema for TicketMessage {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let mut props = source_properties();
+        props.insert("channel".into(), json!({"type": "string", "enum": ["SMS", "Email"],
+            "description": "SMS (to the subscriber's contact phone, else the M-Pesa number) or Email (to the subscriber's email; 400 when none is known)"}));
+        isp_platform::openapi::schema(json!({
+            "type": "object", "additionalProperties": false, "required": ["channel"],
+            "properties": props, "oneOf": source_one_of()}))
+    }
+}
+
+impl ToSchema for TicketMessage {}
+
+/// `template`, `content` and `subject` as [`message_source`] reads them.
+pub(crate) fn source_properties() -> Map<String, Value> {
+    use isp_platform::collection::Kind;
+    use isp_platform::openapi::field_input;
+    // Null is absent; text is trimmed, and blank text is refused.
+    let text = |name: &'static str, max: usize, description: &str| {
+        let mut v = field_input(name, Kind::Text { max }, true);
+        v["type"] = json!(["string", "null"]);
+        v["description"] = json!(description);
+        v
+    };
+    let mut template = field_input("template", Kind::Relation, false);
+    template["description"] = json!("A messageTemplates id");
+    let mut m = Map::new();
+    m.insert("template".into(), template);
+    m.insert(
+        "content".into(),
+        text(
+            "content",
+            1600,
+            "Free text, at most 1600 characters (10 SMS parts); may use the template variables",
+        ),
+    );
+    m.insert(
+        "subject".into(),
+        text(
+            "subject",
+            500,
+            "Email subject (a template's subject when absent)",
+        ),
+    );
+    m
+}
+
+/// Exactly one of `template` and `content` (null counts as absent).
+pub(crate) fn source_one_of() -> Value {
+    json!([
+        {"required": ["template"], "properties": {"template": {"type": "string"}}},
+        {"required": ["content"], "properties": {"content": {"type": "string"}}}
+    ])
 }
 
 pub(crate) fn channel_of(
@@ -354,6 +421,8 @@ pub(crate) async fn message_source(
 
 #[utoipa::path(post, path = "/api/support/tickets/{id}/messages", tag = "tickets",
     params(("id" = Uuid, Path)), request_body = TicketMessage,
+    extensions(("x-references" = json!(["template"])),
+        ("x-rules" = json!(["content, subject: a template that parses and uses only the variables of ticket.updated (firstName, lastName, fullName, accountNumber, phoneNumber, ticketId, subject, status)"]))),
     responses((status = 201, description = "{doc: the logged message (status Queued), message}"),
         (status = 400, description = "Every bad field named: channel, template, content, subject"),
         (status = 401), (status = 403), (status = 404), (status = 409, description = "A network ticket has no subscriber to write to")))]

@@ -226,7 +226,7 @@ pub fn routes(bulk: Arc<Bulk>) -> Router {
 #[derive(OpenApi)]
 #[openapi(
     paths(create, progress, cancel),
-    components(schemas(BulkRequest, Audience, BulkAccepted, DryRun, Progress, Sample))
+    components(schemas(BulkRequest, BulkAccepted, DryRun, Progress, Sample))
 )]
 struct Doc;
 
@@ -259,31 +259,64 @@ pub struct Audience {
     pub contacts: Vec<Uuid>,
 }
 
-/// The request body.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-struct BulkRequest {
-    audience: Audience,
-    /// `SMS` or `Email`.
-    channel: String,
-    /// A messageTemplates id (its variables must be among firstName, lastName,
-    /// fullName, accountNumber, phoneNumber), or `content`.
-    template: Option<Uuid>,
-    /// Custom text, at most 1600 characters; may use the same variables.
-    content: Option<String>,
-    /// Email subject.
-    subject: Option<String>,
-    /// `Transactional` (an outage notice: no quiet hours, no suppression) or
-    /// `Promotional` (suppression list, opt-out footer, 08:00 to 18:00 EAT only).
-    category: String,
-    /// The log's triggerEvent, e.g. `bulk.outage` (default `bulk.transactional` /
-    /// `bulk.promotional`); must start with `bulk.`.
-    trigger_event: Option<String>,
-    /// Send later (RFC 3339); cancel before it starts with `.../cancel`.
-    scheduled_at: Option<DateTime<Utc>>,
-    /// Count and sample the recipients without sending.
-    dry_run: Option<bool>,
+/// The request body, exactly as [`check_request`] reads it.
+struct BulkRequest;
+
+impl utoipa::PartialSchema for BulkRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let ids = |d: &str| {
+            json!({"type": "array", "description": d,
+                "items": {"type": "string", "format": "uuid", "pattern": UUID}})
+        };
+        let none = json!({"type": "array", "maxItems": 0});
+        let audience = json!({"type": "object", "required": ["type"],
+        "description": "Who gets it: registered subscribers (filtered by plans, routers, buildings, statuses; each absent or empty: any) or unregistered contacts (absent or empty: all)",
+        "properties": {
+            "type": {"type": "string", "enum": ["subscribers", "contacts"]},
+            "plans": ids("Subscribers on any of these plans"),
+            "routers": ids("Subscribers behind any of these NOC routers"),
+            "buildings": ids("Subscribers in any of these buildings"),
+            "statuses": {"type": "array", "description": "Subscribers with any of these statuses",
+                "items": {"type": "string", "enum": SUBSCRIBER_STATUSES}},
+            "contacts": ids("For contacts: the selected contacts"),
+        },
+        "oneOf": [
+            {"properties": {"type": {"const": "subscribers"}, "contacts": none}},
+            {"properties": {"type": {"const": "contacts"}, "plans": none, "routers": none,
+                "buildings": none, "statuses": none}}
+        ]});
+        let mut props = crate::api::source_properties();
+        props.insert("audience".into(), audience);
+        props.insert(
+            "channel".into(),
+            json!({"type": "string", "enum": ["SMS", "Email"]}),
+        );
+        props.insert("category".into(), json!({"type": "string", "enum": ["Transactional", "Promotional"],
+            "description": "Transactional (an outage notice: no quiet hours, no suppression) or Promotional (suppression list, opt-out footer, 08:00 to 18:00 EAT only)"}));
+        props.insert("triggerEvent".into(), json!({"type": ["string", "null"],
+            "pattern": "^bulk\\.[A-Za-z0-9._-]{1,95}$",
+            "description": "The log's triggerEvent, e.g. bulk.outage (default bulk.transactional / bulk.promotional)"}));
+        props.insert(
+            "scheduledAt".into(),
+            json!({"type": ["string", "null"], "format": "date-time",
+            "description": "Send later (RFC 3339); cancel before it starts with .../cancel"}),
+        );
+        props.insert(
+            "dryRun".into(),
+            json!({"type": ["boolean", "null"],
+            "description": "Count and sample the recipients without sending"}),
+        );
+        isp_platform::openapi::schema(json!({
+            "type": "object", "additionalProperties": false,
+            "required": ["audience", "channel", "category"],
+            "properties": props, "oneOf": crate::api::source_one_of()}))
+    }
 }
+
+impl ToSchema for BulkRequest {}
+
+const UUID: &str = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+const SUBSCRIBER_STATUSES: &[&str] = isp_events::options::SubscriberStatus::ALL;
 
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -651,12 +684,11 @@ async fn check_audience(
             return Ok(());
         }
     }
-    const STATUSES: &[&str] = isp_events::options::SubscriberStatus::ALL;
     for (i, s) in a.statuses.iter().enumerate() {
-        if !STATUSES.contains(&s.as_str()) {
+        if !SUBSCRIBER_STATUSES.contains(&s.as_str()) {
             errors.push(FieldError::new(
                 format!("audience.statuses.{i}"),
-                format!("Must be one of: {}.", STATUSES.join(", ")),
+                format!("Must be one of: {}.", SUBSCRIBER_STATUSES.join(", ")),
             ));
         }
     }
@@ -697,6 +729,8 @@ async fn check_audience(
 }
 
 #[utoipa::path(post, path = "/api/support/messages/bulk", tag = "messages", request_body = BulkRequest,
+    extensions(("x-references" = json!(["template", "audience.plans", "audience.routers", "audience.buildings", "audience.contacts"])),
+        ("x-rules" = json!(["content, subject, template: a template that parses and uses only the variables firstName, lastName, fullName, accountNumber, phoneNumber"]))),
     responses(
         (status = 202, body = BulkAccepted, description = "Accepted: the parent message; sending runs in the background"),
         (status = 200, body = DryRun, description = "dryRun: the count and a sample, nothing stored"),

@@ -31,8 +31,10 @@ pub const STATUSES: &[&str] = isp_events::options::TicketStatus::ALL;
 pub const PRIORITIES: &[&str] = isp_events::options::TicketPriority::ALL;
 pub const CHANNELS: &[&str] = &["SMS", "Email"];
 /// The spec's Sent and Failed, what gateways report (Queued, Accepted, Delivered,
-/// Undelivered, Expired), and Skipped / Cancelled for bulk recipients not sent to.
+/// Undelivered, Expired), Skipped / Cancelled for bulk recipients not sent to, and
+/// Scheduled for a bulk send's parent waiting for its start.
 pub const MESSAGE_STATUSES: &[&str] = &[
+    "Scheduled",
     "Queued",
     "Sent",
     "Accepted",
@@ -317,6 +319,7 @@ pub fn message_templates() -> Collection {
         ],
     )
     .access(SUPPORT, SUPPORT, SUPPORT, SUPPORT)
+    .rule(templates::rule())
     .hooks(TemplateHooks)
 }
 
@@ -369,7 +372,12 @@ pub fn suppressions() -> Collection {
         "suppressions",
         "Suppression",
         vec![
-            Field::new("address", "address", Kind::TEXT).required(),
+            Field::new("address", "address", Kind::TEXT)
+                .required()
+                .schema(json!({"anyOf": [
+                    isp_platform::openapi::field_input("address", Kind::Phone, true),
+                    isp_platform::openapi::field_input("address", Kind::Email, true),
+                ], "description": "A phone number (any form a phone field takes; stored in E.164) or an email address (stored in lower case)"})),
             Field::new("reason", "reason", Kind::TEXT)
                 .required()
                 .default_value(json!("Marked by staff")),

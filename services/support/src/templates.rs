@@ -57,6 +57,20 @@ pub fn variables_for(trigger: Option<&str>) -> Option<Vec<&'static str>> {
     Some(vars)
 }
 
+/// What [`check`] asks of a template bound to a trigger (or to none), as the
+/// documents' `x-rules` say it.
+pub fn rule() -> String {
+    let per_trigger: Vec<String> = TRIGGERS
+        .iter()
+        .map(|(t, extra)| format!("{t}: {}", extra.join(", ")))
+        .collect();
+    format!(
+        "content, subject: a template (minijinja) that parses and uses only {} and, bound to a triggerEvent, its variables ({})",
+        GENERAL.join(", "),
+        per_trigger.join("; ")
+    )
+}
+
 fn env() -> Environment<'static> {
     let mut env = Environment::new();
     // A variable missing at render time is a bug in our data, not blank text.

@@ -942,6 +942,22 @@ async fn bulk_sends_filter_dedupe_suppress_schedule_and_report_progress() {
     assert_eq!(r.body["suppressed"], 1);
     assert_eq!(r.body["doc"]["status"], "Scheduled");
     let scheduled = r.body["doc"]["id"].as_str().unwrap().to_string();
+    // Scheduled is one of the statuses the document lists, and a filter on it
+    // finds the send.
+    let doc = app.get("/api/support/openapi.json", &token).await;
+    let statuses = &doc.body["components"]["schemas"]["Message"]["properties"]["status"]["enum"];
+    assert!(
+        statuses.as_array().unwrap().contains(&json!("Scheduled")),
+        "{statuses}"
+    );
+    let r = app
+        .get(
+            "/api/support/messages?where[status][equals]=Scheduled",
+            &token,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["docs"][0]["id"], json!(scheduled), "{:?}", r.body);
     // Scheduled for later: cancelled before it starts, nothing is sent.
     let r = app
         .post(

@@ -152,7 +152,7 @@ async fn get_one(
 /// Rejected, Not text) through processing again, once per message. The earlier
 /// outcome is kept in `previousOutcome`; the new one arrives like any other.
 #[utoipa::path(post, path = "/api/wa-parser/inboundMessages/{id}/reprocess", tag = "inboundMessages",
-    params(("id" = String, Path, description = "Inbound message id")),
+    params(("id" = uuid::Uuid, Path, description = "Inbound message id")),
     responses(
         (status = 202, description = "{doc: the message (outcome Pending), message}"),
         (status = 400, description = "Not a valid id"),

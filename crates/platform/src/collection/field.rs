@@ -186,12 +186,15 @@ pub fn canonical(f: &Field, v: &Value) -> Result<Value, String> {
     }
     match f.kind {
         Kind::Text { max } => {
-            let s = v.as_str().ok_or("Must be text.")?.trim();
+            let raw = v.as_str().ok_or("Must be text.")?;
+            // The bound is on what is sent (the documents' `maxLength`), spaces
+            // that trimming would drop included.
+            if raw.chars().count() > max {
+                return Err(format!("At most {max} characters."));
+            }
+            let s = raw.trim();
             if f.required && s.is_empty() {
                 return Err(format!("{} is required.", f.name));
-            }
-            if s.chars().count() > max {
-                return Err(format!("At most {max} characters."));
             }
             Ok(if s.is_empty() { Value::Null } else { json!(s) })
         }
@@ -303,7 +306,7 @@ pub fn canonical(f: &Field, v: &Value) -> Result<Value, String> {
             if s.chars().count() < 8 {
                 return Err("Must be at least 8 characters.".into());
             }
-            if s.len() > 256 {
+            if s.chars().count() > 256 {
                 return Err("At most 256 characters.".into());
             }
             Ok(json!(s))
@@ -328,9 +331,10 @@ fn valid_email(s: &str) -> bool {
     let Some((local, domain)) = s.split_once('@') else {
         return false;
     };
+    // Characters, not bytes: the documents' lengths count characters.
     !local.is_empty()
-        && local.len() <= 64
-        && domain.len() <= 253
+        && local.chars().count() <= 64
+        && domain.chars().count() <= 253
         && domain.contains('.')
         && !domain.starts_with('.')
         && !domain.ends_with('.')
@@ -369,5 +373,27 @@ mod tests {
         let int = Field::new("n", "n", Kind::Int { min: 1, max: 10 });
         assert!(canonical(&int, &json!(11)).is_err());
         assert!(canonical(&int, &json!(1.5)).is_err());
+    }
+
+    /// Lengths are the documents' `maxLength`: characters of what is sent.
+    #[test]
+    fn lengths_count_characters_of_what_is_sent() {
+        let text = Field::new("t", "t", Kind::Text { max: 5 });
+        assert_eq!(canonical(&text, &json!(" abc ")).unwrap(), json!("abc"));
+        assert!(
+            canonical(&text, &json!("abc    ")).is_err(),
+            "spaces count before trimming"
+        );
+        assert_eq!(canonical(&text, &json!("ééééé")).unwrap(), json!("ééééé"));
+        let pw = Field::new("p", "p", Kind::Password);
+        assert!(
+            canonical(&pw, &json!("é".repeat(256))).is_ok(),
+            "256 characters"
+        );
+        assert!(canonical(&pw, &json!("é".repeat(257))).is_err());
+        let email = Field::new("e", "e", Kind::Email);
+        let local = "é".repeat(64);
+        assert!(canonical(&email, &json!(format!("{local}@example.co"))).is_ok());
+        assert!(canonical(&email, &json!(format!("{local}é@example.co"))).is_err());
     }
 }

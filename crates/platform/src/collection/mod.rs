@@ -65,6 +65,9 @@ pub struct Collection {
     /// Operations beyond CRUD that custom routes authorize through the collection
     /// ([`Operation::Action`]): name and roles.
     actions: Vec<(&'static str, Roles)>,
+    /// What the collection's hooks check on create and update that no schema can
+    /// say (see [`Collection::rule`]).
+    rules: Vec<String>,
 }
 
 /// How the engine serves one CRUD operation of a collection.
@@ -141,6 +144,7 @@ impl Collection {
             serve: [Serve::Engine; 4],
             idempotent_create: false,
             actions: vec![],
+            rules: vec![],
         };
         c.select_sql = c.build_select();
         c
@@ -201,6 +205,18 @@ impl Collection {
     pub fn action(mut self, name: &'static str, roles: Roles) -> Self {
         self.actions.push((name, roles));
         self
+    }
+    /// A rule the hooks check on create and update that JSON Schema cannot state
+    /// (a template's variables, which depend on another field): documented as the
+    /// operations' `x-rules`, where a schema-valid body may be refused with a 400
+    /// naming the field. Say the rule as `field: what it must be`.
+    pub fn rule(mut self, rule: impl Into<String>) -> Self {
+        self.rules.push(rule.into());
+        self
+    }
+    /// The collection's [`Collection::rule`]s.
+    pub fn rules(&self) -> &[String] {
+        &self.rules
     }
     fn set_serve(&mut self, op: Operation, serve: Serve) {
         let i = op
