@@ -3,14 +3,12 @@
 //! which `crates/testkit` does not depend on.
 #![allow(dead_code)] // each test crate uses a part
 
-use std::time::Duration;
-
 use isp_standin_sms::StandIns;
 use isp_testkit::{eventually, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use svc_notify::provider::africastalking::AfricasTalkingConfig;
-use svc_notify::{EmailProvider, SmsProvider};
+use svc_notify::SmsProvider;
 
 /// Notify sending SMS through the Africa's Talking stand-in `gw` (sender id
 /// `sender`), as fast as it can, with delivery reports under `callback_token`.
@@ -20,29 +18,15 @@ pub fn notify_through_africastalking(
     callback_token: &str,
 ) -> svc_notify::Settings {
     let o = gw.options();
-    svc_notify::Settings {
-        sms: SmsProvider::AfricasTalking(AfricasTalkingConfig {
+    svc_notify::Settings::unthrottled(
+        SmsProvider::AfricasTalking(AfricasTalkingConfig {
             username: o.at_username.clone(),
             api_key: o.at_api_key.clone(),
             sender_id: Some(sender.into()),
             base_url: gw.base_url.clone(),
         }),
-        email: EmailProvider::Log,
-        sms_rate_per_second: 0.0,
-        email_rate_per_second: 0.0,
-        concurrency: 4,
-        request_consumers: 2,
-        max_attempts: 5,
-        retry_base: Duration::from_millis(100),
-        retry_max: Duration::from_millis(500),
-        request_timeout: Duration::from_secs(5),
-        lease: Duration::from_secs(30),
-        poll_interval: Duration::from_millis(200),
-        at_callback_token: callback_token.into(),
-        twilio_auth_token: None,
-        twilio_status_url: "http://127.0.0.1:9/unused".into(),
-        twilio_inbound_url: "http://127.0.0.1:9/unused".into(),
-    }
+        callback_token,
+    )
 }
 
 /// A walk-in subscriber created in Billing (once Billing knows the plan named in

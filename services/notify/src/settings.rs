@@ -142,6 +142,29 @@ fn secs(key: &str, default: f64) -> anyhow::Result<Duration> {
 }
 
 impl Settings {
+    /// SMS through `sms`, email logged, unthrottled, with short retries: what tests
+    /// and benchmarks run with against a local stand-in.
+    pub fn unthrottled(sms: SmsProvider, at_callback_token: &str) -> Self {
+        Self {
+            sms,
+            email: EmailProvider::Log,
+            sms_rate_per_second: 0.0,
+            email_rate_per_second: 0.0,
+            concurrency: 4,
+            request_consumers: 2,
+            max_attempts: 5,
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(5),
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(200),
+            at_callback_token: at_callback_token.into(),
+            twilio_auth_token: None,
+            twilio_status_url: "http://127.0.0.1:9/unused".into(),
+            twilio_inbound_url: "http://127.0.0.1:9/unused".into(),
+        }
+    }
+
     pub fn from_env(platform: &PlatformConfig) -> anyhow::Result<Self> {
         let public = platform.public_url.trim_end_matches('/').to_string();
         let twilio_status_url = env_or(
