@@ -105,8 +105,9 @@ impl Sum {
 /// `matched + unallocated = receipts` (always true: each receipt is counted in
 /// exactly one of them).
 #[utoipa::path(get, path = "/api/mpesa/reconciliation", tag = "payments",
-    params(("from" = String, Query, description = "First day (YYYY-MM-DD)"),
-           ("to" = String, Query, description = "Last day (YYYY-MM-DD), included")),
+    params(("from" = chrono::NaiveDate, Query, description = "First day (YYYY-MM-DD)"),
+           ("to" = chrono::NaiveDate, Query, description = "Last day (YYYY-MM-DD), included")),
+    extensions(("x-rules" = json!(["to: not before from, and at most 366 days after it"]))),
     responses(
         (status = 200, description = "{from, to, receipts, matched, unallocated: {count, total}, bySource: {stk, c2b}, unallocatedReceipts: [{receipt, amount, accountReference, billRefNumber, transactionTime, suggestedSubscriber}], commissionsPaid, commissionsInFlight: {count, total}, net, balanced}"),
         (status = 400, description = "Every bad parameter named: from, to (missing, not a date, to before from, more than 366 days); unknown parameters"),
