@@ -12,6 +12,8 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+mod common;
+
 use isp_testkit::freeradius::{FreeRadiusParams, TestFreeRadius};
 use isp_testkit::{eventually, TestApp};
 use reqwest::StatusCode;
@@ -64,46 +66,19 @@ struct Sub {
 
 async fn installed(app: &TestApp, admin: &str, ne: &str, plan: &str, phone: &str) -> Sub {
     let walk_in = json!({"firstName": "Otieno", "lastName": "Odhiambo", "mpesaNumber": phone, "servicePlan": plan, "billingCycle": "Monthly"});
-    let created = eventually(15, || async {
-        let r = app
-            .post("/api/billing/subscribers", admin, walk_in.clone())
-            .await;
-        (r.status == StatusCode::CREATED).then_some(r)
-    })
-    .await
-    .expect("Billing learns the plan");
-    let id = created.body["doc"]["id"].as_str().unwrap().to_string();
-    let order = eventually(15, || async {
-        let r = app
-            .get(
-                &format!("/api/noc/workOrders?where[subscriber][equals]={id}"),
-                ne,
-            )
-            .await;
-        r.body["docs"][0]["id"].as_str().map(String::from)
-    })
-    .await
-    .expect("installation work order");
-    let r = app
-        .patch(
-            &format!("/api/noc/workOrders/{order}"),
-            ne,
-            json!({"status": "Completed"}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    assert!(status_of(app, admin, &id, "Active").await.is_some());
+    let created = common::installed_subscriber(app, admin, ne, walk_in).await;
+    let id = created["doc"]["id"].as_str().unwrap().to_string();
     let tech = app
         .get(&format!("/api/noc/subscribers/{id}"), ne)
         .await
         .body;
     Sub {
-        invoice: created.body["invoice"]["id"].as_str().unwrap().to_string(),
-        account: created.body["doc"]["accountNumber"]
+        invoice: created["invoice"]["id"].as_str().unwrap().to_string(),
+        account: created["doc"]["accountNumber"]
             .as_str()
             .unwrap()
             .to_string(),
-        amount: created.body["invoice"]["amountDue"]
+        amount: created["invoice"]["amountDue"]
             .as_str()
             .unwrap()
             .to_string(),

@@ -140,11 +140,17 @@ async fn reconciliation(
         return Err(ApiError::BadRequest(errors));
     };
     let tz = m.ctx.config.timezone;
+    // A configured zone may skip a midnight (a DST gap): the day then starts at
+    // its first local hour that exists, never a panic.
     let start = |d: NaiveDate| -> DateTime<Utc> {
-        tz.from_local_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight"))
-            .earliest()
-            .expect("a local midnight")
-            .with_timezone(&Utc)
+        let local = |h: u32| {
+            d.and_hms_opt(h, 0, 0)
+                .and_then(|t| tz.from_local_datetime(&t).earliest())
+        };
+        (0..3)
+            .find_map(local)
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_else(|| d.and_time(chrono::NaiveTime::MIN).and_utc())
     };
     let (lo, hi) = (start(from), start(to + chrono::Duration::days(1)));
 
