@@ -12,6 +12,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
+use chrono::Timelike;
 use isp_platform::auth::{HasKeys, Keys, Principal, Role, Roles};
 use isp_platform::{ApiError, ApiResult};
 use serde_json::{json, Value};
@@ -301,8 +302,11 @@ async fn c2b_credit(
 
 /// Pull Transactions over the last 48 hours: (rows seen, receipts credited).
 pub(crate) async fn pull_once(m: &Mpesa) -> anyhow::Result<(usize, usize)> {
-    let to = chrono::Utc::now();
-    let from = to - chrono::Duration::hours(48);
+    // Daraja's dates have whole seconds: the end is rounded up, or a receipt
+    // from the current second would wait for the next pull.
+    let now = chrono::Utc::now();
+    let to = now.with_nanosecond(0).unwrap_or(now) + chrono::Duration::seconds(1);
+    let from = now - chrono::Duration::hours(48);
     let res = m.daraja.pull_transactions(from, to).await;
     let rows = match res {
         Ok((_, rows)) => rows,
