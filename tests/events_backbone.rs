@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,16 @@ impl Env {
         let spec = ConsumerSpec::new(durable, "isp.crm.>");
         self.tasks.push(spawn_consumer(
             pool.clone(),
+            self.bus.js.clone(),
+            spec,
+            handler,
+            self.shutdown.clone(),
+        ));
+    }
+
+    fn consumer_spec(&mut self, spec: ConsumerSpec, handler: impl EventHandler) {
+        self.tasks.push(spawn_consumer(
+            self.pool.clone(),
             self.bus.js.clone(),
             spec,
             handler,
@@ -660,4 +670,82 @@ async fn event_and_service_migrations_share_the_schemas_migrations_table() {
     }
     pool.close().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A consumer in lanes applies events of different keys at once and each key's
+/// in stream order: here three referrers' conversions, four lanes, a handler that
+/// takes a while. At most one event per key is ever in hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_in_lanes_keeps_each_keys_order_and_overlaps_other_keys() {
+    let mut env = Env::new().await;
+    sqlx::query("CREATE TABLE applied (seq bigserial, referrer uuid NOT NULL, converted_at timestamptz NOT NULL)")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let in_hand = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (h, m) = (in_hand.clone(), most.clone());
+    let handler = handler_fn(move |tx, ev| {
+        let (h, m) = (h.clone(), m.clone());
+        Box::pin(async move {
+            let Some(lead) = ev.payload::<LeadConverted>()? else {
+                return Ok(());
+            };
+            m.fetch_max(h.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(15)).await;
+            sqlx::query("INSERT INTO applied (referrer, converted_at) VALUES ($1, $2)")
+                .bind(lead.referred_by)
+                .bind(lead.converted_at)
+                .execute(&mut *tx)
+                .await?;
+            h.fetch_sub(1, Ordering::SeqCst);
+            Ok(())
+        })
+    });
+    env.consumer_spec(
+        ConsumerSpec::new("t-lanes", "isp.crm.>")
+            .lanes(4, |ev| ev.data["referredBy"].as_str().map(String::from)),
+        handler,
+    );
+    env.relay();
+
+    let referrers: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    let start: chrono::DateTime<chrono::Utc> = "2026-01-15T09:00:00Z".parse().unwrap();
+    let mut tx = env.pool.begin().await.unwrap();
+    for i in 0..60i64 {
+        let mut lead = lead_converted();
+        lead.referred_by = Some(referrers[(i % 3) as usize]);
+        lead.converted_at = start + chrono::Duration::seconds(i);
+        outbox::enqueue(&mut tx, "crm", &lead).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    let pool = env.pool.clone();
+    eventually("60 events applied", Duration::from_secs(30), || async {
+        count(&pool, "SELECT count(*) FROM applied").await == 60
+    })
+    .await;
+    for r in &referrers {
+        let order: Vec<chrono::DateTime<chrono::Utc>> =
+            sqlx::query_scalar("SELECT converted_at FROM applied WHERE referrer = $1 ORDER BY seq")
+                .bind(r)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(order.len(), 20);
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "one key's events in stream order"
+        );
+    }
+    let most = most.load(Ordering::SeqCst);
+    assert!(
+        most >= 2,
+        "different keys were applied at once (at most {most} in hand)"
+    );
+    assert!(
+        most <= 3,
+        "never two events of one key at once (saw {most} in hand)"
+    );
+    env.stop().await;
 }

@@ -10,6 +10,7 @@
 //! delivering the rest). Two replicas racing on the same event serialize on the
 //! primary key: the second waits for the first's commit, then sees the row.
 
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, message::AckKind};
 use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use sqlx::{PgConnection, PgPool};
 use tokio::task::JoinHandle;
@@ -27,7 +29,8 @@ use crate::backoff::{exponential, Backoff};
 use crate::bus::STREAM_NAME;
 use crate::envelope::{CloudEvent, TRACEPARENT_HEADER};
 
-/// Which events a consumer wants, under which durable name.
+/// Which events a consumer wants, under which durable name, and how many it may
+/// apply at once.
 #[derive(Debug, Clone)]
 pub struct ConsumerSpec {
     /// Durable consumer name, also the `consumer` key in `processed_events`;
@@ -35,6 +38,13 @@ pub struct ConsumerSpec {
     pub durable: String,
     /// e.g. `isp.core.>` or `isp.>` (NATS 2.9: one filter per consumer).
     pub filter_subject: String,
+    /// Events applied at once, each in its own transaction (1: one after the
+    /// other, in stream order).
+    pub lanes: usize,
+    /// With several lanes, events with the same key are still applied one after
+    /// the other, in stream order; events with different keys may overtake each
+    /// other. `None`: no ordering needed. Default: the event's `subject`.
+    pub key: fn(&CloudEvent) -> Option<String>,
 }
 
 impl ConsumerSpec {
@@ -42,7 +52,18 @@ impl ConsumerSpec {
         Self {
             durable: durable.into(),
             filter_subject: filter_subject.into(),
+            lanes: 1,
+            key: |ev| ev.subject.clone(),
         }
+    }
+
+    /// Up to `lanes` events in flight, ordered per `key`. For handlers whose
+    /// events on different keys commute (e.g. payments of different accounts):
+    /// a serial consumer's throughput is one transaction's round trips.
+    pub fn lanes(mut self, lanes: usize, key: fn(&CloudEvent) -> Option<String>) -> Self {
+        self.lanes = lanes.max(1);
+        self.key = key;
+        self
     }
 }
 
@@ -179,49 +200,132 @@ async fn run<H: EventHandler>(
             }
         };
 
-        loop {
-            let pulled = tokio::select! {
-                _ = shutdown.cancelled() => break 'setup,
-                r = consumer.batch().max_messages(PULL_BATCH).expires(PULL_EXPIRES).messages() => r,
-            };
-            let mut batch = match pulled {
-                Ok(b) => b,
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(error = %e, retry_in = ?delay, "pull request failed");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break 'setup,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    continue 'setup;
-                }
-            };
-            loop {
-                let next = tokio::select! {
-                    _ = shutdown.cancelled() => break 'setup,
-                    n = batch.next() => n,
-                };
-                match next {
-                    None => break, // batch done or expired: pull again
-                    Some(Ok(msg)) => {
-                        backoff.reset();
-                        process(&pool, &spec.durable, &handler, msg).await;
-                    }
-                    Some(Err(e)) => {
-                        // e.g. the consumer was deleted or NATS restarted: set up again.
-                        let delay = backoff.next_delay();
-                        tracing::warn!(error = %e, retry_in = ?delay, "pull failed");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break 'setup,
-                            _ = tokio::time::sleep(delay) => {}
+        // In flight: each future answers its message's key; messages whose key is
+        // in flight wait behind it, so one key's events stay in stream order.
+        let mut running = FuturesUnordered::new();
+        let mut waiting: HashMap<String, VecDeque<jetstream::Message>> = HashMap::new();
+        let mut queued = 0usize;
+        let mut batch: Option<jetstream::consumer::pull::Batch> = None;
+        // A pull request is never dropped half-sent (its messages would wait out
+        // the ack wait): it is kept across the loop's turns until it answers.
+        let mut pulling: Option<BoxFuture<'_, Result<_, _>>> = None;
+        let outcome: Flow = loop {
+            let room = running.len() + queued < spec.lanes;
+            if room && batch.is_none() && pulling.is_none() {
+                pulling = Some(Box::pin(pull(&consumer)));
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break Flow::Stop,
+                Some(key) = running.next(), if !running.is_empty() => {
+                    if let Some(key) = key {
+                        let next = waiting.get_mut(&key).and_then(VecDeque::pop_front);
+                        match next {
+                            Some(msg) => {
+                                queued -= 1;
+                                running.push(apply_message(&pool, &spec, &handler, Some(key), msg));
+                            }
+                            None => {
+                                waiting.remove(&key);
+                            }
                         }
-                        continue 'setup;
                     }
+                }
+                pulled = async { pulling.as_mut().expect("guarded").await }, if pulling.is_some() => match pulled {
+                    Ok(b) => {
+                        pulling = None;
+                        batch = Some(b);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pull request failed");
+                        break Flow::Retry;
+                    }
+                },
+                next = async { batch.as_mut().expect("guarded").next().await }, if room && batch.is_some() => {
+                    match next {
+                        None => batch = None, // batch done or expired: pull again
+                        Some(Ok(msg)) => {
+                            backoff.reset();
+                            let key = key_of(&spec, &msg);
+                            match key.as_ref().and_then(|k| waiting.get_mut(k)) {
+                                Some(line) => {
+                                    line.push_back(msg);
+                                    queued += 1;
+                                }
+                                None => {
+                                    if let Some(k) = &key {
+                                        waiting.insert(k.clone(), VecDeque::new());
+                                    }
+                                    running.push(apply_message(&pool, &spec, &handler, key, msg));
+                                }
+                            }
+                        }
+                        Some(Err(e)) => {
+                            // e.g. the consumer was deleted or NATS restarted: set up again.
+                            tracing::warn!(error = %e, "pull failed");
+                            break Flow::Retry;
+                        }
+                    }
+                }
+            }
+        };
+        // What is in hand is finished, not abandoned; what waits is handed back
+        // for redelivery now rather than after the ack wait.
+        while running.next().await.is_some() {}
+        for msg in waiting.into_values().flatten() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), msg.ack_with(AckKind::Nak(None)))
+                .await;
+        }
+        match outcome {
+            Flow::Stop => break 'setup,
+            Flow::Retry => {
+                let delay = backoff.next_delay();
+                tokio::select! {
+                    _ = shutdown.cancelled() => break 'setup,
+                    _ = tokio::time::sleep(delay) => {}
                 }
             }
         }
     }
     tracing::debug!("consumer stopped");
+}
+
+enum Flow {
+    Stop,
+    Retry,
+}
+
+async fn pull(
+    consumer: &jetstream::consumer::PullConsumer,
+) -> Result<jetstream::consumer::pull::Batch, async_nats::jetstream::consumer::pull::BatchError> {
+    consumer
+        .batch()
+        .max_messages(PULL_BATCH)
+        .expires(PULL_EXPIRES)
+        .messages()
+        .await
+}
+
+/// The ordering key of a message (none for one that is not a CloudEvent: it is
+/// terminated without touching the database).
+fn key_of(spec: &ConsumerSpec, msg: &jetstream::Message) -> Option<String> {
+    if spec.lanes == 1 {
+        return Some(String::new());
+    }
+    CloudEvent::from_json(&msg.payload)
+        .ok()
+        .and_then(|ev| (spec.key)(&ev))
+}
+
+async fn apply_message<'a, H: EventHandler>(
+    pool: &'a PgPool,
+    spec: &'a ConsumerSpec,
+    handler: &'a H,
+    key: Option<String>,
+    msg: jetstream::Message,
+) -> Option<String> {
+    process(pool, &spec.durable, handler, msg).await;
+    key
 }
 
 fn desired_config(spec: &ConsumerSpec) -> pull::Config {

@@ -125,7 +125,7 @@ mod tests {
             download_speed: 10,
             upload_speed: 5,
             price: Decimal::from_str("1500.00").unwrap(),
-            billing_cycle: "Monthly".into(),
+            billing_cycle: crate::options::BillingCycle::Monthly,
             plan_enabled: true,
             active_for_new_signups: true,
             ip_assignment_type: "Dynamic".into(),

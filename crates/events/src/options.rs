@@ -2,8 +2,18 @@
 //! copy every service's collection definitions (`Kind::Select(X::ALL)`), hooks and
 //! consumers use. The service that owns a list is named on it; the others read it.
 
+/// What every spec enum is, for code generic over them (e.g. reading a stored
+/// document's field as one).
+pub trait Spec: Sized + Copy + 'static {
+    /// Every value, in the spec's order.
+    const ALL: &'static [&'static str];
+    fn parse(s: &str) -> Option<Self>;
+    fn as_str(self) -> &'static str;
+}
+
 /// An enum of spec strings: `ALL` (for `Kind::Select`), `as_str`, `parse`, serde as
-/// the string, and comparison with `&str` so a status check names the variant.
+/// the string, and comparison with `&str`, `Option<&str>` and a JSON value, so a
+/// status check names the variant.
 macro_rules! spec_enum {
     ($(#[$m:meta])* $name:ident { $($variant:ident = $s:literal),+ $(,)? }) => {
         $(#[$m])*
@@ -27,6 +37,43 @@ macro_rules! spec_enum {
                     $($s => Some(Self::$variant),)+
                     _ => None,
                 }
+            }
+        }
+
+        impl Spec for $name {
+            const ALL: &'static [&'static str] = $name::ALL;
+            fn parse(s: &str) -> Option<Self> {
+                $name::parse(s)
+            }
+            fn as_str(self) -> &'static str {
+                $name::as_str(self)
+            }
+        }
+
+        /// Stored as its spec string (a `text` column); reading a value that is
+        /// not one is an error, not a default.
+        impl sqlx::Type<sqlx::Postgres> for $name {
+            fn type_info() -> sqlx::postgres::PgTypeInfo {
+                <&str as sqlx::Type<sqlx::Postgres>>::type_info()
+            }
+            fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+                <&str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+            }
+        }
+
+        impl<'q> sqlx::Encode<'q, sqlx::Postgres> for $name {
+            fn encode_by_ref(
+                &self,
+                buf: &mut sqlx::postgres::PgArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<sqlx::Postgres>>::encode_by_ref(&self.as_str(), buf)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, sqlx::Postgres> for $name {
+            fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+                let s = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+                Self::parse(s).ok_or_else(|| format!("not a {}: {s:?}", stringify!($name)).into())
             }
         }
 
@@ -57,6 +104,19 @@ macro_rules! spec_enum {
         impl PartialEq<$name> for &str {
             fn eq(&self, other: &$name) -> bool {
                 *self == other.as_str()
+            }
+        }
+
+        impl PartialEq<$name> for Option<&str> {
+            fn eq(&self, other: &$name) -> bool {
+                *self == Some(other.as_str())
+            }
+        }
+
+        /// A stored document's field, e.g. `doc["status"] == InvoiceStatus::Draft`.
+        impl PartialEq<$name> for serde_json::Value {
+            fn eq(&self, other: &$name) -> bool {
+                self.as_str() == Some(other.as_str())
             }
         }
     };
@@ -132,6 +192,51 @@ spec_enum! {
 spec_enum! {
     /// A ticket's priority (Support owns it).
     TicketPriority { Low = "Low", Medium = "Medium", High = "High" }
+}
+
+spec_enum! {
+    /// A lead's status (CRM owns it).
+    LeadStatus {
+        New = "New",
+        Contacted = "Contacted",
+        SiteSurvey = "Site Survey",
+        Converted = "Converted",
+        Lost = "Lost",
+    }
+}
+
+spec_enum! {
+    /// Where a lead came from (CRM owns it).
+    LeadSource {
+        PartnerReferral = "Partner Referral",
+        Website = "Website",
+        DirectCall = "Direct Call",
+    }
+}
+
+spec_enum! {
+    /// A building's status (CRM owns it; NOC and Support read it).
+    BuildingStatus {
+        Prospecting = "Prospecting",
+        Negotiating = "Negotiating",
+        Active = "Active",
+        Lost = "Lost",
+    }
+}
+
+spec_enum! {
+    /// A network resource's type (NOC owns it; Support reads it).
+    ResourceType { Router = "Router", Antenna = "Antenna", Switch = "Switch", Cable = "Cable" }
+}
+
+spec_enum! {
+    /// A network resource's status (NOC owns it; Support reads it).
+    ResourceStatus {
+        InStock = "In Stock",
+        Deployed = "Deployed",
+        Faulty = "Faulty",
+        Retired = "Retired",
+    }
 }
 
 #[cfg(test)]

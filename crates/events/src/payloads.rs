@@ -20,6 +20,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::options::{
+    BillingCycle, BuildingStatus, ConnectionType, InvoiceStatus, LeadSource, LeadStatus,
+    PartnerStatus, PaymentMethod, ResourceStatus, ResourceType, StaffStatus, SubscriberStatus,
+    TicketPriority, TicketStatus,
+};
+
 /// A typed event payload. `TYPE` is the CloudEvents `type`, `SERVICE` the
 /// producing service; the NATS subject is `isp.<SERVICE>.<TYPE>`.
 pub trait EventPayload: Serialize + DeserializeOwned {
@@ -106,7 +112,7 @@ pub struct PlanSnapshot {
     /// KES per billing cycle.
     pub price: Decimal,
     /// `Monthly` | `Quarterly`.
-    pub billing_cycle: String,
+    pub billing_cycle: BillingCycle,
     pub plan_enabled: bool,
     pub active_for_new_signups: bool,
     /// `Dynamic` | `Static-Public`.
@@ -137,7 +143,7 @@ pub struct PartnerSnapshot {
     pub phone_number: String,
     pub mpesa_number: String,
     /// `Prospect` | `Active` | `Inactive`.
-    pub status: String,
+    pub status: PartnerStatus,
     /// KES per converted referral.
     pub commission_rate: Decimal,
     pub referral_count: i32,
@@ -163,7 +169,7 @@ pub struct StaffSnapshot {
     /// `Admin` | `Sales Agent` | `Billing Manager` | `Network Engineer` | `Technician` | `Support Agent`.
     pub role: String,
     /// `Active` | `Inactive`.
-    pub status: String,
+    pub status: StaffStatus,
     #[serde(default)]
     pub phone_number: Option<String>,
     /// Bumped by logout and by password, role and status changes: every service
@@ -191,9 +197,9 @@ snapshot_events! { StaffSnapshot, "core", |s| s.id;
 pub struct LeadSnapshot {
     pub id: Uuid,
     /// `New` | `Contacted` | `Site Survey` | `Converted` | `Lost`.
-    pub status: String,
+    pub status: LeadStatus,
     /// `Partner Referral` | `Website` | `Direct Call`.
-    pub lead_source: String,
+    pub lead_source: LeadSource,
     /// The referring partner.
     #[serde(default)]
     pub referred_by: Option<Uuid>,
@@ -231,7 +237,7 @@ pub struct BuildingSnapshot {
     pub name: String,
     pub address: String,
     /// `Prospecting` | `Negotiating` | `Active` | `Lost`.
-    pub status: String,
+    pub status: BuildingStatus,
     /// The caretaker partner.
     #[serde(default)]
     pub partner: Option<Uuid>,
@@ -266,11 +272,11 @@ pub struct SubscriberSnapshot {
     #[serde(default)]
     pub email: Option<String>,
     /// `Pending Installation` | `Active` | `Suspended` | `Deactivated`.
-    pub status: String,
+    pub status: SubscriberStatus,
     /// The plan id.
     pub service_plan: Uuid,
     /// `Monthly` | `Quarterly`.
-    pub billing_cycle: String,
+    pub billing_cycle: BillingCycle,
     #[serde(default)]
     pub next_due_date: Option<NaiveDate>,
     #[serde(default)]
@@ -327,7 +333,7 @@ pub struct InvoiceSnapshot {
     pub amount_due: Decimal,
     pub due_date: NaiveDate,
     /// `Draft` | `Unpaid` | `Paid` | `Overdue` | `Cancelled`.
-    pub status: String,
+    pub status: InvoiceStatus,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -351,7 +357,7 @@ pub struct PaymentReceived {
     pub subscriber: Uuid,
     pub amount_paid: Decimal,
     /// `Mpesa` | `Bank Transfer` | `Cash`.
-    pub payment_method: String,
+    pub payment_method: PaymentMethod,
     pub payment_date: NaiveDate,
     /// The subscriber's balance after this payment.
     pub account_balance: Decimal,
@@ -368,7 +374,7 @@ plain_event!(PaymentReceived, "billing", "payment.received", |e| e.id);
 pub struct SubscriberProvisioned {
     pub subscriber_id: Uuid,
     /// `PPPoE` | `IPoE/DHCP` | `Static IP` | `Hotspot`.
-    pub connection_type: String,
+    pub connection_type: ConnectionType,
     #[serde(default)]
     pub assigned_ip: Option<String>,
     pub radius_username: String,
@@ -387,7 +393,7 @@ plain_event!(
 #[serde(rename_all = "camelCase")]
 pub struct SubscriberNetworkUpdated {
     pub subscriber_id: Uuid,
-    pub connection_type: String,
+    pub connection_type: ConnectionType,
     #[serde(default)]
     pub assigned_ip: Option<String>,
     /// The router resource.
@@ -413,9 +419,9 @@ pub struct ResourceSnapshot {
     pub id: Uuid,
     pub resource_name: String,
     /// `Router` | `Antenna` | `Switch` | `Cable`.
-    pub resource_type: String,
+    pub resource_type: ResourceType,
     /// `In Stock` | `Deployed` | `Faulty` | `Retired`.
-    pub status: String,
+    pub status: ResourceStatus,
     /// The building.
     #[serde(default)]
     pub location: Option<Uuid>,
@@ -542,9 +548,9 @@ pub struct TicketSnapshot {
     pub assigned_to: Option<Uuid>,
     pub subject: String,
     /// e.g. `Open` | `In Progress` | `Resolved` | `Closed`.
-    pub status: String,
+    pub status: TicketStatus,
     /// e.g. `Low` | `Medium` | `High` | `Urgent`.
-    pub priority: String,
+    pub priority: TicketPriority,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -934,7 +940,7 @@ mod tests {
             invoice: Uuid::nil(),
             subscriber: Uuid::nil(),
             amount_paid: Decimal::new(150000, 2),
-            payment_method: "Mpesa".into(),
+            payment_method: PaymentMethod::Mpesa,
             payment_date: NaiveDate::from_ymd_opt(2026, 1, 31).unwrap(),
             account_balance: Decimal::ZERO,
         };

@@ -134,13 +134,22 @@ impl ServiceContext {
         Ok(())
     }
 
-    /// Starts a durable consumer for this service.
+    /// Starts a durable consumer for this service (one event at a time).
     pub fn consume<H: isp_events::EventHandler>(&self, durable: &str, filter: &str, handler: H) {
+        self.consume_spec(isp_events::ConsumerSpec::new(durable, filter), handler);
+    }
+
+    /// Starts a durable consumer described in full (e.g. with several lanes).
+    pub fn consume_spec<H: isp_events::EventHandler>(
+        &self,
+        spec: isp_events::ConsumerSpec,
+        handler: H,
+    ) {
         if let Some(bus) = self.bus() {
             isp_events::spawn_consumer(
                 self.pool.clone(),
                 bus.js,
-                isp_events::ConsumerSpec::new(durable, filter),
+                spec,
                 handler,
                 self.shutdown.clone(),
             );

@@ -164,6 +164,16 @@ impl<T: Send + Sync + 'static> Service<T> {
         self
     }
 
+    /// A consumer described in full, e.g. applying several events at once.
+    pub fn consume_spec<H: isp_events::EventHandler>(
+        self,
+        spec: isp_events::ConsumerSpec,
+        handler: H,
+    ) -> Self {
+        self.app.ctx.consume_spec(spec, handler);
+        self
+    }
+
     /// The finished router: collections, custom routes, health, readiness,
     /// metrics, the OpenAPI document and Swagger UI.
     pub fn router(self) -> Router {

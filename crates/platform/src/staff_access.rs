@@ -205,7 +205,8 @@ impl EventHandler for StaffAccessProjection {
         if let Some(s) = entity_change::<StaffSnapshot>(ev)? {
             PROJECTION
                 .upsert(tx, &s, |row, s| {
-                    row.bind(s.token_version).bind(s.status == "Active");
+                    row.bind(s.token_version)
+                        .bind(s.status == isp_events::options::StaffStatus::Active);
                 })
                 .await?;
         }

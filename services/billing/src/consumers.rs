@@ -38,7 +38,7 @@ impl EventHandler for CoreEvents {
                 .upsert(tx, &p, |row, p| {
                     row.bind(&p.name)
                         .bind(p.price)
-                        .bind(&p.billing_cycle)
+                        .bind(p.billing_cycle)
                         .bind(p.plan_enabled)
                         .bind(p.active_for_new_signups);
                 })
@@ -82,7 +82,7 @@ impl EventHandler for NocEvents {
                                 network_updated_at = $4, updated_at = now() WHERE id = $1",
                     )
                     .bind(n.subscriber_id)
-                    .bind(&n.connection_type)
+                    .bind(n.connection_type)
                     .bind(&n.assigned_ip)
                     .bind(at)
                     .execute(&mut *tx)
@@ -122,12 +122,12 @@ impl NocEvents {
              WHERE id = $1 AND (network_updated_at IS NULL OR network_updated_at <= $4)",
         )
         .bind(p.subscriber_id)
-        .bind(&p.connection_type)
+        .bind(p.connection_type)
         .bind(&p.assigned_ip)
         .bind(p.at)
         .execute(&mut *tx)
         .await?;
-        if status == "Pending Installation" {
+        if status == isp_events::options::SubscriberStatus::PendingInstallation {
             let activated = p.at.with_timezone(&self.ctx.config.timezone).date_naive();
             let start = first_period_start(activated, trial_end);
             sqlx::query(
@@ -175,6 +175,15 @@ impl EventHandler for MpesaEvents {
 }
 
 impl MpesaEvents {
+    /// Payments to one account are recorded in order (they settle the same
+    /// invoices and balance); different accounts' in parallel.
+    pub fn lane(ev: &CloudEvent) -> Option<String> {
+        match ev.data.get("accountReference").and_then(|a| a.as_str()) {
+            Some(account) => Some(account.trim().to_string()),
+            None => ev.subject.clone(),
+        }
+    }
+
     /// A partner's commission paid by B2C: an expense (category Commissions, the
     /// M-Pesa receipt as its reference), once per commission: the expense's id is
     /// the commission's, so a second event for it changes nothing.

@@ -241,7 +241,7 @@ pub async fn settle(
         .fetch_one(&mut *tx)
         .await?;
         left -= take;
-        if status == "Paid" {
+        if status == isp_events::options::InvoiceStatus::Paid {
             paid.push(Settled {
                 invoice,
                 period_end,
@@ -312,10 +312,10 @@ pub async fn apply_payment(
     ctx: &ServiceContext,
     payment: &Value,
 ) -> anyhow::Result<()> {
-    let p = |k: &str| payment[k].as_str().unwrap_or_default().to_string();
-    let id: Uuid = p("id").parse()?;
-    let invoice: Uuid = p("invoice").parse()?;
-    let amount: Decimal = p("amountPaid").parse()?;
+    use isp_platform::collection::stored;
+    let id = stored::uuid(payment, "id")?;
+    let invoice = stored::uuid(payment, "invoice")?;
+    let amount = stored::money(payment, "amountPaid")?;
     let subscriber: Uuid = sqlx::query_scalar("SELECT subscriber_id FROM invoices WHERE id = $1")
         .bind(invoice)
         .fetch_one(&mut *tx)
@@ -336,12 +336,16 @@ pub async fn apply_payment(
         ctx.name,
         &PaymentReceived {
             id,
-            payment_reference: p("paymentReference"),
+            payment_reference: payment["paymentReference"]
+                .as_str()
+                .ok_or_else(|| anyhow::anyhow!("a payment without paymentReference"))?
+                .to_string(),
             invoice,
             subscriber,
             amount_paid: amount,
-            payment_method: p("paymentMethod"),
-            payment_date: p("paymentDate").parse()?,
+            payment_method: stored::option(payment, "paymentMethod")?,
+            payment_date: stored::date(payment.get("paymentDate"), "paymentDate")?
+                .ok_or_else(|| anyhow::anyhow!("a payment without paymentDate"))?,
             account_balance: balance,
         },
     )

@@ -74,11 +74,16 @@ pub async fn start(ctx: Arc<ServiceContext>) -> anyhow::Result<Router> {
 }
 
 /// Billing's own settings (docs/billing.md, *Settings*).
+const DEFAULT_PAYMENT_LANES: usize = 4;
+
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     pub settings: daily::Settings,
     pub receipt_max_bytes: usize,
     pub schedule: daily::Schedule,
+    /// M-Pesa payments recorded at once (`ISP_BILLING_PAYMENT_LANES`, default 4);
+    /// one account's payments are still recorded one after the other.
+    pub payment_lanes: usize,
 }
 
 impl Default for Options {
@@ -91,6 +96,7 @@ impl Default for Options {
                 at: chrono::NaiveTime::from_hms_opt(0, 30, 0).expect("valid time"),
                 enabled: true,
             },
+            payment_lanes: DEFAULT_PAYMENT_LANES,
         }
     }
 }
@@ -101,6 +107,10 @@ impl Options {
             settings: daily::Settings::from_env()?,
             receipt_max_bytes: expenses::receipt_max_bytes()?,
             schedule: daily::Schedule::from_env()?,
+            payment_lanes: isp_platform::config::env_parse(
+                "ISP_BILLING_PAYMENT_LANES",
+                DEFAULT_PAYMENT_LANES,
+            )?,
         })
     }
 }
@@ -127,6 +137,7 @@ pub async fn start_with(ctx: Arc<ServiceContext>, options: Options) -> anyhow::R
     let store = storage::from_env(&ctx.config.data_dir)?;
     let colls = Arc::new(Collections::new(store.clone()));
     daily::spawn_scheduler(ctx.clone(), options.schedule, options.settings);
+    let (receipt_max_bytes, payment_lanes) = (options.receipt_max_bytes, options.payment_lanes);
     Ok(svc
         .with(State {
             colls: colls.clone(),
@@ -140,7 +151,7 @@ pub async fn start_with(ctx: Arc<ServiceContext>, options: Options) -> anyhow::R
         .collection(&colls.daily_runs)
         .collection(&colls.unallocated)
         .routes(subscribers::routes())
-        .routes(expenses::routes(options.receipt_max_bytes))
+        .routes(expenses::routes(receipt_max_bytes))
         .routes(daily::routes())
         .routes(unallocated::routes())
         .consume("billing-core", "isp.core.>", consumers::CoreEvents)
@@ -149,9 +160,9 @@ pub async fn start_with(ctx: Arc<ServiceContext>, options: Options) -> anyhow::R
             "isp.noc.>",
             consumers::NocEvents { ctx: ctx.clone() },
         )
-        .consume(
-            "billing-mpesa",
-            "isp.mpesa.>",
+        .consume_spec(
+            isp_events::ConsumerSpec::new("billing-mpesa", "isp.mpesa.>")
+                .lanes(payment_lanes, consumers::MpesaEvents::lane),
             consumers::MpesaEvents {
                 ctx,
                 payments: colls.payments.clone(),

@@ -496,7 +496,7 @@ async fn a_cycle_changed_before_installation_applies_after_the_first_paid_period
         "noc",
         &isp_events::payloads::SubscriberProvisioned {
             subscriber_id: id,
-            connection_type: "PPPoE".into(),
+            connection_type: isp_events::options::ConnectionType::Pppoe,
             assigned_ip: None,
             radius_username: "acct".into(),
             at,
@@ -533,7 +533,7 @@ async fn noc_provisioning_activates_the_subscriber_and_mirrors_network_fields() 
         .with_timezone(&chrono::Utc);
     let ev = isp_events::payloads::SubscriberProvisioned {
         subscriber_id: id,
-        connection_type: "PPPoE".into(),
+        connection_type: isp_events::options::ConnectionType::Pppoe,
         assigned_ip: Some("100.64.0.7".into()),
         radius_username: "acct".into(),
         at,
@@ -558,7 +558,7 @@ async fn noc_provisioning_activates_the_subscriber_and_mirrors_network_fields() 
         "noc",
         &isp_events::payloads::SubscriberNetworkUpdated {
             subscriber_id: id,
-            connection_type: "Static IP".into(),
+            connection_type: isp_events::options::ConnectionType::StaticIp,
             assigned_ip: Some("41.90.1.2".into()),
             router: None,
             at: Some(chrono::Utc::now()),
@@ -587,7 +587,7 @@ async fn noc_provisioning_activates_the_subscriber_and_mirrors_network_fields() 
             "noc",
             &isp_events::payloads::SubscriberNetworkUpdated {
                 subscriber_id: id,
-                connection_type: "Static IP".into(),
+                connection_type: isp_events::options::ConnectionType::StaticIp,
                 assigned_ip: ip.map(Into::into),
                 router: None,
                 at: Some(chrono::Utc::now() - chrono::Duration::seconds(ago)),

@@ -182,7 +182,7 @@ async fn login(
         tx.commit().await?;
         return Err(ApiError::unauthorized(BAD_CREDENTIALS));
     }
-    if row.status != "Active" {
+    if row.status != isp_events::options::StaffStatus::Active {
         return Err(ApiError::unauthorized("This account is inactive."));
     }
     sqlx::query("UPDATE staff SET login_attempts = 0, lock_until = NULL WHERE id = $1")
@@ -216,7 +216,7 @@ async fn current(st: &App, parts_token: Option<&str>) -> ApiResult<(StaffAuthRow
             "This session has ended. Please log in again.",
         ));
     }
-    if row.status != "Active" {
+    if row.status != isp_events::options::StaffStatus::Active {
         return Err(ApiError::unauthorized("This account is inactive."));
     }
     Ok((row, claims))

@@ -80,8 +80,10 @@ impl Hooks for StaffHooks {
         }
         if let Some(existing) = c.existing {
             let id = c.uuid("id").unwrap_or_default();
-            let was_active_admin = existing["role"] == "Admin" && existing["status"] == "Active";
-            let stays = c.str("role") == Some("Admin") && c.str("status") == Some("Active");
+            let was_active_admin = existing["role"] == "Admin"
+                && existing["status"] == isp_events::options::StaffStatus::Active;
+            let stays = c.str("role") == Some("Admin")
+                && c.str("status") == isp_events::options::StaffStatus::Active;
             if was_active_admin && !stays {
                 // Sorting rows under FOR UPDATE is not needed: one admin change at a
                 // time is enough for this rare path, so take a transaction lock.
@@ -128,7 +130,7 @@ impl Hooks for StaffHooks {
         if p.staff_id() == Some(id) {
             return Err(ApiError::conflict("You cannot delete your own account."));
         }
-        if doc["role"] == "Admin" && doc["status"] == "Active" {
+        if doc["role"] == "Admin" && doc["status"] == isp_events::options::StaffStatus::Active {
             sqlx::query("SELECT pg_advisory_xact_lock(7340101)")
                 .execute(&mut *tx)
                 .await?;
@@ -149,7 +151,7 @@ impl Hooks for StaffHooks {
     ) -> ApiResult<()> {
         // Other services see the member as Inactive from now on.
         let mut snap: StaffSnapshot = snapshot(doc)?;
-        snap.status = "Inactive".into();
+        snap.status = isp_events::options::StaffStatus::Inactive;
         snap.updated_at = chrono::Utc::now();
         enqueue(tx, ctx.name, &StaffUpdated(snap))
             .await

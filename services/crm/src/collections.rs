@@ -1,6 +1,7 @@
 //! buildings, buildingUnits and leads: fields, access and the rules that span fields.
 
 use async_trait::async_trait;
+use isp_events::options::{BuildingStatus, LeadSource, LeadStatus};
 use isp_events::payloads::*;
 use isp_platform::auth::{Principal, Role, Roles};
 use isp_platform::collection::Hooks;
@@ -16,11 +17,11 @@ use uuid::Uuid;
 /// spec gives Support "Tickets and Messages" and subscriber data, not the pipeline.
 pub const SALES: Roles = Roles::of(&[Role::Admin, Role::SalesAgent]);
 
-pub const BUILDING_STATUS: &[&str] = &["Prospecting", "Negotiating", "Active", "Lost"];
+pub const BUILDING_STATUS: &[&str] = BuildingStatus::ALL;
 pub const UNIT_STATUS: &[&str] = &["Vacant", "Occupied", "Lead", "Subscriber"];
-pub const LEAD_STATUS: &[&str] = &["New", "Contacted", "Site Survey", "Converted", "Lost"];
-pub const LEAD_SOURCES: &[&str] = &["Partner Referral", "Website", "Direct Call"];
-pub const PARTNER_REFERRAL: &str = "Partner Referral";
+pub const LEAD_STATUS: &[&str] = LeadStatus::ALL;
+pub const LEAD_SOURCES: &[&str] = LeadSource::ALL;
+pub const PARTNER_REFERRAL: &str = LeadSource::PartnerReferral.as_str();
 
 pub(crate) fn internal(e: anyhow::Error) -> ApiError {
     ApiError::Internal(e)
@@ -68,9 +69,9 @@ async fn partner_problem(
             .await?;
     Ok(match status {
         None => Some(format!("Unknown partner {id}.")),
-        Some(s) if must_be_active && s != "Active" => Some(format!(
-            "The referring partner must be Active (this one is {s})."
-        )),
+        Some(s) if must_be_active && s != isp_events::options::PartnerStatus::Active => Some(
+            format!("The referring partner must be Active (this one is {s})."),
+        ),
         Some(_) => None,
     })
 }
@@ -245,7 +246,7 @@ impl Hooks for LeadHooks {
             .existing
             .and_then(|e| e["status"].as_str())
             .map(str::to_owned);
-        if old_status.as_deref() == Some("Converted") {
+        if old_status.as_deref() == LeadStatus::Converted {
             // The subscriber exists and the referral was counted: what the
             // conversion was based on stays as it was. Notes may still be added.
             for f in ["status", "leadSource", "referredBy", "serviceLocation"] {
@@ -260,7 +261,7 @@ impl Hooks for LeadHooks {
         }
         if c.changed("status") {
             let to = c.str("status").unwrap_or_default().to_owned();
-            if to == "Converted" {
+            if to == LeadStatus::Converted {
                 return Err(ApiError::conflict_field(
                     "status",
                     "A lead is converted with POST /api/crm/leads/{id}/convert (plan, billing cycle, one-off charges), which creates the subscriber in Billing; its status cannot be set to Converted directly.",
@@ -338,7 +339,7 @@ impl Hooks for LeadHooks {
             None => true,
             Some(p) => {
                 p["serviceLocation"] != doc["serviceLocation"]
-                    || (p["status"] == "Lost" && doc["status"] != "Lost")
+                    || (p["status"] == LeadStatus::Lost && doc["status"] != LeadStatus::Lost)
             }
         };
         if open && touches_unit {
@@ -358,7 +359,7 @@ impl Hooks for LeadHooks {
         _p: &Principal,
         doc: &Value,
     ) -> ApiResult<()> {
-        if doc["status"] == "Converted" {
+        if doc["status"] == LeadStatus::Converted {
             return Err(ApiError::conflict(
                 "A converted lead is the record of a subscriber's sale and referral; it cannot be deleted.",
             ));

@@ -23,7 +23,7 @@ impl EventHandler for CoreEvents {
         if let Some(p) = entity_change::<PartnerSnapshot>(ev)? {
             PARTNERS
                 .upsert(tx, &p, |row, p| {
-                    row.bind(&p.full_name).bind(&p.phone_number).bind(&p.status);
+                    row.bind(&p.full_name).bind(&p.phone_number).bind(p.status);
                 })
                 .await?;
         }
@@ -55,8 +55,8 @@ async fn upsert_resource(
     let applied = RESOURCES
         .upsert(tx, r, |row, r| {
             row.bind(&r.resource_name)
-                .bind(&r.resource_type)
-                .bind(&r.status)
+                .bind(r.resource_type)
+                .bind(r.status)
                 .bind(r.location);
         })
         .await?;

@@ -63,7 +63,7 @@ pub struct ConvertInput {
     pub one_off_charges: Vec<Value>,
 }
 
-const BILLING_CYCLES: &[&str] = &["Monthly", "Quarterly"];
+const BILLING_CYCLES: &[&str] = isp_events::options::BillingCycle::ALL;
 
 /// The convert body's schema: exactly what [`ConvertInput::parse`] accepts.
 pub struct ConvertBody;
@@ -371,7 +371,7 @@ async fn convert(
             // then the lead is (or is about to be) Converted by it.
             let mut conn = s.ctx.pool.acquire().await?;
             if let Some(lead) = s.colls.leads.fetch(&mut conn, id, false).await? {
-                if lead["status"] == "Converted" {
+                if lead["status"] == isp_events::options::LeadStatus::Converted {
                     return already_converted(&s, &p, &mut conn, &lead).await;
                 }
             }
@@ -396,7 +396,7 @@ async fn convert(
         .fetch(&mut tx, id, true)
         .await?
         .ok_or_else(|| ApiError::not_found("Lead"))?;
-    if lead["status"] == "Converted" {
+    if lead["status"] == isp_events::options::LeadStatus::Converted {
         return already_converted(&s, &p, &mut tx, &lead).await;
     }
     // Even a lead set Lost meanwhile is converted now: Billing holds its subscriber.

@@ -1189,8 +1189,8 @@ async fn noc_resource_events_fill_building_equipment() {
     let router = ResourceSnapshot {
         id: Uuid::now_v7(),
         resource_name: "MikroTik hAP".into(),
-        resource_type: "Router".into(),
-        status: "Deployed".into(),
+        resource_type: isp_events::options::ResourceType::Router,
+        status: isp_events::options::ResourceStatus::Deployed,
         location: Some(b1.parse().unwrap()),
         management_ip: None,
         updated_at: t0,
@@ -1198,7 +1198,7 @@ async fn noc_resource_events_fill_building_equipment() {
     let antenna = ResourceSnapshot {
         id: Uuid::now_v7(),
         resource_name: "Antenna".into(),
-        resource_type: "Antenna".into(),
+        resource_type: isp_events::options::ResourceType::Antenna,
         location: Some(b1.parse().unwrap()),
         ..router.clone()
     };

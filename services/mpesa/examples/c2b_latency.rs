@@ -33,7 +33,8 @@ fn services() -> Vec<(ServiceInfo, StartFn)> {
     vec![
         (svc_core::INFO, |c| Box::pin(svc_core::start(c))),
         (svc_billing::INFO, |c| {
-            let mut o = svc_billing::Options::default();
+            // ISP_BILLING_PAYMENT_LANES sets how many payments Billing records at once.
+            let mut o = svc_billing::Options::from_env().expect("Billing settings");
             o.schedule.enabled = false;
             Box::pin(svc_billing::start_with(c, o))
         }),

@@ -224,7 +224,8 @@ async fn ensure(tx: &mut PgConnection, rules: &Rules, lead: Uuid) -> anyhow::Res
         Some(limit) if payout <= limit => {
             let partner_row = partner_of(tx, partner).await?;
             payable_errors(payout, partner_row.as_ref()).is_empty()
-                && partner_row.is_some_and(|p| p.status == "Active")
+                && partner_row
+                    .is_some_and(|p| p.status == isp_events::options::PartnerStatus::Active)
         }
         _ => false,
     };

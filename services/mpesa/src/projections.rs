@@ -61,10 +61,10 @@ impl EventHandler for BillingEvents {
                         .bind(i.subscriber)
                         .bind(i.amount_due)
                         .bind(i.due_date)
-                        .bind(&i.status);
+                        .bind(i.status);
                 })
                 .await?;
-            if written && i.status == "Paid" {
+            if written && i.status == isp_events::options::InvoiceStatus::Paid {
                 commissions::invoice_paid(tx, &self.rules, i.subscriber).await?;
             }
             let trigger = if ev.is::<InvoiceCreated>() && self.auto_stk.on_created {
@@ -110,7 +110,7 @@ async fn subscriber(tx: &mut PgConnection, s: &Change<SubscriberSnapshot>) -> an
                 .bind(full_name)
                 .bind(&s.mpesa_number)
                 .bind(sha)
-                .bind(&s.status)
+                .bind(s.status)
                 .bind(s.lead_id);
         })
         .await?;
@@ -130,7 +130,7 @@ impl EventHandler for CoreEvents {
                 .upsert(tx, &p, |row, p| {
                     row.bind(&p.full_name)
                         .bind(&p.mpesa_number)
-                        .bind(&p.status)
+                        .bind(p.status)
                         .bind(p.commission_rate);
                 })
                 .await?;

@@ -1247,7 +1247,7 @@ async fn with_automatic_prompts_a_new_invoice_is_prompted_once_and_paid() {
                 subscriber: snap["subscriber"].as_str().unwrap().parse().unwrap(),
                 amount_due: snap["amountDue"].as_str().unwrap().parse().unwrap(),
                 due_date: snap["dueDate"].as_str().unwrap().parse().unwrap(),
-                status: "Unpaid".into(),
+                status: isp_events::options::InvoiceStatus::Unpaid,
                 updated_at: chrono::Utc::now() - chrono::Duration::minutes(5),
             }),
         )

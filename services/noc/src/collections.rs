@@ -25,8 +25,8 @@ const WORK_ORDER_READERS: Roles =
 
 pub const SUBSCRIBER_STATUS: &[&str] = isp_events::options::SubscriberStatus::ALL;
 pub const CONNECTION_TYPES: &[&str] = isp_events::options::ConnectionType::ALL;
-pub const RESOURCE_TYPES: &[&str] = &["Router", "Antenna", "Switch", "Cable"];
-pub const RESOURCE_STATUS: &[&str] = &["In Stock", "Deployed", "Faulty", "Retired"];
+pub const RESOURCE_TYPES: &[&str] = isp_events::options::ResourceType::ALL;
+pub const RESOURCE_STATUS: &[&str] = isp_events::options::ResourceStatus::ALL;
 pub const IP_STATUS: &[&str] = &["Available", "Assigned", "Reserved"];
 pub const ORDER_TYPES: &[&str] = &["New Installation", "Repair", "Site Survey"];
 pub const ORDER_STATUS: &[&str] = &["Pending", "Scheduled", "In Progress", "Completed", "Failed"];
@@ -793,7 +793,9 @@ impl Hooks for WorkOrderHooks {
                         .fetch_optional(&mut *tx)
                         .await?;
                 match row {
-                    Some((role, status)) if role == "Technician" && status == "Active" => {}
+                    Some((role, status))
+                        if role == "Technician"
+                            && status == isp_events::options::StaffStatus::Active => {}
                     Some((role, _)) if role != "Technician" => {
                         return Err(ApiError::field(
                             "assignedTo",

@@ -40,7 +40,7 @@ impl EventHandler for CoreEvents {
         if let Some(s) = entity_change::<StaffSnapshot>(ev)? {
             STAFF
                 .upsert(tx, &s, |row, s| {
-                    row.bind(&s.full_name).bind(&s.role).bind(&s.status);
+                    row.bind(&s.full_name).bind(&s.role).bind(s.status);
                 })
                 .await?;
         }
@@ -196,7 +196,7 @@ impl BillingEvents {
                 .bind(&s.last_name)
                 .bind(&s.account_number)
                 .bind(s.contact_phone.as_ref().unwrap_or(&s.mpesa_number))
-                .bind(&s.status)
+                .bind(s.status)
                 .bind(s.service_plan)
                 .bind(&s.address_notes)
                 .bind(s.building)
@@ -235,7 +235,7 @@ impl BillingEvents {
                 .bind(&s.last_name)
                 .bind(&s.account_number)
                 .bind(s.contact_phone.as_ref().unwrap_or(&s.mpesa_number))
-                .bind(&s.status)
+                .bind(s.status)
                 .bind(s.service_plan)
                 .bind(&s.address_notes)
                 .bind(s.building)

@@ -13,15 +13,18 @@ pub async fn network_updated(
     service: &str,
     subscriber: Uuid,
 ) -> anyhow::Result<()> {
-    let (connection_type, assigned_ip, router): (String, Option<String>, Option<Uuid>) =
-        sqlx::query_as(
-            "SELECT s.connection_type, a.ip_address, s.router
+    let (connection_type, assigned_ip, router): (
+        isp_events::options::ConnectionType,
+        Option<String>,
+        Option<Uuid>,
+    ) = sqlx::query_as(
+        "SELECT s.connection_type, a.ip_address, s.router
              FROM subscribers s LEFT JOIN ip_addresses a ON a.id = s.assigned_ip
              WHERE s.id = $1",
-        )
-        .bind(subscriber)
-        .fetch_one(&mut *tx)
-        .await?;
+    )
+    .bind(subscriber)
+    .fetch_one(&mut *tx)
+    .await?;
     isp_events::outbox::enqueue(
         tx,
         service,

@@ -17,8 +17,8 @@ struct Sub {
     radius_password: String,
     service_plan: Uuid,
     assigned_ip: Option<Uuid>,
-    connection_type: String,
-    status: String,
+    connection_type: isp_events::options::ConnectionType,
+    status: isp_events::options::SubscriberStatus,
 }
 
 #[derive(sqlx::FromRow)]
@@ -130,7 +130,7 @@ pub async fn provision(
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| ApiError::field("subscriber", "No such subscriber."))?;
-    if sub.status == "Deactivated" {
+    if sub.status == isp_events::options::SubscriberStatus::Deactivated {
         return Err(ApiError::conflict(
             "The subscriber is Deactivated; an installation cannot be completed.",
         ));
@@ -171,7 +171,12 @@ pub async fn provision(
         .map_err(ApiError::Internal)?;
     let rate = radius::rate_limit(plan.upload_speed, plan.download_speed);
     radius::write_account(tx, &sub.radius_username, &password, &rate, ip.as_deref()).await?;
-    radius::set_suspended(tx, &sub.radius_username, sub.status == "Suspended").await?;
+    radius::set_suspended(
+        tx,
+        &sub.radius_username,
+        sub.status == isp_events::options::SubscriberStatus::Suspended,
+    )
+    .await?;
     sqlx::query("UPDATE subscribers SET provisioned_at = now(), updated_at = now() WHERE id = $1")
         .bind(subscriber)
         .execute(&mut *tx)

@@ -867,7 +867,7 @@ async fn resources_normalize_and_deduplicate_macs_validate_links_hide_the_nas_se
             id: building,
             name: "Sunrise Apartments".into(),
             address: "Moi Avenue".into(),
-            status: "Active".into(),
+            status: isp_events::options::BuildingStatus::Active,
             partner: None,
             updated_at: chrono::Utc::now(),
         }),

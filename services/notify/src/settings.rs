@@ -83,55 +83,6 @@ impl std::fmt::Debug for Settings {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn debug_output_has_no_secrets() {
-        let s = Settings {
-            sms: SmsProvider::AfricasTalking(AfricasTalkingConfig {
-                username: "isp".into(),
-                api_key: "at-secret-key".into(),
-                sender_id: None,
-                base_url: "https://api.africastalking.com".into(),
-            }),
-            email: EmailProvider::Smtp(SmtpConfig {
-                host: "smtp.example.com".into(),
-                port: 587,
-                tls: SmtpTls::StartTls,
-                username: Some("mailer".into()),
-                password: Some("smtp-secret-pw".into()),
-                from: "ISP <noreply@isp.local>".into(),
-                default_subject: "Hi".into(),
-            }),
-            sms_rate_per_second: 1.0,
-            email_rate_per_second: 1.0,
-            concurrency: 1,
-            request_consumers: 1,
-            max_attempts: 1,
-            retry_base: Duration::from_secs(1),
-            retry_max: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(1),
-            lease: Duration::from_secs(1),
-            poll_interval: Duration::from_secs(1),
-            at_callback_token: "path-token-secret-0123".into(),
-            twilio_auth_token: Some("twilio-secret-tok".into()),
-            twilio_status_url: String::new(),
-            twilio_inbound_url: String::new(),
-        };
-        let out = format!("{s:?}");
-        for secret in [
-            "at-secret-key",
-            "smtp-secret-pw",
-            "path-token-secret-0123",
-            "twilio-secret-tok",
-        ] {
-            assert!(!out.contains(secret), "{secret} in {out}");
-        }
-    }
-}
-
 fn secs(key: &str, default: f64) -> anyhow::Result<Duration> {
     let v: f64 = env_parse(key, default)?;
     anyhow::ensure!(
@@ -347,4 +298,53 @@ fn load_or_create_token(data_dir: &Path) -> anyhow::Result<String> {
     std::fs::write(&file, &token)?;
     tracing::info!(path = %file.display(), "generated the Africa's Talking callback path token");
     Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_has_no_secrets() {
+        let s = Settings {
+            sms: SmsProvider::AfricasTalking(AfricasTalkingConfig {
+                username: "isp".into(),
+                api_key: "at-secret-key".into(),
+                sender_id: None,
+                base_url: "https://api.africastalking.com".into(),
+            }),
+            email: EmailProvider::Smtp(SmtpConfig {
+                host: "smtp.example.com".into(),
+                port: 587,
+                tls: SmtpTls::StartTls,
+                username: Some("mailer".into()),
+                password: Some("smtp-secret-pw".into()),
+                from: "ISP <noreply@isp.local>".into(),
+                default_subject: "Hi".into(),
+            }),
+            sms_rate_per_second: 1.0,
+            email_rate_per_second: 1.0,
+            concurrency: 1,
+            request_consumers: 1,
+            max_attempts: 1,
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+            lease: Duration::from_secs(1),
+            poll_interval: Duration::from_secs(1),
+            at_callback_token: "path-token-secret-0123".into(),
+            twilio_auth_token: Some("twilio-secret-tok".into()),
+            twilio_status_url: String::new(),
+            twilio_inbound_url: String::new(),
+        };
+        let out = format!("{s:?}");
+        for secret in [
+            "at-secret-key",
+            "smtp-secret-pw",
+            "path-token-secret-0123",
+            "twilio-secret-tok",
+        ] {
+            assert!(!out.contains(secret), "{secret} in {out}");
+        }
+    }
 }

@@ -178,7 +178,7 @@ impl Hooks for TicketHooks {
         if data
             .get("status")
             .and_then(Value::as_str)
-            .is_some_and(|s| s != "Open")
+            .is_some_and(|s| s != isp_events::options::TicketStatus::Open)
         {
             bad.push(FieldError::new("status", "A new ticket is Open."));
         }
@@ -198,7 +198,7 @@ impl Hooks for TicketHooks {
         let mut bad = vec![];
         if let Some(existing) = c.existing {
             let from = existing["status"].as_str().unwrap_or_default();
-            if from == "Closed" {
+            if from == isp_events::options::TicketStatus::Closed {
                 return Err(ApiError::conflict_field(
                     "status",
                     "A closed ticket cannot be changed.",
@@ -225,7 +225,7 @@ impl Hooks for TicketHooks {
             return Err(ApiError::BadRequest(bad));
         }
         if c.changed("status") {
-            let resolved = c.str("status") == Some("Resolved");
+            let resolved = c.str("status") == isp_events::options::TicketStatus::Resolved;
             c.data.insert(
                 "resolvedAt".into(),
                 if resolved {

@@ -60,7 +60,7 @@ impl EventHandler for CoreEvents {
         } else if let Some(s) = entity_change::<StaffSnapshot>(ev)? {
             STAFF
                 .upsert(tx, &s, |row, s| {
-                    row.bind(&s.full_name).bind(&s.role).bind(&s.status);
+                    row.bind(&s.full_name).bind(&s.role).bind(s.status);
                 })
                 .await?;
         }
@@ -124,7 +124,7 @@ async fn upsert_subscriber(
                 .bind(&s.mpesa_number)
                 .bind(&s.contact_phone)
                 .bind(&s.email)
-                .bind(&s.status)
+                .bind(s.status)
                 .bind(s.service_plan)
                 .bind(s.service_location)
                 .bind(s.building);
@@ -155,8 +155,8 @@ impl EventHandler for NocEvents {
             RESOURCES
                 .upsert(tx, &r, |row, r| {
                     row.bind(&r.resource_name)
-                        .bind(&r.resource_type)
-                        .bind(&r.status)
+                        .bind(r.resource_type)
+                        .bind(r.status)
                         .bind(r.location)
                         .bind(&r.management_ip);
                 })

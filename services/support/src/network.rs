@@ -198,10 +198,10 @@ pub async fn recovered(
         .await?;
         return Ok(());
     };
-    if noted || status == "Closed" {
+    if noted || status == isp_events::options::TicketStatus::Closed {
         return Ok(());
     }
-    let resolve = s.resolve_on_recovery && status != "Resolved";
+    let resolve = s.resolve_on_recovery && status != isp_events::options::TicketStatus::Resolved;
     sqlx::query(
         "UPDATE tickets SET notes = notes || jsonb_build_array($2::jsonb),
              status = CASE WHEN $3 THEN 'Resolved' ELSE status END,
@@ -231,7 +231,7 @@ pub async fn updated(
         tracing::warn!(event = %u.event_id, "Zabbix update for a problem without a ticket");
         return Ok(());
     };
-    if status == "Closed" {
+    if status == isp_events::options::TicketStatus::Closed {
         return Ok(());
     }
     let who = u.user.as_deref().unwrap_or("Zabbix");

@@ -221,7 +221,7 @@ impl Notifier {
              ON CONFLICT (ticket) DO UPDATE SET status = EXCLUDED.status, updated_at = EXCLUDED.updated_at",
         )
         .bind(t.id)
-        .bind(&t.status)
+        .bind(t.status)
         .bind(t.updated_at)
         .execute(&mut *tx)
         .await?;

@@ -2,6 +2,7 @@
 //! subscribers and invoices, NOC's resources and Zabbix events, Notify's reports)
 //! are published onto JetStream by the tests themselves, as those services would.
 
+use isp_events::options::SubscriberStatus;
 use isp_events::payloads::*;
 use isp_events::{CloudEvent, EventPayload};
 use isp_platform::runtime::{ServiceInfo, StartFn};
@@ -82,9 +83,9 @@ fn subscriber(plan: Uuid, phone: &str) -> SubscriberSnapshot {
         mpesa_number: "+254711000111".into(),
         contact_phone: Some(phone.into()),
         email: Some("amina@example.com".into()),
-        status: "Active".into(),
+        status: isp_events::options::SubscriberStatus::Active,
         service_plan: plan,
-        billing_cycle: "Monthly".into(),
+        billing_cycle: isp_events::options::BillingCycle::Monthly,
         next_due_date: None,
         address_notes: None,
         service_location: None,
@@ -501,7 +502,7 @@ async fn an_invoice_is_texted_and_emailed_once_with_the_rendered_template() {
         subscriber: sub.id,
         amount_due: rust_decimal::Decimal::new(250000, 2),
         due_date: chrono::NaiveDate::from_ymd_opt(2026, 12, 31).unwrap(),
-        status: "Unpaid".into(),
+        status: isp_events::options::InvoiceStatus::Unpaid,
         updated_at: chrono::Utc::now(),
     };
     let ev = publish(&app, "billing", &InvoiceCreated(invoice.clone())).await;
@@ -601,7 +602,7 @@ async fn an_invoice_is_texted_and_emailed_once_with_the_rendered_template() {
             invoice: invoice.id,
             subscriber: sub.id,
             amount_paid: rust_decimal::Decimal::new(1500, 0),
-            payment_method: "Mpesa".into(),
+            payment_method: isp_events::options::PaymentMethod::Mpesa,
             payment_date: chrono::NaiveDate::from_ymd_opt(2026, 12, 2).unwrap(),
             account_balance: rust_decimal::Decimal::ZERO,
         },
@@ -814,7 +815,7 @@ async fn bulk_sends_filter_dedupe_suppress_schedule_and_report_progress() {
                 download_speed: 10,
                 upload_speed: 5,
                 price: rust_decimal::Decimal::new(2500, 0),
-                billing_cycle: "Monthly".into(),
+                billing_cycle: isp_events::options::BillingCycle::Monthly,
                 plan_enabled: true,
                 active_for_new_signups: true,
                 ip_assignment_type: "Dynamic".into(),
@@ -835,7 +836,7 @@ async fn bulk_sends_filter_dedupe_suppress_schedule_and_report_progress() {
         (home, "+254722100004", "Suspended"),
     ] {
         let s = SubscriberSnapshot {
-            status: status.into(),
+            status: SubscriberStatus::parse(status).unwrap(),
             ..subscriber(plan, phone)
         };
         known_subscriber(&app, &s).await;
@@ -1151,8 +1152,8 @@ async fn zabbix_problems_become_one_network_ticket_each_and_recoveries_resolve_t
     let router = ResourceSnapshot {
         id: Uuid::now_v7(),
         resource_name: "core-rtr-1".into(),
-        resource_type: "Router".into(),
-        status: "Deployed".into(),
+        resource_type: isp_events::options::ResourceType::Router,
+        status: isp_events::options::ResourceStatus::Deployed,
         location: None,
         management_ip: Some("10.0.0.1".into()),
         updated_at: chrono::Utc::now(),
@@ -1160,7 +1161,7 @@ async fn zabbix_problems_become_one_network_ticket_each_and_recoveries_resolve_t
     publish(&app, "noc", &ResourceCreated(router.clone())).await;
     for (i, status) in ["Active", "Active", "Deactivated"].iter().enumerate() {
         let s = SubscriberSnapshot {
-            status: status.to_string(),
+            status: SubscriberStatus::parse(status).unwrap(),
             ..subscriber(Uuid::now_v7(), &format!("+25472200070{i}"))
         };
         // NOC's router may be heard of before Billing's subscriber.
@@ -1169,7 +1170,7 @@ async fn zabbix_problems_become_one_network_ticket_each_and_recoveries_resolve_t
             "noc",
             &SubscriberNetworkUpdated {
                 subscriber_id: s.id,
-                connection_type: "PPPoE".into(),
+                connection_type: isp_events::options::ConnectionType::Pppoe,
                 assigned_ip: None,
                 router: Some(router.id),
                 at: Some(chrono::Utc::now()),

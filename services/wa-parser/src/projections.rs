@@ -20,7 +20,7 @@ impl EventHandler for CoreEvents {
         if let Some(p) = entity_change::<PartnerSnapshot>(ev)? {
             PARTNERS
                 .upsert(tx, &p, |row, p| {
-                    row.bind(&p.full_name).bind(&p.phone_number).bind(&p.status);
+                    row.bind(&p.full_name).bind(&p.phone_number).bind(p.status);
                 })
                 .await?;
         }

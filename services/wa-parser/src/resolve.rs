@@ -45,7 +45,7 @@ pub fn fold(s: &str) -> String {
         .join(" ")
 }
 
-fn unique<'a>(mut c: Vec<&'a Building>) -> Option<&'a Building> {
+fn unique(mut c: Vec<&Building>) -> Option<&Building> {
     c.dedup_by_key(|b| b.id);
     (c.len() == 1).then(|| c[0])
 }

@@ -309,7 +309,7 @@ impl Worker {
             partner: Some(partner.id),
             ..Done::default()
         };
-        if partner.status != "Active" {
+        if partner.status != isp_events::options::PartnerStatus::Active {
             tracing::info!(message = %row.id, partner = %partner.id, status = %partner.status, "message from a partner who is not Active");
             done.outcome = "Inactive partner";
             done.reason = Some(format!("The partner is {}.", partner.status));

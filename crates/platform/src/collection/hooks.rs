@@ -45,6 +45,24 @@ impl Change<'_> {
     pub fn uuid(&self, field: &str) -> Option<Uuid> {
         self.str(field).and_then(|s| Uuid::parse_str(s).ok())
     }
+    /// An id the write must have (required on create, so present by the time
+    /// hooks run): missing is an internal error, not a nil id.
+    pub fn required_uuid(&self, field: &str) -> ApiResult<Uuid> {
+        self.uuid(field).ok_or_else(|| {
+            crate::ApiError::Internal(anyhow::anyhow!("{field} is missing from the write"))
+        })
+    }
+    /// One of a spec list, if the write has the field: an unreadable value is an
+    /// internal error (the engine has checked the options already).
+    pub fn option<T: isp_events::options::Spec>(&self, field: &str) -> ApiResult<Option<T>> {
+        let Some(v) = self.value(field) else {
+            return Ok(None);
+        };
+        v.as_str()
+            .and_then(T::parse)
+            .map(Some)
+            .ok_or_else(|| crate::ApiError::Internal(anyhow::anyhow!("{field} is unreadable: {v}")))
+    }
     pub fn changed(&self, field: &str) -> bool {
         match (
             self.data.get(field),

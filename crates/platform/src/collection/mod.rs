@@ -29,6 +29,7 @@ mod handlers;
 mod hooks;
 mod list;
 mod store;
+pub mod stored;
 mod validate;
 
 pub use events::{publish_change, publish_doc};

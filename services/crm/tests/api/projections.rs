@@ -39,7 +39,7 @@ async fn staff_access_follows_the_newest_snapshot_and_its_token_version_never_fa
     let snap = |version: i32, status: &str, secs: i64| {
         let mut s = staff_snapshot(id, "Tess Technician", t0 + Duration::seconds(secs));
         s.token_version = version;
-        s.status = status.into();
+        s.status = isp_events::options::StaffStatus::parse(status).unwrap();
         StaffUpdated(s)
     };
     let held = || async {
