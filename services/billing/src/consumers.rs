@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use chrono::Datelike;
+use isp_events::options::SubscriberStatus;
 use isp_events::payloads::*;
 use isp_events::{entity_change, CloudEvent, EventHandler, Projection};
 use isp_platform::auth::Principal;
@@ -127,7 +128,7 @@ impl NocEvents {
         .bind(p.at)
         .execute(&mut *tx)
         .await?;
-        if status == isp_events::options::SubscriberStatus::PendingInstallation {
+        if status == SubscriberStatus::PendingInstallation {
             let activated = p.at.with_timezone(&self.ctx.config.timezone).date_naive();
             let start = first_period_start(activated, trial_end);
             sqlx::query(
@@ -144,8 +145,8 @@ impl NocEvents {
                 tx,
                 &self.ctx,
                 p.subscriber_id,
-                "Pending Installation",
-                "Active",
+                Some(SubscriberStatus::PendingInstallation),
+                SubscriberStatus::Active,
                 Some("Installation complete".into()),
             )
             .await?;

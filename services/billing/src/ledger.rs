@@ -7,6 +7,7 @@
 //! positive: credit, applied to the next invoices the daily run creates.
 
 use chrono::{NaiveDate, Utc};
+use isp_events::options::{InvoiceStatus, SubscriberStatus};
 use isp_events::outbox::enqueue;
 use isp_events::payloads::*;
 use isp_platform::ServiceContext;
@@ -100,12 +101,13 @@ pub async fn publish_subscriber_change(
     tx: &mut PgConnection,
     ctx: &ServiceContext,
     id: Uuid,
-    old_status: &str,
-    new_status: &str,
+    old_status: Option<SubscriberStatus>,
+    new_status: SubscriberStatus,
     reason: Option<String>,
 ) -> anyhow::Result<()> {
+    use SubscriberStatus::*;
     let snap = subscriber_snapshot(tx, id).await?;
-    if old_status != new_status {
+    if old_status != Some(new_status) {
         let change = SubscriberStatusChange {
             subscriber_id: id,
             account_number: snap.account_number.clone(),
@@ -113,13 +115,13 @@ pub async fn publish_subscriber_change(
             at: Utc::now(),
         };
         match (old_status, new_status) {
-            ("Pending Installation", "Active") => {
+            (Some(PendingInstallation), Active) => {
                 enqueue(tx, ctx.name, &SubscriberActivated(change)).await?
             }
-            (_, "Active") => enqueue(tx, ctx.name, &SubscriberReactivated(change)).await?,
-            (_, "Suspended") => enqueue(tx, ctx.name, &SubscriberSuspended(change)).await?,
-            (_, "Deactivated") => enqueue(tx, ctx.name, &SubscriberDeactivated(change)).await?,
-            _ => Default::default(),
+            (_, Active) => enqueue(tx, ctx.name, &SubscriberReactivated(change)).await?,
+            (_, Suspended) => enqueue(tx, ctx.name, &SubscriberSuspended(change)).await?,
+            (_, Deactivated) => enqueue(tx, ctx.name, &SubscriberDeactivated(change)).await?,
+            (_, PendingInstallation) => Default::default(),
         };
     }
     enqueue(tx, ctx.name, &SubscriberUpdated(snap)).await?;
@@ -168,8 +170,8 @@ pub async fn maybe_reactivate(
             tx,
             ctx,
             subscriber,
-            "Suspended",
-            "Active",
+            Some(SubscriberStatus::Suspended),
+            SubscriberStatus::Active,
             Some("Paid up".into()),
         )
         .await?;
@@ -241,7 +243,7 @@ pub async fn settle(
         .fetch_one(&mut *tx)
         .await?;
         left -= take;
-        if status == isp_events::options::InvoiceStatus::Paid {
+        if status == InvoiceStatus::Paid {
             paid.push(Settled {
                 invoice,
                 period_end,

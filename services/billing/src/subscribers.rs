@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::{Datelike, NaiveDate};
+use isp_events::options::BillingCycle;
 use isp_events::outbox::enqueue;
 use isp_events::payloads::{InvoiceCreated, SubscriberCreated};
 use isp_platform::auth::Principal;
@@ -234,8 +235,11 @@ async fn insert(
     let s = |k: &str| d.get(k).and_then(Value::as_str).map(str::to_string);
     let uuid = |k: &str| s(k).and_then(|v| Uuid::parse_str(&v).ok());
     let day = |k: &str| s(k).and_then(|v| NaiveDate::parse_from_str(&v, "%Y-%m-%d").ok());
-    let plan_id = uuid("servicePlan").unwrap_or_default();
-    let cycle = s("billingCycle").unwrap_or_else(|| "Monthly".into());
+    // Required by the create schema, so present: missing is a bug, not a nil id.
+    let plan_id = uuid("servicePlan").ok_or_else(|| {
+        ApiError::Internal(anyhow::anyhow!("a new subscriber without servicePlan"))
+    })?;
+    let cycle = s("billingCycle").unwrap_or_else(|| BillingCycle::Monthly.to_string());
     // The plan's price is for the plan's cycle; the first period is one of the
     // subscriber's cycle (docs/billing.md, "Period prices").
     let plan: Option<(String, Decimal, bool, bool, bool)> = sqlx::query_as(

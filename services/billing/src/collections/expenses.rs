@@ -40,10 +40,11 @@ struct ExpenseHooks {
 #[async_trait]
 impl Hooks for ExpenseHooks {
     async fn before_change(&self, _tx: &mut PgConnection, c: &mut Change<'_>) -> ApiResult<()> {
-        if c.data.contains_key("amount") && money(c.data.get("amount")) <= Decimal::ZERO {
+        if c.data.contains_key("amount") && money(c.data.get("amount"), "amount")? <= Decimal::ZERO
+        {
             return Err(ApiError::field("amount", "Must be more than 0 KES."));
         }
-        if money(c.data.get("amount")) > money_max() {
+        if money(c.data.get("amount"), "amount")? > money_max() {
             return Err(ApiError::field(
                 "amount",
                 format!("At most {} KES.", money_max()),

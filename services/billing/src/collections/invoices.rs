@@ -12,9 +12,10 @@ use serde_json::{json, Value};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use isp_platform::collection::stored;
+
 use super::{
-    date, id_of, internal, lock_subscriber, money, overflow_is_bad_input, snapshot, FIN,
-    INVOICE_STATUS,
+    internal, lock_subscriber, money, overflow_is_bad_input, snapshot, FIN, INVOICE_STATUS,
 };
 use crate::ledger;
 
@@ -52,8 +53,11 @@ pub fn invoices() -> Collection {
 pub use isp_platform::line_items::{parse as parse_line_items, total, LineItem};
 
 /// Whether an invoice in `status` counts against the subscriber's balance.
-fn charged(status: &str) -> bool {
-    matches!(status, "Unpaid" | "Overdue" | "Paid")
+fn charged(status: InvoiceStatus) -> bool {
+    matches!(
+        status,
+        InvoiceStatus::Unpaid | InvoiceStatus::Overdue | InvoiceStatus::Paid
+    )
 }
 
 struct InvoiceHooks;
@@ -78,20 +82,18 @@ impl Hooks for InvoiceHooks {
 
     async fn before_change(&self, tx: &mut PgConnection, c: &mut Change<'_>) -> ApiResult<()> {
         crate::daily::wait_for_run(tx).await?;
-        let old = c
-            .existing
-            .and_then(|e| e["status"].as_str())
-            .map(str::to_string);
         if c.create {
-            let status = c.str("status").unwrap_or_default().to_string();
-            if !matches!(status.as_str(), "Draft" | "Unpaid") {
+            let status: InvoiceStatus = c.option("status")?.ok_or_else(|| {
+                internal(anyhow::anyhow!("a new invoice without its default status"))
+            })?;
+            if !matches!(status, InvoiceStatus::Draft | InvoiceStatus::Unpaid) {
                 return Err(ApiError::field(
                     "status",
                     "A new invoice is Draft or Unpaid.",
                 ));
             }
             c.data.insert("status".into(), json!(status));
-            let sub = c.uuid("subscriber").unwrap_or_default();
+            let sub = c.required_uuid("subscriber")?;
             let exists: Option<String> =
                 sqlx::query_scalar("SELECT status FROM subscribers WHERE id = $1 FOR UPDATE")
                     .bind(sub)
@@ -115,10 +117,10 @@ impl Hooks for InvoiceHooks {
             c.data.insert("amountPaid".into(), json!("0.00"));
         } else {
             // A stored status that is not one of the spec's is a bug, not a default.
-            let old = old
-                .as_deref()
-                .and_then(InvoiceStatus::parse)
-                .ok_or_else(|| internal(anyhow::anyhow!("invoice without a known status")))?;
+            let existing = c
+                .existing
+                .ok_or_else(|| internal(anyhow::anyhow!("an update without the stored invoice")))?;
+            let old: InvoiceStatus = stored::option(existing, "status")?;
             match old {
                 InvoiceStatus::Paid => {
                     return Err(ApiError::conflict("A paid invoice cannot be edited."))
@@ -131,10 +133,9 @@ impl Hooks for InvoiceHooks {
             if c.changed("status") {
                 use InvoiceStatus::*;
                 // Validated against the options already.
-                let new = c
-                    .str("status")
-                    .and_then(InvoiceStatus::parse)
-                    .ok_or_else(|| internal(anyhow::anyhow!("status not canonical")))?;
+                let new: InvoiceStatus = c
+                    .option("status")?
+                    .ok_or_else(|| internal(anyhow::anyhow!("a status change without a status")))?;
                 let ok = matches!(
                     (old, new),
                     (Draft, Unpaid) | (Draft | Unpaid | Overdue, Cancelled)
@@ -148,7 +149,7 @@ impl Hooks for InvoiceHooks {
                     return Err(ApiError::conflict_field("status", why));
                 }
                 if new == Cancelled {
-                    let id = c.existing.map(id_of).transpose()?.unwrap_or_default();
+                    let id = stored::uuid(existing, "id")?;
                     let named: bool = sqlx::query_scalar(
                         "SELECT EXISTS (SELECT 1 FROM payments WHERE invoice_id = $1)",
                     )
@@ -170,7 +171,7 @@ impl Hooks for InvoiceHooks {
         if let Some(items) = c.data.get("lineItems").cloned() {
             let items = parse_line_items(&items, "lineItems", false)?;
             let amount = total(&items);
-            if amount < money(c.value("amountPaid")) {
+            if amount < money(c.value("amountPaid"), "amountPaid")? {
                 return Err(ApiError::conflict_field(
                     "lineItems",
                     "The new total is less than what was already paid.",
@@ -185,24 +186,22 @@ impl Hooks for InvoiceHooks {
                 json!(isp_platform::money::format(amount)),
             );
         }
-        let status = c.str("status").unwrap_or_default().to_string();
+        let status: Option<InvoiceStatus> = c.option("status")?;
         if (c.data.contains_key("amountDue") || c.changed("status"))
-            && matches!(status.as_str(), "Unpaid" | "Overdue")
+            && matches!(status, Some(InvoiceStatus::Unpaid | InvoiceStatus::Overdue))
         {
-            let due = money(c.value("amountDue"));
-            let mut paid = money(c.value("amountPaid"));
+            let due = money(c.value("amountDue"), "amountDue")?;
+            let mut paid = money(c.value("amountPaid"), "amountPaid")?;
             // Newly charged, or charged more: credit in the balance settles it, as
             // the daily run does with the invoices it creates.
             let charged_before = match c.existing {
-                Some(e) if charged(e["status"].as_str().unwrap_or_default()) => {
-                    money(e.get("amountDue"))
-                }
+                Some(e) if charged(stored::option(e, "status")?) => stored::money(e, "amountDue")?,
                 _ => Decimal::ZERO,
             };
             if due > charged_before && paid < due {
                 let balance: Decimal =
                     sqlx::query_scalar("SELECT account_balance FROM subscribers WHERE id = $1")
-                        .bind(c.uuid("subscriber").unwrap_or_default())
+                        .bind(c.required_uuid("subscriber")?)
                         .fetch_one(&mut *tx)
                         .await?;
                 paid += balance.max(Decimal::ZERO).min(due - paid);
@@ -213,7 +212,7 @@ impl Hooks for InvoiceHooks {
             }
             // Covered (an edit down to what was paid, or credit): Paid.
             if paid >= due {
-                c.data.insert("status".into(), json!("Paid"));
+                c.data.insert("status".into(), json!(InvoiceStatus::Paid));
             }
         }
         Ok(())
@@ -227,19 +226,17 @@ impl Hooks for InvoiceHooks {
         doc: &Value,
         previous: Option<&Value>,
     ) -> ApiResult<()> {
-        let before = previous
-            .filter(|p| charged(p["status"].as_str().unwrap_or_default()))
-            .map(|p| money(p.get("amountDue")))
-            .unwrap_or_default();
-        let after = if charged(doc["status"].as_str().unwrap_or_default()) {
-            money(doc.get("amountDue"))
-        } else {
-            Decimal::ZERO
+        // What the invoice counts against the balance, before and after.
+        let counted = |d: &Value| -> ApiResult<Decimal> {
+            Ok(if charged(stored::option(d, "status")?) {
+                stored::money(d, "amountDue")?
+            } else {
+                Decimal::ZERO
+            })
         };
-        let sub = doc["subscriber"]
-            .as_str()
-            .and_then(|s| Uuid::parse_str(s).ok())
-            .unwrap_or_default();
+        let before = previous.map(counted).transpose()?.unwrap_or_default();
+        let after = counted(doc)?;
+        let sub = stored::uuid(doc, "subscriber")?;
         if before != after {
             crate::ledger::charge(tx, sub, after - before)
                 .await
@@ -258,11 +255,12 @@ impl Hooks for InvoiceHooks {
         // Paid by an edit or by credit: the next period is the one after it.
         // Cancelled: that period is withdrawn, not to be invoiced again (its
         // start stays taken), so billing goes on after it.
-        let was = previous.and_then(|p| p["status"].as_str()).unwrap_or("");
-        let now = doc["status"].as_str().unwrap_or("");
-        if was != now && matches!(now, "Paid" | "Cancelled") {
+        let was: Option<InvoiceStatus> =
+            previous.map(|p| stored::option(p, "status")).transpose()?;
+        let now: InvoiceStatus = stored::option(doc, "status")?;
+        if was != Some(now) && matches!(now, InvoiceStatus::Paid | InvoiceStatus::Cancelled) {
             let mut moved = false;
-            if let Some(end) = date(doc.get("periodEnd")) {
+            if let Some(end) = stored::date(doc.get("periodEnd"), "periodEnd")? {
                 moved = sqlx::query(
                     "UPDATE subscribers SET next_due_date = $2, updated_at = now()
                      WHERE id = $1 AND next_due_date < $2",

@@ -77,22 +77,13 @@ pub(crate) fn snapshot<T: serde::de::DeserializeOwned>(doc: &Value) -> ApiResult
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("snapshot: {e}")))
 }
 
-fn id_of(doc: &Value) -> ApiResult<Uuid> {
-    doc["id"]
-        .as_str()
-        .and_then(|s| Uuid::parse_str(s).ok())
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("document without id")))
+/// Money the write may leave out (then zero); present and unreadable is an error.
+fn money(v: Option<&Value>, field: &str) -> ApiResult<Decimal> {
+    isp_platform::collection::stored::money_or_zero(v, field)
 }
 
-fn money(v: Option<&Value>) -> Decimal {
-    v.and_then(Value::as_str)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_default()
-}
-
-fn date(v: Option<&Value>) -> Option<NaiveDate> {
-    v.and_then(Value::as_str)
-        .and_then(|s| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok())
+fn date(v: Option<&Value>, field: &str) -> ApiResult<Option<NaiveDate>> {
+    isp_platform::collection::stored::date(v, field)
 }
 
 /// Takes the subscriber's row lock. Every write that touches a subscriber's

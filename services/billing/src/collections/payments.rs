@@ -1,6 +1,7 @@
 //! Payments: a ledger, recorded once and never edited.
 
 use async_trait::async_trait;
+use isp_events::options::InvoiceStatus;
 use isp_platform::auth::{Principal, Role, Roles};
 use isp_platform::collection::{Change, Collection, Field, Hooks, Kind};
 use isp_platform::{ApiError, ApiResult, FieldError, ServiceContext};
@@ -59,7 +60,7 @@ struct PaymentHooks;
 impl Hooks for PaymentHooks {
     async fn before_change(&self, tx: &mut PgConnection, c: &mut Change<'_>) -> ApiResult<()> {
         let mut errors = vec![];
-        let amount = money(c.data.get("amountPaid"));
+        let amount = money(c.data.get("amountPaid"), "amountPaid")?;
         if c.data.contains_key("amountPaid") && amount <= Decimal::ZERO {
             errors.push(FieldError::new("amountPaid", "Must be more than 0 KES."));
         }
@@ -69,7 +70,7 @@ impl Hooks for PaymentHooks {
                 format!("At most {} KES.", money_max()),
             ));
         }
-        if let Some(d) = date(c.data.get("paymentDate")) {
+        if let Some(d) = date(c.data.get("paymentDate"), "paymentDate")? {
             if d > c.ctx.today() {
                 errors.push(FieldError::new(
                     "paymentDate",
@@ -115,12 +116,12 @@ impl Hooks for PaymentHooks {
                 "This payment would take the account's credit beyond what can be recorded.",
             ));
         }
-        let status: String =
+        let status: InvoiceStatus =
             sqlx::query_scalar("SELECT status FROM invoices WHERE id = $1 FOR UPDATE")
                 .bind(invoice)
                 .fetch_one(&mut *tx)
                 .await?;
-        if matches!(status.as_str(), "Draft" | "Cancelled") {
+        if matches!(status, InvoiceStatus::Draft | InvoiceStatus::Cancelled) {
             return Err(ApiError::conflict_field(
                 "invoice",
                 format!("A {status} invoice cannot be paid."),

@@ -5,15 +5,15 @@ use async_trait::async_trait;
 use chrono::{Datelike, NaiveDate};
 use isp_events::options::{SubscriberStatus, SuspensionReason};
 use isp_platform::auth::{Principal, Roles};
-use isp_platform::collection::{Change, Collection, Field, Hooks, Kind, Operation};
+use isp_platform::collection::{stored, Change, Collection, Field, Hooks, Kind, Operation};
 use isp_platform::{ApiError, ApiResult, ServiceContext};
 use serde_json::{json, Value};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{
-    date, id_of, internal, ADMIN, BILLING_CYCLES, CONNECTION_TYPES, FIN, NET_READ,
-    SUBSCRIBER_STATUS, SUB_READ, SUSPENSION_REASONS,
+    date, internal, ADMIN, BILLING_CYCLES, CONNECTION_TYPES, FIN, NET_READ, SUBSCRIBER_STATUS,
+    SUB_READ, SUSPENSION_REASONS,
 };
 use crate::ledger;
 
@@ -137,18 +137,20 @@ impl Hooks for SubscriberHooks {
                 "Subscribers are created through POST /api/billing/subscribers.",
             ));
         };
-        let old = existing["status"].as_str().unwrap_or_default();
+        let old: SubscriberStatus = stored::option(existing, "status")?;
         if old == SubscriberStatus::Deactivated {
             return Err(ApiError::conflict(
                 "A deactivated subscriber cannot be changed.",
             ));
         }
         if c.changed("status") {
-            let new = c.str("status").unwrap_or_default().to_string();
-            let new = new.as_str();
+            use SubscriberStatus::*;
+            let new: SubscriberStatus = c
+                .option("status")?
+                .ok_or_else(|| internal(anyhow::anyhow!("a status change without a status")))?;
             match (old, new) {
-                ("Active", "Suspended") | ("Suspended", "Active") | (_, "Deactivated") => {}
-                ("Pending Installation", "Active") => {
+                (Active, Suspended) | (Suspended, Active) | (_, Deactivated) => {}
+                (PendingInstallation, Active) => {
                     return Err(ApiError::conflict_field(
                         "status",
                         "A subscriber becomes Active when NOC reports the installation done.",
@@ -161,18 +163,15 @@ impl Hooks for SubscriberHooks {
                     ))
                 }
             }
-            if new != SubscriberStatus::Suspended {
+            if new != Suspended {
                 c.data.insert("suspensionReason".into(), Value::Null);
             }
-            if old == SubscriberStatus::Suspended
-                && new == SubscriberStatus::Active
-                && !c.data.contains_key("nextDueDate")
-            {
+            if old == Suspended && new == Active && !c.data.contains_key("nextDueDate") {
                 // Reactivated by hand: the next period starts no earlier than
                 // today, unless an invoiced period still runs past today.
                 let today = c.ctx.today();
-                let id = id_of(existing)?;
-                if date(c.value("nextDueDate")).is_some_and(|d| d < today)
+                let id = stored::uuid(existing, "id")?;
+                if date(c.value("nextDueDate"), "nextDueDate")?.is_some_and(|d| d < today)
                     && last_invoiced_end(tx, id)
                         .await?
                         .is_none_or(|end| end <= today)
@@ -182,9 +181,7 @@ impl Hooks for SubscriberHooks {
                 }
             }
         }
-        if c.data.get("status").and_then(Value::as_str)
-            == Some(SubscriberStatus::Suspended.as_str())
-        {
+        if c.data.get("status") == Some(&json!(SubscriberStatus::Suspended)) {
             // Staff suspending (or confirming a run's suspension): only staff lift it.
             c.data.insert(
                 "suspensionReason".into(),
@@ -192,7 +189,7 @@ impl Hooks for SubscriberHooks {
             );
         }
         if c.changed("servicePlan") {
-            let plan = c.uuid("servicePlan").unwrap_or_default();
+            let plan = c.required_uuid("servicePlan")?;
             let row: Option<(bool, bool)> =
                 sqlx::query_as("SELECT plan_enabled, deleted FROM plans WHERE id = $1")
                     .bind(plan)
@@ -212,10 +209,10 @@ impl Hooks for SubscriberHooks {
             }
         }
         if c.changed("nextDueDate") {
-            if let Some(d) = date(c.value("nextDueDate")) {
+            if let Some(d) = date(c.value("nextDueDate"), "nextDueDate")? {
                 // Never back into time already invoiced: that period would be
                 // invoiced twice.
-                let id = id_of(existing)?;
+                let id = stored::uuid(existing, "id")?;
                 if let Some(end) = last_invoiced_end(tx, id).await? {
                     if d < end {
                         return Err(ApiError::field(
@@ -253,9 +250,9 @@ impl Hooks for SubscriberHooks {
         doc: &Value,
         previous: Option<&Value>,
     ) -> ApiResult<()> {
-        let id = id_of(doc)?;
-        let old = previous.and_then(|v| v["status"].as_str()).unwrap_or("");
-        let new = doc["status"].as_str().unwrap_or("");
+        let id = stored::uuid(doc, "id")?;
+        let old = previous.map(|v| stored::option(v, "status")).transpose()?;
+        let new = stored::option(doc, "status")?;
         let reason = format!("Changed by {}", p.label());
         ledger::publish_subscriber_change(tx, ctx, id, old, new, Some(reason))
             .await
