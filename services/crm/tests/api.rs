@@ -152,21 +152,10 @@ async fn partner(app: &TestApp, token: &str, phone: &str, status: &str) -> Strin
 }
 
 async fn wait_partner(app: &TestApp, pid: &str, status: &str) {
-    let pool = app.ctx("crm").pool.clone();
-    let uuid: Uuid = pid.parse().unwrap();
-    let seen = eventually(10, || {
-        let pool = pool.clone();
-        async move {
-            let s: Option<String> = sqlx::query_scalar("SELECT status FROM partners WHERE id = $1")
-                .bind(uuid)
-                .fetch_optional(&pool)
-                .await
-                .ok()?;
-            (s.as_deref() == Some(status)).then_some(())
-        }
-    })
-    .await;
-    assert!(seen.is_some(), "CRM never saw partner {pid} as {status}");
+    assert!(
+        app.partner_has_status("crm", pid, status, 10).await,
+        "CRM never saw partner {pid} as {status}"
+    );
 }
 
 async fn building(app: &TestApp, token: &str, partner: Option<&str>) -> String {

@@ -19,12 +19,12 @@ use std::time::Duration;
 
 use daraja_standin::Standin;
 use isp_platform::runtime::{ServiceInfo, StartFn};
-use isp_testkit::{eventually, Res, TestApp};
+use isp_testkit::{eventually, service, Res, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 fn core() -> (ServiceInfo, StartFn) {
-    (svc_core::INFO, |c| Box::pin(svc_core::start(c)))
+    service!(svc_core)
 }
 fn billing() -> (ServiceInfo, StartFn) {
     (svc_billing::INFO, |c| {

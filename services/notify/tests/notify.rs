@@ -12,14 +12,13 @@ mod sending;
 mod suppression;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use isp_events::outbox::enqueue;
 use isp_events::payloads::*;
 use isp_platform::runtime::{self, Shared};
 use isp_platform::ServiceContext;
 use isp_standin_sms::{Options, StandIns};
-use isp_testkit::{eventually, TestApp};
+use isp_testkit::{eventually, service, TestApp};
 use serde_json::Value;
 use sqlx::PgPool;
 use svc_notify::provider::smtp::{SmtpConfig, SmtpTls};
@@ -54,9 +53,7 @@ impl Env {
 
     /// With Core, for staff tokens.
     async fn with_core(opts: Options) -> Env {
-        let core: (runtime::ServiceInfo, runtime::StartFn) =
-            (svc_core::INFO, |c| Box::pin(svc_core::start(c)));
-        Self::with(TestApp::spawn(&[core]).await, opts).await
+        Self::with(TestApp::spawn(&[service!(svc_core)]).await, opts).await
     }
 
     async fn with(app: TestApp, opts: Options) -> Env {
@@ -122,20 +119,13 @@ impl Env {
                     default_subject: "A message from your ISP".into(),
                 })
             },
-            sms_rate_per_second: 0.0,
-            email_rate_per_second: 0.0,
             concurrency: 8,
             request_consumers: 4,
-            max_attempts: 5,
-            retry_base: Duration::from_millis(100),
-            retry_max: Duration::from_millis(500),
-            request_timeout: Duration::from_secs(5),
-            lease: Duration::from_secs(30),
-            poll_interval: Duration::from_millis(200),
-            at_callback_token: TOKEN.into(),
             twilio_auth_token: Some(o.twilio_auth_token.clone()),
             twilio_status_url,
             twilio_inbound_url: format!("{}/api/notify/callbacks/twilio/inbound", self.base),
+            // Unthrottled, 5 attempts, retries after 100 to 500 ms: the test settings.
+            ..Settings::unthrottled(SmsProvider::Log, TOKEN)
         }
     }
 

@@ -20,14 +20,14 @@ mod zabbix;
 use isp_events::payloads::*;
 use isp_events::{CloudEvent, EventPayload};
 use isp_platform::runtime::{ServiceInfo, StartFn};
-use isp_testkit::{eventually, Res, TestApp};
+use isp_testkit::{eventually, service, Res, TestApp};
 use uuid::Uuid;
 
 fn core() -> (ServiceInfo, StartFn) {
-    (svc_core::INFO, |c| Box::pin(svc_core::start(c)))
+    service!(svc_core)
 }
 fn support() -> (ServiceInfo, StartFn) {
-    (svc_support::INFO, |c| Box::pin(svc_support::start(c)))
+    service!(svc_support)
 }
 
 async fn app() -> TestApp {
@@ -54,8 +54,7 @@ async fn publish<P: EventPayload>(app: &TestApp, source: &str, payload: &P) -> C
 }
 
 async fn count(app: &TestApp, sql: &str) -> i64 {
-    let pool = app.admin_pool().await;
-    sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap()
+    app.scalar(sql).await
 }
 
 /// Waits until `sql` (a count) reaches `n`.

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use isp_platform::runtime::{ServiceInfo, StartFn};
 use isp_standin_whatsapp::{self as wa, Sender, WhatsAppStandIn};
-use isp_testkit::{eventually, Res, TestApp};
+use isp_testkit::{eventually, service, Res, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use svc_wa_parser::Settings;
@@ -37,8 +37,8 @@ thread_local! {
 
 fn services() -> Vec<(ServiceInfo, StartFn)> {
     vec![
-        (svc_core::INFO, |c| Box::pin(svc_core::start(c))),
-        (svc_crm::INFO, |c| Box::pin(svc_crm::start(c))),
+        service!(svc_core),
+        service!(svc_crm),
         (svc_wa_parser::INFO, |c| {
             let s = SETTINGS.with(|s| s.borrow().clone()).unwrap_or_default();
             Box::pin(svc_wa_parser::start_with(c, s))
@@ -118,24 +118,9 @@ async fn partner(w: &World, phone: &str, status: &str) -> String {
 }
 
 async fn wait_partner(w: &World, p: &str, status: &str) {
-    let pid: Uuid = p.parse().unwrap();
     for service in ["wa-parser", "crm"] {
-        let pool = w.app.ctx(service).pool.clone();
-        let seen = eventually(15, || {
-            let pool = pool.clone();
-            async move {
-                let s: Option<String> =
-                    sqlx::query_scalar("SELECT status FROM partners WHERE id = $1")
-                        .bind(pid)
-                        .fetch_optional(&pool)
-                        .await
-                        .ok()?;
-                (s.as_deref() == Some(status)).then_some(())
-            }
-        })
-        .await;
         assert!(
-            seen.is_some(),
+            w.app.partner_has_status(service, p, status, 15).await,
             "{service} never saw partner {p} as {status}"
         );
     }

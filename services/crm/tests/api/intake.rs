@@ -6,10 +6,7 @@ use super::*;
 
 /// Core and CRM only: intake never reaches Billing.
 fn services() -> Vec<(ServiceInfo, StartFn)> {
-    vec![
-        (svc_core::INFO, |c| Box::pin(svc_core::start(c))),
-        (svc_crm::INFO, |c| Box::pin(svc_crm::start(c))),
-    ]
+    vec![service!(svc_core), service!(svc_crm)]
 }
 
 async fn building(app: &TestApp, token: &str, partner: &str) -> String {

@@ -1,5 +1,7 @@
 //! Delivery reports: verified callbacks, applied in progress order and never backwards.
 
+use std::time::Duration;
+
 use isp_standin_sms::twilio_signature;
 
 use super::*;

@@ -1,5 +1,7 @@
 //! Sending: once per request, retries with backoff, failures, SMTP, the log provider, the rate.
 
+use std::time::Duration;
+
 use super::*;
 
 #[tokio::test]
