@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::TestApp;
+use crate::{eventually, TestApp};
 
 /// A valid Core plan (Monthly, 10/5 Mbps, KES 2500).
 pub fn plan_body() -> Value {
@@ -180,5 +180,34 @@ impl TestApp {
         .await
         .expect(StatusCode::CREATED)
         .id()
+    }
+
+    /// Waits (`secs` at most) until `service`'s projection of partner `id` has
+    /// `status`; whether it did (the caller asserts, saying what it waited for).
+    pub async fn partner_has_status(
+        &self,
+        service: &str,
+        id: &str,
+        status: &str,
+        secs: u64,
+    ) -> bool {
+        let pool = self.ctx(service).pool.clone();
+        let id: Uuid = id
+            .parse()
+            .unwrap_or_else(|e| panic!("partner id {id}: {e}"));
+        eventually(secs, || {
+            let pool = pool.clone();
+            async move {
+                let s: Option<String> =
+                    sqlx::query_scalar("SELECT status FROM partners WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&pool)
+                        .await
+                        .ok()?;
+                (s.as_deref() == Some(status)).then_some(())
+            }
+        })
+        .await
+        .is_some()
     }
 }

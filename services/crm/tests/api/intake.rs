@@ -1,53 +1,12 @@
-//! `POST /api/crm/intake/leads` (wa-parser's one operation in CRM) over real HTTP,
-//! Postgres and NATS, with Core for tokens and partners.
+//! `POST /api/crm/intake/leads`: wa-parser's one operation in CRM (Core and CRM only).
 
-use isp_platform::runtime::{ServiceInfo, StartFn};
-use isp_testkit::{eventually, Res, TestApp};
-use reqwest::StatusCode;
-use serde_json::{json, Value};
-use uuid::Uuid;
+use isp_testkit::Res;
 
+use super::*;
+
+/// Core and CRM only: intake never reaches Billing.
 fn services() -> Vec<(ServiceInfo, StartFn)> {
-    vec![
-        (svc_core::INFO, |c| Box::pin(svc_core::start(c))),
-        (svc_crm::INFO, |c| Box::pin(svc_crm::start(c))),
-    ]
-}
-
-fn id(r: &Res) -> String {
-    r.body["doc"]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no id in {:?} {:?}", r.status, r.body))
-        .to_string()
-}
-
-/// A partner created through Core, once CRM's projection holds it.
-async fn partner(app: &TestApp, token: &str, phone: &str, status: &str) -> String {
-    let r = app
-        .post(
-            "/api/core/partners",
-            token,
-            json!({"fullName": "Jane Caretaker", "phoneNumber": phone, "mpesaNumber": phone, "status": status}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let pid = id(&r);
-    let pool = app.ctx("crm").pool.clone();
-    let uuid: Uuid = pid.parse().unwrap();
-    let seen = eventually(10, || {
-        let pool = pool.clone();
-        async move {
-            let s: Option<String> = sqlx::query_scalar("SELECT status FROM partners WHERE id = $1")
-                .bind(uuid)
-                .fetch_optional(&pool)
-                .await
-                .ok()?;
-            (s.as_deref() == Some(status)).then_some(())
-        }
-    })
-    .await;
-    assert!(seen.is_some(), "CRM never saw partner {pid}");
-    pid
+    vec![service!(svc_core), service!(svc_crm)]
 }
 
 async fn building(app: &TestApp, token: &str, partner: &str) -> String {
@@ -59,7 +18,7 @@ async fn building(app: &TestApp, token: &str, partner: &str) -> String {
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    id(&r)
+    r.id()
 }
 
 async fn intake(app: &TestApp, token: &str, key: Option<&str>, body: &Value) -> Res {
