@@ -79,7 +79,7 @@ impl Hooks for StaffHooks {
             }
         }
         if let Some(existing) = c.existing {
-            let id = c.uuid("id").unwrap_or_default();
+            let id = isp_platform::collection::stored::uuid(existing, "id")?;
             let was_active_admin = existing["role"] == "Admin"
                 && existing["status"] == isp_events::options::StaffStatus::Active;
             let stays = c.str("role") == Some("Admin")
@@ -123,10 +123,7 @@ impl Hooks for StaffHooks {
         p: &Principal,
         doc: &Value,
     ) -> ApiResult<()> {
-        let id = doc["id"]
-            .as_str()
-            .and_then(|s| Uuid::parse_str(s).ok())
-            .unwrap_or_default();
+        let id = isp_platform::collection::stored::uuid(doc, "id")?;
         if p.staff_id() == Some(id) {
             return Err(ApiError::conflict("You cannot delete your own account."));
         }
@@ -183,10 +180,7 @@ pub(crate) async fn publish_staff(
 }
 
 pub(crate) async fn bump_token_version(tx: &mut PgConnection, doc: &Value) -> ApiResult<()> {
-    let id = doc["id"]
-        .as_str()
-        .and_then(|s| Uuid::parse_str(s).ok())
-        .unwrap_or_default();
+    let id = isp_platform::collection::stored::uuid(doc, "id")?;
     sqlx::query("UPDATE staff SET token_version = token_version + 1 WHERE id = $1")
         .bind(id)
         .execute(&mut *tx)
@@ -265,7 +259,7 @@ impl Hooks for PlanHooks {
                         "A Static-Public plan needs a static IP pool.",
                     ));
                 } else if c.changed("staticIpPool") {
-                    let pool = c.uuid("staticIpPool").unwrap_or_default();
+                    let pool = c.required_uuid("staticIpPool")?;
                     let known: bool = sqlx::query_scalar(
                         "SELECT EXISTS (SELECT 1 FROM noc_subnets WHERE id = $1 AND NOT deleted)",
                     )

@@ -5,7 +5,7 @@ use isp_events::options::{BuildingStatus, LeadSource, LeadStatus};
 use isp_events::payloads::*;
 use isp_platform::auth::{Principal, Role, Roles};
 use isp_platform::collection::Hooks;
-use isp_platform::collection::{publish_doc, Change, Collection, Field, Kind};
+use isp_platform::collection::{publish_doc, stored, Change, Collection, Field, Kind};
 use isp_platform::{ApiError, ApiResult, FieldError, ServiceContext};
 use serde_json::{json, Value};
 use sqlx::PgConnection;
@@ -208,12 +208,12 @@ pub fn leads() -> Collection {
 struct LeadHooks;
 
 /// Position of an open status in the pipeline.
-fn rank(status: &str) -> Option<u8> {
+fn rank(status: LeadStatus) -> Option<u8> {
     match status {
-        "New" => Some(0),
-        "Contacted" => Some(1),
-        "Site Survey" => Some(2),
-        _ => None,
+        LeadStatus::New => Some(0),
+        LeadStatus::Contacted => Some(1),
+        LeadStatus::SiteSurvey => Some(2),
+        LeadStatus::Converted | LeadStatus::Lost => None,
     }
 }
 
@@ -228,13 +228,14 @@ fn rank(status: &str) -> Option<u8> {
 ///   reusing the lead keeps one lead per prospect and unit.
 /// - Converted is reached only through `POST /api/crm/leads/{id}/convert`, which
 ///   creates the subscriber in Billing, and is final.
-pub fn transition_allowed(from: &str, to: &str) -> bool {
+pub fn transition_allowed(from: LeadStatus, to: LeadStatus) -> bool {
+    use LeadStatus::*;
     if from == to {
         return true;
     }
     match (from, to) {
-        ("Converted", _) | (_, "Converted") => false,
-        (_, "Lost") | ("Lost", _) => true,
+        (Converted, _) | (_, Converted) => false,
+        (_, Lost) | (Lost, _) => true,
         (f, t) => matches!((rank(f), rank(t)), (Some(a), Some(b)) if b > a),
     }
 }
@@ -242,11 +243,11 @@ pub fn transition_allowed(from: &str, to: &str) -> bool {
 #[async_trait]
 impl Hooks for LeadHooks {
     async fn before_change(&self, tx: &mut PgConnection, c: &mut Change<'_>) -> ApiResult<()> {
-        let old_status = c
+        let old_status: Option<LeadStatus> = c
             .existing
-            .and_then(|e| e["status"].as_str())
-            .map(str::to_owned);
-        if old_status.as_deref() == LeadStatus::Converted {
+            .map(|e| stored::option(e, "status"))
+            .transpose()?;
+        if old_status == Some(LeadStatus::Converted) {
             // The subscriber exists and the referral was counted: what the
             // conversion was based on stays as it was. Notes may still be added.
             for f in ["status", "leadSource", "referredBy", "serviceLocation"] {
@@ -260,15 +261,17 @@ impl Hooks for LeadHooks {
             return Ok(());
         }
         if c.changed("status") {
-            let to = c.str("status").unwrap_or_default().to_owned();
+            let to: LeadStatus = c
+                .option("status")?
+                .ok_or_else(|| internal(anyhow::anyhow!("a status change without a status")))?;
             if to == LeadStatus::Converted {
                 return Err(ApiError::conflict_field(
                     "status",
                     "A lead is converted with POST /api/crm/leads/{id}/convert (plan, billing cycle, one-off charges), which creates the subscriber in Billing; its status cannot be set to Converted directly.",
                 ));
             }
-            if let Some(from) = &old_status {
-                if !transition_allowed(from, &to) {
+            if let Some(from) = old_status {
+                if !transition_allowed(from, to) {
                     return Err(ApiError::conflict_field(
                         "status",
                         format!("A lead cannot move back from {from} to {to}: it moves forward New -> Contacted -> Site Survey, or is marked Lost (and may be reopened from Lost)."),
@@ -334,7 +337,7 @@ impl Hooks for LeadHooks {
         doc: &Value,
         prev: Option<&Value>,
     ) -> ApiResult<()> {
-        let open = rank(doc["status"].as_str().unwrap_or_default()).is_some();
+        let open = rank(stored::option(doc, "status")?).is_some();
         let touches_unit = match prev {
             None => true,
             Some(p) => {
@@ -370,7 +373,14 @@ impl Hooks for LeadHooks {
 
 #[cfg(test)]
 mod tests {
-    use super::transition_allowed as ok;
+    use isp_events::options::LeadStatus;
+
+    fn ok(from: &str, to: &str) -> bool {
+        super::transition_allowed(
+            LeadStatus::parse(from).unwrap(),
+            LeadStatus::parse(to).unwrap(),
+        )
+    }
 
     #[test]
     fn pipeline_moves_forward_skips_allowed_back_refused() {

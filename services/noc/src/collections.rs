@@ -38,11 +38,8 @@ fn internal(e: anyhow::Error) -> ApiError {
     ApiError::Internal(e)
 }
 
-fn doc_id(doc: &Value) -> Uuid {
-    doc["id"]
-        .as_str()
-        .and_then(|s| Uuid::parse_str(s).ok())
-        .unwrap_or_default()
+fn doc_id(doc: &Value) -> ApiResult<Uuid> {
+    isp_platform::collection::stored::uuid(doc, "id")
 }
 
 /// `aa-bb-cc-dd-ee-ff`, `AABB.CCDD.EEFF`, `aabbccddeeff` ... -> `AA:BB:CC:DD:EE:FF`.
@@ -143,7 +140,7 @@ impl Hooks for SubscriberHooks {
             }
         }
         if c.changed("assignedIp") || c.data.get("assignedIp").is_some_and(Value::is_null) {
-            let sub = c.uuid("id").unwrap_or_default();
+            let sub = c.required_uuid("id")?;
             let old = c
                 .existing
                 .and_then(|e| e["assignedIp"].as_str())
@@ -209,10 +206,10 @@ impl Hooks for SubscriberHooks {
                 // A session keeps the address it was given until it reconnects, so
                 // open sessions are disconnected (as a plan move that changes the
                 // address does); the NAS's answer is logged in dynauth_requests.
-                radius::queue_for_open_sessions(tx, "Disconnect", doc_id(doc), user, None).await?;
+                radius::queue_for_open_sessions(tx, "Disconnect", doc_id(doc)?, user, None).await?;
             }
         }
-        crate::events::network_updated(tx, ctx.name, doc_id(doc))
+        crate::events::network_updated(tx, ctx.name, doc_id(doc)?)
             .await
             .map_err(internal)?;
         Ok(())
@@ -368,7 +365,7 @@ impl Hooks for ResourceHooks {
         doc: &Value,
     ) -> ApiResult<()> {
         sqlx::query("DELETE FROM radius.nas WHERE shortname = $1")
-            .bind(doc_id(doc).to_string())
+            .bind(doc_id(doc)?.to_string())
             .execute(&mut *tx)
             .await?;
         Ok(())
@@ -394,7 +391,7 @@ fn parse_assignee(v: &Value) -> Result<(&'static str, Uuid), String> {
 /// A Router with a management IP and a secret is a NAS client in `radius.nas`
 /// (for FreeRADIUS's `read_clients`); the row is keyed by the resource id.
 async fn sync_nas(tx: &mut PgConnection, doc: &Value) -> ApiResult<()> {
-    let id = doc_id(doc).to_string();
+    let id = doc_id(doc)?.to_string();
     sqlx::query("DELETE FROM radius.nas WHERE shortname = $1")
         .bind(&id)
         .execute(&mut *tx)
@@ -563,7 +560,7 @@ impl Hooks for SubnetHooks {
              SELECT gen_random_uuid(), a, $2, 'Available' FROM unnest($1::text[]) AS a",
         )
         .bind(usable_hosts(&net))
-        .bind(doc_id(doc))
+        .bind(doc_id(doc)?)
         .execute(&mut *tx)
         .await?;
         Ok(())
@@ -575,7 +572,7 @@ impl Hooks for SubnetHooks {
         _p: &Principal,
         doc: &Value,
     ) -> ApiResult<()> {
-        let id = doc_id(doc);
+        let id = doc_id(doc)?;
         let assigned: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM ip_addresses WHERE subnet = $1 AND status = 'Assigned'",
         )
@@ -837,7 +834,7 @@ impl Hooks for WorkOrderHooks {
                     json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
                 );
                 if c.str("orderType") == Some("New Installation") {
-                    let sub = c.uuid("subscriber").unwrap_or_default();
+                    let sub = c.required_uuid("subscriber")?;
                     provision::provision(tx, c.ctx.name, &self.secrets, sub).await?;
                 }
             }

@@ -13,9 +13,10 @@
 //!   projection of Billing's subscribers agents troubleshoot with: never money).
 
 use async_trait::async_trait;
+use isp_events::options::TicketStatus;
 use isp_events::payloads::{TicketCreated, TicketDeleted, TicketUpdated};
 use isp_platform::auth::{Principal, Role, Roles};
-use isp_platform::collection::{Change, Collection, Field, Hooks, Kind};
+use isp_platform::collection::{stored, Change, Collection, Field, Hooks, Kind};
 use isp_platform::{ApiError, ApiResult, FieldError};
 use serde_json::{json, Map, Value};
 use sqlx::PgConnection;
@@ -27,7 +28,7 @@ pub const SUPPORT: Roles = Roles::of(&[Role::Admin, Role::SupportAgent]);
 pub const ADMIN: Roles = Roles::of(&[Role::Admin]);
 
 pub const KINDS: &[&str] = &["Customer", "Network"];
-pub const STATUSES: &[&str] = isp_events::options::TicketStatus::ALL;
+pub const STATUSES: &[&str] = TicketStatus::ALL;
 pub const PRIORITIES: &[&str] = isp_events::options::TicketPriority::ALL;
 pub const CHANNELS: &[&str] = &["SMS", "Email"];
 /// The spec's Sent and Failed, what gateways report (Queued, Accepted, Delivered,
@@ -57,17 +58,18 @@ pub const TRIGGER_EVENTS: &[&str] = &[
 ];
 
 /// Whether a ticket may go from `from` to `to`.
-pub fn transition_allowed(from: &str, to: &str) -> bool {
+pub fn transition_allowed(from: TicketStatus, to: TicketStatus) -> bool {
+    use TicketStatus::*;
     from == to
         || matches!(
             (from, to),
-            ("Open", "In Progress")
-                | ("Open", "Resolved")
-                | ("In Progress", "Open")
-                | ("In Progress", "Resolved")
-                | ("Resolved", "Closed")
-                | ("Resolved", "Open")
-                | ("Resolved", "In Progress")
+            (Open, InProgress)
+                | (Open, Resolved)
+                | (InProgress, Open)
+                | (InProgress, Resolved)
+                | (Resolved, Closed)
+                | (Resolved, Open)
+                | (Resolved, InProgress)
         )
 }
 
@@ -178,7 +180,7 @@ impl Hooks for TicketHooks {
         if data
             .get("status")
             .and_then(Value::as_str)
-            .is_some_and(|s| s != isp_events::options::TicketStatus::Open)
+            .is_some_and(|s| s != TicketStatus::Open)
         {
             bad.push(FieldError::new("status", "A new ticket is Open."));
         }
@@ -197,14 +199,24 @@ impl Hooks for TicketHooks {
     async fn before_change(&self, tx: &mut PgConnection, c: &mut Change<'_>) -> ApiResult<()> {
         let mut bad = vec![];
         if let Some(existing) = c.existing {
-            let from = existing["status"].as_str().unwrap_or_default();
-            if from == isp_events::options::TicketStatus::Closed {
+            let from: TicketStatus = stored::option(existing, "status")?;
+            if from == TicketStatus::Closed {
                 return Err(ApiError::conflict_field(
                     "status",
                     "A closed ticket cannot be changed.",
                 ));
             }
-            if let Some(to) = c.data.get("status").and_then(Value::as_str) {
+            let to = c
+                .data
+                .get("status")
+                .and_then(Value::as_str)
+                .map(|t| {
+                    TicketStatus::parse(t).ok_or_else(|| {
+                        ApiError::Internal(anyhow::anyhow!("status {t:?} passed validation"))
+                    })
+                })
+                .transpose()?;
+            if let Some(to) = to {
                 if !transition_allowed(from, to) {
                     return Err(ApiError::conflict_field(
                         "status",
@@ -225,7 +237,7 @@ impl Hooks for TicketHooks {
             return Err(ApiError::BadRequest(bad));
         }
         if c.changed("status") {
-            let resolved = c.str("status") == isp_events::options::TicketStatus::Resolved;
+            let resolved = c.str("status") == TicketStatus::Resolved;
             c.data.insert(
                 "resolvedAt".into(),
                 if resolved {
