@@ -61,32 +61,18 @@ async fn a_whatsapp_lead_from_an_active_partner_is_converted_and_counted() {
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let partner = r.body["doc"]["id"].as_str().unwrap().to_string();
-    let pid: Uuid = partner.parse().unwrap();
-    let plan_id: Uuid = plan.parse().unwrap();
     // CRM (referrals), wa-parser (senders) and Billing (plans) see them.
-    let ready = eventually(20, || async {
-        let crm: Option<bool> =
-            sqlx::query_scalar("SELECT status = 'Active' FROM partners WHERE id = $1")
-                .bind(pid)
-                .fetch_optional(&app.ctx("crm").pool)
-                .await
-                .ok()?;
-        let wa: Option<bool> =
-            sqlx::query_scalar("SELECT status = 'Active' FROM partners WHERE id = $1")
-                .bind(pid)
-                .fetch_optional(&app.ctx("wa-parser").pool)
-                .await
-                .ok()?;
-        let billing: Option<bool> =
-            sqlx::query_scalar("SELECT plan_enabled FROM plans WHERE id = $1")
-                .bind(plan_id)
-                .fetch_optional(&app.ctx("billing").pool)
-                .await
-                .ok()?;
-        (crm? && wa? && billing?).then_some(())
-    })
+    for service in ["crm", "wa-parser"] {
+        assert!(
+            app.partner_has_status(service, &partner, "Active", 20)
+                .await,
+            "{service} never heard of the partner"
+        );
+    }
+    app.wait_for(&format!(
+        "SELECT count(*) FROM billing.plans WHERE id = '{plan}' AND plan_enabled"
+    ))
     .await;
-    assert!(ready.is_some(), "projections never caught up");
     let r = app
         .post("/api/crm/buildings", &sales, json!({"name": "Sunrise Apartments", "address": "Ngong Road", "status": "Active", "partner": partner}))
         .await;

@@ -64,24 +64,13 @@ async fn an_sms_lead_is_created_and_the_partner_is_answered_by_sms_through_notif
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let partner = r.body["doc"]["id"].as_str().unwrap().to_string();
-    let pid: Uuid = partner.parse().unwrap();
-    let ready = eventually(20, || async {
-        let crm: Option<bool> =
-            sqlx::query_scalar("SELECT status = 'Active' FROM partners WHERE id = $1")
-                .bind(pid)
-                .fetch_optional(&app.ctx("crm").pool)
-                .await
-                .ok()?;
-        let wa: Option<bool> =
-            sqlx::query_scalar("SELECT status = 'Active' FROM partners WHERE id = $1")
-                .bind(pid)
-                .fetch_optional(&app.ctx("wa-parser").pool)
-                .await
-                .ok()?;
-        (crm? && wa?).then_some(())
-    })
-    .await;
-    assert!(ready.is_some(), "projections never caught up");
+    for service in ["crm", "wa-parser"] {
+        assert!(
+            app.partner_has_status(service, &partner, "Active", 20)
+                .await,
+            "{service} never heard of the partner"
+        );
+    }
     let r = app
         .post("/api/crm/buildings", &admin, json!({"name": "Baraka Court", "address": "Thika Road", "status": "Active", "partner": partner}))
         .await;
