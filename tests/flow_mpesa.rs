@@ -45,16 +45,6 @@ fn standin() -> &'static str {
     })
 }
 
-async fn status_of(app: &TestApp, token: &str, sub: &str, want: &str) -> Option<Value> {
-    eventually(20, || async {
-        let r = app
-            .get(&format!("/api/billing/subscribers/{sub}"), token)
-            .await;
-        (r.body["status"] == want).then_some(r.body)
-    })
-    .await
-}
-
 struct Sub {
     id: String,
     invoice: String,
@@ -133,7 +123,10 @@ async fn suspended_subscribers_paying_by_stk_push_and_by_paybill_are_reactivated
         .await;
     assert!(r.status.is_success(), "{:?}", r.body);
     for s in [&stk, &c2b] {
-        assert!(status_of(&app, &admin, &s.id, "Suspended").await.is_some());
+        assert!(app
+            .subscriber_with_status(&admin, &s.id, "Suspended", 20)
+            .await
+            .is_some());
         let rejected = eventually(15, || async {
             (!fr.auth(&s.user, &s.pass).await.unwrap().accepted).then_some(())
         })
@@ -198,7 +191,8 @@ async fn suspended_subscribers_paying_by_stk_push_and_by_paybill_are_reactivated
     assert!(r.status().is_success());
 
     for (s, b) in [(&stk, &before[0]), (&c2b, &before[1])] {
-        let after = status_of(&app, &admin, &s.id, "Active")
+        let after = app
+            .subscriber_with_status(&admin, &s.id, "Active", 20)
             .await
             .expect("Billing reactivates the paid-up subscriber");
         // The period the overdue invoice billed is now paid: nextDueDate stays at

@@ -10,7 +10,7 @@ mod common;
 
 use isp_testkit::{eventually, TestApp};
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// A NAS that records the Dynamic Authorization requests it receives (code and
 /// attributes) without answering: the NOC records the timeout, the test the packet.
@@ -35,16 +35,6 @@ async fn listening_nas() -> (
         }
     });
     (port, rx)
-}
-
-async fn status_of(app: &TestApp, token: &str, sub: &str, want: &str) -> Option<Value> {
-    eventually(15, || async {
-        let r = app
-            .get(&format!("/api/billing/subscribers/{sub}"), token)
-            .await;
-        (r.body["status"] == want).then_some(r.body)
-    })
-    .await
 }
 
 #[tokio::test]
@@ -115,7 +105,9 @@ async fn an_overdue_subscriber_is_suspended_disconnected_and_restored_after_payi
         .await;
     assert!(r.status.is_success(), "{:?}", r.body);
     assert!(
-        status_of(&app, &admin, &sub, "Suspended").await.is_some(),
+        app.subscriber_with_status(&admin, &sub, "Suspended", 15)
+            .await
+            .is_some(),
         "Billing suspends the overdue subscriber"
     );
     let inv = app
@@ -155,7 +147,9 @@ async fn an_overdue_subscriber_is_suspended_disconnected_and_restored_after_payi
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     assert!(
-        status_of(&app, &admin, &sub, "Active").await.is_some(),
+        app.subscriber_with_status(&admin, &sub, "Active", 15)
+            .await
+            .is_some(),
         "Billing reactivates the paid-up subscriber"
     );
     let back = eventually(15, || async {

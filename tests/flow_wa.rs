@@ -110,17 +110,10 @@ async fn a_whatsapp_lead_from_an_active_partner_is_converted_and_counted() {
         assert_eq!(r.status(), StatusCode::OK);
     }
 
-    let lead = eventually(20, || async {
-        let r = app
-            .get(
-                &format!("/api/crm/leads?where[referredBy][equals]={partner}"),
-                &sales,
-            )
-            .await;
-        (r.body["totalDocs"] == 1).then(|| r.body["docs"][0].clone())
-    })
-    .await
-    .expect("the lead reached CRM");
+    let lead = app
+        .lead_referred_by(&sales, &partner, 20)
+        .await
+        .expect("the lead reached CRM");
     assert_eq!(lead["leadSource"], "Partner Referral");
     assert_eq!(lead["subscriberName"], "John Kamau");
     assert_eq!(lead["subscriberPhone"], "+254712345678");

@@ -110,17 +110,10 @@ async fn an_sms_lead_is_created_and_the_partner_is_answered_by_sms_through_notif
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
     }
-    let lead = eventually(20, || async {
-        let r = app
-            .get(
-                &format!("/api/crm/leads?where[referredBy][equals]={partner}"),
-                &admin,
-            )
-            .await;
-        (r.body["totalDocs"] == 1).then(|| r.body["docs"][0].clone())
-    })
-    .await
-    .expect("the lead reached CRM");
+    let lead = app
+        .lead_referred_by(&admin, &partner, 20)
+        .await
+        .expect("the lead reached CRM");
     assert_eq!(lead["subscriberName"], "Mary Achieng");
     assert_eq!(lead["subscriberPhone"], "+254722333444");
 

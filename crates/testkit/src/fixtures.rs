@@ -182,6 +182,37 @@ impl TestApp {
         .id()
     }
 
+    /// Billing's subscriber `sub` once its status is `want` (`secs` at most).
+    pub async fn subscriber_with_status(
+        &self,
+        token: &str,
+        sub: &str,
+        want: &str,
+        secs: u64,
+    ) -> Option<Value> {
+        eventually(secs, || async {
+            let r = self
+                .get(&format!("/api/billing/subscribers/{sub}"), token)
+                .await;
+            (r.body["status"] == want).then_some(r.body)
+        })
+        .await
+    }
+
+    /// The one CRM lead referred by `partner`, once there is one (`secs` at most).
+    pub async fn lead_referred_by(&self, token: &str, partner: &str, secs: u64) -> Option<Value> {
+        eventually(secs, || async {
+            let r = self
+                .get(
+                    &format!("/api/crm/leads?where[referredBy][equals]={partner}"),
+                    token,
+                )
+                .await;
+            (r.body["totalDocs"] == 1).then(|| r.body["docs"][0].clone())
+        })
+        .await
+    }
+
     /// Waits (`secs` at most) until `service`'s projection of partner `id` has
     /// `status`; whether it did (the caller asserts, saying what it waited for).
     pub async fn partner_has_status(
