@@ -6,9 +6,6 @@
 
 mod common;
 
-use std::cell::RefCell;
-
-use isp_platform::runtime::{ServiceInfo, StartFn};
 use isp_standin_sms::{Options, StandIns};
 use isp_testkit::{eventually, TestApp};
 use reqwest::StatusCode;
@@ -16,34 +13,13 @@ use serde_json::json;
 
 const AT_TOKEN: &str = "flow-notifications-at-token-31c9";
 
-thread_local! {
-    // StartFns cannot capture; the stand-in's port is known at run time only.
-    static NOTIFY: RefCell<Option<svc_notify::Settings>> = const { RefCell::new(None) };
-}
-
-fn fleet() -> Vec<(ServiceInfo, StartFn)> {
-    let mut f: Vec<_> = isp::fleet()
-        .into_iter()
-        .filter(|(info, _)| info.name != "notify")
-        .collect();
-    f.push((svc_notify::INFO, |c| {
-        let s = NOTIFY
-            .with(|s| s.borrow().clone())
-            .expect("notify settings");
-        Box::pin(svc_notify::start_with(c, s))
-    }));
-    f
-}
-
 #[tokio::test]
 async fn the_daily_runs_invoice_sms_is_rendered_sent_and_logged_delivered() {
     let gw = StandIns::start(Options::default()).await.unwrap();
-    NOTIFY.with(|c| {
-        *c.borrow_mut() = Some(common::notify_through_africastalking(
-            &gw, "ISPNET", AT_TOKEN,
-        ))
-    });
-    let app = TestApp::spawn(&fleet()).await;
+    let app = TestApp::spawn(&common::fleet_with_notify(
+        common::notify_through_africastalking(&gw, "ISPNET", AT_TOKEN),
+    ))
+    .await;
     gw.set_at_delivery_callback(format!(
         "{}/api/notify/callbacks/africastalking/{AT_TOKEN}/delivery",
         app.base

@@ -78,16 +78,11 @@ async fn a_whatsapp_lead_from_an_active_partner_is_converted_and_counted() {
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let building: Uuid = r.body["doc"]["id"].as_str().unwrap().parse().unwrap();
-    let seen = eventually(15, || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM buildings WHERE id = $1")
-            .bind(building)
-            .fetch_one(&app.ctx("wa-parser").pool)
-            .await
-            .ok()
-            .filter(|n| *n == 1)
-    })
-    .await;
-    assert!(seen.is_some(), "wa-parser never saw the building");
+    assert!(
+        app.service_has_row("wa-parser", "buildings", building, 15)
+            .await,
+        "wa-parser never saw the building"
+    );
 
     // The partner texts a lead; WhatsApp delivers the webhook twice.
     let hook = wa::text_webhook(

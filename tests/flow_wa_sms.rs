@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::cell::RefCell;
 use std::time::Duration;
 
 use isp_platform::runtime::{ServiceInfo, StartFn};
@@ -17,23 +16,11 @@ use uuid::Uuid;
 
 const SMS_TOKEN: &str = "flow-sms-path-token-7d1e";
 
-thread_local! {
-    // StartFns cannot capture; the stand-in's port is known at run time only, and
-    // services start on the test's own thread.
-    static NOTIFY: RefCell<Option<svc_notify::Settings>> = const { RefCell::new(None) };
-}
-
-fn fleet() -> Vec<(ServiceInfo, StartFn)> {
-    let mut f: Vec<_> = isp::fleet()
-        .into_iter()
-        .filter(|(info, _)| info.name != "wa-parser" && info.name != "notify")
-        .collect();
-    f.push((svc_notify::INFO, |c| {
-        let s = NOTIFY
-            .with(|s| s.borrow().clone())
-            .expect("notify settings");
-        Box::pin(svc_notify::start_with(c, s))
-    }));
+/// The fleet with Notify sending through the stand-in and wa-parser taking SMS on
+/// `SMS_TOKEN`.
+fn fleet(notify: svc_notify::Settings) -> Vec<(ServiceInfo, StartFn)> {
+    let mut f = common::fleet_with_notify(notify);
+    f.retain(|(info, _)| info.name != "wa-parser");
     f.push((svc_wa_parser::INFO, |c| {
         Box::pin(svc_wa_parser::start_with(
             c,
@@ -50,14 +37,12 @@ fn fleet() -> Vec<(ServiceInfo, StartFn)> {
 #[tokio::test]
 async fn an_sms_lead_is_created_and_the_partner_is_answered_by_sms_through_notify() {
     let gw = StandIns::start(Options::default()).await.unwrap();
-    NOTIFY.with(|c| {
-        *c.borrow_mut() = Some(common::notify_through_africastalking(
-            &gw,
-            "22384",
-            "flow-at-callback-token",
-        ))
-    });
-    let app = TestApp::spawn(&fleet()).await;
+    let app = TestApp::spawn(&fleet(common::notify_through_africastalking(
+        &gw,
+        "22384",
+        "flow-at-callback-token",
+    )))
+    .await;
     let admin = app.admin_token().await;
     let r = app
         .post("/api/core/partners", &admin, json!({"fullName": "Grace Caretaker", "phoneNumber": "0711222444", "mpesaNumber": "0711222444", "status": "Active"}))
@@ -76,16 +61,11 @@ async fn an_sms_lead_is_created_and_the_partner_is_answered_by_sms_through_notif
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     let building: Uuid = r.body["doc"]["id"].as_str().unwrap().parse().unwrap();
-    let seen = eventually(15, || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM buildings WHERE id = $1")
-            .bind(building)
-            .fetch_one(&app.ctx("wa-parser").pool)
-            .await
-            .ok()
-            .filter(|n| *n == 1)
-    })
-    .await;
-    assert!(seen.is_some(), "wa-parser never saw the building");
+    assert!(
+        app.service_has_row("wa-parser", "buildings", building, 15)
+            .await,
+        "wa-parser never saw the building"
+    );
 
     // Africa's Talking's callback, form-encoded, delivered twice.
     let form: String = form_urlencoded::Serializer::new(String::new())

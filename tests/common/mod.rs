@@ -3,6 +3,9 @@
 //! which `crates/testkit` does not depend on.
 #![allow(dead_code)] // each test crate uses a part
 
+use std::cell::RefCell;
+
+use isp_platform::runtime::{ServiceInfo, StartFn};
 use isp_standin_sms::StandIns;
 use isp_testkit::{eventually, TestApp};
 use reqwest::StatusCode;
@@ -70,4 +73,27 @@ pub async fn installed_subscriber(app: &TestApp, admin: &str, ne: &str, body: Va
     .await;
     assert!(active.is_some(), "Billing activates after provisioning");
     created.body
+}
+
+thread_local! {
+    // StartFns cannot capture; the stand-in's port is known at run time only, and
+    // services start on the test's own thread.
+    static NOTIFY: RefCell<Option<svc_notify::Settings>> = const { RefCell::new(None) };
+}
+
+/// The whole fleet, with Notify started with `notify` (e.g.
+/// [`notify_through_africastalking`]) instead of its settings from the environment.
+pub fn fleet_with_notify(notify: svc_notify::Settings) -> Vec<(ServiceInfo, StartFn)> {
+    NOTIFY.with(|c| *c.borrow_mut() = Some(notify));
+    let mut f: Vec<_> = isp::fleet()
+        .into_iter()
+        .filter(|(info, _)| info.name != "notify")
+        .collect();
+    f.push((svc_notify::INFO, |c| {
+        let s = NOTIFY
+            .with(|s| s.borrow().clone())
+            .expect("notify settings");
+        Box::pin(svc_notify::start_with(c, s))
+    }));
+    f
 }

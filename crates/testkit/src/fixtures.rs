@@ -182,6 +182,26 @@ impl TestApp {
         .id()
     }
 
+    /// Waits (`secs` at most) until `service`'s own `table` (a projection, say)
+    /// has the row `id`; whether it did.
+    pub async fn service_has_row(&self, service: &str, table: &str, id: Uuid, secs: u64) -> bool {
+        let pool = self.ctx(service).pool.clone();
+        let q = format!("SELECT count(*) FROM {table} WHERE id = $1");
+        eventually(secs, || {
+            let (pool, q) = (pool.clone(), q.clone());
+            async move {
+                let n: i64 = sqlx::query_scalar(&q)
+                    .bind(id)
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+                (n == 1).then_some(())
+            }
+        })
+        .await
+        .is_some()
+    }
+
     /// Billing's subscriber `sub` once its status is `want` (`secs` at most).
     pub async fn subscriber_with_status(
         &self,
