@@ -6,11 +6,12 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
+use isp_events::options::{BillingCycle, LeadStatus};
 use isp_events::outbox::enqueue;
 use isp_events::payloads::LeadConverted;
 use isp_platform::auth::Principal;
 use isp_platform::collection::{
-    canonical, parse_body, parse_id, Collection, Field, Kind, Operation,
+    canonical, parse_body, parse_id, stored, Collection, Field, Kind, Operation,
 };
 use isp_platform::{ApiError, ApiResult, FieldError};
 use serde_json::{json, Map, Value};
@@ -52,7 +53,7 @@ pub fn routes() -> OpenApiRouter<App> {
 #[derive(Debug)]
 pub struct ConvertInput {
     pub service_plan: Uuid,
-    pub billing_cycle: String,
+    pub billing_cycle: BillingCycle,
     pub mpesa_number: Option<String>,
     pub contact_phone: Option<String>,
     pub email: Option<String>,
@@ -63,7 +64,7 @@ pub struct ConvertInput {
     pub one_off_charges: Vec<Value>,
 }
 
-const BILLING_CYCLES: &[&str] = isp_events::options::BillingCycle::ALL;
+const BILLING_CYCLES: &[&str] = BillingCycle::ALL;
 
 /// The convert body's schema: exactly what [`ConvertInput::parse`] accepts.
 pub struct ConvertBody;
@@ -144,7 +145,9 @@ impl ConvertInput {
             service_plan: s("servicePlan")
                 .and_then(|u| Uuid::parse_str(&u).ok())
                 .ok_or_else(|| ApiError::field("servicePlan", "Must be a valid id."))?,
-            billing_cycle: s("billingCycle").unwrap_or_default(),
+            billing_cycle: s("billingCycle")
+                .and_then(|c| BillingCycle::parse(&c))
+                .ok_or_else(|| ApiError::field("billingCycle", "Must be Monthly or Quarterly."))?,
             mpesa_number: s("mpesaNumber"),
             contact_phone: s("contactPhone"),
             email: s("email"),
@@ -310,9 +313,9 @@ async fn convert(
             .fetch(&mut conn, id, false)
             .await?
             .ok_or_else(|| ApiError::not_found("Lead"))?;
-        match lead["status"].as_str().unwrap_or_default() {
-            "Converted" => return already_converted(&s, &p, &mut conn, &lead).await,
-            "Lost" => {
+        match stored::option::<LeadStatus>(&lead, "status")? {
+            LeadStatus::Converted => return already_converted(&s, &p, &mut conn, &lead).await,
+            LeadStatus::Lost => {
                 return Err(ApiError::conflict_field(
                     "status",
                     "The lead is Lost; reopen it (set its status to New, Contacted or Site Survey) before converting.",
@@ -371,7 +374,7 @@ async fn convert(
             // then the lead is (or is about to be) Converted by it.
             let mut conn = s.ctx.pool.acquire().await?;
             if let Some(lead) = s.colls.leads.fetch(&mut conn, id, false).await? {
-                if lead["status"] == isp_events::options::LeadStatus::Converted {
+                if lead["status"] == LeadStatus::Converted {
                     return already_converted(&s, &p, &mut conn, &lead).await;
                 }
             }
@@ -396,7 +399,7 @@ async fn convert(
         .fetch(&mut tx, id, true)
         .await?
         .ok_or_else(|| ApiError::not_found("Lead"))?;
-    if lead["status"] == isp_events::options::LeadStatus::Converted {
+    if lead["status"] == LeadStatus::Converted {
         return already_converted(&s, &p, &mut tx, &lead).await;
     }
     // Even a lead set Lost meanwhile is converted now: Billing holds its subscriber.
@@ -431,9 +434,10 @@ async fn convert(
         .await?
         .ok_or_else(|| internal(anyhow::anyhow!("lead vanished")))?;
     tx.commit().await?;
+    // Billing answers every created subscriber with its account number.
     let account = conversion["subscriber"]["accountNumber"]
         .as_str()
-        .unwrap_or_default()
+        .ok_or_else(|| internal(anyhow::anyhow!("Billing's answer has no accountNumber")))?
         .to_owned();
     Ok((
         StatusCode::CREATED,
