@@ -79,7 +79,7 @@ struct StaffAuthRow {
     email: String,
     password_hash: String,
     role: String,
-    status: String,
+    status: isp_events::options::StaffStatus,
     login_attempts: i32,
     lock_until: Option<chrono::DateTime<Utc>>,
     token_version: i32,

@@ -62,7 +62,7 @@ async fn partner_problem(
     id: Uuid,
     must_be_active: bool,
 ) -> ApiResult<Option<String>> {
-    let status: Option<String> =
+    let status: Option<isp_events::options::PartnerStatus> =
         sqlx::query_scalar("SELECT status FROM partners WHERE id = $1 AND NOT deleted")
             .bind(id)
             .fetch_optional(&mut *tx)

@@ -29,6 +29,7 @@ use axum::extract::{Path, State};
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use isp_events::options::PartnerStatus;
 use isp_events::payloads::MpesaCommissionPaid;
 use isp_platform::auth::{HasKeys, Keys, Principal};
 use isp_platform::collection::{parse_id, Collection, Operation};
@@ -224,8 +225,7 @@ async fn ensure(tx: &mut PgConnection, rules: &Rules, lead: Uuid) -> anyhow::Res
         Some(limit) if payout <= limit => {
             let partner_row = partner_of(tx, partner).await?;
             payable_errors(payout, partner_row.as_ref()).is_empty()
-                && partner_row
-                    .is_some_and(|p| p.status == isp_events::options::PartnerStatus::Active)
+                && partner_row.is_some_and(|p| p.status == PartnerStatus::Active)
         }
         _ => false,
     };
@@ -261,29 +261,19 @@ async fn ensure(tx: &mut PgConnection, rules: &Rules, lead: Uuid) -> anyhow::Res
     Ok(())
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 struct PartnerRow {
     full_name: String,
     mpesa_number: String,
-    status: String,
+    status: PartnerStatus,
     deleted: bool,
 }
 
 async fn partner_of(tx: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<PartnerRow>> {
-    let row: Option<(String, String, String, bool)> = sqlx::query_as(
-        "SELECT full_name, mpesa_number, status, deleted FROM partners WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    Ok(
-        row.map(|(full_name, mpesa_number, status, deleted)| PartnerRow {
-            full_name,
-            mpesa_number,
-            status,
-            deleted,
-        }),
-    )
+    sqlx::query_as("SELECT full_name, mpesa_number, status, deleted FROM partners WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
 }
 
 /// What Daraja would refuse, named by field, before anything is sent.
@@ -1010,7 +1000,7 @@ mod tests {
         let p = PartnerRow {
             full_name: "A".into(),
             mpesa_number: "0712345678".into(),
-            status: "Active".into(),
+            status: PartnerStatus::Active,
             deleted: false,
         };
         assert!(payable_errors(d("10"), Some(&p)).is_empty());

@@ -85,7 +85,7 @@ enum Decision {
 struct Partner {
     id: Uuid,
     full_name: String,
-    status: String,
+    status: isp_events::options::PartnerStatus,
 }
 
 impl Worker {
