@@ -43,7 +43,9 @@ pub struct ConsumerSpec {
     pub lanes: usize,
     /// With several lanes, events with the same key are still applied one after
     /// the other, in stream order; events with different keys may overtake each
-    /// other. `None`: no ordering needed. Default: the event's `subject`.
+    /// other. `None`: no ordering needed. Default: the event's `subject`. (An
+    /// event that fails is retried later and holds back nothing, its key's
+    /// events included, with one lane as with several.)
     pub key: fn(&CloudEvent) -> Option<String>,
 }
 
@@ -78,6 +80,9 @@ const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// Nak delay for a failing handler: 1 s, 2 s, 4 s, ... capped.
 const NAK_BASE: Duration = Duration::from_secs(1);
 const NAK_MAX: Duration = Duration::from_secs(60);
+/// Deliveries after which a failing event is reported as stuck (error log,
+/// `isp_events_stuck_total`): about two minutes of retries.
+const STUCK_AFTER: i64 = 8;
 
 /// What a consumer does with one event, inside the transaction that also records
 /// the event as processed. Return `Ok(())` for event types it does not care about.
@@ -471,7 +476,16 @@ async fn process<H: EventHandler>(
                 u32::try_from(delivered).unwrap_or(u32::MAX),
                 NAK_MAX,
             );
-            tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "event handler failed; will redeliver");
+            if delivered >= STUCK_AFTER {
+                // Past a few retries it will not heal by itself (an event this
+                // consumer cannot read, a bug): an error for whoever watches logs,
+                // and a metric to alert on. It keeps being retried, never dropped.
+                metrics::counter!("isp_events_stuck_total", "consumer" => consumer.to_string(), "type" => event.r#type.clone())
+                    .increment(1);
+                tracing::error!(error = %format!("{e:#}"), retry_in = ?delay, "event handler keeps failing; will redeliver");
+            } else {
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "event handler failed; will redeliver");
+            }
             if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
                 tracing::warn!(error = %e, "nak failed (redelivered after ack wait)");
             }
