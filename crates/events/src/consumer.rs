@@ -208,7 +208,7 @@ async fn run<H: EventHandler>(
         // In flight: each future answers its message's key; messages whose key is
         // in flight wait behind it, so one key's events stay in stream order.
         let mut running = FuturesUnordered::new();
-        let mut waiting: HashMap<String, VecDeque<jetstream::Message>> = HashMap::new();
+        let mut waiting: HashMap<String, VecDeque<Delivery>> = HashMap::new();
         let mut queued = 0usize;
         let mut batch: Option<jetstream::consumer::pull::Batch> = None;
         // A pull request is never dropped half-sent (its messages would wait out
@@ -226,9 +226,9 @@ async fn run<H: EventHandler>(
                     if let Some(key) = key {
                         let next = waiting.get_mut(&key).and_then(VecDeque::pop_front);
                         match next {
-                            Some(msg) => {
+                            Some(d) => {
                                 queued -= 1;
-                                running.push(apply_message(&pool, &spec, &handler, Some(key), msg));
+                                running.push(apply_message(&pool, &spec, &handler, Some(key), d));
                             }
                             None => {
                                 waiting.remove(&key);
@@ -236,7 +236,12 @@ async fn run<H: EventHandler>(
                         }
                     }
                 }
-                pulled = async { pulling.as_mut().expect("guarded").await }, if pulling.is_some() => match pulled {
+                pulled = async {
+                    match pulling.as_mut() {
+                        Some(p) => p.await,
+                        None => std::future::pending().await,
+                    }
+                }, if pulling.is_some() => match pulled {
                     Ok(b) => {
                         pulling = None;
                         batch = Some(b);
@@ -246,22 +251,28 @@ async fn run<H: EventHandler>(
                         break Flow::Retry;
                     }
                 },
-                next = async { batch.as_mut().expect("guarded").next().await }, if room && batch.is_some() => {
+                next = async {
+                    match batch.as_mut() {
+                        Some(b) => b.next().await,
+                        None => std::future::pending().await,
+                    }
+                }, if room && batch.is_some() => {
                     match next {
                         None => batch = None, // batch done or expired: pull again
                         Some(Ok(msg)) => {
                             backoff.reset();
-                            let key = key_of(&spec, &msg);
+                            let d = Delivery::new(msg);
+                            let key = key_of(&spec, &d);
                             match key.as_ref().and_then(|k| waiting.get_mut(k)) {
                                 Some(line) => {
-                                    line.push_back(msg);
+                                    line.push_back(d);
                                     queued += 1;
                                 }
                                 None => {
                                     if let Some(k) = &key {
                                         waiting.insert(k.clone(), VecDeque::new());
                                     }
-                                    running.push(apply_message(&pool, &spec, &handler, key, msg));
+                                    running.push(apply_message(&pool, &spec, &handler, key, d));
                                 }
                             }
                         }
@@ -277,9 +288,10 @@ async fn run<H: EventHandler>(
         // What is in hand is finished, not abandoned; what waits is handed back
         // for redelivery now rather than after the ack wait.
         while running.next().await.is_some() {}
-        for msg in waiting.into_values().flatten() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), msg.ack_with(AckKind::Nak(None)))
-                .await;
+        for d in waiting.into_values().flatten() {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), d.msg.ack_with(AckKind::Nak(None)))
+                    .await;
         }
         match outcome {
             Flow::Stop => break 'setup,
@@ -313,13 +325,24 @@ async fn pull(
 
 /// The ordering key of a message (none for one that is not a CloudEvent: it is
 /// terminated without touching the database).
-fn key_of(spec: &ConsumerSpec, msg: &jetstream::Message) -> Option<String> {
+fn key_of(spec: &ConsumerSpec, d: &Delivery) -> Option<String> {
     if spec.lanes == 1 {
         return Some(String::new());
     }
-    CloudEvent::from_json(&msg.payload)
-        .ok()
-        .and_then(|ev| (spec.key)(&ev))
+    d.event.as_ref().ok().and_then(spec.key)
+}
+
+/// A message and its CloudEvent, read once when it arrives.
+struct Delivery {
+    msg: jetstream::Message,
+    event: anyhow::Result<CloudEvent>,
+}
+
+impl Delivery {
+    fn new(msg: jetstream::Message) -> Self {
+        let event = CloudEvent::from_json(&msg.payload);
+        Self { msg, event }
+    }
 }
 
 async fn apply_message<'a, H: EventHandler>(
@@ -327,9 +350,9 @@ async fn apply_message<'a, H: EventHandler>(
     spec: &'a ConsumerSpec,
     handler: &'a H,
     key: Option<String>,
-    msg: jetstream::Message,
+    d: Delivery,
 ) -> Option<String> {
-    process(pool, &spec.durable, handler, msg).await;
+    process(pool, &spec.durable, handler, d).await;
     key
 }
 
@@ -417,9 +440,9 @@ async fn process<H: EventHandler>(
     pool: &PgPool,
     consumer: &str,
     handler: &H,
-    msg: jetstream::Message,
+    Delivery { msg, event }: Delivery,
 ) {
-    let mut event = match CloudEvent::from_json(&msg.payload) {
+    let mut event = match event {
         Ok(ev) => ev,
         Err(e) => {
             // Redelivering it would not make it parse: drop it for good.
