@@ -228,7 +228,14 @@ impl App {
             .status()
     }
 
+    /// Pays into the paybill at the stand-in, once M-Pesa has registered its
+    /// C2B URLs there (it does so in the background at start).
     async fn simulate(&self, amount: &str, msisdn: &str, account: &str) {
+        let registered = eventually(15, || async {
+            (self.scalar_i64("SELECT count(*) FROM mpesa.transactions WHERE kind = 'C2B Register' AND status = 'Registered'").await >= 1).then_some(())
+        })
+        .await;
+        assert!(registered.is_some(), "C2B URLs never registered");
         let token = self.oauth().await;
         let r = self
             .app
