@@ -13,13 +13,16 @@ pub trait Spec: Sized + Copy + 'static {
 
 /// An enum of spec strings: `ALL` (for `Kind::Select`), `as_str`, `parse`, serde as
 /// the string, and comparison with `&str`, `Option<&str>` and a JSON value, so a
-/// status check names the variant.
+/// status check names the variant. Exported so a service's own lists (M-Pesa's
+/// commission states, say) are written the same way; the caller needs `serde`,
+/// `sqlx` and `serde_json`, as every service has.
+#[macro_export]
 macro_rules! spec_enum {
-    ($(#[$m:meta])* $name:ident { $($variant:ident = $s:literal),+ $(,)? }) => {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident = $s:literal),+ $(,)? }) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
         pub enum $name {
-            $(#[serde(rename = $s)] $variant),+
+            $($(#[$vm])* #[serde(rename = $s)] $variant),+
         }
 
         impl $name {
@@ -40,7 +43,7 @@ macro_rules! spec_enum {
             }
         }
 
-        impl Spec for $name {
+        impl $crate::options::Spec for $name {
             const ALL: &'static [&'static str] = $name::ALL;
             fn parse(s: &str) -> Option<Self> {
                 $name::parse(s)

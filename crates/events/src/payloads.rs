@@ -642,40 +642,16 @@ pub const NOTIFICATION_REQUEST_FILTER: &str = "isp.*.notification.requested.>";
 /// The event type prefix every request wrapper shares.
 pub const NOTIFICATION_REQUEST_TYPE_PREFIX: &str = "notification.requested.";
 
-/// `sms` | `email`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NotificationChannel {
-    Sms,
-    Email,
+crate::spec_enum! {
+    /// `sms` | `email` (Notify owns it).
+    NotificationChannel { Sms = "sms", Email = "email" }
 }
 
-impl NotificationChannel {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Sms => "sms",
-            Self::Email => "email",
-        }
-    }
-}
-
-/// `transactional` (invoices, outages, replies) | `promotional` (marketing:
-/// Notify refuses it to a suppressed recipient even if the requester forgot to
-/// filter).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NotificationCategory {
-    Transactional,
-    Promotional,
-}
-
-impl NotificationCategory {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Transactional => "transactional",
-            Self::Promotional => "promotional",
-        }
-    }
+crate::spec_enum! {
+    /// `transactional` (invoices, outages, replies) | `promotional` (marketing:
+    /// Notify refuses it to a suppressed recipient even if the requester forgot to
+    /// filter).
+    NotificationCategory { Transactional = "transactional", Promotional = "promotional" }
 }
 
 /// One message to send, as rendered by the requester.
@@ -728,30 +704,31 @@ pub fn notification_request(
     Ok(Some((requester, ev.data_as()?)))
 }
 
-/// Where a delivery stands. Notify never moves a delivery backwards
-/// ([`DeliveryStatus::rank`]); consumers that keep their own copy should apply
-/// the same rule, since events can arrive out of order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum DeliveryStatus {
-    /// Received by Notify, not yet handed to a provider (also while retrying).
-    Queued,
-    /// The provider took it (Africa's Talking 100 to 102, Twilio `queued` /
-    /// `accepted`); not yet on the network.
-    Accepted,
-    /// The provider handed it to the network (Twilio `sent`, AT `Sent`), or
-    /// an SMTP server / the log-only provider accepted it (final for those).
-    Sent,
-    /// Handset confirmed (AT `Success`, Twilio `delivered`).
-    Delivered,
-    /// The network could not deliver it (AT `Rejected` / `Failed` /
-    /// `AbsentSubscriber`, Twilio `undelivered`).
-    Undelivered,
-    /// The network gave up waiting (AT `Expired`).
-    Expired,
-    /// Never sent: a permanent provider error (invalid number, insufficient
-    /// balance), retries exhausted, or refused by Notify (suppressed, bad
-    /// recipient). `failureReason` says which.
-    Failed,
+crate::spec_enum! {
+    /// Where a delivery stands. Notify never moves a delivery backwards
+    /// ([`DeliveryStatus::rank`]); consumers that keep their own copy should apply
+    /// the same rule, since events can arrive out of order.
+    DeliveryStatus {
+        /// Received by Notify, not yet handed to a provider (also while retrying).
+        Queued = "Queued",
+        /// The provider took it (Africa's Talking 100 to 102, Twilio `queued` /
+        /// `accepted`); not yet on the network.
+        Accepted = "Accepted",
+        /// The provider handed it to the network (Twilio `sent`, AT `Sent`), or
+        /// an SMTP server / the log-only provider accepted it (final for those).
+        Sent = "Sent",
+        /// Handset confirmed (AT `Success`, Twilio `delivered`).
+        Delivered = "Delivered",
+        /// The network could not deliver it (AT `Rejected` / `Failed` /
+        /// `AbsentSubscriber`, Twilio `undelivered`).
+        Undelivered = "Undelivered",
+        /// The network gave up waiting (AT `Expired`).
+        Expired = "Expired",
+        /// Never sent: a permanent provider error (invalid number, insufficient
+        /// balance), retries exhausted, or refused by Notify (suppressed, bad
+        /// recipient). `failureReason` says which.
+        Failed = "Failed",
+    }
 }
 
 impl DeliveryStatus {
@@ -766,33 +743,6 @@ impl DeliveryStatus {
             Self::Sent => 2,
             Self::Delivered | Self::Undelivered | Self::Expired | Self::Failed => 3,
         }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "Queued",
-            Self::Accepted => "Accepted",
-            Self::Sent => "Sent",
-            Self::Delivered => "Delivered",
-            Self::Undelivered => "Undelivered",
-            Self::Expired => "Expired",
-            Self::Failed => "Failed",
-        }
-    }
-
-    /// The label as stored (`Queued`, ...).
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::Queued,
-            Self::Accepted,
-            Self::Sent,
-            Self::Delivered,
-            Self::Undelivered,
-            Self::Expired,
-            Self::Failed,
-        ]
-        .into_iter()
-        .find(|v| v.as_str() == s)
     }
 }
 

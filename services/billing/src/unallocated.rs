@@ -20,6 +20,11 @@ use uuid::Uuid;
 use crate::collections::FIN;
 use crate::App;
 use isp_platform::collection::Operation;
+
+isp_events::spec_enum! {
+    /// An unallocated payment waits Open until staff put it on an invoice.
+    UnallocatedStatus { Open = "Open", Allocated = "Allocated" }
+}
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -43,7 +48,7 @@ pub fn collection() -> Collection {
             Field::new("transactionTime", "transaction_time", Kind::Timestamp).system(),
             Field::new("source", "source", Kind::TEXT).system(),
             Field::new("reason", "reason", Kind::TEXT).system(),
-            Field::new("status", "status", Kind::Select(&["Open", "Allocated"])).system(),
+            Field::new("status", "status", Kind::Select(UnallocatedStatus::ALL)).system(),
             Field::new("payment", "payment_id", Kind::Relation).system(),
             Field::new("allocatedBy", "allocated_by", Kind::Relation).system(),
             Field::new("allocatedAt", "allocated_at", Kind::Timestamp).system(),
@@ -138,7 +143,7 @@ async fn allocate(
     };
     crate::collections::lock_subscriber(&mut tx, sub).await?;
     let row: Option<(
-        String,
+        UnallocatedStatus,
         String,
         rust_decimal::Decimal,
         chrono::DateTime<chrono::Utc>,
@@ -152,7 +157,7 @@ async fn allocate(
     let Some((status, receipt, amount, at)) = row else {
         return Err(ApiError::not_found("Unallocated payment"));
     };
-    if status != "Open" {
+    if status != UnallocatedStatus::Open {
         return Err(ApiError::conflict(
             "This payment has been allocated already.",
         ));

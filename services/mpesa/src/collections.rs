@@ -8,6 +8,8 @@ use std::sync::Arc;
 use isp_platform::auth::{Role, Roles};
 use isp_platform::collection::{Collection, Field, Kind};
 
+use crate::status::{CommissionStatus, StkStatus};
+
 pub const FIN: Roles = Roles::of(&[Role::Admin, Role::BillingManager]);
 pub const ADMIN: Roles = Roles::of(&[Role::Admin]);
 
@@ -96,7 +98,7 @@ fn stk_requests() -> Collection {
             Field::new(
                 "status",
                 "status",
-                Kind::Select(&["Requested", "Pending", "Paid", "Failed"]),
+                Kind::Select(StkStatus::ALL),
             )
             .system(),
             Field::new("merchantRequestId", "merchant_request_id", Kind::TEXT).system(),
@@ -159,9 +161,6 @@ fn payments() -> Collection {
     .access(FIN, Roles::NONE, Roles::NONE, Roles::NONE)
 }
 
-pub const COMMISSION_STATUSES: &[&str] =
-    &["Pending Approval", "Approved", "Sent", "Paid", "Failed"];
-
 /// Partner commissions, one per converted referral (see `commissions`).
 fn commissions() -> Collection {
     const INT: Kind = Kind::Int {
@@ -183,7 +182,7 @@ fn commissions() -> Collection {
             Field::new("basis", "basis", Kind::Select(&["Flat", "Percent"])).system(),
             Field::new("amount", "amount", Kind::Money).system(),
             Field::new("payoutAmount", "payout_amount", Kind::Money).system(),
-            Field::new("status", "status", Kind::Select(COMMISSION_STATUSES)).system(),
+            Field::new("status", "status", Kind::Select(CommissionStatus::ALL)).system(),
             Field::new("phone", "phone", Kind::TEXT).system(),
             Field::new("attempts", "attempts", INT).system(),
             Field::new(

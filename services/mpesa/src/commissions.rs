@@ -43,6 +43,7 @@ use utoipa::OpenApi;
 use uuid::Uuid;
 
 use crate::daraja::{DarajaError, ResultBody, ResultInner};
+use crate::status::CommissionStatus;
 use crate::txlog::{record, Entry};
 use crate::Mpesa;
 
@@ -356,7 +357,7 @@ async fn approve(
 ) -> ApiResult<Json<Value>> {
     s.coll.authorize(&p, Operation::Action("approve"))?;
     let id = parse_id(&id)?;
-    start_attempt(&s, &p, id, "Pending Approval").await
+    start_attempt(&s, &p, id, CommissionStatus::PendingApproval).await
 }
 
 /// Sends a Failed commission again (Admin), as a new attempt with its own
@@ -377,13 +378,18 @@ async fn retry(
 ) -> ApiResult<Json<Value>> {
     s.coll.authorize(&p, Operation::Action("retry"))?;
     let id = parse_id(&id)?;
-    start_attempt(&s, &p, id, "Failed").await
+    start_attempt(&s, &p, id, CommissionStatus::Failed).await
 }
 
 /// From `from` to Approved with a new attempt, then sends it.
-async fn start_attempt(s: &St, p: &Principal, id: Uuid, from: &str) -> ApiResult<Json<Value>> {
+async fn start_attempt(
+    s: &St,
+    p: &Principal,
+    id: Uuid,
+    from: CommissionStatus,
+) -> ApiResult<Json<Value>> {
     let mut tx = s.m.ctx.pool.begin().await?;
-    let row: Option<(String, Decimal, Uuid)> = sqlx::query_as(
+    let row: Option<(CommissionStatus, Decimal, Uuid)> = sqlx::query_as(
         "SELECT status, payout_amount, partner_id FROM commissions WHERE id = $1 FOR UPDATE",
     )
     .bind(id)
@@ -404,7 +410,7 @@ async fn start_attempt(s: &St, p: &Principal, id: Uuid, from: &str) -> ApiResult
         return Err(ApiError::BadRequest(errors));
     }
     sqlx::query(
-        "UPDATE commissions SET status = 'Approved', attempts = attempts + 1,
+        "UPDATE commissions SET status = $3, attempts = attempts + 1,
              originator_conversation_id = id::text || '-' || (attempts + 1),
              approved_by = $2, approved_at = now(), result_code = NULL, result_description = NULL,
              conversation_id = NULL, send_claimed_until = NULL, next_check_at = NULL,
@@ -413,6 +419,7 @@ async fn start_attempt(s: &St, p: &Principal, id: Uuid, from: &str) -> ApiResult
     )
     .bind(id)
     .bind(p.label())
+    .bind(CommissionStatus::Approved)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -425,10 +432,12 @@ async fn start_attempt(s: &St, p: &Principal, id: Uuid, from: &str) -> ApiResult
         .fetch(&mut conn, id, false)
         .await?
         .ok_or_else(|| ApiError::not_found("Commission"))?;
-    let message = match doc["status"].as_str() {
-        Some("Sent") => "Approved and sent: M-Pesa's result marks it Paid or Failed.".to_string(),
-        Some("Paid") => "Approved and paid.".to_string(),
-        Some("Failed") => format!(
+    let message = match doc["status"].as_str().and_then(CommissionStatus::parse) {
+        Some(CommissionStatus::Sent) => {
+            "Approved and sent: M-Pesa's result marks it Paid or Failed.".to_string()
+        }
+        Some(CommissionStatus::Paid) => "Approved and paid.".to_string(),
+        Some(CommissionStatus::Failed) => format!(
             "Approved, but M-Pesa refused the payment: {}",
             doc["resultDescription"]
                 .as_str()
@@ -498,14 +507,14 @@ pub(crate) async fn send(m: &Mpesa, id: Uuid) -> anyhow::Result<()> {
         )
         .await;
     let mut tx = m.ctx.pool.begin().await?;
-    let (status, current): (String, Option<String>) = sqlx::query_as(
+    let (status, current): (CommissionStatus, Option<String>) = sqlx::query_as(
         "SELECT status, originator_conversation_id FROM commissions WHERE id = $1 FOR UPDATE",
     )
     .bind(id)
     .fetch_one(&mut *tx)
     .await?;
     // The result callback may have come before this answer was recorded.
-    let open = status == "Approved" && current.as_deref() == Some(ocid.as_str());
+    let open = status == CommissionStatus::Approved && current.as_deref() == Some(ocid.as_str());
     let after = m.opts.b2c_status_after.as_secs_f64();
     let mut entry = Entry {
         kind: "B2C Request",
@@ -743,7 +752,7 @@ pub(crate) async fn callback(m: &Mpesa, which: Callback, body: &[u8]) -> anyhow:
         Callback::Status(_) => r.param("OriginatorConversationID"),
         _ => Some(r.originator_conversation_id.clone()).filter(|s| !s.is_empty()),
     };
-    type Row = (Uuid, String, Option<String>, i32);
+    type Row = (Uuid, CommissionStatus, Option<String>, i32);
     let row: Option<Row> = match which {
         Callback::Status(id) => {
             sqlx::query_as(
@@ -785,7 +794,7 @@ pub(crate) async fn callback(m: &Mpesa, which: Callback, body: &[u8]) -> anyhow:
             if stale {
                 tracing::warn!(commission = %id, kind, "B2C callback for an earlier attempt");
                 "Earlier attempt (not applied)".to_string()
-            } else if !matches!(status.as_str(), "Approved" | "Sent") {
+            } else if !status.in_flight() {
                 format!("Settled already ({status})")
             } else {
                 match which {
@@ -855,7 +864,7 @@ async fn apply(
             .await?;
             entry.receipt = Some(receipt);
             entry.amount = Some(payout);
-            Ok("Paid".into())
+            Ok(CommissionStatus::Paid.to_string())
         }
         Outcome::Failed { code, desc } => {
             sqlx::query(
@@ -868,7 +877,7 @@ async fn apply(
             .bind(&desc)
             .execute(&mut *tx)
             .await?;
-            Ok("Failed".into())
+            Ok(CommissionStatus::Failed.to_string())
         }
         Outcome::Unknown(why) => Ok(format!("No outcome yet: {why}")),
     }

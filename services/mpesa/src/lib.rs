@@ -41,6 +41,7 @@ pub mod daraja;
 mod hooks;
 mod projections;
 mod reconciliation;
+pub mod status;
 mod stk;
 mod txlog;
 

@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
+use isp_events::options::InvoiceStatus;
 use isp_platform::auth::{HasKeys, Keys, Principal};
 use isp_platform::collection::Collection;
 use isp_platform::error::FieldError;
@@ -25,6 +26,7 @@ use uuid::Uuid;
 use crate::collections::FIN;
 use crate::credit::{credit, Credit};
 use crate::daraja::{StkCallback, StkCallbackBody, StkPush};
+use crate::status::StkStatus;
 use crate::txlog::{record, Entry};
 use crate::Mpesa;
 
@@ -191,7 +193,7 @@ async fn prepare(
     let mut tx = m.ctx.pool.begin().await?;
     type Row = (
         String,
-        String,
+        InvoiceStatus,
         Decimal,
         Uuid,
         Option<String>,
@@ -212,7 +214,10 @@ async fn prepare(
             "Unknown invoice (a new one reaches M-Pesa within seconds: try again shortly).",
         ));
     };
-    if matches!(status.as_str(), "Paid" | "Cancelled" | "Draft") {
+    if matches!(
+        status,
+        InvoiceStatus::Paid | InvoiceStatus::Cancelled | InvoiceStatus::Draft
+    ) {
         return Err(ApiError::conflict_field(
             "invoice",
             format!("Invoice {number} is {status}: there is nothing to collect."),
@@ -489,7 +494,7 @@ async fn apply_callback(
     cb: &StkCallback,
 ) -> anyhow::Result<String> {
     let _ = m;
-    type Row = (Uuid, Uuid, Uuid, String, String, Decimal, String);
+    type Row = (Uuid, Uuid, Uuid, String, String, Decimal, StkStatus);
     let row: Option<Row> = sqlx::query_as(
         "SELECT id, invoice_id, subscriber_id, account_reference, phone, amount, status
          FROM stk_requests WHERE checkout_request_id = $1 FOR UPDATE",
@@ -502,7 +507,7 @@ async fn apply_callback(
         return Ok("Unknown request".into());
     };
     if !cb.result_code.is_success() {
-        if matches!(status.as_str(), "Requested" | "Pending") {
+        if status.open() {
             sqlx::query(
                 "UPDATE stk_requests SET status = 'Failed', result_code = $2, result_description = $3,
                      settled_by = 'Callback', updated_at = now() WHERE id = $1",
@@ -512,7 +517,7 @@ async fn apply_callback(
             .bind(&cb.result_desc)
             .execute(&mut *tx)
             .await?;
-            return Ok("Failed".into());
+            return Ok(StkStatus::Failed.to_string());
         }
         return Ok("Duplicate".into());
     }
@@ -715,7 +720,7 @@ async fn query_due(m: &Mpesa) -> anyhow::Result<()> {
     for (id, checkout) in due {
         let res = m.daraja.stk_query(&checkout).await;
         let mut tx = m.ctx.pool.begin().await?;
-        let status: String =
+        let status: StkStatus =
             sqlx::query_scalar("SELECT status FROM stk_requests WHERE id = $1 FOR UPDATE")
                 .bind(id)
                 .fetch_one(&mut *tx)
@@ -726,8 +731,8 @@ async fn query_due(m: &Mpesa) -> anyhow::Result<()> {
             ..Default::default()
         };
         let mut paid = false;
-        match (&res, status.as_str()) {
-            (_, s) if s != "Pending" => {
+        match (&res, status) {
+            (_, s) if s != StkStatus::Pending => {
                 entry.status = format!("Settled already ({s})");
             }
             (Ok((_, a)), _) if a.result_code.is_success() => {
@@ -753,7 +758,7 @@ async fn query_due(m: &Mpesa) -> anyhow::Result<()> {
                 .bind(&a.result_desc)
                 .execute(&mut *tx)
                 .await?;
-                entry.status = "Failed".into();
+                entry.status = StkStatus::Failed.to_string();
             }
             (Err(e), _) if e.is_still_processing() => {
                 entry.status = "Processing".into();

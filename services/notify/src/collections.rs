@@ -2,20 +2,13 @@
 //! the collection engine's list queries (`where[status][equals]=Failed`,
 //! `sort=-createdAt`, ...). Deliveries are written only by requests and gateways.
 
+use isp_events::payloads::{DeliveryStatus, NotificationCategory, NotificationChannel};
 use isp_platform::auth::{Role, Roles};
 use isp_platform::collection::{Collection, Field, Kind};
 
-pub const CHANNELS: &[&str] = &["sms", "email"];
-pub const CATEGORIES: &[&str] = &["transactional", "promotional"];
-pub const STATUSES: &[&str] = &[
-    "Queued",
-    "Accepted",
-    "Sent",
-    "Delivered",
-    "Undelivered",
-    "Expired",
-    "Failed",
-];
+pub const CHANNELS: &[&str] = NotificationChannel::ALL;
+pub const CATEGORIES: &[&str] = NotificationCategory::ALL;
+pub const STATUSES: &[&str] = DeliveryStatus::ALL;
 
 pub fn deliveries() -> Collection {
     let f = |name, column, kind| Field::new(name, column, kind).system();

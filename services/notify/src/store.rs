@@ -28,23 +28,16 @@ pub struct Change<'a> {
 
 #[derive(sqlx::FromRow)]
 struct Current {
-    status: String,
+    status: DeliveryStatus,
     requester: String,
     reference: Option<String>,
-    channel: String,
+    channel: NotificationChannel,
     recipient: String,
     provider: String,
     provider_message_id: Option<String>,
     cost: Option<Decimal>,
     cost_currency: Option<String>,
     failure_reason: Option<String>,
-}
-
-pub fn channel_of(s: &str) -> NotificationChannel {
-    match s {
-        "email" => NotificationChannel::Email,
-        _ => NotificationChannel::Sms,
-    }
 }
 
 /// Moves delivery `id` to `status` if that is progress, records `change`, ends any
@@ -66,8 +59,7 @@ pub async fn advance(
     .fetch_optional(&mut *tx)
     .await?;
     let Some(cur) = cur else { return Ok(false) };
-    let from = DeliveryStatus::parse(&cur.status)
-        .ok_or_else(|| anyhow::anyhow!("delivery {id} has unknown status {}", cur.status))?;
+    let from = cur.status;
     if status.rank() <= from.rank() {
         return Ok(false);
     }
@@ -109,7 +101,7 @@ pub async fn advance(
         at,
         requester: Some(cur.requester),
         reference: cur.reference,
-        channel: Some(channel_of(&cur.channel)),
+        channel: Some(cur.channel),
         recipient: Some(cur.recipient),
         provider_message_id: pmid,
         cost,
@@ -132,12 +124,12 @@ pub async fn announce(tx: &mut PgConnection, id: Uuid) -> anyhow::Result<()> {
     .await?;
     let ev = NotificationStatus {
         delivery_id: id,
-        status: DeliveryStatus::parse(&cur.status).unwrap_or(DeliveryStatus::Queued),
+        status: cur.status,
         provider: cur.provider,
         at: Utc::now(),
         requester: Some(cur.requester),
         reference: cur.reference,
-        channel: Some(channel_of(&cur.channel)),
+        channel: Some(cur.channel),
         recipient: Some(cur.recipient),
         provider_message_id: cur.provider_message_id,
         cost: cur.cost,
@@ -219,7 +211,7 @@ pub async fn apply_early_reports(
     provider: &str,
     provider_message_id: &str,
 ) -> anyhow::Result<()> {
-    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+    let mut reports: Vec<(DeliveryStatus, Option<String>)> = sqlx::query_as(
         "DELETE FROM early_reports WHERE provider = $1 AND provider_message_id = $2 \
          RETURNING status, failure_reason",
     )
@@ -227,10 +219,6 @@ pub async fn apply_early_reports(
     .bind(provider_message_id)
     .fetch_all(&mut *tx)
     .await?;
-    let mut reports: Vec<(DeliveryStatus, Option<String>)> = rows
-        .into_iter()
-        .filter_map(|(s, r)| DeliveryStatus::parse(&s).map(|s| (s, r)))
-        .collect();
     reports.sort_by_key(|(s, _)| s.rank());
     for (status, reason) in reports {
         advance(

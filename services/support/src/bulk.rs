@@ -38,8 +38,10 @@ use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
 use crate::api::{channel_of, check, message_source};
-use crate::collections::SUPPORT;
-use crate::notifications::{category_label, channel_label, Customer};
+use crate::collections::{MessageStatus, SUPPORT};
+use crate::notifications::{
+    category_from_label, category_label, channel_from_label, channel_label, Customer,
+};
 use crate::{templates, Collections, Settings};
 
 /// Kenya's promotional window is set in East Africa Time whatever the ISP's zone.
@@ -101,7 +103,8 @@ impl Bulk {
     /// Queues the earliest due bulk send; false when none is due.
     async fn run_one(&self) -> anyhow::Result<bool> {
         let mut tx = self.ctx.pool.begin().await?;
-        let due: Option<(
+        // id, audience, type, content, subject, category, trigger_event, sent_by
+        type Due = (
             Uuid,
             Value,
             String,
@@ -110,7 +113,8 @@ impl Bulk {
             String,
             String,
             Option<Uuid>,
-        )> = sqlx::query_as(
+        );
+        let due: Option<Due> = sqlx::query_as(
             "SELECT id, audience, type, content, subject, category, trigger_event, sent_by
                  FROM messages WHERE bulk_send AND status = 'Scheduled' AND scheduled_at <= now()
                  ORDER BY scheduled_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
@@ -122,16 +126,11 @@ impl Bulk {
             return Ok(false);
         };
         let audience: Audience = serde_json::from_value(audience)?;
-        let channel = if channel == "Email" {
-            NotificationChannel::Email
-        } else {
-            NotificationChannel::Sms
-        };
-        let category = if category == "Promotional" {
-            NotificationCategory::Promotional
-        } else {
-            NotificationCategory::Transactional
-        };
+        let channel = channel_from_label(&channel)
+            .ok_or_else(|| anyhow::anyhow!("bulk send {id} has an unknown type {channel:?}"))?;
+        let category = category_from_label(&category).ok_or_else(|| {
+            anyhow::anyhow!("bulk send {id} has an unknown category {category:?}")
+        })?;
         let plan = recipients(&mut tx, &audience, channel, category).await?;
         let footer = (category == NotificationCategory::Promotional)
             .then(|| self.settings.opt_out_footer.clone());
@@ -173,7 +172,7 @@ impl Bulk {
             subjects.push(subj);
             subs.push(r.subscriber);
             contacts.push(r.contact);
-            statuses.push(if skipped { "Skipped" } else { "Queued" });
+            statuses.push(if skipped { MessageStatus::Skipped } else { MessageStatus::Queued }.as_str());
             reasons.push(skipped.then_some("Suppressed"));
         }
         sqlx::query(
@@ -868,24 +867,25 @@ async fn progress(
 ) -> ApiResult<Json<Progress>> {
     let mut conn = b.ctx.pool.acquire().await?;
     let (id, doc) = parent(&b, &p, &mut conn, &id, false).await?;
-    let rows: Vec<(String, i64)> =
+    let rows: Vec<(MessageStatus, i64)> =
         sqlx::query_as("SELECT status, count(*) FROM messages WHERE parent = $1 GROUP BY status")
             .bind(id)
             .fetch_all(&mut *conn)
             .await?;
-    let get = |names: &[&str]| -> i64 {
+    let get = |these: &[MessageStatus]| -> i64 {
         rows.iter()
-            .filter(|(s, _)| names.contains(&s.as_str()))
+            .filter(|(s, _)| these.contains(s))
             .map(|(_, n)| n)
             .sum()
     };
+    use MessageStatus as S;
     Ok(Json(Progress {
         total: rows.iter().map(|(_, n)| n).sum(),
-        queued: get(&["Queued", "Accepted"]),
-        sent: get(&["Sent", "Delivered"]),
-        failed: get(&["Failed", "Undelivered", "Expired"]),
-        skipped: get(&["Skipped"]),
-        counts: rows.iter().map(|(s, n)| (s.clone(), json!(n))).collect(),
+        queued: get(&[S::Queued, S::Accepted]),
+        sent: get(&[S::Sent, S::Delivered]),
+        failed: get(&[S::Failed, S::Undelivered, S::Expired]),
+        skipped: get(&[S::Skipped]),
+        counts: rows.iter().map(|(s, n)| (s.to_string(), json!(n))).collect(),
         doc: b.colls.messages.present(&p, &doc),
     }))
 }
@@ -903,7 +903,7 @@ async fn cancel(
     // The worker holds the row while it queues a send, so a cancel waits for it
     // and then finds it started.
     let (id, doc) = parent(&b, &p, &mut tx, &id, true).await?;
-    if doc["status"] != json!("Scheduled") {
+    if doc["status"] != MessageStatus::Scheduled {
         return Err(ApiError::conflict_field(
             "status",
             format!(

@@ -31,21 +31,26 @@ pub const KINDS: &[&str] = &["Customer", "Network"];
 pub const STATUSES: &[&str] = TicketStatus::ALL;
 pub const PRIORITIES: &[&str] = isp_events::options::TicketPriority::ALL;
 pub const CHANNELS: &[&str] = &["SMS", "Email"];
-/// The spec's Sent and Failed, what gateways report (Queued, Accepted, Delivered,
-/// Undelivered, Expired), Skipped / Cancelled for bulk recipients not sent to, and
-/// Scheduled for a bulk send's parent waiting for its start.
-pub const MESSAGE_STATUSES: &[&str] = &[
-    "Scheduled",
-    "Queued",
-    "Sent",
-    "Accepted",
-    "Delivered",
-    "Undelivered",
-    "Expired",
-    "Failed",
-    "Skipped",
-    "Cancelled",
-];
+isp_events::spec_enum! {
+    /// A logged message: the spec's Sent and Failed, what gateways report (Queued,
+    /// Accepted, Delivered, Undelivered, Expired), Skipped / Cancelled for bulk
+    /// recipients not sent to, and Scheduled for a bulk send's parent waiting for
+    /// its start.
+    MessageStatus {
+        Scheduled = "Scheduled",
+        Queued = "Queued",
+        Sent = "Sent",
+        Accepted = "Accepted",
+        Delivered = "Delivered",
+        Undelivered = "Undelivered",
+        Expired = "Expired",
+        Failed = "Failed",
+        Skipped = "Skipped",
+        Cancelled = "Cancelled",
+    }
+}
+
+pub const MESSAGE_STATUSES: &[&str] = MessageStatus::ALL;
 pub const CATEGORIES: &[&str] = &["Transactional", "Promotional"];
 pub const TRIGGER_EVENTS: &[&str] = &[
     "invoice.created",

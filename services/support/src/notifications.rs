@@ -43,6 +43,20 @@ pub fn channel_label(c: NotificationChannel) -> &'static str {
     }
 }
 
+/// The channel a stored label names; `None` for anything else.
+pub fn channel_from_label(s: &str) -> Option<NotificationChannel> {
+    [NotificationChannel::Sms, NotificationChannel::Email]
+        .into_iter()
+        .find(|c| channel_label(*c) == s)
+}
+
+/// The category a stored label names; `None` for anything else.
+pub fn category_from_label(s: &str) -> Option<NotificationCategory> {
+    [NotificationCategory::Transactional, NotificationCategory::Promotional]
+        .into_iter()
+        .find(|c| category_label(*c) == s)
+}
+
 pub fn category_label(c: NotificationCategory) -> &'static str {
     match c {
         NotificationCategory::Transactional => "Transactional",

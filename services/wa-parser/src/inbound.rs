@@ -16,29 +16,53 @@ use utoipa::OpenApi;
 
 use crate::AppState;
 
-pub const CHANNELS: &[&str] = &["WhatsApp", "SMS"];
-pub const OUTCOMES: &[&str] = &[
-    "Pending",
-    "Lead created",
-    "Duplicate",
-    "Unknown sender",
-    "Inactive partner",
-    "Parse error",
-    "CRM unavailable",
-    "Rejected",
-    "Help",
-    "Not text",
-];
-/// Outcomes an Admin may re-process: the message did not become a lead for a
-/// reason that may have gone away.
-pub const REPROCESSABLE: &[&str] = &[
-    "Unknown sender",
-    "Inactive partner",
-    "Parse error",
-    "Rejected",
-    "Not text",
-];
-pub const REPLY_STATUSES: &[&str] = &["Pending", "Sent", "Failed", "Requested"];
+isp_events::spec_enum! {
+    /// Where a message came in.
+    Channel { WhatsApp = "WhatsApp", Sms = "SMS" }
+}
+
+isp_events::spec_enum! {
+    /// What became of a message: Pending (and CRM unavailable) until the worker
+    /// decides, then one of the others.
+    Outcome {
+        Pending = "Pending",
+        LeadCreated = "Lead created",
+        Duplicate = "Duplicate",
+        UnknownSender = "Unknown sender",
+        InactivePartner = "Inactive partner",
+        ParseError = "Parse error",
+        CrmUnavailable = "CRM unavailable",
+        Rejected = "Rejected",
+        Help = "Help",
+        NotText = "Not text",
+    }
+}
+
+impl Outcome {
+    /// Still the worker's to decide.
+    pub fn open(self) -> bool {
+        matches!(self, Self::Pending | Self::CrmUnavailable)
+    }
+
+    /// An Admin may re-process it: the message did not become a lead for a reason
+    /// that may have gone away.
+    pub fn reprocessable(self) -> bool {
+        matches!(
+            self,
+            Self::UnknownSender
+                | Self::InactivePartner
+                | Self::ParseError
+                | Self::Rejected
+                | Self::NotText
+        )
+    }
+}
+
+isp_events::spec_enum! {
+    /// The reply's progress: Pending (a WhatsApp reply to send), Requested (an SMS
+    /// reply handed to Notify), Sent or Failed.
+    ReplyStatus { Pending = "Pending", Sent = "Sent", Failed = "Failed", Requested = "Requested" }
+}
 
 pub fn collection() -> Collection {
     let readers = Roles::of(&[Role::Admin, Role::SalesAgent]);
@@ -48,7 +72,7 @@ pub fn collection() -> Collection {
         "inbound_messages",
         "Inbound message",
         vec![
-            Field::new("channel", "channel", Kind::Select(CHANNELS)).system(),
+            Field::new("channel", "channel", Kind::Select(Channel::ALL)).system(),
             Field::new("providerMessageId", "provider_message_id", Kind::TEXT).system(),
             Field::new("sender", "sender", Kind::TEXT).system(),
             Field::new("senderBsuid", "sender_bsuid", Kind::TEXT).system(),
@@ -56,11 +80,11 @@ pub fn collection() -> Collection {
             Field::new("messageType", "message_type", Kind::TEXT).system(),
             Field::new("rawText", "raw_text", Kind::TEXT_AREA).system(),
             Field::new("receivedAt", "received_at", Kind::Timestamp).system(),
-            Field::new("outcome", "outcome", Kind::Select(OUTCOMES)).system(),
+            Field::new("outcome", "outcome", Kind::Select(Outcome::ALL)).system(),
             Field::new("reason", "reason", Kind::TEXT_AREA).system(),
             Field::new("lead", "lead", Kind::Relation).system(),
             Field::new("reply", "reply", Kind::TEXT_AREA).system(),
-            Field::new("replyStatus", "reply_status", Kind::Select(REPLY_STATUSES)).system(),
+            Field::new("replyStatus", "reply_status", Kind::Select(ReplyStatus::ALL)).system(),
             Field::new("replyError", "reply_error", Kind::TEXT_AREA).system(),
             Field::new(
                 "attempts",
@@ -168,7 +192,7 @@ async fn reprocess(
     p.require_roles(Roles::of(&[Role::Admin]))?;
     let id = parse_id(&id)?;
     let mut tx = s.ctx.pool.begin().await?;
-    let current: Option<(String, bool)> = sqlx::query_as(
+    let current: Option<(Outcome, bool)> = sqlx::query_as(
         "SELECT outcome, reprocessed_at IS NOT NULL FROM inbound_messages WHERE id = $1 FOR UPDATE",
     )
     .bind(id)
@@ -182,7 +206,7 @@ async fn reprocess(
             "This message was already re-processed once.",
         ));
     }
-    if !REPROCESSABLE.contains(&outcome.as_str()) {
+    if !outcome.reprocessable() {
         return Err(ApiError::conflict_field(
             "outcome",
             format!("Only a failed message can be re-processed (this one is {outcome})."),

@@ -9,7 +9,7 @@
 //! - [`projections`]: Core's partners and CRM's buildings, from events.
 //! - [`inbound`]: the `inboundMessages` log (read-only) and the Admin's
 //!   re-process.
-//! - [`settings`]: `ISP_WA_PARSER_*`.
+//! - [`settings`], the `ISP_WA_PARSER_*` variables read once at start.
 
 use std::sync::Arc;
 

@@ -25,6 +25,7 @@ use subtle::ConstantTimeEq;
 use utoipa::OpenApi;
 use uuid::Uuid;
 
+use crate::inbound::Channel;
 use crate::AppState;
 
 pub const WHATSAPP_PATH: &str = "/api/wa-parser/whatsapp/webhook";
@@ -54,7 +55,7 @@ fn secret_eq(a: &str, b: &str) -> bool {
 /// A message as stored, before processing.
 #[derive(Debug, Clone)]
 pub struct Inbound {
-    pub channel: &'static str,
+    pub channel: Channel,
     pub provider_message_id: String,
     pub sender: Option<String>,
     pub sender_bsuid: Option<String>,
@@ -182,7 +183,7 @@ pub fn whatsapp_messages(v: &Value) -> Vec<Inbound> {
                     .then(|| m["text"]["body"].as_str().map(str::to_string))
                     .flatten();
                 out.push(Inbound {
-                    channel: "WhatsApp",
+                    channel: Channel::WhatsApp,
                     provider_message_id: id.to_string(),
                     sender: wa_id.map(|w| phone::normalize(w).unwrap_or_else(|_| w.to_string())),
                     sender_bsuid: bsuid.map(str::to_string),
@@ -298,7 +299,7 @@ async fn sms(State(s): State<AppState>, Path(token): Path<String>, req: Request)
     }
     let sender = phone::normalize(&from).unwrap_or_else(|_| from.clone());
     let msg = Inbound {
-        channel: "SMS",
+        channel: Channel::Sms,
         provider_message_id: id,
         reply_to: Some(sender.clone()),
         sender: Some(sender),

@@ -26,6 +26,7 @@ use sqlx::FromRow;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use crate::inbound::{Channel, Outcome, ReplyStatus};
 use crate::parse::{self, Parsed};
 use crate::resolve::{self, Building, Resolved};
 use crate::settings::Settings;
@@ -49,27 +50,40 @@ pub struct Worker {
 #[derive(Debug, Clone, FromRow)]
 struct Row {
     id: Uuid,
-    channel: String,
+    channel: Channel,
     sender: Option<String>,
     sender_bsuid: Option<String>,
     reply_to: Option<String>,
     message_type: String,
     raw_text: Option<String>,
-    outcome: String,
+    outcome: Outcome,
     reply: Option<String>,
-    reply_status: Option<String>,
+    reply_status: Option<ReplyStatus>,
     attempts: i32,
 }
 
 /// A final outcome.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Done {
-    outcome: &'static str,
+    outcome: Outcome,
     reason: Option<String>,
     partner: Option<Uuid>,
     lead: Option<Uuid>,
     lead_key: Option<String>,
     reply: Option<String>,
+}
+
+impl Done {
+    fn new(outcome: Outcome) -> Done {
+        Done {
+            outcome,
+            reason: None,
+            partner: None,
+            lead: None,
+            lead_key: None,
+            reply: None,
+        }
+    }
 }
 
 enum Decision {
@@ -182,7 +196,7 @@ impl Worker {
     }
 
     async fn process(&self, mut row: Row) {
-        if matches!(row.outcome.as_str(), "Pending" | "CRM unavailable") {
+        if row.outcome.open() {
             match self.decide(&row).await {
                 Ok(Decision::Done(d)) => match self.finish(&row, d).await {
                     Ok((reply, status)) => {
@@ -220,7 +234,7 @@ impl Worker {
                 }
             }
         }
-        if row.reply_status.as_deref() == Some("Pending") && row.channel == "WhatsApp" {
+        if row.reply_status == Some(ReplyStatus::Pending) && row.channel == Channel::WhatsApp {
             self.send_whatsapp(&row).await;
         }
     }
@@ -294,9 +308,9 @@ impl Worker {
             };
             tracing::info!(message = %row.id, %reason, "message from an unknown sender ignored (no reply)");
             return Ok(Decision::Done(Done {
-                outcome: "Unknown sender",
+                outcome: Outcome::UnknownSender,
                 reason: Some(reason),
-                ..Done::default()
+                ..Done::new(Outcome::UnknownSender)
             }));
         };
         let first_name = partner
@@ -305,13 +319,14 @@ impl Worker {
             .next()
             .unwrap_or("")
             .to_string();
+        // Each branch below names the outcome.
         let mut done = Done {
             partner: Some(partner.id),
-            ..Done::default()
+            ..Done::new(Outcome::Pending)
         };
         if partner.status != isp_events::options::PartnerStatus::Active {
             tracing::info!(message = %row.id, partner = %partner.id, status = %partner.status, "message from a partner who is not Active");
-            done.outcome = "Inactive partner";
+            done.outcome = Outcome::InactivePartner;
             done.reason = Some(format!("The partner is {}.", partner.status));
             done.reply = Some(format!(
                 "Hello {first_name}, your partner account is not active ({}), so we cannot take leads from you yet. Please contact our office.",
@@ -320,7 +335,7 @@ impl Worker {
             return Ok(Decision::Done(done));
         }
         if row.message_type != "text" {
-            done.outcome = "Not text";
+            done.outcome = Outcome::NotText;
             done.reason = Some(format!("A {} message.", row.message_type));
             done.reply = Some(format!(
                 "Please send your lead as a text message, like this: {}",
@@ -331,12 +346,12 @@ impl Worker {
         let text = row.raw_text.clone().unwrap_or_default();
         let lead = match parse::parse(&text) {
             Parsed::Help => {
-                done.outcome = "Help";
+                done.outcome = Outcome::Help;
                 done.reply = Some(parse::help_text());
                 return Ok(Decision::Done(done));
             }
             Parsed::Invalid(problems) => {
-                done.outcome = "Parse error";
+                done.outcome = Outcome::ParseError;
                 done.reason = Some(problems.join(" "));
                 done.reply = Some(parse::problems_text(&problems));
                 return Ok(Decision::Done(done));
@@ -355,7 +370,7 @@ impl Worker {
         let building = match resolve::resolve(lead.building.as_deref(), &buildings) {
             Resolved::One(b) => b,
             Resolved::None => {
-                done.outcome = "Parse error";
+                done.outcome = Outcome::ParseError;
                 done.reason = Some("The partner looks after no building in CRM.".into());
                 done.reply = Some(format!(
                     "Hello {first_name}, we have no building registered for you yet, so we cannot place this lead. Please call our office."
@@ -375,7 +390,7 @@ impl Worker {
                     lead.unit,
                     buildings[0].name
                 );
-                done.outcome = "Parse error";
+                done.outcome = Outcome::ParseError;
                 done.reply = Some(match &named {
                     None => format!("Which building is this lead in? You look after: {list}. Send it again with the building, like: {example}"),
                     Some(n) => format!("We could not tell which building \"{n}\" is. You look after: {list}. Send it again with one of these, like: {example}"),
@@ -403,7 +418,7 @@ impl Worker {
         .fetch_optional(&self.ctx.pool)
         .await?;
         if let Some(earlier) = earlier {
-            done.outcome = "Duplicate";
+            done.outcome = Outcome::Duplicate;
             done.lead = earlier;
             done.reason = Some("The same lead (partner, building, unit, phone) was created from an earlier message.".into());
             done.reply = Some(format!(
@@ -426,7 +441,7 @@ impl Worker {
                 let lead_id = answer["doc"]["id"]
                     .as_str()
                     .and_then(|s| Uuid::parse_str(s).ok());
-                done.outcome = "Lead created";
+                done.outcome = Outcome::LeadCreated;
                 done.lead = lead_id;
                 done.lead_key = Some(lead_key);
                 done.reply = Some(confirmation(
@@ -447,7 +462,7 @@ impl Worker {
                     })
                     .collect::<Vec<_>>()
                     .join(" ");
-                done.outcome = "Rejected";
+                done.outcome = Outcome::Rejected;
                 done.reason = Some(format!("CRM refused the lead: {reason}"));
                 done.reply = Some(format!(
                     "Sorry {first_name}, we could not record the lead for {} (unit {}). Our office has been told and will look into it.",
@@ -464,11 +479,15 @@ impl Worker {
 
     /// Records a final outcome; an SMS reply is requested from Notify in the same
     /// transaction. Returns the reply and its status.
-    async fn finish(&self, row: &Row, d: Done) -> anyhow::Result<(Option<String>, Option<String>)> {
+    async fn finish(
+        &self,
+        row: &Row,
+        d: Done,
+    ) -> anyhow::Result<(Option<String>, Option<ReplyStatus>)> {
         let mut tx = self.ctx.pool.begin().await?;
-        let (status, reply_id) = match (&d.reply, row.channel.as_str(), &row.reply_to) {
+        let (status, reply_id) = match (&d.reply, row.channel, &row.reply_to) {
             (None, _, _) | (_, _, None) => (None, None),
-            (Some(text), "SMS", Some(to)) => {
+            (Some(text), Channel::Sms, Some(to)) => {
                 let id = Uuid::now_v7();
                 let req = NotificationRequest {
                     id,
@@ -485,9 +504,9 @@ impl Worker {
                     &WaParserNotificationRequested(req),
                 )
                 .await?;
-                (Some("Requested"), Some(id.to_string()))
+                (Some(ReplyStatus::Requested), Some(id.to_string()))
             }
-            (Some(_), _, Some(_)) => (Some("Pending"), None),
+            (Some(_), _, Some(_)) => (Some(ReplyStatus::Pending), None),
         };
         let reply = if status.is_some() { d.reply } else { None };
         sqlx::query(
@@ -507,8 +526,8 @@ impl Worker {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        tracing::info!(message = %row.id, outcome = d.outcome, lead = ?d.lead, "inbound message processed");
-        Ok((reply, status.map(str::to_string)))
+        tracing::info!(message = %row.id, outcome = %d.outcome, lead = ?d.lead, "inbound message processed");
+        Ok((reply, status))
     }
 
     /// Sends a WhatsApp reply through the Cloud API's messages endpoint, or logs it
@@ -525,11 +544,11 @@ impl Worker {
             Some(base) => self.post_message(base, to, text).await,
         };
         let (status, id, error, retry) = match result {
-            Ok(id) => ("Sent", Some(id), None, false),
+            Ok(id) => (ReplyStatus::Sent, Some(id), None, false),
             Err((msg, transient)) if transient && row.attempts < MAX_REPLY_ATTEMPTS => {
-                ("Pending", None, Some(msg), true)
+                (ReplyStatus::Pending, None, Some(msg), true)
             }
-            Err((msg, _)) => ("Failed", None, Some(msg), false),
+            Err((msg, _)) => (ReplyStatus::Failed, None, Some(msg), false),
         };
         if let Some(e) = &error {
             tracing::warn!(message = %row.id, error = %e, retry, "WhatsApp reply not sent");
