@@ -414,6 +414,67 @@ async fn a_failing_handler_rolls_back_and_the_event_is_retried() {
     env.stop().await;
 }
 
+/// While a handler keeps failing on an event, the service's `failing_events`
+/// holds one row for it (deliveries so far, the last error); once the event is
+/// applied the row is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_event_is_listed_while_it_fails_and_cleared_when_applied() {
+    let mut env = Env::new().await;
+    env.relay();
+    let pool = env.pool.clone();
+    let broken = Arc::new(AtomicBool::new(true));
+    let flag = broken.clone();
+    let handler = handler_fn(move |tx, ev| {
+        let flag = flag.clone();
+        Box::pin(async move {
+            if let Some(lead) = ev.payload::<LeadConverted>()? {
+                if flag.load(Ordering::SeqCst) {
+                    anyhow::bail!("the projection is broken for lead {}", lead.lead_id);
+                }
+                sqlx::query(
+                    "INSERT INTO effects (event_id, lead_id, replica) VALUES ($1, $2, 'a')",
+                )
+                .bind(ev.id)
+                .bind(lead.lead_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Ok(())
+        })
+    });
+    env.consumer(&pool, "t-proj", handler);
+
+    let lead = enqueue_committed(&env.pool).await;
+    eventually("the failure to be listed after a redelivery", WAIT, || async {
+        count(
+            &pool,
+            "SELECT count(*) FROM failing_events WHERE consumer = 't-proj' AND deliveries >= 2",
+        )
+        .await
+            == 1
+    })
+    .await;
+    let (kind, error): (String, String) =
+        sqlx::query_as("SELECT type, last_error FROM failing_events WHERE consumer = 't-proj'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(kind, "lead.converted");
+    assert!(error.contains(&lead.to_string()), "{error}");
+    assert_eq!(effects_for(&pool, lead).await, 0);
+
+    broken.store(false, Ordering::SeqCst);
+    eventually("the event to be applied once healed", Duration::from_secs(30), || async {
+        effects_for(&pool, lead).await == 1
+    })
+    .await;
+    eventually("the row to be cleared", WAIT, || async {
+        count(&pool, "SELECT count(*) FROM failing_events").await == 0
+    })
+    .await;
+    env.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_consumer_replicas_apply_each_of_200_events_exactly_once() {
     let mut env = Env::new().await;

@@ -488,12 +488,24 @@ async fn process<H: EventHandler>(
             if !applied {
                 tracing::debug!("already processed; acking");
             }
+            // Only a redelivery can have failed before: the first delivery's
+            // success costs no extra statement.
+            if delivered > 1 {
+                if let Err(e) = failing::clear(pool, consumer, event.id).await {
+                    tracing::warn!(error = %format!("{e:#}"), "clearing the failing-event row failed");
+                }
+            }
             if let Err(e) = msg.ack().await {
                 // The effect is committed; a redelivery will be a no-op.
                 tracing::warn!(error = %e, "ack failed");
             }
         }
         Err(e) => {
+            if let Err(e2) = failing::record(pool, consumer, &event, delivered, &e).await {
+                // Often the same cause (the database is down): the log and the
+                // metrics still tell.
+                tracing::warn!(error = %format!("{e2:#}"), "recording the failing event failed");
+            }
             let delay = exponential(
                 NAK_BASE,
                 u32::try_from(delivered).unwrap_or(u32::MAX),
@@ -542,4 +554,53 @@ pub async fn apply<H: EventHandler>(
     handler.handle(&mut tx, event).await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// The `failing_events` rows: what an Admin sees of events a consumer keeps
+/// failing on (the shared migration 4 says what the table is).
+mod failing {
+    use sqlx::PgPool;
+    use uuid::Uuid;
+
+    use crate::CloudEvent;
+
+    /// Long enough for any error chain worth reading; a row stays small.
+    const MAX_ERROR_CHARS: usize = 2000;
+
+    pub async fn record(
+        pool: &PgPool,
+        consumer: &str,
+        event: &CloudEvent,
+        delivered: i64,
+        error: &anyhow::Error,
+    ) -> sqlx::Result<()> {
+        let text: String = format!("{error:#}").chars().take(MAX_ERROR_CHARS).collect();
+        sqlx::query(
+            "INSERT INTO failing_events (id, consumer, event_id, type, source, subject, deliveries, last_error)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (consumer, event_id) DO UPDATE
+                SET deliveries = GREATEST(failing_events.deliveries, EXCLUDED.deliveries),
+                    last_error = EXCLUDED.last_error, updated_at = now()",
+        )
+        .bind(Uuid::now_v7())
+        .bind(consumer)
+        .bind(event.id)
+        .bind(&event.r#type)
+        .bind(&event.source)
+        .bind(&event.subject)
+        .bind(delivered.max(1))
+        .bind(text)
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn clear(pool: &PgPool, consumer: &str, event: Uuid) -> sqlx::Result<()> {
+        sqlx::query("DELETE FROM failing_events WHERE consumer = $1 AND event_id = $2")
+            .bind(consumer)
+            .bind(event)
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
 }

@@ -69,3 +69,60 @@ async fn staff_access_follows_the_newest_snapshot_and_its_token_version_never_fa
         "the deletion lowered the version or kept the member active"
     );
 }
+
+/// An event CRM cannot read (a producer newer than this consumer: a partner
+/// status it does not know) is retried, never applied with a guess, and shown to
+/// Admin in `failingEvents` with the consumer, the event and the error.
+#[tokio::test]
+async fn an_event_the_consumer_cannot_read_is_listed_in_failing_events_for_admin() {
+    let app = TestApp::spawn(&super::services()[..2]).await;
+    let id = Uuid::now_v7();
+    let snap = partner_snapshot(id, "Pat Future", Utc::now().trunc_subsecs(3));
+    let mut ev = isp_events::CloudEvent::new("core", &isp_events::payloads::PartnerUpdated(snap))
+        .unwrap();
+    ev.data["status"] = serde_json::json!("Dormant");
+    app.publish_event("isp.core.partner.updated", &ev).await;
+    let admin = app.admin_token().await;
+    let row = isp_testkit::eventually(20, || async {
+        let r = app
+            .get(
+                &format!("/api/crm/failingEvents?where[eventId][equals]={}", ev.id),
+                &admin,
+            )
+            .await;
+        (r.status == reqwest::StatusCode::OK && r.body["totalDocs"] == 1)
+            .then(|| r.body["docs"][0].clone())
+    })
+    .await
+    .expect("the failing event is listed");
+    assert_eq!(row["consumer"], "crm-core");
+    assert_eq!(row["type"], "partner.updated");
+    assert_eq!(row["source"], "/isp/core");
+    assert!(row["deliveries"].as_i64().unwrap() >= 1, "{row}");
+    assert!(
+        row["lastError"].as_str().unwrap().contains("Dormant"),
+        "the error names the value: {row}"
+    );
+    // Nothing was applied.
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM partners WHERE id = $1")
+        .bind(id)
+        .fetch_one(&app.ctx("crm").pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    // Admin only, and read-only.
+    let (sales, _) = app.staff_token("Sales Agent").await;
+    let r = app.get("/api/crm/failingEvents", &sales).await;
+    assert_eq!(r.status, reqwest::StatusCode::FORBIDDEN, "{:?}", r.body);
+    let r = app
+        .post("/api/crm/failingEvents", &admin, serde_json::json!({}))
+        .await;
+    assert!(
+        matches!(
+            r.status,
+            reqwest::StatusCode::FORBIDDEN | reqwest::StatusCode::METHOD_NOT_ALLOWED
+        ),
+        "{:?}",
+        r.status
+    );
+}
