@@ -445,14 +445,18 @@ async fn a_failing_event_is_listed_while_it_fails_and_cleared_when_applied() {
     env.consumer(&pool, "t-proj", handler);
 
     let lead = enqueue_committed(&env.pool).await;
-    eventually("the failure to be listed after a redelivery", WAIT, || async {
-        count(
-            &pool,
-            "SELECT count(*) FROM failing_events WHERE consumer = 't-proj' AND deliveries >= 2",
-        )
-        .await
-            == 1
-    })
+    eventually(
+        "the failure to be listed after a redelivery",
+        WAIT,
+        || async {
+            count(
+                &pool,
+                "SELECT count(*) FROM failing_events WHERE consumer = 't-proj' AND deliveries >= 2",
+            )
+            .await
+                == 1
+        },
+    )
     .await;
     let (kind, error): (String, String) =
         sqlx::query_as("SELECT type, last_error FROM failing_events WHERE consumer = 't-proj'")
@@ -464,9 +468,11 @@ async fn a_failing_event_is_listed_while_it_fails_and_cleared_when_applied() {
     assert_eq!(effects_for(&pool, lead).await, 0);
 
     broken.store(false, Ordering::SeqCst);
-    eventually("the event to be applied once healed", Duration::from_secs(30), || async {
-        effects_for(&pool, lead).await == 1
-    })
+    eventually(
+        "the event to be applied once healed",
+        Duration::from_secs(30),
+        || async { effects_for(&pool, lead).await == 1 },
+    )
     .await;
     eventually("the row to be cleared", WAIT, || async {
         count(&pool, "SELECT count(*) FROM failing_events").await == 0

@@ -596,7 +596,7 @@ mod failing {
     }
 
     pub async fn clear(pool: &PgPool, consumer: &str, event: Uuid) -> sqlx::Result<()> {
-        sqlx::query("DELETE FROM failing_events WHERE consumer = $1 AND event_id = $2")
+        sqlx::query("DELETE FROM failing_events WHERE consumer = $1 AND event_id = $2 AND skipped_at IS NULL")
             .bind(consumer)
             .bind(event)
             .execute(pool)

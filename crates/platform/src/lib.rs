@@ -22,6 +22,7 @@ pub mod config;
 pub mod context;
 pub mod db;
 pub mod error;
+pub mod failing;
 pub mod http;
 pub mod idempotency;
 pub mod line_items;

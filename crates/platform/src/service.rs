@@ -28,8 +28,8 @@ use axum::extract::FromRef;
 use axum::Router;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::auth::{HasKeys, Keys, Role, Roles};
-use crate::collection::{self, Collection, Field, Kind};
+use crate::auth::{HasKeys, Keys};
+use crate::collection::{self, Collection};
 use crate::ServiceContext;
 
 /// The settings of a service that has none of its own yet.
@@ -179,7 +179,11 @@ impl<T: Send + Sync + 'static> Service<T> {
     /// Swagger UI.
     pub fn router(mut self) -> Router {
         let ctx = self.app.ctx.clone();
-        self.collections.push(Arc::new(failing_events(ctx.name)));
+        let failing = Arc::new(crate::failing::collection(ctx.name));
+        self.collections.push(failing.clone());
+        let (skip, skip_doc) = crate::failing::routes(ctx.clone(), failing);
+        self.plain = self.plain.merge(skip);
+        self.plain_docs.push(skip_doc);
         let refs: Vec<&Collection> = self.collections.iter().map(|c| c.as_ref()).collect();
         let mut doc = crate::openapi::collections_doc(ctx.name, &self.title, &refs);
         let (custom, custom_doc) = self.api.with_state(self.app).split_for_parts();
@@ -193,39 +197,4 @@ impl<T: Send + Sync + 'static> Service<T> {
         }
         crate::http::service_router(ctx, routes, doc)
     }
-}
-
-/// `GET /api/<service>/failingEvents`: the events this service's consumers are
-/// failing on now, with the last error (Admin only, read-only). A row goes away
-/// when its event is applied; until then NATS redelivers it with back-off.
-fn failing_events(service: &str) -> Collection {
-    let f = |name, column, kind| Field::new(name, column, kind).system();
-    Collection::new(
-        service,
-        "failingEvents",
-        "failing_events",
-        "Failing event",
-        vec![
-            f("consumer", "consumer", Kind::TEXT),
-            f("eventId", "event_id", Kind::Relation),
-            f("type", "type", Kind::TEXT),
-            f("source", "source", Kind::TEXT),
-            f("subject", "subject", Kind::TEXT),
-            f(
-                "deliveries",
-                "deliveries",
-                Kind::Int {
-                    min: 1,
-                    max: i32::MAX as i64,
-                },
-            ),
-            f("lastError", "last_error", Kind::TEXT_AREA),
-        ],
-    )
-    .access(
-        Roles::of(&[Role::Admin]),
-        Roles::NONE,
-        Roles::NONE,
-        Roles::NONE,
-    )
 }

@@ -95,12 +95,7 @@ fn stk_requests() -> Collection {
                 Kind::Select(&["Staff", "Service", "Invoice Created", "Invoice Overdue"]),
             )
             .system(),
-            Field::new(
-                "status",
-                "status",
-                Kind::Select(StkStatus::ALL),
-            )
-            .system(),
+            Field::new("status", "status", Kind::Select(StkStatus::ALL)).system(),
             Field::new("merchantRequestId", "merchant_request_id", Kind::TEXT).system(),
             Field::new("checkoutRequestId", "checkout_request_id", Kind::TEXT).system(),
             Field::new("receipt", "receipt", Kind::TEXT).system(),

@@ -172,7 +172,14 @@ impl Bulk {
             subjects.push(subj);
             subs.push(r.subscriber);
             contacts.push(r.contact);
-            statuses.push(if skipped { MessageStatus::Skipped } else { MessageStatus::Queued }.as_str());
+            statuses.push(
+                if skipped {
+                    MessageStatus::Skipped
+                } else {
+                    MessageStatus::Queued
+                }
+                .as_str(),
+            );
             reasons.push(skipped.then_some("Suppressed"));
         }
         sqlx::query(
@@ -885,7 +892,10 @@ async fn progress(
         sent: get(&[S::Sent, S::Delivered]),
         failed: get(&[S::Failed, S::Undelivered, S::Expired]),
         skipped: get(&[S::Skipped]),
-        counts: rows.iter().map(|(s, n)| (s.to_string(), json!(n))).collect(),
+        counts: rows
+            .iter()
+            .map(|(s, n)| (s.to_string(), json!(n)))
+            .collect(),
         doc: b.colls.messages.present(&p, &doc),
     }))
 }

@@ -52,9 +52,12 @@ pub fn channel_from_label(s: &str) -> Option<NotificationChannel> {
 
 /// The category a stored label names; `None` for anything else.
 pub fn category_from_label(s: &str) -> Option<NotificationCategory> {
-    [NotificationCategory::Transactional, NotificationCategory::Promotional]
-        .into_iter()
-        .find(|c| category_label(*c) == s)
+    [
+        NotificationCategory::Transactional,
+        NotificationCategory::Promotional,
+    ]
+    .into_iter()
+    .find(|c| category_label(*c) == s)
 }
 
 pub fn category_label(c: NotificationCategory) -> &'static str {

@@ -84,7 +84,12 @@ pub fn collection() -> Collection {
             Field::new("reason", "reason", Kind::TEXT_AREA).system(),
             Field::new("lead", "lead", Kind::Relation).system(),
             Field::new("reply", "reply", Kind::TEXT_AREA).system(),
-            Field::new("replyStatus", "reply_status", Kind::Select(ReplyStatus::ALL)).system(),
+            Field::new(
+                "replyStatus",
+                "reply_status",
+                Kind::Select(ReplyStatus::ALL),
+            )
+            .system(),
             Field::new("replyError", "reply_error", Kind::TEXT_AREA).system(),
             Field::new(
                 "attempts",

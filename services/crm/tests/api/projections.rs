@@ -72,14 +72,15 @@ async fn staff_access_follows_the_newest_snapshot_and_its_token_version_never_fa
 
 /// An event CRM cannot read (a producer newer than this consumer: a partner
 /// status it does not know) is retried, never applied with a guess, and shown to
-/// Admin in `failingEvents` with the consumer, the event and the error.
+/// Admin in `failingEvents` with the consumer, the event and the error; Admin may
+/// skip it with a reason, and then it is acknowledged without being applied.
 #[tokio::test]
-async fn an_event_the_consumer_cannot_read_is_listed_in_failing_events_for_admin() {
+async fn an_event_the_consumer_cannot_read_is_listed_in_failing_events_and_admin_may_skip_it() {
     let app = TestApp::spawn(&super::services()[..2]).await;
     let id = Uuid::now_v7();
     let snap = partner_snapshot(id, "Pat Future", Utc::now().trunc_subsecs(3));
-    let mut ev = isp_events::CloudEvent::new("core", &isp_events::payloads::PartnerUpdated(snap))
-        .unwrap();
+    let mut ev =
+        isp_events::CloudEvent::new("core", &isp_events::payloads::PartnerUpdated(snap)).unwrap();
     ev.data["status"] = serde_json::json!("Dormant");
     app.publish_event("isp.core.partner.updated", &ev).await;
     let admin = app.admin_token().await;
@@ -124,5 +125,89 @@ async fn an_event_the_consumer_cannot_read_is_listed_in_failing_events_for_admin
         ),
         "{:?}",
         r.status
+    );
+
+    // Still in NATS's hands, waiting for its next delivery.
+    let js = isp_events::async_nats::jetstream::new(app.shared.nats.clone());
+    let stream = js.get_stream(isp_events::STREAM_NAME).await.unwrap();
+    let info = stream.consumer_info("crm-core").await.unwrap();
+    assert!(
+        info.num_ack_pending as u64 + info.num_pending >= 1,
+        "{info:?}"
+    );
+    // Admin gives up on it: the reason is required, the row is kept as the record.
+    let skip = format!(
+        "/api/crm/failingEvents/{}/skip",
+        row["id"].as_str().unwrap()
+    );
+    for bad in [
+        serde_json::json!({}),
+        serde_json::json!({"reason": "   "}),
+        serde_json::json!({"reason": "x".repeat(501)}),
+        serde_json::json!({"reason": "old producer", "force": true}),
+    ] {
+        let r = app.post(&skip, &admin, bad.clone()).await;
+        assert_eq!(
+            r.status,
+            reqwest::StatusCode::BAD_REQUEST,
+            "{bad}: {:?}",
+            r.body
+        );
+    }
+    let r = app
+        .post(&skip, &sales, serde_json::json!({"reason": "not mine"}))
+        .await;
+    assert_eq!(r.status, reqwest::StatusCode::FORBIDDEN, "{:?}", r.body);
+    let r = app
+        .post(
+            &format!("/api/crm/failingEvents/{}/skip", Uuid::now_v7()),
+            &admin,
+            serde_json::json!({"reason": "no such row"}),
+        )
+        .await;
+    assert_eq!(r.status, reqwest::StatusCode::NOT_FOUND, "{:?}", r.body);
+    let r = app
+        .post(
+            &skip,
+            &admin,
+            serde_json::json!({"reason": "A status from a newer Core; the partner is re-sent."}),
+        )
+        .await;
+    assert_eq!(r.status, reqwest::StatusCode::OK, "{:?}", r.body);
+    assert!(r.body["doc"]["skippedAt"].is_string(), "{:?}", r.body);
+    assert_eq!(
+        r.body["doc"]["skipReason"],
+        "A status from a newer Core; the partner is re-sent."
+    );
+    assert!(r.body["doc"]["skippedBy"].as_str().unwrap().contains('@'));
+    let r = app
+        .post(&skip, &admin, serde_json::json!({"reason": "again"}))
+        .await;
+    assert_eq!(r.status, reqwest::StatusCode::CONFLICT, "{:?}", r.body);
+    // The consumer acknowledges it at its next delivery, without applying it,
+    // and the skipped row stays.
+    let acked = isp_testkit::eventually(30, || async {
+        let info = stream.consumer_info("crm-core").await.unwrap();
+        (info.num_ack_pending == 0 && info.num_pending == 0).then_some(())
+    })
+    .await;
+    assert!(acked.is_some(), "the skipped event is acknowledged");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM partners WHERE id = $1")
+        .bind(id)
+        .fetch_one(&app.ctx("crm").pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    let r = app
+        .get(
+            &format!("/api/crm/failingEvents/{}", row["id"].as_str().unwrap()),
+            &admin,
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        reqwest::StatusCode::OK,
+        "the skipped row is kept: {:?}",
+        r.body
     );
 }
