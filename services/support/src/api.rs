@@ -327,8 +327,6 @@ pub(crate) fn channel_of(
     errors: &mut Vec<FieldError>,
 ) -> Option<NotificationChannel> {
     match v.and_then(Value::as_str) {
-        Some("SMS") => Some(NotificationChannel::Sms),
-        Some("Email") => Some(NotificationChannel::Email),
         None => {
             errors.push(FieldError::new(
                 "channel",
@@ -336,10 +334,10 @@ pub(crate) fn channel_of(
             ));
             None
         }
-        Some(_) => {
+        Some(s) => notifications::channel_from_label(s).or_else(|| {
             errors.push(FieldError::new("channel", "Must be one of: SMS, Email."));
             None
-        }
+        }),
     }
 }
 

@@ -534,8 +534,6 @@ async fn check_request(conn: &mut PgConnection, body: &Map<String, Value>) -> Ap
     }
     let channel = channel_of(body.get("channel"), &mut errors);
     let category = match body.get("category").and_then(Value::as_str) {
-        Some("Transactional") => Some(NotificationCategory::Transactional),
-        Some("Promotional") => Some(NotificationCategory::Promotional),
         None => {
             errors.push(FieldError::new(
                 "category",
@@ -543,13 +541,13 @@ async fn check_request(conn: &mut PgConnection, body: &Map<String, Value>) -> Ap
             ));
             None
         }
-        Some(_) => {
+        Some(s) => category_from_label(s).or_else(|| {
             errors.push(FieldError::new(
                 "category",
                 "Must be one of: Transactional, Promotional.",
             ));
             None
-        }
+        }),
     };
     let audience = match body.get("audience") {
         None | Some(Value::Null) => {
